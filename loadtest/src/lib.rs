@@ -1,0 +1,1 @@
+//! Chorus load-test harness and WebRTC test client.

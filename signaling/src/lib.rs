@@ -1,0 +1,3 @@
+//! Chorus signaling.
+
+pub mod protocol;

@@ -1,0 +1,1 @@
+//! Signaling protocol messages.
