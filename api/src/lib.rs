@@ -1,1 +1,3 @@
 //! Chorus HTTP control plane.
+
+pub mod store;
