@@ -885,3 +885,5 @@ async fn sqlite_file_data_survives_reopen() -> Result<()> {
     again.ping().await?;
     Ok(())
 }
+
+contract_suite!(mongo, crate::support::mongo);
