@@ -549,9 +549,9 @@ impl UserStore for MongoStore {
                 .users
                 .find_one_and_update(
                     doc! { "phone": phone },
+                    // `phone` comes from the filter's equality on insert.
                     doc! { "$setOnInsert": {
                         "_id": new_id(),
-                        "phone": phone,
                         "activated": false,
                         "createdAt": bson_time(now),
                     } },
@@ -872,7 +872,8 @@ impl RoomStore for MongoStore {
             .delete_one(doc! { "_id": id.as_str() })
             .await
             .map_err(backend)?;
-        self.delete_room_content(std::slice::from_ref(&id.0)).await?;
+        self.delete_room_content(std::slice::from_ref(&id.0))
+            .await?;
         Ok(res.deleted_count == 1)
     }
 

@@ -4,7 +4,7 @@
 //! to fix it, never a skip.
 
 use std::io::{BufRead, BufReader, Read};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, Command, Stdio};
 use std::sync::OnceLock;
 use std::sync::mpsc;
@@ -23,20 +23,11 @@ fn repo_root() -> PathBuf {
 }
 
 /// `$CHORUS_SECANTUS_PYTHON`, else `<repo>/.venv/bin/python`.
-fn python() -> anyhow::Result<PathBuf> {
-    let (path, from) = match std::env::var_os("CHORUS_SECANTUS_PYTHON") {
-        Some(p) => (PathBuf::from(p), "$CHORUS_SECANTUS_PYTHON"),
-        None => (repo_root().join(".venv/bin/python"), "the default venv"),
-    };
-    if !path.exists() {
-        bail!(
-            "SecantusDB's Python ({from}: {}) does not exist. The MongoDB store tests need it: \
-             run `scripts/setup-test-deps` from the repository root (or point \
-             CHORUS_SECANTUS_PYTHON at a python with SecantusDB==0.7.0b3 installed).",
-            path.display()
-        );
+fn python() -> PathBuf {
+    match std::env::var_os("CHORUS_SECANTUS_PYTHON") {
+        Some(p) => PathBuf::from(p),
+        None => repo_root().join(".venv/bin/python"),
     }
-    Ok(path)
 }
 
 /// A running server; stopped (stdin closed, then killed if it lingers) on drop.
@@ -50,9 +41,20 @@ impl SecantusServer {
     /// Starts a server on 127.0.0.1 with a free port and a temporary data directory,
     /// and waits until it accepts connections.
     pub fn start(ttl_sweep_seconds: f64) -> anyhow::Result<Self> {
-        let python = python()?;
+        Self::start_with_python(&python(), ttl_sweep_seconds)
+    }
+
+    pub fn start_with_python(python: &Path, ttl_sweep_seconds: f64) -> anyhow::Result<Self> {
+        if !python.exists() {
+            bail!(
+                "SecantusDB's Python ({}) does not exist. The MongoDB store tests need it: \
+                 run `scripts/setup-test-deps` from the repository root (or point \
+                 CHORUS_SECANTUS_PYTHON at a python with SecantusDB==0.7.0b3 installed).",
+                python.display()
+            );
+        }
         let script = repo_root().join("scripts/secantus_server.py");
-        let mut child = Command::new(&python)
+        let mut child = Command::new(python)
             .arg(&script)
             .args(["--host", "127.0.0.1", "--port", "0"])
             .args(["--ttl-sweep-seconds", &ttl_sweep_seconds.to_string()])
