@@ -1006,6 +1006,22 @@ mod mongo_specific {
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn connect_uri_uses_the_database_named_in_the_uri() -> Result<()> {
+        let name = format!("chorus_uri_{}", new_id());
+        let port_uri = support::secantus::shared().uri();
+        let uri = port_uri.replacen("/?", &format!("/{name}?"), 1);
+        let store = MongoStore::connect_uri(&uri, support::LONG_ROOM_EXPIRY).await?;
+        store.find_or_create_user("+15550000077", now_ms()).await?;
+        let users = raw_db(&name)
+            .await?
+            .collection::<Document>("users")
+            .count_documents(doc! { "phone": "+15550000077" })
+            .await?;
+        assert_eq!(users, 1, "the user landed in the database the URI names");
+        Ok(())
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn blobs_live_in_the_gridfs_bucket_of_their_kind_with_metadata() -> Result<()> {
         let name = format!("chorus_layout_{}", new_id());
         let store = connect(&name, support::LONG_ROOM_EXPIRY).await?;

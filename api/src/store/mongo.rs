@@ -33,7 +33,7 @@ use futures::{AsyncWriteExt, TryStreamExt};
 use mongodb::bson::{Binary, Bson, DateTime, Document, doc, oid::ObjectId, spec::BinarySubtype};
 use mongodb::error::{ErrorKind, WriteFailure};
 use mongodb::gridfs::{FilesCollectionDocument, GridFsBucket};
-use mongodb::options::{GridFsBucketOptions, IndexOptions, ReturnDocument};
+use mongodb::options::{ClientOptions, GridFsBucketOptions, IndexOptions, ReturnDocument};
 use mongodb::{Client, Collection, Database, IndexModel};
 use time::OffsetDateTime;
 
@@ -43,6 +43,9 @@ use super::{
     Room, RoomId, RoomStore, RoomType, SessionStore, StoreError, StoreResult, User, UserId,
     UserStore, from_millis, new_id, to_millis,
 };
+
+/// The database used when the connection string names none.
+pub const DEFAULT_DB_NAME: &str = "chorus";
 
 /// GridFS chunk size for new files (existing files keep the size they were written with).
 pub const GRIDFS_CHUNK_SIZE: u32 = 256 * 1024;
@@ -76,7 +79,27 @@ impl MongoStore {
     /// the idle time after which the TTL index deletes a room; a changed value updates
     /// the existing index.
     pub async fn connect(uri: &str, db_name: &str, room_expiry: Duration) -> StoreResult<Self> {
-        let client = Client::with_uri_str(uri).await.map_err(backend)?;
+        let options = ClientOptions::parse(uri).await.map_err(backend)?;
+        Self::connect_with(options, db_name, room_expiry).await
+    }
+
+    /// Like [`connect`](Self::connect), with the database named in the URI's path
+    /// (`mongodb://host/chillout` uses `chillout`), or [`DEFAULT_DB_NAME`] if it names none.
+    pub async fn connect_uri(uri: &str, room_expiry: Duration) -> StoreResult<Self> {
+        let options = ClientOptions::parse(uri).await.map_err(backend)?;
+        let db_name = options
+            .default_database
+            .clone()
+            .unwrap_or_else(|| DEFAULT_DB_NAME.to_owned());
+        Self::connect_with(options, &db_name, room_expiry).await
+    }
+
+    async fn connect_with(
+        options: ClientOptions,
+        db_name: &str,
+        room_expiry: Duration,
+    ) -> StoreResult<Self> {
+        let client = Client::with_options(options).map_err(backend)?;
         let db = client.database(db_name);
         let bucket = |name: &str| {
             db.gridfs_bucket(
