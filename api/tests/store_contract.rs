@@ -879,6 +879,11 @@ async fn sqlite_file_data_survives_reopen() -> Result<()> {
     for f in files {
         assert_eq!(read_all(&store, &f, 0..1000).await?, pattern(1000).to_vec());
     }
+    // WAL is a property of the file: a fresh connection sees it.
+    let raw = rusqlite::Connection::open(&path)?;
+    let mode: String = raw.pragma_query_value(None, "journal_mode", |r| r.get(0))?;
+    assert_eq!(mode, "wal");
+    drop(raw);
     // Migrations are not re-run on an up-to-date database (they would fail: tables exist).
     drop(store);
     let again = api::store::SqliteStore::open(&path).await?;
