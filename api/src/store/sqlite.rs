@@ -1,0 +1,1084 @@
+//! The embedded store: one SQLite database file (or memory, for tests).
+//!
+//! Owns the schema and its numbered migrations, the mapping between rows and the
+//! domain types, and blob storage in fixed-size chunks (GridFS-like) so a range read
+//! touches only the chunks it needs. rusqlite is blocking, so every call runs on
+//! tokio's blocking pool; one connection behind a mutex serialises access, which also
+//! makes every multi-statement operation below trivially atomic (each runs inside one
+//! transaction as well, so a crash never leaves half of one behind).
+//!
+//! Referential clean-up is done by the database: messages, blobs, chunks and invites
+//! reference their room with `ON DELETE CASCADE`, so deleting a room (by hand or by
+//! expiry) removes everything that belonged to it in the same statement.
+
+use std::ops::Range;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use rusqlite::{Connection, OptionalExtension, Row, Transaction, params};
+use time::OffsetDateTime;
+
+use super::{
+    BlobKind, BlobMeta, BlobStore, ByteStream, FamilyId, FileId, Health, Message, MessageCursor,
+    MessageId, MessageStore, MessageType, OtpChallenge, OtpStore, RefreshToken, Room, RoomId,
+    RoomStore, RoomType, SessionStore, StoreError, StoreResult, User, UserId, UserStore,
+    from_millis, new_id, to_millis,
+};
+
+/// Blob bytes are stored in rows of this size; a range read loads one row at a time.
+pub const BLOB_CHUNK_SIZE: usize = 256 * 1024;
+
+/// How long a statement waits for a lock held by another connection (another process
+/// on the same file) before failing.
+const BUSY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// SQLite's default limit on bound parameters is 32766; stay far below it.
+const MAX_IN_PARAMS: usize = 500;
+
+/// Schema migrations, applied in order at open. `PRAGMA user_version` records how many
+/// have run. Never edit a released entry: append a new one.
+const MIGRATIONS: &[&str] = &[
+    // 1: initial schema.
+    r#"
+    CREATE TABLE users (
+        id          TEXT PRIMARY KEY NOT NULL,
+        phone       TEXT NOT NULL UNIQUE,
+        name        TEXT,
+        avatar      TEXT,
+        activated   INTEGER NOT NULL DEFAULT 0,
+        created_at  INTEGER NOT NULL
+    );
+
+    CREATE TABLE otps (
+        handle_hash    BLOB PRIMARY KEY NOT NULL,
+        phone          TEXT NOT NULL,
+        code_hash      BLOB NOT NULL,
+        expires_at     INTEGER NOT NULL,
+        attempts_left  INTEGER NOT NULL
+    );
+    CREATE INDEX otps_expires ON otps (expires_at);
+
+    CREATE TABLE refresh_tokens (
+        token_hash  BLOB PRIMARY KEY NOT NULL,
+        family      TEXT NOT NULL,
+        user_id     TEXT NOT NULL,
+        expires_at  INTEGER NOT NULL,
+        used        INTEGER NOT NULL DEFAULT 0
+    );
+    CREATE INDEX refresh_tokens_family ON refresh_tokens (family);
+    CREATE INDEX refresh_tokens_expires ON refresh_tokens (expires_at);
+
+    CREATE TABLE rooms (
+        id             TEXT PRIMARY KEY NOT NULL,
+        topic          TEXT NOT NULL,
+        room_type      TEXT NOT NULL,
+        owner_id       TEXT NOT NULL,
+        invite_code    TEXT,
+        created_at     INTEGER NOT NULL,
+        last_activity  INTEGER NOT NULL
+    );
+    -- Open-room listing: newest first with a (created_at, id) keyset cursor.
+    CREATE INDEX rooms_listing ON rooms (room_type, created_at DESC, id DESC);
+    CREATE INDEX rooms_last_activity ON rooms (last_activity);
+
+    CREATE TABLE room_invites (
+        room_id  TEXT NOT NULL REFERENCES rooms (id) ON DELETE CASCADE,
+        user_id  TEXT NOT NULL,
+        PRIMARY KEY (room_id, user_id)
+    ) WITHOUT ROWID;
+
+    CREATE TABLE messages (
+        id           TEXT PRIMARY KEY NOT NULL,
+        room_id      TEXT NOT NULL REFERENCES rooms (id) ON DELETE CASCADE,
+        author_id    TEXT NOT NULL,
+        author_name  TEXT NOT NULL,
+        kind         TEXT NOT NULL,
+        text         TEXT NOT NULL,
+        attachment   TEXT,
+        created_at   INTEGER NOT NULL
+    );
+    -- History: newest first with a (created_at, id) keyset cursor.
+    CREATE INDEX messages_history ON messages (room_id, created_at DESC, id DESC);
+
+    CREATE TABLE blobs (
+        id            TEXT PRIMARY KEY NOT NULL,
+        kind          TEXT NOT NULL,
+        content_type  TEXT NOT NULL,
+        len           INTEGER NOT NULL,
+        -- NULL for avatars; a room's voice notes and images go with the room.
+        room_id       TEXT REFERENCES rooms (id) ON DELETE CASCADE,
+        created_at    INTEGER NOT NULL
+    );
+    CREATE INDEX blobs_room ON blobs (room_id);
+
+    CREATE TABLE blob_chunks (
+        blob_id  TEXT NOT NULL REFERENCES blobs (id) ON DELETE CASCADE,
+        n        INTEGER NOT NULL,
+        data     BLOB NOT NULL,
+        PRIMARY KEY (blob_id, n)
+    ) WITHOUT ROWID;
+    "#,
+];
+
+/// The embedded SQLite store. Cheap to clone (one shared connection).
+#[derive(Clone)]
+pub struct SqliteStore {
+    conn: Arc<Mutex<Connection>>,
+}
+
+impl std::fmt::Debug for SqliteStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SqliteStore").finish_non_exhaustive()
+    }
+}
+
+impl SqliteStore {
+    /// Opens (creating if needed) the database file at `path`, creating its parent
+    /// directories, and runs pending migrations.
+    pub async fn open(path: impl AsRef<Path>) -> StoreResult<Self> {
+        let path = path.as_ref().to_path_buf();
+        tokio::task::spawn_blocking(move || {
+            if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+                std::fs::create_dir_all(dir)
+                    .map_err(|e| StoreError::Backend(format!("creating {}: {e}", dir.display())))?;
+            }
+            let conn = Connection::open(&path).map_err(backend)?;
+            // WAL lets readers in other processes (backups, sqlite3 shell) work while
+            // we write; NORMAL sync is durable across application crashes in WAL mode.
+            conn.pragma_update(None, "journal_mode", "WAL")
+                .map_err(backend)?;
+            conn.pragma_update(None, "synchronous", "NORMAL")
+                .map_err(backend)?;
+            Self::prepare(conn)
+        })
+        .await
+        .map_err(join_error)?
+    }
+
+    /// A private in-memory database, for tests.
+    pub async fn open_in_memory() -> StoreResult<Self> {
+        tokio::task::spawn_blocking(|| {
+            Self::prepare(Connection::open_in_memory().map_err(backend)?)
+        })
+        .await
+        .map_err(join_error)?
+    }
+
+    fn prepare(mut conn: Connection) -> StoreResult<Self> {
+        conn.busy_timeout(BUSY_TIMEOUT).map_err(backend)?;
+        // Off by default in SQLite; the cascades above depend on it.
+        conn.pragma_update(None, "foreign_keys", "ON")
+            .map_err(backend)?;
+        migrate(&mut conn)?;
+        Ok(Self {
+            conn: Arc::new(Mutex::new(conn)),
+        })
+    }
+
+    /// Runs `f` with the connection on the blocking pool.
+    async fn run<T, F>(&self, f: F) -> StoreResult<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut Connection) -> StoreResult<T> + Send + 'static,
+    {
+        let conn = self.conn.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut guard = conn
+                .lock()
+                .map_err(|_| StoreError::Backend("sqlite connection mutex poisoned".into()))?;
+            f(&mut guard)
+        })
+        .await
+        .map_err(join_error)?
+    }
+
+    /// Runs `f` inside one IMMEDIATE transaction (takes the write lock up front, so a
+    /// second process cannot make it fail half-way with SQLITE_BUSY on upgrade).
+    async fn write<T, F>(&self, f: F) -> StoreResult<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Transaction<'_>) -> StoreResult<T> + Send + 'static,
+    {
+        self.run(move |conn| {
+            let tx = conn
+                .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+                .map_err(backend)?;
+            let out = f(&tx)?;
+            tx.commit().map_err(backend)?;
+            Ok(out)
+        })
+        .await
+    }
+}
+
+fn migrate(conn: &mut Connection) -> StoreResult<()> {
+    let done: i64 = conn
+        .pragma_query_value(None, "user_version", |r| r.get(0))
+        .map_err(backend)?;
+    let done = usize::try_from(done).unwrap_or(0);
+    if done > MIGRATIONS.len() {
+        return Err(StoreError::Backend(format!(
+            "database schema version {done} is newer than this build knows ({}); refusing to \
+             open it with an older Chorus",
+            MIGRATIONS.len()
+        )));
+    }
+    for (i, sql) in MIGRATIONS.iter().enumerate().skip(done) {
+        let tx = conn.transaction().map_err(backend)?;
+        tx.execute_batch(sql)
+            .map_err(|e| StoreError::Backend(format!("migration {}: {e}", i + 1)))?;
+        tx.pragma_update(None, "user_version", (i + 1) as i64)
+            .map_err(backend)?;
+        tx.commit().map_err(backend)?;
+    }
+    Ok(())
+}
+
+fn backend(e: rusqlite::Error) -> StoreError {
+    StoreError::Backend(format!("sqlite: {e}"))
+}
+
+fn join_error(e: tokio::task::JoinError) -> StoreError {
+    StoreError::Backend(format!("sqlite task failed: {e}"))
+}
+
+/// Maps constraint violations to the domain errors: a duplicate key is a Conflict, a
+/// missing referenced row (e.g. a message for a room that does not exist) NotFound.
+fn map_write(e: rusqlite::Error) -> StoreError {
+    if let rusqlite::Error::SqliteFailure(f, _) = &e {
+        match f.extended_code {
+            rusqlite::ffi::SQLITE_CONSTRAINT_PRIMARYKEY
+            | rusqlite::ffi::SQLITE_CONSTRAINT_UNIQUE => {
+                return StoreError::Conflict;
+            }
+            rusqlite::ffi::SQLITE_CONSTRAINT_FOREIGNKEY => return StoreError::NotFound,
+            _ => {}
+        }
+    }
+    backend(e)
+}
+
+/// Reads a column that must hold a known enum spelling; anything else is corruption.
+fn parse_col<T>(row: &Row<'_>, idx: usize, parse: fn(&str) -> Option<T>) -> rusqlite::Result<T> {
+    let s: String = row.get(idx)?;
+    parse(&s).ok_or_else(|| {
+        rusqlite::Error::FromSqlConversionFailure(
+            idx,
+            rusqlite::types::Type::Text,
+            format!("unknown value {s:?}").into(),
+        )
+    })
+}
+
+fn time_col(row: &Row<'_>, idx: usize) -> rusqlite::Result<OffsetDateTime> {
+    let ms: i64 = row.get(idx)?;
+    from_millis(ms).ok_or_else(|| {
+        rusqlite::Error::FromSqlConversionFailure(
+            idx,
+            rusqlite::types::Type::Integer,
+            format!("timestamp {ms} out of range").into(),
+        )
+    })
+}
+
+const USER_COLS: &str = "id, phone, name, avatar, activated, created_at";
+
+fn user_row(row: &Row<'_>) -> rusqlite::Result<User> {
+    Ok(User {
+        id: UserId(row.get(0)?),
+        phone: row.get(1)?,
+        name: row.get(2)?,
+        avatar: row.get::<_, Option<String>>(3)?.map(FileId),
+        activated: row.get(4)?,
+        created_at: time_col(row, 5)?,
+    })
+}
+
+const OTP_COLS: &str = "handle_hash, phone, code_hash, expires_at, attempts_left";
+
+fn otp_row(row: &Row<'_>) -> rusqlite::Result<OtpChallenge> {
+    Ok(OtpChallenge {
+        handle_hash: row.get(0)?,
+        phone: row.get(1)?,
+        code_hash: row.get(2)?,
+        expires_at: time_col(row, 3)?,
+        attempts_left: row.get(4)?,
+    })
+}
+
+const TOKEN_COLS: &str = "token_hash, family, user_id, expires_at, used";
+
+fn token_row(row: &Row<'_>) -> rusqlite::Result<RefreshToken> {
+    Ok(RefreshToken {
+        token_hash: row.get(0)?,
+        family: FamilyId(row.get(1)?),
+        user_id: UserId(row.get(2)?),
+        expires_at: time_col(row, 3)?,
+        used: row.get(4)?,
+    })
+}
+
+const ROOM_COLS: &str = "id, topic, room_type, owner_id, invite_code, created_at, last_activity";
+
+/// A room without its invite list (filled in by [`load_invites`]).
+fn room_row(row: &Row<'_>) -> rusqlite::Result<Room> {
+    Ok(Room {
+        id: RoomId(row.get(0)?),
+        topic: row.get(1)?,
+        room_type: parse_col(row, 2, RoomType::parse)?,
+        owner_id: UserId(row.get(3)?),
+        invited: Vec::new(),
+        invite_code: row.get(4)?,
+        created_at: time_col(row, 5)?,
+        last_activity: time_col(row, 6)?,
+    })
+}
+
+const MESSAGE_COLS: &str =
+    "id, room_id, author_id, author_name, kind, text, attachment, created_at";
+
+fn message_row(row: &Row<'_>) -> rusqlite::Result<Message> {
+    Ok(Message {
+        id: MessageId(row.get(0)?),
+        room_id: RoomId(row.get(1)?),
+        author_id: UserId(row.get(2)?),
+        author_name: row.get(3)?,
+        kind: parse_col(row, 4, MessageType::parse)?,
+        text: row.get(5)?,
+        attachment: row.get::<_, Option<String>>(6)?.map(FileId),
+        created_at: time_col(row, 7)?,
+    })
+}
+
+const BLOB_COLS: &str = "id, kind, content_type, len, room_id, created_at";
+
+fn blob_row(row: &Row<'_>) -> rusqlite::Result<BlobMeta> {
+    Ok(BlobMeta {
+        id: FileId(row.get(0)?),
+        kind: parse_col(row, 1, BlobKind::parse)?,
+        content_type: row.get(2)?,
+        len: row.get::<_, i64>(3)?.max(0) as u64,
+        room_id: row.get::<_, Option<String>>(4)?.map(RoomId),
+        created_at: time_col(row, 5)?,
+    })
+}
+
+fn placeholders(n: usize) -> String {
+    let mut s = String::with_capacity(n * 2);
+    for i in 0..n {
+        if i > 0 {
+            s.push(',');
+        }
+        s.push('?');
+    }
+    s
+}
+
+/// Fills in `invited` for all `rooms` with one query per [`MAX_IN_PARAMS`] rooms
+/// (never one per room).
+fn load_invites(conn: &Connection, rooms: &mut [Room]) -> StoreResult<()> {
+    for batch in rooms.chunks_mut(MAX_IN_PARAMS) {
+        let sql = format!(
+            "SELECT room_id, user_id FROM room_invites WHERE room_id IN ({}) ORDER BY room_id, user_id",
+            placeholders(batch.len())
+        );
+        let mut stmt = conn.prepare(&sql).map_err(backend)?;
+        let ids: Vec<&str> = batch.iter().map(|r| r.id.as_str()).collect();
+        let pairs = stmt
+            .query_map(rusqlite::params_from_iter(ids), |r| {
+                Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?))
+            })
+            .map_err(backend)?
+            .collect::<rusqlite::Result<Vec<_>>>()
+            .map_err(backend)?;
+        for (room_id, user_id) in pairs {
+            if let Some(room) = batch.iter_mut().find(|r| r.id.0 == room_id) {
+                room.invited.push(UserId(user_id));
+            }
+        }
+    }
+    Ok(())
+}
+
+fn get_room_conn(conn: &Connection, id: &str) -> StoreResult<Option<Room>> {
+    let room = conn
+        .query_row(
+            &format!("SELECT {ROOM_COLS} FROM rooms WHERE id = ?1"),
+            [id],
+            room_row,
+        )
+        .optional()
+        .map_err(backend)?;
+    match room {
+        Some(room) => {
+            let mut rooms = [room];
+            load_invites(conn, &mut rooms)?;
+            let [room] = rooms;
+            Ok(Some(room))
+        }
+        None => Ok(None),
+    }
+}
+
+fn delete_blob_conn(conn: &Connection, id: &str) -> StoreResult<bool> {
+    // Chunks go with it (ON DELETE CASCADE).
+    let n = conn
+        .execute("DELETE FROM blobs WHERE id = ?1", [id])
+        .map_err(backend)?;
+    Ok(n > 0)
+}
+
+fn require_room(conn: &Connection, id: &str) -> StoreResult<()> {
+    let exists: bool = conn
+        .query_row(
+            "SELECT EXISTS (SELECT 1 FROM rooms WHERE id = ?1)",
+            [id],
+            |r| r.get(0),
+        )
+        .map_err(backend)?;
+    if exists {
+        Ok(())
+    } else {
+        Err(StoreError::NotFound)
+    }
+}
+
+#[async_trait]
+impl UserStore for SqliteStore {
+    async fn find_or_create_user(&self, phone: &str, now: OffsetDateTime) -> StoreResult<User> {
+        let phone = phone.to_owned();
+        self.write(move |tx| {
+            tx.execute(
+                "INSERT INTO users (id, phone, activated, created_at) VALUES (?1, ?2, 0, ?3)
+                 ON CONFLICT (phone) DO NOTHING",
+                params![new_id(), phone, to_millis(now)],
+            )
+            .map_err(map_write)?;
+            tx.query_row(
+                &format!("SELECT {USER_COLS} FROM users WHERE phone = ?1"),
+                [&phone],
+                user_row,
+            )
+            .map_err(backend)
+        })
+        .await
+    }
+
+    async fn get_user(&self, id: &UserId) -> StoreResult<Option<User>> {
+        let id = id.0.clone();
+        self.run(move |conn| {
+            conn.query_row(
+                &format!("SELECT {USER_COLS} FROM users WHERE id = ?1"),
+                [&id],
+                user_row,
+            )
+            .optional()
+            .map_err(backend)
+        })
+        .await
+    }
+
+    async fn get_users(&self, ids: &[UserId]) -> StoreResult<Vec<User>> {
+        let mut ids: Vec<String> = ids.iter().map(|i| i.0.clone()).collect();
+        ids.sort();
+        ids.dedup();
+        self.run(move |conn| {
+            let mut out = Vec::with_capacity(ids.len());
+            for batch in ids.chunks(MAX_IN_PARAMS) {
+                let sql = format!(
+                    "SELECT {USER_COLS} FROM users WHERE id IN ({})",
+                    placeholders(batch.len())
+                );
+                let mut stmt = conn.prepare(&sql).map_err(backend)?;
+                let rows = stmt
+                    .query_map(rusqlite::params_from_iter(batch), user_row)
+                    .map_err(backend)?;
+                for row in rows {
+                    out.push(row.map_err(backend)?);
+                }
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn activate_user(
+        &self,
+        id: &UserId,
+        name: &str,
+        avatar: Option<FileId>,
+    ) -> StoreResult<User> {
+        let id = id.0.clone();
+        let name = name.to_owned();
+        self.write(move |tx| {
+            let old_avatar: Option<String> = tx
+                .query_row("SELECT avatar FROM users WHERE id = ?1", [&id], |r| {
+                    r.get(0)
+                })
+                .optional()
+                .map_err(backend)?
+                .ok_or(StoreError::NotFound)?;
+            let new_avatar = avatar.map(|a| a.0).or_else(|| old_avatar.clone());
+            tx.execute(
+                "UPDATE users SET name = ?2, avatar = ?3, activated = 1 WHERE id = ?1",
+                params![id, name, new_avatar],
+            )
+            .map_err(backend)?;
+            if let Some(old) = old_avatar.filter(|old| Some(old) != new_avatar.as_ref()) {
+                delete_blob_conn(tx, &old)?;
+            }
+            tx.query_row(
+                &format!("SELECT {USER_COLS} FROM users WHERE id = ?1"),
+                [&id],
+                user_row,
+            )
+            .map_err(backend)
+        })
+        .await
+    }
+}
+
+#[async_trait]
+impl OtpStore for SqliteStore {
+    async fn put_otp(&self, c: OtpChallenge) -> StoreResult<()> {
+        self.run(move |conn| {
+            conn.execute(
+                &format!("INSERT INTO otps ({OTP_COLS}) VALUES (?1, ?2, ?3, ?4, ?5)"),
+                params![
+                    c.handle_hash,
+                    c.phone,
+                    c.code_hash,
+                    to_millis(c.expires_at),
+                    c.attempts_left
+                ],
+            )
+            .map_err(map_write)?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn get_otp(&self, handle_hash: &[u8]) -> StoreResult<Option<OtpChallenge>> {
+        let h = handle_hash.to_vec();
+        self.run(move |conn| {
+            conn.query_row(
+                &format!("SELECT {OTP_COLS} FROM otps WHERE handle_hash = ?1"),
+                [&h],
+                otp_row,
+            )
+            .optional()
+            .map_err(backend)
+        })
+        .await
+    }
+
+    async fn spend_otp_attempt(&self, handle_hash: &[u8]) -> StoreResult<Option<u32>> {
+        let h = handle_hash.to_vec();
+        self.run(move |conn| {
+            // One statement: two concurrent verifiers can never both take the last try.
+            conn.query_row(
+                "UPDATE otps SET attempts_left = attempts_left - 1
+                 WHERE handle_hash = ?1 AND attempts_left > 0
+                 RETURNING attempts_left",
+                [&h],
+                |r| r.get::<_, u32>(0),
+            )
+            .optional()
+            .map_err(backend)
+        })
+        .await
+    }
+
+    async fn consume_otp(&self, handle_hash: &[u8]) -> StoreResult<bool> {
+        let h = handle_hash.to_vec();
+        self.run(move |conn| {
+            let n = conn
+                .execute("DELETE FROM otps WHERE handle_hash = ?1", [&h])
+                .map_err(backend)?;
+            Ok(n > 0)
+        })
+        .await
+    }
+
+    async fn purge_expired_otps(&self, now: OffsetDateTime) -> StoreResult<u64> {
+        self.run(move |conn| {
+            let n = conn
+                .execute("DELETE FROM otps WHERE expires_at <= ?1", [to_millis(now)])
+                .map_err(backend)?;
+            Ok(n as u64)
+        })
+        .await
+    }
+}
+
+#[async_trait]
+impl SessionStore for SqliteStore {
+    async fn put_refresh_token(&self, t: RefreshToken) -> StoreResult<()> {
+        self.run(move |conn| {
+            conn.execute(
+                &format!("INSERT INTO refresh_tokens ({TOKEN_COLS}) VALUES (?1, ?2, ?3, ?4, ?5)"),
+                params![
+                    t.token_hash,
+                    t.family.0,
+                    t.user_id.0,
+                    to_millis(t.expires_at),
+                    t.used
+                ],
+            )
+            .map_err(map_write)?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn get_refresh_token(&self, token_hash: &[u8]) -> StoreResult<Option<RefreshToken>> {
+        let h = token_hash.to_vec();
+        self.run(move |conn| {
+            conn.query_row(
+                &format!("SELECT {TOKEN_COLS} FROM refresh_tokens WHERE token_hash = ?1"),
+                [&h],
+                token_row,
+            )
+            .optional()
+            .map_err(backend)
+        })
+        .await
+    }
+
+    async fn mark_refresh_token_used(&self, token_hash: &[u8]) -> StoreResult<bool> {
+        let h = token_hash.to_vec();
+        self.run(move |conn| {
+            let n = conn
+                .execute(
+                    "UPDATE refresh_tokens SET used = 1 WHERE token_hash = ?1 AND used = 0",
+                    [&h],
+                )
+                .map_err(backend)?;
+            Ok(n == 1)
+        })
+        .await
+    }
+
+    async fn revoke_family(&self, family: &FamilyId) -> StoreResult<()> {
+        let family = family.0.clone();
+        self.run(move |conn| {
+            conn.execute(
+                "UPDATE refresh_tokens SET used = 1 WHERE family = ?1",
+                [&family],
+            )
+            .map_err(backend)?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn purge_expired_refresh_tokens(&self, now: OffsetDateTime) -> StoreResult<u64> {
+        self.run(move |conn| {
+            let n = conn
+                .execute(
+                    "DELETE FROM refresh_tokens WHERE expires_at <= ?1",
+                    [to_millis(now)],
+                )
+                .map_err(backend)?;
+            Ok(n as u64)
+        })
+        .await
+    }
+}
+
+#[async_trait]
+impl RoomStore for SqliteStore {
+    async fn create_room(&self, room: Room) -> StoreResult<()> {
+        self.write(move |tx| {
+            tx.execute(
+                &format!("INSERT INTO rooms ({ROOM_COLS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)"),
+                params![
+                    room.id.0,
+                    room.topic,
+                    room.room_type.as_str(),
+                    room.owner_id.0,
+                    room.invite_code,
+                    to_millis(room.created_at),
+                    to_millis(room.last_activity)
+                ],
+            )
+            .map_err(map_write)?;
+            let mut stmt = tx
+                .prepare("INSERT OR IGNORE INTO room_invites (room_id, user_id) VALUES (?1, ?2)")
+                .map_err(backend)?;
+            for user in &room.invited {
+                stmt.execute(params![room.id.0, user.0]).map_err(backend)?;
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    async fn get_room(&self, id: &RoomId) -> StoreResult<Option<Room>> {
+        let id = id.0.clone();
+        self.run(move |conn| get_room_conn(conn, &id)).await
+    }
+
+    async fn list_open_rooms(&self, after: Option<&RoomId>, limit: u32) -> StoreResult<Vec<Room>> {
+        let after = after.map(|a| a.0.clone());
+        self.run(move |conn| {
+            let open = RoomType::Open.as_str();
+            let mut rooms = match after {
+                None => {
+                    let mut stmt = conn
+                        .prepare_cached(&format!(
+                            "SELECT {ROOM_COLS} FROM rooms WHERE room_type = ?1
+                             ORDER BY created_at DESC, id DESC LIMIT ?2"
+                        ))
+                        .map_err(backend)?;
+                    stmt.query_map(params![open, limit], room_row)
+                        .map_err(backend)?
+                        .collect::<rusqlite::Result<Vec<_>>>()
+                        .map_err(backend)?
+                }
+                Some(after) => {
+                    // Keyset paging from the cursor room's position. If that room has
+                    // gone since the previous page, the subquery is NULL and the page
+                    // is empty: the client starts over from the first page.
+                    let mut stmt = conn
+                        .prepare_cached(&format!(
+                            "SELECT {ROOM_COLS} FROM rooms,
+                                 (SELECT created_at AS c_at FROM rooms WHERE id = ?2) AS cursor
+                             WHERE room_type = ?1
+                               AND (created_at < cursor.c_at
+                                    OR (created_at = cursor.c_at AND id < ?2))
+                             ORDER BY created_at DESC, id DESC LIMIT ?3"
+                        ))
+                        .map_err(backend)?;
+                    stmt.query_map(params![open, after, limit], room_row)
+                        .map_err(backend)?
+                        .collect::<rusqlite::Result<Vec<_>>>()
+                        .map_err(backend)?
+                }
+            };
+            load_invites(conn, &mut rooms)?;
+            Ok(rooms)
+        })
+        .await
+    }
+
+    async fn update_room_topic(&self, id: &RoomId, topic: &str) -> StoreResult<Option<Room>> {
+        let id = id.0.clone();
+        let topic = topic.to_owned();
+        self.write(move |tx| {
+            let n = tx
+                .execute(
+                    "UPDATE rooms SET topic = ?2 WHERE id = ?1",
+                    params![id, topic],
+                )
+                .map_err(backend)?;
+            if n == 0 {
+                return Ok(None);
+            }
+            get_room_conn(tx, &id)
+        })
+        .await
+    }
+
+    async fn add_room_invite(&self, id: &RoomId, user: &UserId) -> StoreResult<()> {
+        let id = id.0.clone();
+        let user = user.0.clone();
+        self.run(move |conn| {
+            conn.execute(
+                "INSERT OR IGNORE INTO room_invites (room_id, user_id) VALUES (?1, ?2)",
+                params![id, user],
+            )
+            .map_err(map_write)?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn set_invite_code(&self, id: &RoomId, code: Option<&str>) -> StoreResult<()> {
+        let id = id.0.clone();
+        let code = code.map(str::to_owned);
+        self.run(move |conn| {
+            let n = conn
+                .execute(
+                    "UPDATE rooms SET invite_code = ?2 WHERE id = ?1",
+                    params![id, code],
+                )
+                .map_err(backend)?;
+            if n == 0 {
+                Err(StoreError::NotFound)
+            } else {
+                Ok(())
+            }
+        })
+        .await
+    }
+
+    async fn touch_room(&self, id: &RoomId, now: OffsetDateTime) -> StoreResult<()> {
+        let id = id.0.clone();
+        self.run(move |conn| {
+            // max(): a late, out-of-order touch never moves the clock back.
+            let n = conn
+                .execute(
+                    "UPDATE rooms SET last_activity = max(last_activity, ?2) WHERE id = ?1",
+                    params![id, to_millis(now)],
+                )
+                .map_err(backend)?;
+            if n == 0 {
+                Err(StoreError::NotFound)
+            } else {
+                Ok(())
+            }
+        })
+        .await
+    }
+
+    async fn delete_room(&self, id: &RoomId) -> StoreResult<bool> {
+        let id = id.0.clone();
+        self.write(move |tx| {
+            // Messages, blobs (and their chunks) and invites cascade.
+            let n = tx
+                .execute("DELETE FROM rooms WHERE id = ?1", [&id])
+                .map_err(backend)?;
+            Ok(n > 0)
+        })
+        .await
+    }
+
+    async fn expire_rooms(&self, cutoff: OffsetDateTime) -> StoreResult<u64> {
+        self.write(move |tx| {
+            let n = tx
+                .execute(
+                    "DELETE FROM rooms WHERE last_activity < ?1",
+                    [to_millis(cutoff)],
+                )
+                .map_err(backend)?;
+            // Foreign keys make orphans impossible here, but a database written with
+            // them switched off (an old build, a hand edit) may still hold some.
+            tx.execute(
+                "DELETE FROM messages WHERE room_id NOT IN (SELECT id FROM rooms)",
+                [],
+            )
+            .map_err(backend)?;
+            tx.execute(
+                "DELETE FROM blobs WHERE room_id IS NOT NULL AND room_id NOT IN (SELECT id FROM rooms)",
+                [],
+            )
+            .map_err(backend)?;
+            tx.execute(
+                "DELETE FROM blob_chunks WHERE blob_id NOT IN (SELECT id FROM blobs)",
+                [],
+            )
+            .map_err(backend)?;
+            Ok(n as u64)
+        })
+        .await
+    }
+}
+
+#[async_trait]
+impl MessageStore for SqliteStore {
+    async fn insert_message(&self, m: Message) -> StoreResult<()> {
+        self.write(move |tx| {
+            require_room(tx, &m.room_id.0)?;
+            tx.execute(
+                &format!(
+                    "INSERT INTO messages ({MESSAGE_COLS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)"
+                ),
+                params![
+                    m.id.0,
+                    m.room_id.0,
+                    m.author_id.0,
+                    m.author_name,
+                    m.kind.as_str(),
+                    m.text,
+                    m.attachment.as_ref().map(|a| a.0.as_str()),
+                    to_millis(m.created_at)
+                ],
+            )
+            .map_err(map_write)?;
+            // A message is activity: keep the room alive without a second call.
+            tx.execute(
+                "UPDATE rooms SET last_activity = max(last_activity, ?2) WHERE id = ?1",
+                params![m.room_id.0, to_millis(m.created_at)],
+            )
+            .map_err(backend)?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn get_message(&self, id: &MessageId) -> StoreResult<Option<Message>> {
+        let id = id.0.clone();
+        self.run(move |conn| {
+            conn.query_row(
+                &format!("SELECT {MESSAGE_COLS} FROM messages WHERE id = ?1"),
+                [&id],
+                message_row,
+            )
+            .optional()
+            .map_err(backend)
+        })
+        .await
+    }
+
+    async fn list_messages(
+        &self,
+        room: &RoomId,
+        before: Option<&MessageCursor>,
+        limit: u32,
+    ) -> StoreResult<Vec<Message>> {
+        let room = room.0.clone();
+        let before = before.map(|c| (to_millis(c.created_at), c.id.0.clone()));
+        self.run(move |conn| {
+            let rows = match before {
+                None => {
+                    let mut stmt = conn
+                        .prepare_cached(&format!(
+                            "SELECT {MESSAGE_COLS} FROM messages WHERE room_id = ?1
+                             ORDER BY created_at DESC, id DESC LIMIT ?2"
+                        ))
+                        .map_err(backend)?;
+                    stmt.query_map(params![room, limit], message_row)
+                        .map_err(backend)?
+                        .collect::<rusqlite::Result<Vec<_>>>()
+                }
+                Some((at, id)) => {
+                    let mut stmt = conn
+                        .prepare_cached(&format!(
+                            "SELECT {MESSAGE_COLS} FROM messages WHERE room_id = ?1
+                               AND (created_at < ?2 OR (created_at = ?2 AND id < ?3))
+                             ORDER BY created_at DESC, id DESC LIMIT ?4"
+                        ))
+                        .map_err(backend)?;
+                    stmt.query_map(params![room, at, id, limit], message_row)
+                        .map_err(backend)?
+                        .collect::<rusqlite::Result<Vec<_>>>()
+                }
+            };
+            rows.map_err(backend)
+        })
+        .await
+    }
+
+    async fn delete_message(&self, id: &MessageId) -> StoreResult<Option<Message>> {
+        let id = id.0.clone();
+        self.write(move |tx| {
+            let msg = tx
+                .query_row(
+                    &format!("DELETE FROM messages WHERE id = ?1 RETURNING {MESSAGE_COLS}"),
+                    [&id],
+                    message_row,
+                )
+                .optional()
+                .map_err(backend)?;
+            if let Some(file) = msg.as_ref().and_then(|m| m.attachment.as_ref()) {
+                delete_blob_conn(tx, &file.0)?;
+            }
+            Ok(msg)
+        })
+        .await
+    }
+}
+
+#[async_trait]
+impl BlobStore for SqliteStore {
+    async fn put_blob(&self, meta: BlobMeta, bytes: Bytes) -> StoreResult<()> {
+        self.write(move |tx| {
+            if let Some(room) = &meta.room_id {
+                require_room(tx, &room.0)?;
+            }
+            tx.execute(
+                &format!("INSERT INTO blobs ({BLOB_COLS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6)"),
+                params![
+                    meta.id.0,
+                    meta.kind.as_str(),
+                    meta.content_type,
+                    bytes.len() as i64,
+                    meta.room_id.as_ref().map(|r| r.0.as_str()),
+                    to_millis(meta.created_at)
+                ],
+            )
+            .map_err(map_write)?;
+            let mut stmt = tx
+                .prepare("INSERT INTO blob_chunks (blob_id, n, data) VALUES (?1, ?2, ?3)")
+                .map_err(backend)?;
+            for (n, chunk) in bytes.chunks(BLOB_CHUNK_SIZE).enumerate() {
+                stmt.execute(params![meta.id.0, n as i64, chunk])
+                    .map_err(backend)?;
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    async fn get_blob_meta(&self, id: &FileId) -> StoreResult<Option<BlobMeta>> {
+        let id = id.0.clone();
+        self.run(move |conn| {
+            conn.query_row(
+                &format!("SELECT {BLOB_COLS} FROM blobs WHERE id = ?1"),
+                [&id],
+                blob_row,
+            )
+            .optional()
+            .map_err(backend)
+        })
+        .await
+    }
+
+    async fn read_blob(&self, id: &FileId, range: Range<u64>) -> StoreResult<ByteStream> {
+        let meta = self.get_blob_meta(id).await?.ok_or(StoreError::NotFound)?;
+        let plan = super::ChunkPlan::new(range, meta.len, BLOB_CHUNK_SIZE as u64)?;
+        let store = self.clone();
+        let id = id.0.clone();
+        // One chunk per step, each its own short trip to the blocking pool, so a slow
+        // client never holds the connection and memory stays at one chunk.
+        let stream = futures::stream::try_unfold(plan, move |mut plan| {
+            let store = store.clone();
+            let id = id.clone();
+            async move {
+                let Some((n, slice)) = plan.next_chunk() else {
+                    return Ok(None);
+                };
+                let data = store
+                    .run(move |conn| {
+                        conn.query_row(
+                            "SELECT substr(data, ?3, ?4) FROM blob_chunks WHERE blob_id = ?1 AND n = ?2",
+                            params![id, n as i64, slice.start as i64 + 1, (slice.end - slice.start) as i64],
+                            |r| r.get::<_, Vec<u8>>(0),
+                        )
+                        .optional()
+                        .map_err(backend)
+                    })
+                    .await?
+                    // Deleted while being streamed.
+                    .ok_or(StoreError::NotFound)?;
+                if data.len() as u64 != slice.end - slice.start {
+                    return Err(StoreError::Backend(format!(
+                        "blob chunk {n} is shorter than its recorded length"
+                    )));
+                }
+                Ok(Some((Bytes::from(data), plan)))
+            }
+        });
+        Ok(Box::pin(stream))
+    }
+
+    async fn delete_blob(&self, id: &FileId) -> StoreResult<bool> {
+        let id = id.0.clone();
+        self.run(move |conn| delete_blob_conn(conn, &id)).await
+    }
+}
+
+#[async_trait]
+impl Health for SqliteStore {
+    async fn ping(&self) -> StoreResult<()> {
+        self.run(|conn| {
+            conn.query_row("SELECT 1", [], |r| r.get::<_, i64>(0))
+                .map_err(backend)?;
+            Ok(())
+        })
+        .await
+    }
+}

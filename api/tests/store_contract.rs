@@ -1,0 +1,887 @@
+//! The store contract: one suite of behaviours, written once against `Arc<dyn Store>`,
+//! run against every implementation (SQLite in memory, SQLite on disk, MongoDB on a
+//! SecantusDB server this test binary starts itself).
+//!
+//! Each behaviour is an `async fn` in [`cases`]; `contract_suite!` turns the list into
+//! one `#[tokio::test]` per behaviour per store so a failure names both.
+
+mod support;
+
+use std::collections::HashSet;
+use std::sync::Arc;
+
+use anyhow::{Context, Result, ensure};
+use api::store::{
+    BlobKind, BlobMeta, FamilyId, FileId, Health, Message, MessageCursor, MessageId, MessageStore,
+    MessageType, OtpChallenge, RefreshToken, Room, RoomId, RoomStore, RoomType, Store, StoreError,
+    UserId, UserStore, new_id,
+};
+use bytes::Bytes;
+use futures::TryStreamExt;
+use time::{Duration, OffsetDateTime};
+
+/// Now, at the millisecond precision the stores keep, so round trips compare equal.
+fn now_ms() -> OffsetDateTime {
+    let t = OffsetDateTime::now_utc();
+    t.replace_nanosecond(t.nanosecond() / 1_000_000 * 1_000_000)
+        .unwrap_or(t)
+}
+
+fn room(id: &str, kind: RoomType, owner: &UserId, at: OffsetDateTime) -> Room {
+    Room {
+        id: RoomId(id.to_owned()),
+        topic: format!("topic of {id}"),
+        room_type: kind,
+        owner_id: owner.clone(),
+        invited: Vec::new(),
+        invite_code: None,
+        created_at: at,
+        last_activity: at,
+    }
+}
+
+fn message(room: &RoomId, at: OffsetDateTime, text: &str) -> Message {
+    Message {
+        id: MessageId(new_id()),
+        room_id: room.clone(),
+        author_id: UserId(new_id()),
+        author_name: "Ada".into(),
+        kind: MessageType::Text,
+        text: text.into(),
+        attachment: None,
+        created_at: at,
+    }
+}
+
+fn blob_meta(kind: BlobKind, room: Option<&RoomId>, at: OffsetDateTime, len: usize) -> BlobMeta {
+    BlobMeta {
+        id: FileId(new_id()),
+        kind,
+        content_type: match kind {
+            BlobKind::Voice => "audio/webm".into(),
+            _ => "image/png".into(),
+        },
+        len: len as u64,
+        room_id: room.cloned(),
+        created_at: at,
+    }
+}
+
+/// Deterministic bytes whose value depends on the position, so a misplaced slice shows.
+fn pattern(len: usize) -> Bytes {
+    (0..len)
+        .map(|i| (i % 251) as u8 ^ (i / 251) as u8)
+        .collect::<Vec<u8>>()
+        .into()
+}
+
+async fn read_all(store: &dyn Store, id: &FileId, range: std::ops::Range<u64>) -> Result<Vec<u8>> {
+    let chunks: Vec<Bytes> = store.read_blob(id, range).await?.try_collect().await?;
+    Ok(chunks.concat())
+}
+
+/// A room with one text message, one voice note (bytes + message) and one image.
+async fn populated_room(store: &dyn Store, id: &str, at: OffsetDateTime) -> Result<Vec<FileId>> {
+    let owner = UserId(new_id());
+    let rid = RoomId(id.to_owned());
+    store
+        .create_room(room(id, RoomType::Open, &owner, at))
+        .await?;
+    store.insert_message(message(&rid, at, "hello")).await?;
+    let mut files = Vec::new();
+    for kind in [BlobKind::Voice, BlobKind::Image] {
+        let meta = blob_meta(kind, Some(&rid), at, 1000);
+        let file = meta.id.clone();
+        store.put_blob(meta, pattern(1000)).await?;
+        let mut m = message(&rid, at, "");
+        m.kind = if kind == BlobKind::Voice {
+            MessageType::Voice
+        } else {
+            MessageType::Image
+        };
+        m.attachment = Some(file.clone());
+        store.insert_message(m).await?;
+        files.push(file);
+    }
+    Ok(files)
+}
+
+pub mod cases {
+    use super::*;
+
+    pub async fn find_or_create_user_is_idempotent_per_phone(store: Arc<dyn Store>) -> Result<()> {
+        let t0 = now_ms();
+        let a = store.find_or_create_user("+15550000001", t0).await?;
+        assert_eq!(a.phone, "+15550000001");
+        assert!(!a.activated, "a new user starts not activated");
+        assert_eq!(a.name, None);
+        assert_eq!(a.avatar, None);
+        assert_eq!(a.created_at, t0);
+        assert_eq!(a.id.as_str().len(), 24);
+
+        let again = store
+            .find_or_create_user("+15550000001", t0 + Duration::hours(1))
+            .await?;
+        assert_eq!(again, a, "second login finds the same user, unchanged");
+
+        let b = store.find_or_create_user("+15550000002", t0).await?;
+        assert_ne!(b.id, a.id);
+
+        assert_eq!(store.get_user(&a.id).await?, Some(a.clone()));
+        assert_eq!(store.get_user(&UserId(new_id())).await?, None);
+        Ok(())
+    }
+
+    pub async fn concurrent_first_logins_create_one_user(store: Arc<dyn Store>) -> Result<()> {
+        let t0 = now_ms();
+        let tasks: Vec<_> = (0..12)
+            .map(|_| {
+                let s = store.clone();
+                tokio::spawn(async move { s.find_or_create_user("+15550000009", t0).await })
+            })
+            .collect();
+        let mut ids = HashSet::new();
+        for t in tasks {
+            ids.insert(t.await??.id);
+        }
+        assert_eq!(ids.len(), 1, "one phone, one user: {ids:?}");
+        Ok(())
+    }
+
+    pub async fn get_users_returns_known_users_and_skips_unknown(
+        store: Arc<dyn Store>,
+    ) -> Result<()> {
+        let t0 = now_ms();
+        let a = store.find_or_create_user("+15550000011", t0).await?;
+        let b = store.find_or_create_user("+15550000012", t0).await?;
+        let _c = store.find_or_create_user("+15550000013", t0).await?;
+        let mut got = store
+            .get_users(&[a.id.clone(), UserId(new_id()), b.id.clone(), a.id.clone()])
+            .await?;
+        got.sort_by(|x, y| x.id.cmp(&y.id));
+        let mut want = vec![a, b];
+        want.sort_by(|x, y| x.id.cmp(&y.id));
+        assert_eq!(got, want);
+        assert!(store.get_users(&[]).await?.is_empty());
+        Ok(())
+    }
+
+    pub async fn activate_user_sets_profile_and_deletes_replaced_avatar(
+        store: Arc<dyn Store>,
+    ) -> Result<()> {
+        let t0 = now_ms();
+        let u = store.find_or_create_user("+15550000021", t0).await?;
+        let first = blob_meta(BlobKind::Avatar, None, t0, 10);
+        let first_id = first.id.clone();
+        store.put_blob(first, pattern(10)).await?;
+
+        let active = store
+            .activate_user(&u.id, "Ada", Some(first_id.clone()))
+            .await?;
+        assert!(active.activated);
+        assert_eq!(active.name.as_deref(), Some("Ada"));
+        assert_eq!(active.avatar, Some(first_id.clone()));
+        assert_eq!(active.phone, u.phone);
+        assert_eq!(store.get_user(&u.id).await?, Some(active));
+
+        let second = blob_meta(BlobKind::Avatar, None, t0, 20);
+        let second_id = second.id.clone();
+        store.put_blob(second, pattern(20)).await?;
+        let updated = store
+            .activate_user(&u.id, "Ada L.", Some(second_id.clone()))
+            .await?;
+        assert_eq!(updated.avatar, Some(second_id.clone()));
+        assert_eq!(
+            store.get_blob_meta(&first_id).await?,
+            None,
+            "the replaced avatar's bytes are deleted"
+        );
+        assert!(store.get_blob_meta(&second_id).await?.is_some());
+
+        let renamed = store.activate_user(&u.id, "Ada Lovelace", None).await?;
+        assert_eq!(
+            renamed.avatar,
+            Some(second_id.clone()),
+            "None keeps the avatar"
+        );
+        assert_eq!(renamed.name.as_deref(), Some("Ada Lovelace"));
+        assert!(store.get_blob_meta(&second_id).await?.is_some());
+
+        let same = store
+            .activate_user(&u.id, "Ada", Some(second_id.clone()))
+            .await?;
+        assert_eq!(same.avatar, Some(second_id.clone()));
+        assert!(
+            store.get_blob_meta(&second_id).await?.is_some(),
+            "re-setting the same avatar keeps its bytes"
+        );
+
+        let missing = store.activate_user(&UserId(new_id()), "Nobody", None).await;
+        assert!(matches!(missing, Err(StoreError::NotFound)), "{missing:?}");
+        Ok(())
+    }
+
+    fn otp(handle: &[u8], expires_at: OffsetDateTime, attempts: u32) -> OtpChallenge {
+        OtpChallenge {
+            handle_hash: handle.to_vec(),
+            phone: "+15550000031".into(),
+            code_hash: vec![7; 32],
+            expires_at,
+            attempts_left: attempts,
+        }
+    }
+
+    pub async fn otp_round_trips_conflicts_and_purges_expired(store: Arc<dyn Store>) -> Result<()> {
+        let now = now_ms();
+        let live = otp(b"live-handle-hash", now + Duration::minutes(2), 5);
+        let dead = otp(b"dead-handle-hash", now - Duration::seconds(1), 5);
+        store.put_otp(live.clone()).await?;
+        store.put_otp(dead.clone()).await?;
+        assert_eq!(
+            store.get_otp(b"live-handle-hash").await?,
+            Some(live.clone())
+        );
+        assert_eq!(store.get_otp(b"no-such-handle").await?, None);
+
+        let dup = store.put_otp(live.clone()).await;
+        assert!(matches!(dup, Err(StoreError::Conflict)), "{dup:?}");
+
+        assert_eq!(store.purge_expired_otps(now).await?, 1);
+        assert_eq!(store.get_otp(b"dead-handle-hash").await?, None);
+        assert_eq!(store.get_otp(b"live-handle-hash").await?, Some(live));
+        Ok(())
+    }
+
+    pub async fn otp_attempts_decrement_atomically_under_concurrency(
+        store: Arc<dyn Store>,
+    ) -> Result<()> {
+        let now = now_ms();
+        store
+            .put_otp(otp(b"attempts", now + Duration::minutes(2), 5))
+            .await?;
+        let tasks: Vec<_> = (0..20)
+            .map(|_| {
+                let s = store.clone();
+                tokio::spawn(async move { s.spend_otp_attempt(b"attempts").await })
+            })
+            .collect();
+        let mut granted = Vec::new();
+        for t in tasks {
+            if let Some(left) = t.await?? {
+                granted.push(left);
+            }
+        }
+        granted.sort_unstable();
+        assert_eq!(granted, vec![0, 1, 2, 3, 4], "exactly five checks granted");
+        let after = store
+            .get_otp(b"attempts")
+            .await?
+            .context("challenge kept")?;
+        assert_eq!(after.attempts_left, 0);
+        assert_eq!(store.spend_otp_attempt(b"attempts").await?, None);
+        assert_eq!(store.spend_otp_attempt(b"unknown").await?, None);
+        Ok(())
+    }
+
+    pub async fn otp_consume_is_single_use_under_concurrency(store: Arc<dyn Store>) -> Result<()> {
+        let now = now_ms();
+        store
+            .put_otp(otp(b"single-use", now + Duration::minutes(2), 5))
+            .await?;
+        let tasks: Vec<_> = (0..10)
+            .map(|_| {
+                let s = store.clone();
+                tokio::spawn(async move { s.consume_otp(b"single-use").await })
+            })
+            .collect();
+        let mut winners = 0;
+        for t in tasks {
+            if t.await?? {
+                winners += 1;
+            }
+        }
+        assert_eq!(winners, 1);
+        assert_eq!(store.get_otp(b"single-use").await?, None);
+        assert!(!store.consume_otp(b"single-use").await?);
+        Ok(())
+    }
+
+    fn token(hash: &[u8], family: &FamilyId, expires_at: OffsetDateTime) -> RefreshToken {
+        RefreshToken {
+            token_hash: hash.to_vec(),
+            family: family.clone(),
+            user_id: UserId("0123456789abcdef01234567".into()),
+            expires_at,
+            used: false,
+        }
+    }
+
+    pub async fn refresh_tokens_round_trip_conflict_and_purge(store: Arc<dyn Store>) -> Result<()> {
+        let now = now_ms();
+        let fam = FamilyId(new_id());
+        let live = token(b"live-token", &fam, now + Duration::days(30));
+        let dead = token(b"dead-token", &fam, now - Duration::seconds(1));
+        store.put_refresh_token(live.clone()).await?;
+        store.put_refresh_token(dead).await?;
+        assert_eq!(
+            store.get_refresh_token(b"live-token").await?,
+            Some(live.clone())
+        );
+        assert_eq!(store.get_refresh_token(b"nope").await?, None);
+        let dup = store.put_refresh_token(live.clone()).await;
+        assert!(matches!(dup, Err(StoreError::Conflict)), "{dup:?}");
+        assert_eq!(store.purge_expired_refresh_tokens(now).await?, 1);
+        assert_eq!(store.get_refresh_token(b"dead-token").await?, None);
+        assert_eq!(store.get_refresh_token(b"live-token").await?, Some(live));
+        Ok(())
+    }
+
+    pub async fn refresh_token_mark_used_has_exactly_one_winner(
+        store: Arc<dyn Store>,
+    ) -> Result<()> {
+        let fam = FamilyId(new_id());
+        store
+            .put_refresh_token(token(b"race", &fam, now_ms() + Duration::days(1)))
+            .await?;
+        let tasks: Vec<_> = (0..10)
+            .map(|_| {
+                let s = store.clone();
+                tokio::spawn(async move { s.mark_refresh_token_used(b"race").await })
+            })
+            .collect();
+        let mut winners = 0;
+        for t in tasks {
+            if t.await?? {
+                winners += 1;
+            }
+        }
+        assert_eq!(winners, 1, "one rotation wins, the rest are reuse");
+        let t = store
+            .get_refresh_token(b"race")
+            .await?
+            .context("token kept")?;
+        assert!(t.used);
+        assert!(!store.mark_refresh_token_used(b"race").await?);
+        assert!(!store.mark_refresh_token_used(b"unknown").await?);
+        Ok(())
+    }
+
+    pub async fn revoke_family_marks_every_token_of_that_family_only(
+        store: Arc<dyn Store>,
+    ) -> Result<()> {
+        let exp = now_ms() + Duration::days(1);
+        let fam = FamilyId(new_id());
+        let other = FamilyId(new_id());
+        store.put_refresh_token(token(b"f1", &fam, exp)).await?;
+        store.put_refresh_token(token(b"f2", &fam, exp)).await?;
+        store.put_refresh_token(token(b"o1", &other, exp)).await?;
+        store.revoke_family(&fam).await?;
+        for h in [&b"f1"[..], b"f2"] {
+            let t = store.get_refresh_token(h).await?.context("kept")?;
+            assert!(t.used, "revoked tokens read as used");
+            assert!(!store.mark_refresh_token_used(h).await?);
+        }
+        let o = store.get_refresh_token(b"o1").await?.context("kept")?;
+        assert!(!o.used, "another login is untouched");
+        store.revoke_family(&FamilyId(new_id())).await?;
+        Ok(())
+    }
+
+    pub async fn create_room_round_trips_and_conflicts_on_taken_id(
+        store: Arc<dyn Store>,
+    ) -> Result<()> {
+        let t0 = now_ms();
+        let owner = UserId(new_id());
+        let mut r = room("general", RoomType::Private, &owner, t0);
+        r.invited = vec![UserId(new_id()), UserId(new_id())];
+        r.invited.sort();
+        r.invite_code = Some("s3cret".into());
+        store.create_room(r.clone()).await?;
+        let mut got = store.get_room(&r.id).await?.context("room exists")?;
+        got.invited.sort();
+        assert_eq!(got, r);
+
+        let dup = store
+            .create_room(room("general", RoomType::Open, &owner, t0))
+            .await;
+        assert!(matches!(dup, Err(StoreError::Conflict)), "{dup:?}");
+        assert_eq!(store.get_room(&RoomId("nope".into())).await?, None);
+        Ok(())
+    }
+
+    pub async fn open_rooms_list_newest_first_with_cursor_and_hide_others(
+        store: Arc<dyn Store>,
+    ) -> Result<()> {
+        let t0 = now_ms() - Duration::hours(1);
+        let owner = UserId(new_id());
+        let mut expected = Vec::new();
+        // Five distinct times, and three rooms sharing one time (ties broken by id).
+        for i in 0..5 {
+            let r = room(&new_id(), RoomType::Open, &owner, t0 + Duration::seconds(i));
+            store.create_room(r.clone()).await?;
+            expected.push(r);
+        }
+        for _ in 0..3 {
+            let r = room(&new_id(), RoomType::Open, &owner, t0 + Duration::seconds(2));
+            store.create_room(r.clone()).await?;
+            expected.push(r);
+        }
+        store
+            .create_room(room(
+                "social-1",
+                RoomType::Social,
+                &owner,
+                t0 + Duration::seconds(3),
+            ))
+            .await?;
+        store
+            .create_room(room(
+                "private-1",
+                RoomType::Private,
+                &owner,
+                t0 + Duration::seconds(4),
+            ))
+            .await?;
+        expected.sort_by(|a, b| b.created_at.cmp(&a.created_at).then(b.id.cmp(&a.id)));
+
+        let mut seen = Vec::new();
+        let mut after: Option<RoomId> = None;
+        for _ in 0..10 {
+            let page = store.list_open_rooms(after.as_ref(), 3).await?;
+            assert!(page.len() <= 3);
+            if page.is_empty() {
+                break;
+            }
+            after = page.last().map(|r| r.id.clone());
+            seen.extend(page);
+        }
+        assert_eq!(
+            seen, expected,
+            "every open room once, newest first, nothing else"
+        );
+
+        let first = store.list_open_rooms(None, 2).await?;
+        assert_eq!(first, expected[..2].to_vec());
+        assert!(
+            store
+                .list_open_rooms(Some(&RoomId("gone".into())), 10)
+                .await?
+                .is_empty()
+        );
+        Ok(())
+    }
+
+    pub async fn invites_are_idempotent_and_invite_code_can_be_set_and_cleared(
+        store: Arc<dyn Store>,
+    ) -> Result<()> {
+        let t0 = now_ms();
+        let owner = UserId(new_id());
+        let r = room("priv", RoomType::Private, &owner, t0);
+        store.create_room(r.clone()).await?;
+        let guest = UserId(new_id());
+        store.add_room_invite(&r.id, &guest).await?;
+        store.add_room_invite(&r.id, &guest).await?;
+        let got = store.get_room(&r.id).await?.context("room")?;
+        assert_eq!(got.invited, vec![guest.clone()]);
+
+        store.set_invite_code(&r.id, Some("code-1")).await?;
+        assert_eq!(
+            store
+                .get_room(&r.id)
+                .await?
+                .context("room")?
+                .invite_code
+                .as_deref(),
+            Some("code-1")
+        );
+        store.set_invite_code(&r.id, None).await?;
+        assert_eq!(
+            store.get_room(&r.id).await?.context("room")?.invite_code,
+            None
+        );
+
+        let ghost = RoomId("ghost".into());
+        let e = store.add_room_invite(&ghost, &guest).await;
+        assert!(matches!(e, Err(StoreError::NotFound)), "{e:?}");
+        let e = store.set_invite_code(&ghost, Some("x")).await;
+        assert!(matches!(e, Err(StoreError::NotFound)), "{e:?}");
+        Ok(())
+    }
+
+    pub async fn update_room_topic_returns_the_updated_room(store: Arc<dyn Store>) -> Result<()> {
+        let t0 = now_ms();
+        let r = room("topical", RoomType::Open, &UserId(new_id()), t0);
+        store.create_room(r.clone()).await?;
+        let updated = store
+            .update_room_topic(&r.id, "new topic")
+            .await?
+            .context("room exists")?;
+        assert_eq!(updated.topic, "new topic");
+        assert_eq!(updated.id, r.id);
+        assert_eq!(store.get_room(&r.id).await?, Some(updated));
+        assert_eq!(
+            store.update_room_topic(&RoomId("nope".into()), "x").await?,
+            None
+        );
+        Ok(())
+    }
+
+    pub async fn touch_room_moves_last_activity_forward_only(store: Arc<dyn Store>) -> Result<()> {
+        let t0 = now_ms() - Duration::days(3);
+        let r = room("touchy", RoomType::Social, &UserId(new_id()), t0);
+        store.create_room(r.clone()).await?;
+        let later = t0 + Duration::days(2);
+        store.touch_room(&r.id, later).await?;
+        assert_eq!(
+            store.get_room(&r.id).await?.context("room")?.last_activity,
+            later
+        );
+        store.touch_room(&r.id, t0 + Duration::days(1)).await?;
+        assert_eq!(
+            store.get_room(&r.id).await?.context("room")?.last_activity,
+            later,
+            "an older touch never moves the clock back"
+        );
+        let e = store.touch_room(&RoomId("nope".into()), later).await;
+        assert!(matches!(e, Err(StoreError::NotFound)), "{e:?}");
+        Ok(())
+    }
+
+    pub async fn delete_room_removes_its_messages_and_bytes_only(
+        store: Arc<dyn Store>,
+    ) -> Result<()> {
+        let t0 = now_ms();
+        let doomed_files = populated_room(store.as_ref(), "doomed", t0).await?;
+        let kept_files = populated_room(store.as_ref(), "kept", t0).await?;
+        let doomed = RoomId("doomed".into());
+        let kept = RoomId("kept".into());
+        let doomed_msgs = store.list_messages(&doomed, None, 100).await?;
+        assert_eq!(doomed_msgs.len(), 3);
+
+        assert!(store.delete_room(&doomed).await?);
+        assert_eq!(store.get_room(&doomed).await?, None);
+        assert!(store.list_messages(&doomed, None, 100).await?.is_empty());
+        for m in &doomed_msgs {
+            assert_eq!(store.get_message(&m.id).await?, None);
+        }
+        for f in &doomed_files {
+            assert_eq!(store.get_blob_meta(f).await?, None);
+            assert!(matches!(
+                store.read_blob(f, 0..0).await.err(),
+                Some(StoreError::NotFound)
+            ));
+        }
+        assert!(
+            !store.delete_room(&doomed).await?,
+            "second delete finds nothing"
+        );
+
+        assert_eq!(store.list_messages(&kept, None, 100).await?.len(), 3);
+        for f in &kept_files {
+            assert_eq!(
+                read_all(store.as_ref(), f, 0..1000).await?,
+                pattern(1000).to_vec()
+            );
+        }
+        Ok(())
+    }
+
+    pub async fn message_history_pages_newest_first_across_equal_timestamps(
+        store: Arc<dyn Store>,
+    ) -> Result<()> {
+        let t0 = now_ms() - Duration::hours(2);
+        let owner = UserId(new_id());
+        let rid = RoomId("chat".into());
+        store
+            .create_room(room("chat", RoomType::Open, &owner, t0))
+            .await?;
+        store
+            .create_room(room("elsewhere", RoomType::Open, &owner, t0))
+            .await?;
+        let mut expected = Vec::new();
+        for (i, secs) in [1, 2, 3, 3, 3, 3, 4, 5].into_iter().enumerate() {
+            let mut m = message(&rid, t0 + Duration::seconds(secs), &format!("m{i}"));
+            if i == 2 {
+                m.kind = MessageType::CallNotification;
+            }
+            if i == 3 {
+                m.kind = MessageType::CallEnded;
+            }
+            store.insert_message(m.clone()).await?;
+            expected.push(m);
+        }
+        store
+            .insert_message(message(&RoomId("elsewhere".into()), t0, "not here"))
+            .await?;
+        expected.sort_by(|a, b| b.created_at.cmp(&a.created_at).then(b.id.cmp(&a.id)));
+
+        let mut seen = Vec::new();
+        let mut cursor: Option<MessageCursor> = None;
+        for _ in 0..10 {
+            let page = store.list_messages(&rid, cursor.as_ref(), 3).await?;
+            if page.is_empty() {
+                break;
+            }
+            assert!(page.len() <= 3);
+            cursor = page.last().map(|m| MessageCursor {
+                created_at: m.created_at,
+                id: m.id.clone(),
+            });
+            seen.extend(page);
+        }
+        assert_eq!(seen, expected, "every message once, newest first");
+        assert_eq!(
+            store.get_message(&expected[0].id).await?,
+            Some(expected[0].clone())
+        );
+        assert_eq!(store.get_message(&MessageId(new_id())).await?, None);
+
+        let room = store.get_room(&rid).await?.context("room")?;
+        assert_eq!(
+            room.last_activity,
+            t0 + Duration::seconds(5),
+            "a message is room activity"
+        );
+
+        let dup = store.insert_message(expected[0].clone()).await;
+        assert!(matches!(dup, Err(StoreError::Conflict)), "{dup:?}");
+        let orphan = store
+            .insert_message(message(&RoomId("no-room".into()), t0, "x"))
+            .await;
+        assert!(matches!(orphan, Err(StoreError::NotFound)), "{orphan:?}");
+        Ok(())
+    }
+
+    pub async fn delete_message_removes_its_attachment_bytes(store: Arc<dyn Store>) -> Result<()> {
+        let t0 = now_ms();
+        let files = populated_room(store.as_ref(), "uploads", t0).await?;
+        let rid = RoomId("uploads".into());
+        let msgs = store.list_messages(&rid, None, 10).await?;
+        let voice = msgs
+            .iter()
+            .find(|m| m.kind == MessageType::Voice)
+            .context("voice message")?
+            .clone();
+        assert_eq!(voice.attachment.as_ref(), Some(&files[0]));
+
+        let deleted = store.delete_message(&voice.id).await?;
+        assert_eq!(deleted, Some(voice.clone()));
+        assert_eq!(store.get_message(&voice.id).await?, None);
+        assert_eq!(
+            store.get_blob_meta(&files[0]).await?,
+            None,
+            "bytes gone too"
+        );
+        assert!(
+            store.get_blob_meta(&files[1]).await?.is_some(),
+            "other upload kept"
+        );
+        assert_eq!(store.list_messages(&rid, None, 10).await?.len(), 2);
+        assert_eq!(store.delete_message(&voice.id).await?, None);
+        Ok(())
+    }
+
+    pub async fn blob_range_reads_return_exact_bytes_across_chunks(
+        store: Arc<dyn Store>,
+    ) -> Result<()> {
+        const CHUNK: u64 = 256 * 1024;
+        let t0 = now_ms();
+        store
+            .create_room(room("blobs", RoomType::Open, &UserId(new_id()), t0))
+            .await?;
+        let len = (2 * CHUNK + 12_345) as usize;
+        let data = pattern(len);
+        let mut meta = blob_meta(BlobKind::Voice, Some(&RoomId("blobs".into())), t0, 0);
+        meta.content_type = "audio/ogg".into();
+        let id = meta.id.clone();
+        store.put_blob(meta.clone(), data.clone()).await?;
+
+        let got = store.get_blob_meta(&id).await?.context("meta")?;
+        assert_eq!(got.len, len as u64, "length comes from the bytes");
+        assert_eq!(got.content_type, "audio/ogg");
+        assert_eq!(got.kind, BlobKind::Voice);
+        assert_eq!(got.room_id, Some(RoomId("blobs".into())));
+        assert_eq!(got.created_at, t0);
+
+        let l = len as u64;
+        let ranges = [
+            0..l,
+            0..10,
+            100..5000,
+            CHUNK - 10..CHUNK + 10,
+            CHUNK..2 * CHUNK,
+            10..2 * CHUNK + 1,
+            l - 10..l,
+            l..l,
+            500..500,
+        ];
+        for r in ranges {
+            let bytes = read_all(store.as_ref(), &id, r.clone()).await?;
+            ensure!(
+                bytes == data[r.start as usize..r.end as usize],
+                "range {r:?} returned {} wrong bytes",
+                bytes.len()
+            );
+        }
+        assert!(
+            store.read_blob(&id, 0..l + 1).await.is_err(),
+            "past the end"
+        );
+        let backwards = std::ops::Range { start: 10, end: 5 };
+        assert!(store.read_blob(&id, backwards).await.is_err());
+        assert!(matches!(
+            store.read_blob(&FileId(new_id()), 0..0).await.err(),
+            Some(StoreError::NotFound)
+        ));
+
+        let dup = store.put_blob(meta, Bytes::from_static(b"x")).await;
+        assert!(matches!(dup, Err(StoreError::Conflict)), "{dup:?}");
+
+        let empty = blob_meta(BlobKind::Image, None, t0, 0);
+        let empty_id = empty.id.clone();
+        store.put_blob(empty, Bytes::new()).await?;
+        assert_eq!(
+            store.get_blob_meta(&empty_id).await?.context("meta")?.len,
+            0
+        );
+        assert!(read_all(store.as_ref(), &empty_id, 0..0).await?.is_empty());
+
+        assert!(store.delete_blob(&id).await?);
+        assert_eq!(store.get_blob_meta(&id).await?, None);
+        assert!(!store.delete_blob(&id).await?);
+        Ok(())
+    }
+
+    pub async fn put_blob_for_a_missing_room_is_not_found(store: Arc<dyn Store>) -> Result<()> {
+        let meta = blob_meta(BlobKind::Image, Some(&RoomId("nope".into())), now_ms(), 3);
+        let id = meta.id.clone();
+        let e = store.put_blob(meta, Bytes::from_static(b"abc")).await;
+        assert!(matches!(e, Err(StoreError::NotFound)), "{e:?}");
+        assert_eq!(store.get_blob_meta(&id).await?, None);
+        Ok(())
+    }
+
+    pub async fn expire_rooms_removes_idle_rooms_with_messages_and_bytes(
+        store: Arc<dyn Store>,
+    ) -> Result<()> {
+        let now = now_ms();
+        let old = now - Duration::days(40);
+        let old_files = populated_room(store.as_ref(), "idle", old).await?;
+        populated_room(store.as_ref(), "idle-2", old).await?;
+        let fresh_files = populated_room(store.as_ref(), "busy", now).await?;
+        // An old room that was touched recently stays.
+        populated_room(store.as_ref(), "revived", old).await?;
+        store
+            .touch_room(&RoomId("revived".into()), now - Duration::days(1))
+            .await?;
+        let avatar = blob_meta(BlobKind::Avatar, None, old, 5);
+        let avatar_id = avatar.id.clone();
+        store.put_blob(avatar, pattern(5)).await?;
+        let idle_msgs = store
+            .list_messages(&RoomId("idle".into()), None, 10)
+            .await?;
+
+        let removed = store.expire_rooms(now - Duration::days(30)).await?;
+        assert_eq!(removed, 2);
+        for gone in ["idle", "idle-2"] {
+            let id = RoomId(gone.into());
+            assert_eq!(store.get_room(&id).await?, None);
+            assert!(store.list_messages(&id, None, 10).await?.is_empty());
+        }
+        for m in idle_msgs {
+            assert_eq!(store.get_message(&m.id).await?, None);
+        }
+        for f in old_files {
+            assert_eq!(store.get_blob_meta(&f).await?, None);
+        }
+        for kept in ["busy", "revived"] {
+            let id = RoomId(kept.into());
+            assert!(store.get_room(&id).await?.is_some(), "{kept} kept");
+            assert_eq!(store.list_messages(&id, None, 10).await?.len(), 3);
+        }
+        for f in fresh_files {
+            assert!(store.get_blob_meta(&f).await?.is_some());
+        }
+        assert!(
+            store.get_blob_meta(&avatar_id).await?.is_some(),
+            "avatars belong to users, not rooms"
+        );
+        assert_eq!(store.expire_rooms(now - Duration::days(30)).await?, 0);
+        Ok(())
+    }
+
+    pub async fn ping_succeeds(store: Arc<dyn Store>) -> Result<()> {
+        store.ping().await?;
+        Ok(())
+    }
+}
+
+/// One `#[tokio::test]` per behaviour in [`cases`], against the store `$make` builds.
+macro_rules! contract_suite {
+    ($suite:ident, $make:path) => {
+        mod $suite {
+            contract_suite!(@cases $make;
+                find_or_create_user_is_idempotent_per_phone,
+                concurrent_first_logins_create_one_user,
+                get_users_returns_known_users_and_skips_unknown,
+                activate_user_sets_profile_and_deletes_replaced_avatar,
+                otp_round_trips_conflicts_and_purges_expired,
+                otp_attempts_decrement_atomically_under_concurrency,
+                otp_consume_is_single_use_under_concurrency,
+                refresh_tokens_round_trip_conflict_and_purge,
+                refresh_token_mark_used_has_exactly_one_winner,
+                revoke_family_marks_every_token_of_that_family_only,
+                create_room_round_trips_and_conflicts_on_taken_id,
+                open_rooms_list_newest_first_with_cursor_and_hide_others,
+                invites_are_idempotent_and_invite_code_can_be_set_and_cleared,
+                update_room_topic_returns_the_updated_room,
+                touch_room_moves_last_activity_forward_only,
+                delete_room_removes_its_messages_and_bytes_only,
+                message_history_pages_newest_first_across_equal_timestamps,
+                delete_message_removes_its_attachment_bytes,
+                blob_range_reads_return_exact_bytes_across_chunks,
+                put_blob_for_a_missing_room_is_not_found,
+                expire_rooms_removes_idle_rooms_with_messages_and_bytes,
+                ping_succeeds,
+            );
+        }
+    };
+    (@cases $make:path; $($case:ident),* $(,)?) => {
+        $(
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $case() -> anyhow::Result<()> {
+                let fixture = $make().await?;
+                super::cases::$case(fixture.store.clone()).await
+            }
+        )*
+    };
+}
+
+contract_suite!(sqlite_memory, crate::support::sqlite_memory);
+contract_suite!(sqlite_file, crate::support::sqlite_file);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_file_data_survives_reopen() -> Result<()> {
+    let dir = support::TempDir::new("chorus-reopen")?;
+    let path = dir.path().join("chorus.db");
+    let t0 = now_ms();
+    let (user, files) = {
+        let store = api::store::SqliteStore::open(&path).await?;
+        let user = store.find_or_create_user("+15550000099", t0).await?;
+        let files = populated_room(&store, "persistent", t0).await?;
+        (user, files)
+    };
+    let store = api::store::SqliteStore::open(&path).await?;
+    assert_eq!(store.get_user(&user.id).await?, Some(user));
+    let rid = RoomId("persistent".into());
+    assert!(store.get_room(&rid).await?.is_some());
+    assert_eq!(store.list_messages(&rid, None, 10).await?.len(), 3);
+    for f in files {
+        assert_eq!(read_all(&store, &f, 0..1000).await?, pattern(1000).to_vec());
+    }
+    // Migrations are not re-run on an up-to-date database (they would fail: tables exist).
+    drop(store);
+    let again = api::store::SqliteStore::open(&path).await?;
+    again.ping().await?;
+    Ok(())
+}

@@ -1,0 +1,53 @@
+//! Test support for the store contract suite: fixtures that build each store, and a
+//! temp directory that cleans up after itself.
+
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use api::store::{SqliteStore, Store, new_id};
+
+/// A store under test plus whatever must live as long as it (temp dir, server).
+pub struct Fixture {
+    pub store: Arc<dyn Store>,
+    pub _guard: Box<dyn std::any::Any + Send + Sync>,
+}
+
+/// A fresh directory under the system temp dir, removed on drop.
+pub struct TempDir(PathBuf);
+
+impl TempDir {
+    pub fn new(prefix: &str) -> anyhow::Result<Self> {
+        let path = std::env::temp_dir().join(format!("{prefix}-{}", new_id()));
+        std::fs::create_dir_all(&path)?;
+        Ok(Self(path))
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+pub async fn sqlite_memory() -> anyhow::Result<Fixture> {
+    Ok(Fixture {
+        store: Arc::new(SqliteStore::open_in_memory().await?),
+        _guard: Box::new(()),
+    })
+}
+
+/// An on-disk database in a nested directory that does not exist yet (open creates it).
+pub async fn sqlite_file() -> anyhow::Result<Fixture> {
+    let dir = TempDir::new("chorus-sqlite")?;
+    let store = SqliteStore::open(dir.path().join("data").join("chorus.db")).await?;
+    Ok(Fixture {
+        store: Arc::new(store),
+        _guard: Box::new(dir),
+    })
+}
