@@ -26,7 +26,6 @@ use axum::Router;
 use axum::extract::DefaultBodyLimit;
 use axum::http::{HeaderName, HeaderValue, Method, header};
 use axum::response::IntoResponse;
-use axum::routing::get;
 use tower_http::cors::{AllowOrigin, CorsLayer};
 use utoipa::OpenApi;
 use utoipa_axum::router::OpenApiRouter;
@@ -63,7 +62,16 @@ struct ApiDoc;
 /// The document served at `/api/openapi.json`.
 #[utoipa::path(get, path = "/api/openapi.json", tag = "health",
     responses((status = 200, description = "this OpenAPI 3 document", content_type = "application/json")))]
-async fn openapi_json() {}
+async fn openapi_json(
+    axum::Extension(doc): axum::Extension<OpenApiJson>,
+) -> impl IntoResponse {
+    ([(header::CONTENT_TYPE, "application/json")], doc.0.as_ref().clone())
+}
+
+/// The serialised document, handed to [`openapi_json`] as a request extension (it is
+/// generated from the same router it is served by).
+#[derive(Clone)]
+struct OpenApiJson(std::sync::Arc<String>);
 
 fn documented_routes(config: &ApiConfig) -> OpenApiRouter<AppState> {
     let with_limit = |r: utoipa_axum::router::UtoipaMethodRouter<AppState>, limit: usize| {
@@ -120,15 +128,10 @@ pub fn router(state: AppState) -> Router {
     let (routes, mut doc) = documented_routes(&state.config).split_for_parts();
     doc.info.version = env!("CARGO_PKG_VERSION").to_owned();
     let doc_json = serde_json::to_string(&doc).unwrap_or_else(|_| "{}".to_owned());
-    let serve_doc = move || {
-        let body = doc_json.clone();
-        async move { ([(header::CONTENT_TYPE, "application/json")], body).into_response() }
-    };
     let cors = cors_layer(&state.config.cors_origins);
     let router = routes
-        // Replaces the documentation stub registered above with the real document.
-        .route("/api/openapi.json", get(serve_doc))
         .fallback(route_not_found)
+        .layer(axum::Extension(OpenApiJson(std::sync::Arc::new(doc_json))))
         .layer(DefaultBodyLimit::max(JSON_BODY_LIMIT))
         .with_state(state);
     match cors {
