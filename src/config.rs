@@ -21,7 +21,11 @@ pub enum LogFormat {
 }
 
 #[derive(Debug, Clone, Parser)]
-#[command(name = "chorus", version, about = "Live voice rooms: control plane and audio SFU")]
+#[command(
+    name = "chorus",
+    version,
+    about = "Live voice rooms: control plane and audio SFU"
+)]
 pub struct Config {
     /// HTTP port (the reference Talkspace backend's default).
     #[arg(long, env = "PORT", default_value_t = 5500)]
@@ -71,7 +75,12 @@ pub struct Config {
     pub base_url: String,
 
     /// Origins allowed to call the API with credentials (CORS), comma-separated.
-    #[arg(long, env = "FRONTEND_URL", default_value = "http://localhost:3000", value_delimiter = ',')]
+    #[arg(
+        long,
+        env = "FRONTEND_URL",
+        default_value = "http://localhost:3000",
+        value_delimiter = ','
+    )]
     pub frontend_url: Vec<String>,
 
     /// Send cookies without `Secure` (plain-HTTP development only).
@@ -152,19 +161,36 @@ impl Config {
     pub fn load() -> Self {
         let mut cfg = Self::parse();
         if cfg.mongo_uri.is_none() {
-            cfg.mongo_uri = std::env::var("DB_URL").ok().filter(|s| !s.trim().is_empty());
+            cfg.mongo_uri = std::env::var("DB_URL")
+                .ok()
+                .filter(|s| !s.trim().is_empty());
         }
         cfg.mongo_uri = cfg.mongo_uri.filter(|s| !s.trim().is_empty());
         cfg
     }
 
     pub fn api_config(&self) -> anyhow::Result<ApiConfig> {
-        anyhow::ensure!(self.access_token_ttl_secs > 0, "ACCESS_TOKEN_TTL_SECS must be positive");
-        anyhow::ensure!(self.refresh_token_ttl_days > 0, "REFRESH_TOKEN_TTL_DAYS must be positive");
+        anyhow::ensure!(
+            self.access_token_ttl_secs > 0,
+            "ACCESS_TOKEN_TTL_SECS must be positive"
+        );
+        anyhow::ensure!(
+            self.refresh_token_ttl_days > 0,
+            "REFRESH_TOKEN_TTL_DAYS must be positive"
+        );
         anyhow::ensure!(self.otp_ttl_secs > 0, "OTP_TTL_SECS must be positive");
-        anyhow::ensure!(self.otp_max_attempts > 0, "OTP_MAX_ATTEMPTS must be positive");
-        anyhow::ensure!(self.room_expiry_days > 0, "ROOM_EXPIRY_DAYS must be positive");
-        anyhow::ensure!(self.sweep_interval_secs > 0, "SWEEP_INTERVAL_SECS must be positive");
+        anyhow::ensure!(
+            self.otp_max_attempts > 0,
+            "OTP_MAX_ATTEMPTS must be positive"
+        );
+        anyhow::ensure!(
+            self.room_expiry_days > 0,
+            "ROOM_EXPIRY_DAYS must be positive"
+        );
+        anyhow::ensure!(
+            self.sweep_interval_secs > 0,
+            "SWEEP_INTERVAL_SECS must be positive"
+        );
         Ok(ApiConfig {
             base_url: self.base_url.trim_end_matches('/').to_owned(),
             cors_origins: self.frontend_url.clone(),
@@ -208,8 +234,17 @@ impl Config {
 
     /// Twilio when all three SMS settings are present, else the logging sender.
     pub fn sms_sender(&self) -> anyhow::Result<Arc<dyn SmsSender>> {
-        let set = |v: &Option<String>| v.as_deref().map(str::trim).filter(|s| !s.is_empty()).map(str::to_owned);
-        match (set(&self.sms_sid), set(&self.sms_auth_token), set(&self.sms_from_number)) {
+        let set = |v: &Option<String>| {
+            v.as_deref()
+                .map(str::trim)
+                .filter(|s| !s.is_empty())
+                .map(str::to_owned)
+        };
+        match (
+            set(&self.sms_sid),
+            set(&self.sms_auth_token),
+            set(&self.sms_from_number),
+        ) {
             (Some(account_sid), Some(auth_token), Some(from_number)) => {
                 let sender = TwilioSender::new(TwilioConfig {
                     account_sid,
@@ -232,7 +267,11 @@ impl Config {
     }
 }
 
-fn secret_or_persisted(configured: Option<&str>, var: &str, file: &Path) -> anyhow::Result<Vec<u8>> {
+fn secret_or_persisted(
+    configured: Option<&str>,
+    var: &str,
+    file: &Path,
+) -> anyhow::Result<Vec<u8>> {
     if let Some(s) = configured.map(str::trim).filter(|s| !s.is_empty()) {
         if s.len() < 32 {
             tracing::warn!("{var} is shorter than 32 characters; use a long random value");

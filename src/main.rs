@@ -28,8 +28,7 @@ async fn main() -> anyhow::Result<()> {
 
     let shutdown = CancellationToken::new();
     let state = control_plane(&cfg).await?;
-    let sweeper =
-        api::sweeper::spawn_sweeper(state.clone(), shutdown.clone().cancelled_owned());
+    let sweeper = api::sweeper::spawn_sweeper(state.clone(), shutdown.clone().cancelled_owned());
 
     // Signaling and static routes are merged here.
     let app = api::router(state);

@@ -310,8 +310,8 @@ impl FromRequestParts<AppState> for AuthUser {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
-        let token = extract_access_token(parts, TokenSources::HeaderAndCookie)
-            .ok_or(AuthError::Missing)?;
+        let token =
+            extract_access_token(parts, TokenSources::HeaderAndCookie).ok_or(AuthError::Missing)?;
         Ok(state.tokens.verifier().verify_access(&token)?)
     }
 }

@@ -113,8 +113,12 @@ mod tests {
     fn png_data_url(w: u32, h: u32) -> String {
         let img = image::RgbaImage::from_pixel(w, h, image::Rgba([200, 10, 10, 255]));
         let mut out = Cursor::new(Vec::new());
-        img.write_to(&mut out, ImageFormat::Png).expect("encode test png");
-        format!("data:image/png;base64,{}", STANDARD.encode(out.into_inner()))
+        img.write_to(&mut out, ImageFormat::Png)
+            .expect("encode test png");
+        format!(
+            "data:image/png;base64,{}",
+            STANDARD.encode(out.into_inner())
+        )
     }
 
     #[test]
@@ -134,14 +138,20 @@ mod tests {
 
     #[test]
     fn non_data_urls_and_wrong_types_are_refused() {
-        assert_eq!(process_avatar("http://x/y.png", 1 << 20, 4096), Err(AvatarError::NotDataUrl));
+        assert_eq!(
+            process_avatar("http://x/y.png", 1 << 20, 4096),
+            Err(AvatarError::NotDataUrl)
+        );
         assert_eq!(
             process_avatar("data:text/html;base64,PGI+", 1 << 20, 4096),
             Err(AvatarError::UnsupportedType)
         );
         // Declared PNG, but the bytes are HTML.
         let html = format!("data:image/png;base64,{}", STANDARD.encode("<html></html>"));
-        assert_eq!(process_avatar(&html, 1 << 20, 4096), Err(AvatarError::UnsupportedType));
+        assert_eq!(
+            process_avatar(&html, 1 << 20, 4096),
+            Err(AvatarError::UnsupportedType)
+        );
         assert_eq!(
             process_avatar(&png_data_url(4, 4), 10, 4096),
             Err(AvatarError::TooLarge)

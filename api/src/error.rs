@@ -184,7 +184,10 @@ impl From<JsonRejection> for ApiError {
             StatusCode::UNSUPPORTED_MEDIA_TYPE => {
                 Self::UnsupportedMediaType("Expected Content-Type: application/json".into())
             }
-            _ => Self::bad_request("invalid_json", format!("Invalid JSON body: {}", r.body_text())),
+            _ => Self::bad_request(
+                "invalid_json",
+                format!("Invalid JSON body: {}", r.body_text()),
+            ),
         }
     }
 }

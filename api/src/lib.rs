@@ -31,8 +31,10 @@ use utoipa::OpenApi;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-pub use auth::{AuthError, AuthUser, JwtSecrets, TokenSources, TokenVerifier, extract_access_token};
 pub use access::{AccessError, can_join};
+pub use auth::{
+    AuthError, AuthUser, JwtSecrets, TokenSources, TokenVerifier, extract_access_token,
+};
 pub use config::ApiConfig;
 pub use error::ApiError;
 pub use live::{LiveRoomInfo, LiveRooms};
@@ -62,10 +64,11 @@ struct ApiDoc;
 /// The document served at `/api/openapi.json`.
 #[utoipa::path(get, path = "/api/openapi.json", tag = "health",
     responses((status = 200, description = "this OpenAPI 3 document", content_type = "application/json")))]
-async fn openapi_json(
-    axum::Extension(doc): axum::Extension<OpenApiJson>,
-) -> impl IntoResponse {
-    ([(header::CONTENT_TYPE, "application/json")], doc.0.as_ref().clone())
+async fn openapi_json(axum::Extension(doc): axum::Extension<OpenApiJson>) -> impl IntoResponse {
+    (
+        [(header::CONTENT_TYPE, "application/json")],
+        doc.0.as_ref().clone(),
+    )
 }
 
 /// The serialised document, handed to [`openapi_json`] as a request extension (it is
@@ -76,7 +79,11 @@ struct OpenApiJson(std::sync::Arc<String>);
 fn documented_routes(config: &ApiConfig) -> OpenApiRouter<AppState> {
     let with_limit = |r: utoipa_axum::router::UtoipaMethodRouter<AppState>, limit: usize| {
         let (schemas, paths, method_router) = r;
-        (schemas, paths, method_router.layer(DefaultBodyLimit::max(limit)))
+        (
+            schemas,
+            paths,
+            method_router.layer(DefaultBodyLimit::max(limit)),
+        )
     };
     OpenApiRouter::with_openapi(ApiDoc::openapi())
         .routes(routes!(h_auth::send_otp))
@@ -90,9 +97,16 @@ fn documented_routes(config: &ApiConfig) -> OpenApiRouter<AppState> {
         .routes(routes!(profile::me))
         .routes(routes!(profile::storage))
         .routes(routes!(rooms::create_room, rooms::list_rooms))
-        .routes(routes!(rooms::get_room, rooms::update_room, rooms::delete_room))
+        .routes(routes!(
+            rooms::get_room,
+            rooms::update_room,
+            rooms::delete_room
+        ))
         .routes(routes!(rooms::invite_user))
-        .routes(routes!(rooms::create_invite_code, rooms::delete_invite_code))
+        .routes(routes!(
+            rooms::create_invite_code,
+            rooms::delete_invite_code
+        ))
         .routes(routes!(rooms::redeem_invite))
         .routes(routes!(chat::get_chat_room))
         .routes(routes!(chat::post_message))

@@ -114,7 +114,10 @@ mod tests {
 
     #[test]
     fn audio_formats_are_recognised_by_magic_bytes() {
-        assert_eq!(sniff_audio(&[0x1A, 0x45, 0xDF, 0xA3, 1, 2]), Some("audio/webm"));
+        assert_eq!(
+            sniff_audio(&[0x1A, 0x45, 0xDF, 0xA3, 1, 2]),
+            Some("audio/webm")
+        );
         assert_eq!(sniff_audio(b"OggS\0\x02rest"), Some("audio/ogg"));
         assert_eq!(sniff_audio(b"\0\0\0\x20ftypM4A \0\0"), Some("audio/mp4"));
         assert_eq!(sniff_audio(b"ID3\x04rest"), Some("audio/mpeg"));
@@ -138,11 +141,35 @@ mod tests {
     fn ranges_parse_per_rfc() {
         use RangeRequest::*;
         assert_eq!(parse_range(None, 100), Full);
-        assert_eq!(parse_range(Some("bytes=0-9"), 100), Partial { start: 0, end: 10 });
-        assert_eq!(parse_range(Some("bytes=90-"), 100), Partial { start: 90, end: 100 });
-        assert_eq!(parse_range(Some("bytes=-10"), 100), Partial { start: 90, end: 100 });
-        assert_eq!(parse_range(Some("bytes=-500"), 100), Partial { start: 0, end: 100 });
-        assert_eq!(parse_range(Some("bytes=50-5000"), 100), Partial { start: 50, end: 100 });
+        assert_eq!(
+            parse_range(Some("bytes=0-9"), 100),
+            Partial { start: 0, end: 10 }
+        );
+        assert_eq!(
+            parse_range(Some("bytes=90-"), 100),
+            Partial {
+                start: 90,
+                end: 100
+            }
+        );
+        assert_eq!(
+            parse_range(Some("bytes=-10"), 100),
+            Partial {
+                start: 90,
+                end: 100
+            }
+        );
+        assert_eq!(
+            parse_range(Some("bytes=-500"), 100),
+            Partial { start: 0, end: 100 }
+        );
+        assert_eq!(
+            parse_range(Some("bytes=50-5000"), 100),
+            Partial {
+                start: 50,
+                end: 100
+            }
+        );
         assert_eq!(parse_range(Some("bytes=100-"), 100), Unsatisfiable);
         assert_eq!(parse_range(Some("bytes=-0"), 100), Unsatisfiable);
         assert_eq!(parse_range(Some("bytes=5-2"), 100), Full);

@@ -57,9 +57,18 @@ mod tests {
 
     #[test]
     fn e164_numbers_are_accepted_and_normalised() {
-        assert_eq!(normalize_phone("+14155550123").as_deref(), Ok("+14155550123"));
-        assert_eq!(normalize_phone(" +91 98765-43210 ").as_deref(), Ok("+919876543210"));
-        assert_eq!(normalize_phone("+44 (20) 7946.0018").as_deref(), Ok("+442079460018"));
+        assert_eq!(
+            normalize_phone("+14155550123").as_deref(),
+            Ok("+14155550123")
+        );
+        assert_eq!(
+            normalize_phone(" +91 98765-43210 ").as_deref(),
+            Ok("+919876543210")
+        );
+        assert_eq!(
+            normalize_phone("+44 (20) 7946.0018").as_deref(),
+            Ok("+442079460018")
+        );
     }
 
     #[test]
@@ -81,7 +90,14 @@ mod tests {
     #[test]
     fn codes_are_six_digits_and_vary() {
         let codes: std::collections::HashSet<String> = (0..50).map(|_| generate_code()).collect();
-        assert!(codes.iter().all(|c| c.len() == 6 && c.bytes().all(|b| b.is_ascii_digit())));
-        assert!(codes.len() > 40, "50 random codes should be nearly all distinct");
+        assert!(
+            codes
+                .iter()
+                .all(|c| c.len() == 6 && c.bytes().all(|b| b.is_ascii_digit()))
+        );
+        assert!(
+            codes.len() > 40,
+            "50 random codes should be nearly all distinct"
+        );
     }
 }

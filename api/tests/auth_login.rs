@@ -20,8 +20,15 @@ async fn send_otp_returns_hash_and_phone_but_never_the_code() {
     assert!(hash.len() >= 40, "handle is long and opaque: {hash}");
     let code = app.sms.last_code(PHONE);
     let body = String::from_utf8_lossy(&r.body);
-    assert!(!body.contains(&code), "the code must never be in the response");
-    assert_eq!(j.as_object().map(|o| o.len()), Some(2), "only hash and phone: {j}");
+    assert!(
+        !body.contains(&code),
+        "the code must never be in the response"
+    );
+    assert_eq!(
+        j.as_object().map(|o| o.len()),
+        Some(2),
+        "only hash and phone: {j}"
+    );
 }
 
 #[tokio::test]
@@ -69,10 +76,19 @@ async fn verify_otp_logs_in_and_sets_httponly_samesite_secure_cookies() {
     assert_eq!(j["user"]["activated"], false);
     assert!(j["user"]["id"].as_str().is_some_and(|s| s.len() == 24));
     assert!(j["user"]["createdAt"].is_string());
-    assert!(j.get("accessToken").is_none(), "tokens only in cookies by default");
+    assert!(
+        j.get("accessToken").is_none(),
+        "tokens only in cookies by default"
+    );
 
     let access = r.cookie_attrs("accessToken");
-    for attr in ["HttpOnly", "SameSite=Lax", "Secure", "Path=/;", "Max-Age=900"] {
+    for attr in [
+        "HttpOnly",
+        "SameSite=Lax",
+        "Secure",
+        "Path=/;",
+        "Max-Age=900",
+    ] {
         assert!(access.contains(attr), "{attr} missing in {access}");
     }
     let refresh = r.cookie_attrs("refreshToken");
@@ -80,7 +96,9 @@ async fn verify_otp_logs_in_and_sets_httponly_samesite_secure_cookies() {
         assert!(refresh.contains(attr), "{attr} missing in {refresh}");
     }
     // The access token works.
-    let me = app.get("/api/me", &r.cookie("accessToken").expect("cookie")).await;
+    let me = app
+        .get("/api/me", &r.cookie("accessToken").expect("cookie"))
+        .await;
     assert_eq!(me.status, StatusCode::OK);
     assert_eq!(me.json()["user"]["phone"], PHONE);
 }
@@ -212,9 +230,14 @@ async fn a_code_only_works_with_the_phone_it_was_sent_to() {
 #[tokio::test]
 async fn verify_otp_requires_all_fields() {
     let app = TestApp::new().await;
-    app.call(Method::POST, "/api/verify-otp", None, Some(json!({"phone": PHONE})))
-        .await
-        .assert_error(StatusCode::BAD_REQUEST, "missing_fields");
+    app.call(
+        Method::POST,
+        "/api/verify-otp",
+        None,
+        Some(json!({"phone": PHONE})),
+    )
+    .await
+    .assert_error(StatusCode::BAD_REQUEST, "missing_fields");
 }
 
 #[tokio::test]
@@ -266,7 +289,10 @@ async fn forwarded_for_is_only_trusted_when_configured() {
     cfg.rate_limits.send_otp_per_ip = 1;
     // Untrusted: the header is ignored, so two "different" clients share the socket's limit.
     let app = TestApp::with_config(cfg.clone()).await;
-    assert_eq!(send_from(&app, "+14155550001", "10.0.0.1").await, StatusCode::OK);
+    assert_eq!(
+        send_from(&app, "+14155550001", "10.0.0.1").await,
+        StatusCode::OK
+    );
     assert_eq!(
         send_from(&app, "+14155550002", "10.0.0.2").await,
         StatusCode::TOO_MANY_REQUESTS
@@ -274,8 +300,14 @@ async fn forwarded_for_is_only_trusted_when_configured() {
     // Trusted: each forwarded client has its own bucket.
     cfg.trust_proxy = true;
     let app = TestApp::with_config(cfg).await;
-    assert_eq!(send_from(&app, "+14155550001", "10.0.0.1").await, StatusCode::OK);
-    assert_eq!(send_from(&app, "+14155550002", "10.0.0.2").await, StatusCode::OK);
+    assert_eq!(
+        send_from(&app, "+14155550001", "10.0.0.1").await,
+        StatusCode::OK
+    );
+    assert_eq!(
+        send_from(&app, "+14155550002", "10.0.0.2").await,
+        StatusCode::OK
+    );
     assert_eq!(
         send_from(&app, "+14155550003", "10.0.0.1").await,
         StatusCode::TOO_MANY_REQUESTS

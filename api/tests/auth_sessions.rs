@@ -30,14 +30,20 @@ async fn refresh_rotates_both_tokens() {
     let j = r.json();
     assert_eq!(j["auth"], true);
     assert_eq!(j["user"]["id"], s.user_id.as_str());
-    assert!(j.get("refreshToken").is_none(), "cookie clients get no tokens in the body");
+    assert!(
+        j.get("refreshToken").is_none(),
+        "cookie clients get no tokens in the body"
+    );
     let new_refresh = r.cookie("refreshToken").expect("rotated refresh cookie");
     let new_access = r.cookie("accessToken").expect("new access cookie");
     assert_ne!(new_refresh, s.refresh);
     assert!(r.cookie_attrs("refreshToken").contains("HttpOnly"));
     assert_eq!(app.get("/api/me", &new_access).await.status, StatusCode::OK);
     // The new refresh token works in turn.
-    assert_eq!(refresh_with_cookie(&app, &new_refresh).await.status, StatusCode::OK);
+    assert_eq!(
+        refresh_with_cookie(&app, &new_refresh).await.status,
+        StatusCode::OK
+    );
 }
 
 #[tokio::test]
@@ -51,7 +57,10 @@ async fn reusing_a_rotated_refresh_token_revokes_the_whole_login() {
     // An attacker replays the old token: refused, and the family is revoked...
     let replay = refresh_with_cookie(&app, &s.refresh).await;
     replay.assert_error(StatusCode::UNAUTHORIZED, "refresh_token_reused");
-    assert!(replay.cookie_attrs("refreshToken").contains("Max-Age=0"), "cookies cleared");
+    assert!(
+        replay.cookie_attrs("refreshToken").contains("Max-Age=0"),
+        "cookies cleared"
+    );
     // ...so the legitimate holder's current token no longer works either.
     let r = refresh_with_cookie(&app, &current).await;
     assert_eq!(r.status, StatusCode::UNAUTHORIZED);
@@ -62,9 +71,18 @@ async fn another_login_survives_reuse_in_a_different_family() {
     let app = TestApp::new().await;
     let a = app.login(PHONE).await;
     let b = app.login(PHONE).await;
-    assert_eq!(refresh_with_cookie(&app, &a.refresh).await.status, StatusCode::OK);
-    assert_eq!(refresh_with_cookie(&app, &a.refresh).await.status, StatusCode::UNAUTHORIZED);
-    assert_eq!(refresh_with_cookie(&app, &b.refresh).await.status, StatusCode::OK);
+    assert_eq!(
+        refresh_with_cookie(&app, &a.refresh).await.status,
+        StatusCode::OK
+    );
+    assert_eq!(
+        refresh_with_cookie(&app, &a.refresh).await.status,
+        StatusCode::UNAUTHORIZED
+    );
+    assert_eq!(
+        refresh_with_cookie(&app, &b.refresh).await.status,
+        StatusCode::OK
+    );
 }
 
 #[tokio::test]
@@ -72,7 +90,12 @@ async fn refresh_by_post_body_returns_tokens_in_the_body() {
     let app = TestApp::new().await;
     let s = app.login(PHONE).await;
     let r = app
-        .call(Method::POST, "/api/refresh", None, Some(json!({"refreshToken": s.refresh})))
+        .call(
+            Method::POST,
+            "/api/refresh",
+            None,
+            Some(json!({"refreshToken": s.refresh})),
+        )
         .await;
     assert_eq!(r.status, StatusCode::OK);
     let j = r.json();
@@ -91,9 +114,14 @@ async fn refresh_without_a_token_or_with_garbage_is_401() {
     refresh_with_cookie(&app, "garbage")
         .await
         .assert_error(StatusCode::UNAUTHORIZED, "invalid_refresh_token");
-    app.call(Method::POST, "/api/refresh", None, Some(json!({"refreshToken": 5})))
-        .await
-        .assert_error(StatusCode::BAD_REQUEST, "invalid_json");
+    app.call(
+        Method::POST,
+        "/api/refresh",
+        None,
+        Some(json!({"refreshToken": 5})),
+    )
+    .await
+    .assert_error(StatusCode::BAD_REQUEST, "invalid_json");
 }
 
 #[tokio::test]
@@ -124,18 +152,29 @@ async fn logout_revokes_the_login_and_clears_cookies() {
     assert_eq!(r.json(), json!({"user": null, "auth": false}));
     for name in ["accessToken", "refreshToken"] {
         let c = r.cookie_attrs(name);
-        assert!(c.starts_with(&format!("{name}=;")) && c.contains("Max-Age=0"), "{c}");
+        assert!(
+            c.starts_with(&format!("{name}=;")) && c.contains("Max-Age=0"),
+            "{c}"
+        );
     }
-    assert_eq!(refresh_with_cookie(&app, &s.refresh).await.status, StatusCode::UNAUTHORIZED);
+    assert_eq!(
+        refresh_with_cookie(&app, &s.refresh).await.status,
+        StatusCode::UNAUTHORIZED
+    );
 }
 
 #[tokio::test]
 async fn logout_with_only_a_bearer_token_revokes_its_login() {
     let app = TestApp::new().await;
     let s = app.login(PHONE).await;
-    let r = app.call(Method::POST, "/api/logout", Some(&s.access), None).await;
+    let r = app
+        .call(Method::POST, "/api/logout", Some(&s.access), None)
+        .await;
     assert_eq!(r.status, StatusCode::OK);
-    assert_eq!(refresh_with_cookie(&app, &s.refresh).await.status, StatusCode::UNAUTHORIZED);
+    assert_eq!(
+        refresh_with_cookie(&app, &s.refresh).await.status,
+        StatusCode::UNAUTHORIZED
+    );
 }
 
 #[tokio::test]
@@ -160,12 +199,22 @@ async fn protected_routes_refuse_requests_without_a_token() {
         let r = app.call(m, uri, None, None).await;
         r.assert_error(StatusCode::UNAUTHORIZED, "unauthenticated");
     }
-    app.call(Method::POST, "/api/activate", None, Some(json!({"name": "x"})))
-        .await
-        .assert_error(StatusCode::UNAUTHORIZED, "unauthenticated");
-    app.call(Method::POST, "/api/rooms", None, Some(json!({"topic": "x", "roomType": "open"})))
-        .await
-        .assert_error(StatusCode::UNAUTHORIZED, "unauthenticated");
+    app.call(
+        Method::POST,
+        "/api/activate",
+        None,
+        Some(json!({"name": "x"})),
+    )
+    .await
+    .assert_error(StatusCode::UNAUTHORIZED, "unauthenticated");
+    app.call(
+        Method::POST,
+        "/api/rooms",
+        None,
+        Some(json!({"topic": "x", "roomType": "open"})),
+    )
+    .await
+    .assert_error(StatusCode::UNAUTHORIZED, "unauthenticated");
 }
 
 #[tokio::test]

@@ -91,7 +91,11 @@ async fn the_openapi_document_covers_every_route() {
             "{m} {p} missing from the OpenAPI document"
         );
     }
-    assert_eq!(documented.len(), required.len(), "undocumented extras or missing: {documented:?}");
+    assert_eq!(
+        documented.len(),
+        required.len(),
+        "undocumented extras or missing: {documented:?}"
+    );
 
     // Each documented operation reaches a handler (not the fallback, not 405).
     for (m, p) in &documented {
@@ -103,7 +107,11 @@ async fn the_openapi_document_covers_every_route() {
         let r = app.call(method, &uri, None, None).await;
         assert_ne!(r.status, StatusCode::METHOD_NOT_ALLOWED, "{m} {p}");
         if r.status == StatusCode::NOT_FOUND {
-            assert_ne!(r.json()["message"], "Route not found", "{m} {p} is not routed");
+            assert_ne!(
+                r.json()["message"],
+                "Route not found",
+                "{m} {p} is not routed"
+            );
         }
     }
 }
@@ -122,7 +130,10 @@ async fn cors_allows_the_configured_origin_with_credentials_only() {
             .expect("request")
     };
     let ok = app.send(preflight("http://localhost:3000")).await;
-    assert_eq!(ok.header("access-control-allow-origin"), Some("http://localhost:3000"));
+    assert_eq!(
+        ok.header("access-control-allow-origin"),
+        Some("http://localhost:3000")
+    );
     assert_eq!(ok.header("access-control-allow-credentials"), Some("true"));
     let evil = app.send(preflight("https://evil.example")).await;
     assert!(evil.header("access-control-allow-origin").is_none());
@@ -132,13 +143,20 @@ async fn cors_allows_the_configured_origin_with_credentials_only() {
 async fn the_sweeper_deletes_rooms_idle_past_the_expiry_and_keeps_active_ones() {
     let app = TestApp::new().await;
     let a = app.user("+14155550001", "Alice").await;
-    let idle = app.create_room(&a, "idle", "open").await["id"].as_str().expect("id").to_owned();
+    let idle = app.create_room(&a, "idle", "open").await["id"]
+        .as_str()
+        .expect("id")
+        .to_owned();
     app.get("/api/room/active", &a.access).await;
 
     app.clock.advance(time::Duration::days(20));
     let a = app.login("+14155550001").await;
     let r = app
-        .post("/api/room/active/messages", &a.access, json!({"message": "still here"}))
+        .post(
+            "/api/room/active/messages",
+            &a.access,
+            json!({"message": "still here"}),
+        )
         .await;
     assert_eq!(r.status, StatusCode::CREATED);
     app.clock.advance(time::Duration::days(11));

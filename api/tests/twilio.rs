@@ -46,11 +46,20 @@ async fn messages(
     mock.seen.lock().push(Seen {
         method,
         sid,
-        authorization: headers.get("authorization").and_then(|v| v.to_str().ok()).map(str::to_owned),
-        content_type: headers.get("content-type").and_then(|v| v.to_str().ok()).map(str::to_owned),
+        authorization: headers
+            .get("authorization")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned),
+        content_type: headers
+            .get("content-type")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned),
         form,
     });
-    (mock.status, json!({"sid": "SM123", "status": "queued"}).to_string())
+    (
+        mock.status,
+        json!({"sid": "SM123", "status": "queued"}).to_string(),
+    )
 }
 
 fn decode(s: &str) -> String {
@@ -59,12 +68,13 @@ fn decode(s: &str) -> String {
     let mut out = Vec::new();
     let mut i = 0;
     while i < b.len() {
-        if b[i] == b'%' && i + 2 < b.len() {
-            if let Ok(v) = u8::from_str_radix(&s[i + 1..i + 3], 16) {
-                out.push(v);
-                i += 3;
-                continue;
-            }
+        if b[i] == b'%'
+            && i + 2 < b.len()
+            && let Ok(v) = u8::from_str_radix(&s[i + 1..i + 3], 16)
+        {
+            out.push(v);
+            i += 3;
+            continue;
         }
         out.push(b[i]);
         i += 1;
@@ -76,8 +86,13 @@ async fn start_mock(status: StatusCode) -> (String, Arc<Mutex<Vec<Seen>>>) {
     let seen = Arc::new(Mutex::new(Vec::new()));
     let app = Router::new()
         .route("/2010-04-01/Accounts/{sid}/Messages.json", any(messages))
-        .with_state(Mock { seen: seen.clone(), status });
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        .with_state(Mock {
+            seen: seen.clone(),
+            status,
+        });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
     let addr: SocketAddr = listener.local_addr().expect("addr");
     tokio::spawn(async move {
         let _ = axum::serve(listener, app).await;
@@ -112,7 +127,10 @@ async fn twilio_sender_posts_the_form_with_basic_auth_to_the_messages_api() {
         base64::engine::general_purpose::STANDARD.encode("AC0123:s3cret")
     );
     assert_eq!(s.authorization.as_deref(), Some(expected.as_str()));
-    assert_eq!(s.content_type.as_deref(), Some("application/x-www-form-urlencoded"));
+    assert_eq!(
+        s.content_type.as_deref(),
+        Some("application/x-www-form-urlencoded")
+    );
     let get = |k: &str| s.form.iter().find(|(n, _)| n == k).map(|(_, v)| v.as_str());
     assert_eq!(get("To"), Some("+14155550123"));
     assert_eq!(get("From"), Some("+15005550006"));
@@ -156,15 +174,26 @@ async fn send_otp_delivers_through_twilio_and_a_provider_failure_is_502_without_
     let app = TestApp { router, ..app };
     let r = app.send_otp("+14155550123").await;
     assert_eq!(r.status, StatusCode::OK);
-    let body = seen.lock()[0].form.iter().find(|(k, _)| k == "Body").map(|(_, v)| v.clone()).expect("Body");
+    let body = seen.lock()[0]
+        .form
+        .iter()
+        .find(|(k, _)| k == "Body")
+        .map(|(_, v)| v.clone())
+        .expect("Body");
     let code: String = body.chars().filter(char::is_ascii_digit).take(6).collect();
     assert_eq!(code.len(), 6);
     assert!(!String::from_utf8_lossy(&r.body).contains(&code));
 
     let (bad_url, _) = start_mock(StatusCode::BAD_REQUEST).await;
     let state = app.state.clone().with_sms(Arc::new(sender(bad_url)));
-    let app = TestApp { router: api::router(state), ..app };
+    let app = TestApp {
+        router: api::router(state),
+        ..app
+    };
     let r = app.send_otp("+14155550123").await;
     r.assert_error(StatusCode::BAD_GATEWAY, "upstream_failed");
-    assert!(!String::from_utf8_lossy(&r.body).contains("SM123"), "provider details stay in the log");
+    assert!(
+        !String::from_utf8_lossy(&r.body).contains("SM123"),
+        "provider details stay in the log"
+    );
 }

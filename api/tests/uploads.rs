@@ -19,7 +19,8 @@ fn webm(len: usize) -> Vec<u8> {
 fn png_bytes() -> Vec<u8> {
     let img = image::RgbaImage::from_pixel(4, 4, image::Rgba([1, 2, 3, 255]));
     let mut out = std::io::Cursor::new(Vec::new());
-    img.write_to(&mut out, image::ImageFormat::Png).expect("png");
+    img.write_to(&mut out, image::ImageFormat::Png)
+        .expect("png");
     out.into_inner()
 }
 
@@ -27,8 +28,10 @@ fn multipart_body(field: &str, bytes: &[u8]) -> Vec<u8> {
     let mut b = Vec::new();
     // Chillout clients also send `username`; it is ignored.
     b.extend_from_slice(
-        format!("--{BOUNDARY}\r\nContent-Disposition: form-data; name=\"username\"\r\n\r\nmallory\r\n")
-            .as_bytes(),
+        format!(
+            "--{BOUNDARY}\r\nContent-Disposition: form-data; name=\"username\"\r\n\r\nmallory\r\n"
+        )
+        .as_bytes(),
     );
     b.extend_from_slice(
         format!(
@@ -41,7 +44,14 @@ fn multipart_body(field: &str, bytes: &[u8]) -> Vec<u8> {
     b
 }
 
-async fn upload(app: &TestApp, s: &Session, room: &str, kind: &str, field: &str, bytes: &[u8]) -> common::Resp {
+async fn upload(
+    app: &TestApp,
+    s: &Session,
+    room: &str,
+    kind: &str,
+    field: &str,
+    bytes: &[u8],
+) -> common::Resp {
     let req = Request::builder()
         .method(Method::POST)
         .uri(format!("/api/room/{room}/{kind}"))
@@ -79,7 +89,10 @@ async fn a_voice_upload_creates_the_message_and_streams_back_with_safe_headers()
     assert_eq!(url, format!("/api/voice/{file_id}"));
     assert_eq!(j["message"]["type"], "voice");
     assert_eq!(j["message"]["url"], url.as_str());
-    assert_eq!(j["message"]["username"], "Alice", "author from the token, not the form");
+    assert_eq!(
+        j["message"]["username"], "Alice",
+        "author from the token, not the form"
+    );
 
     let hist = app.get("/api/room/lobby", &a.access).await.json();
     assert_eq!(hist["messages"][0]["url"], url.as_str());
@@ -101,7 +114,9 @@ async fn range_requests_get_206_and_unsatisfiable_ranges_416() {
     let a = app.user("+14155550001", "Alice").await;
     app.get("/api/room/lobby", &a.access).await;
     let bytes = webm(1000);
-    let url = upload(&app, &a, "lobby", "voice", "voice", &bytes).await.json()["url"]
+    let url = upload(&app, &a, "lobby", "voice", "voice", &bytes)
+        .await
+        .json()["url"]
         .as_str()
         .expect("url")
         .to_owned();
@@ -135,7 +150,9 @@ async fn uploads_over_the_limit_are_413() {
     let a = app.user("+14155550001", "Alice").await;
     app.get("/api/room/lobby", &a.access).await;
     assert_eq!(
-        upload(&app, &a, "lobby", "voice", "voice", &webm(1000)).await.status,
+        upload(&app, &a, "lobby", "voice", "voice", &webm(1000))
+            .await
+            .status,
         StatusCode::CREATED
     );
     upload(&app, &a, "lobby", "voice", "voice", &webm(1001))
@@ -150,7 +167,12 @@ async fn uploads_over_the_limit_are_413() {
     upload(&app, &a, "lobby", "image", "image", &big_png)
         .await
         .assert_error(StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large");
-    assert_eq!(app.get("/api/room/lobby", &a.access).await.json()["messages"].as_array().map(Vec::len), Some(1));
+    assert_eq!(
+        app.get("/api/room/lobby", &a.access).await.json()["messages"]
+            .as_array()
+            .map(Vec::len),
+        Some(1)
+    );
 }
 
 #[tokio::test]
@@ -158,15 +180,29 @@ async fn uploads_of_the_wrong_type_are_415() {
     let app = TestApp::new().await;
     let a = app.user("+14155550001", "Alice").await;
     app.get("/api/room/lobby", &a.access).await;
-    upload(&app, &a, "lobby", "voice", "voice", b"<html><script>alert(1)</script></html>")
-        .await
-        .assert_error(StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type");
+    upload(
+        &app,
+        &a,
+        "lobby",
+        "voice",
+        "voice",
+        b"<html><script>alert(1)</script></html>",
+    )
+    .await
+    .assert_error(StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type");
     upload(&app, &a, "lobby", "voice", "voice", &png_bytes())
         .await
         .assert_error(StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type");
-    upload(&app, &a, "lobby", "image", "image", b"<svg xmlns='http://www.w3.org/2000/svg'/>")
-        .await
-        .assert_error(StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type");
+    upload(
+        &app,
+        &a,
+        "lobby",
+        "image",
+        "image",
+        b"<svg xmlns='http://www.w3.org/2000/svg'/>",
+    )
+    .await
+    .assert_error(StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type");
     upload(&app, &a, "lobby", "voice", "audio", &webm(100))
         .await
         .assert_error(StatusCode::BAD_REQUEST, "missing_file");
@@ -180,7 +216,10 @@ async fn uploads_of_the_wrong_type_are_415() {
     app.send(req)
         .await
         .assert_error(StatusCode::BAD_REQUEST, "invalid_multipart");
-    assert_eq!(app.get("/api/room/lobby", &a.access).await.json()["messages"], json!([]));
+    assert_eq!(
+        app.get("/api/room/lobby", &a.access).await.json()["messages"],
+        json!([])
+    );
 }
 
 #[tokio::test]
@@ -196,7 +235,11 @@ async fn images_are_served_inline_with_their_sniffed_type() {
     assert_eq!(r.json()["message"]["type"], "image");
     let d = get_range(&app, &a, &url, None).await;
     assert_eq!(d.status, StatusCode::OK);
-    assert_eq!(d.header("content-type"), Some("image/png"), "not the client's text/html");
+    assert_eq!(
+        d.header("content-type"),
+        Some("image/png"),
+        "not the client's text/html"
+    );
     assert_eq!(d.header("content-disposition"), Some("inline"));
     assert_eq!(d.header("x-content-type-options"), Some("nosniff"));
     assert_eq!(d.body.as_ref(), png.as_slice());
@@ -212,12 +255,20 @@ async fn private_room_files_are_404_to_outsiders() {
     let app = TestApp::new().await;
     let owner = app.user("+14155550001", "Owner").await;
     let outsider = app.user("+14155550002", "Out").await;
-    let id = app.create_room(&owner, "p", "private").await["id"].as_str().expect("id").to_owned();
-    let url = upload(&app, &owner, &id, "voice", "voice", &webm(100)).await.json()["url"]
+    let id = app.create_room(&owner, "p", "private").await["id"]
+        .as_str()
+        .expect("id")
+        .to_owned();
+    let url = upload(&app, &owner, &id, "voice", "voice", &webm(100))
+        .await
+        .json()["url"]
         .as_str()
         .expect("url")
         .to_owned();
-    assert_eq!(get_range(&app, &owner, &url, None).await.status, StatusCode::OK);
+    assert_eq!(
+        get_range(&app, &owner, &url, None).await.status,
+        StatusCode::OK
+    );
     get_range(&app, &outsider, &url, None)
         .await
         .assert_error(StatusCode::NOT_FOUND, "not_found");
@@ -237,12 +288,19 @@ async fn deleting_a_voice_message_deletes_its_bytes() {
     let app = TestApp::new().await;
     let a = app.user("+14155550001", "Alice").await;
     app.get("/api/room/lobby", &a.access).await;
-    let j = upload(&app, &a, "lobby", "voice", "voice", &webm(100)).await.json();
+    let j = upload(&app, &a, "lobby", "voice", "voice", &webm(100))
+        .await
+        .json();
     let url = j["url"].as_str().expect("url").to_owned();
     let msg = j["message"]["id"].as_str().expect("id").to_owned();
     let file = j["message"]["fileId"].as_str().expect("fileId").to_owned();
     let r = app
-        .call(Method::DELETE, &format!("/api/room/lobby/messages/{msg}"), Some(&a.access), None)
+        .call(
+            Method::DELETE,
+            &format!("/api/room/lobby/messages/{msg}"),
+            Some(&a.access),
+            None,
+        )
         .await;
     assert_eq!(r.status, StatusCode::NO_CONTENT);
     get_range(&app, &a, &url, None)

@@ -106,9 +106,12 @@ pub async fn send_otp(
 }
 
 fn otp_hash(state: &AppState, handle: &str, phone: &str, code: &str) -> Vec<u8> {
-    state
-        .tokens
-        .keyed_hash(&[b"otp\0", handle.as_bytes(), phone.as_bytes(), code.as_bytes()])
+    state.tokens.keyed_hash(&[
+        b"otp\0",
+        handle.as_bytes(),
+        phone.as_bytes(),
+        code.as_bytes(),
+    ])
 }
 
 fn invalid_otp() -> ApiError {
@@ -301,12 +304,18 @@ async fn refresh(state: &AppState, headers: &HeaderMap, req: RefreshRequest) -> 
     }
 }
 
-async fn rotate(state: &AppState, token: Option<String>, token_in_body: bool) -> ApiResult<Response> {
-    let unauthorized =
-        |code, msg: &str| ApiError::unauthorized(code, msg.to_owned());
+async fn rotate(
+    state: &AppState,
+    token: Option<String>,
+    token_in_body: bool,
+) -> ApiResult<Response> {
+    let unauthorized = |code, msg: &str| ApiError::unauthorized(code, msg.to_owned());
     let token = token.ok_or_else(|| unauthorized("unauthenticated", "No refresh token"))?;
     if token.len() > 256 {
-        return Err(unauthorized("invalid_refresh_token", "Invalid refresh token"));
+        return Err(unauthorized(
+            "invalid_refresh_token",
+            "Invalid refresh token",
+        ));
     }
     let hash = state.tokens.refresh_hash(&token);
     let stored = state
@@ -315,7 +324,10 @@ async fn rotate(state: &AppState, token: Option<String>, token_in_body: bool) ->
         .await?
         .ok_or_else(|| unauthorized("invalid_refresh_token", "Invalid refresh token"))?;
     if state.now() >= stored.expires_at {
-        return Err(unauthorized("refresh_token_expired", "Session expired, log in again"));
+        return Err(unauthorized(
+            "refresh_token_expired",
+            "Session expired, log in again",
+        ));
     }
     if stored.used || !state.store.mark_refresh_token_used(&hash).await? {
         tracing::warn!(family = %stored.family, user = %stored.user_id,

@@ -45,7 +45,10 @@ pub async fn blob_response(
         header::X_CONTENT_TYPE_OPTIONS,
         HeaderValue::from_static("nosniff"),
     );
-    h.insert(header::CACHE_CONTROL, HeaderValue::from_static(cache_control));
+    h.insert(
+        header::CACHE_CONTROL,
+        HeaderValue::from_static(cache_control),
+    );
     // Opened directly, the bytes can never run script.
     h.insert(
         header::CONTENT_SECURITY_POLICY,

@@ -86,7 +86,10 @@ async fn author(state: &AppState, auth: &AuthUser) -> ApiResult<(User, String)> 
         .await?
         .ok_or_else(|| ApiError::unauthorized("invalid_token", "Unknown user"))?;
     let name = user.name.clone().ok_or_else(|| {
-        ApiError::forbidden("not_activated", "Set your name before posting (POST /api/activate)")
+        ApiError::forbidden(
+            "not_activated",
+            "Set your name before posting (POST /api/activate)",
+        )
     })?;
     Ok((user, name))
 }
@@ -131,7 +134,11 @@ pub async fn get_chat_room(
         .await?;
     let more = page.len() > limit as usize;
     page.truncate(limit as usize);
-    let next_cursor = if more { page.last().map(encode_cursor) } else { None };
+    let next_cursor = if more {
+        page.last().map(encode_cursor)
+    } else {
+        None
+    };
     page.reverse();
     Ok(Json(ChatRoomResponse {
         room_id: room.id.0,

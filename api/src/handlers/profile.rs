@@ -57,7 +57,10 @@ pub async fn activate(
     let avatar = match req.avatar.filter(|a| !a.trim().is_empty()) {
         None => user.avatar.clone(),
         Some(data_url) => {
-            let (max_len, max_dim) = (state.config.max_avatar_bytes, state.config.max_avatar_dimension);
+            let (max_len, max_dim) = (
+                state.config.max_avatar_bytes,
+                state.config.max_avatar_dimension,
+            );
             let png =
                 tokio::task::spawn_blocking(move || process_avatar(&data_url, max_len, max_dim))
                     .await

@@ -161,7 +161,10 @@ pub async fn create_room(
 ) -> ApiResult<(StatusCode, Json<RoomJson>)> {
     let topic = validate_topic(req.topic.as_deref())?;
     let room_type = req.room_type.ok_or_else(|| {
-        ApiError::bad_request("invalid_room_type", "roomType must be open, social or private")
+        ApiError::bad_request(
+            "invalid_room_type",
+            "roomType must be open, social or private",
+        )
     })?;
     let now = state.now();
     let room = Room {

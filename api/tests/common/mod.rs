@@ -123,10 +123,18 @@ impl Resp {
     }
     #[track_caller]
     pub fn assert_error(&self, status: StatusCode, code: &str) {
-        assert_eq!(self.status, status, "body: {}", String::from_utf8_lossy(&self.body));
+        assert_eq!(
+            self.status,
+            status,
+            "body: {}",
+            String::from_utf8_lossy(&self.body)
+        );
         let j = self.json();
         assert_eq!(j["code"], code, "body: {j}");
-        assert!(j["message"].as_str().is_some_and(|m| !m.is_empty()), "body: {j}");
+        assert!(
+            j["message"].as_str().is_some_and(|m| !m.is_empty()),
+            "body: {j}"
+        );
     }
 }
 
@@ -203,7 +211,13 @@ impl TestApp {
         }
     }
 
-    pub async fn call(&self, method: Method, uri: &str, token: Option<&str>, body: Option<Value>) -> Resp {
+    pub async fn call(
+        &self,
+        method: Method,
+        uri: &str,
+        token: Option<&str>,
+        body: Option<Value>,
+    ) -> Resp {
         let mut b = Request::builder().method(method).uri(uri);
         if let Some(t) = token {
             b = b.header(header::AUTHORIZATION, format!("Bearer {t}"));
@@ -227,8 +241,13 @@ impl TestApp {
     }
 
     pub async fn send_otp(&self, phone: &str) -> Resp {
-        self.call(Method::POST, "/api/send-otp", None, Some(json!({ "phone": phone })))
-            .await
+        self.call(
+            Method::POST,
+            "/api/send-otp",
+            None,
+            Some(json!({ "phone": phone })),
+        )
+        .await
     }
 
     pub async fn verify(&self, phone: &str, hash: &str, otp: &str) -> Resp {
@@ -260,14 +279,20 @@ impl TestApp {
     /// Login plus activation with `name` (no avatar).
     pub async fn user(&self, phone: &str, name: &str) -> Session {
         let s = self.login(phone).await;
-        let r = self.post("/api/activate", &s.access, json!({ "name": name })).await;
+        let r = self
+            .post("/api/activate", &s.access, json!({ "name": name }))
+            .await;
         assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
         s
     }
 
     pub async fn create_room(&self, s: &Session, topic: &str, room_type: &str) -> Value {
         let r = self
-            .post("/api/rooms", &s.access, json!({ "topic": topic, "roomType": room_type }))
+            .post(
+                "/api/rooms",
+                &s.access,
+                json!({ "topic": topic, "roomType": room_type }),
+            )
             .await;
         assert_eq!(r.status, StatusCode::CREATED, "{:?}", r.body);
         r.json()
