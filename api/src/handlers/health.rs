@@ -1,0 +1,48 @@
+//! Liveness (`/api/health`, Chillout's body) and readiness (`/api/ready`, touches the database).
+
+use axum::Json;
+use axum::extract::State;
+use serde::Serialize;
+use utoipa::ToSchema;
+
+use crate::dto::rfc3339;
+use crate::error::{ApiError, ApiResult, ErrorBody};
+use crate::state::AppState;
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct HealthResponse {
+    /// Always `ok` when the process answers.
+    pub status: String,
+    pub message: String,
+    /// Server time, RFC 3339.
+    pub timestamp: String,
+}
+
+/// Liveness: the process is up.
+#[utoipa::path(get, path = "/api/health", tag = "health",
+    responses((status = 200, body = HealthResponse)))]
+pub async fn health(State(state): State<AppState>) -> Json<HealthResponse> {
+    Json(HealthResponse {
+        status: "ok".into(),
+        message: "Chorus server is running".into(),
+        timestamp: rfc3339(state.now()),
+    })
+}
+
+/// Readiness: the database answers a round trip.
+#[utoipa::path(get, path = "/api/ready", tag = "health",
+    responses(
+        (status = 200, body = HealthResponse),
+        (status = 503, body = ErrorBody, description = "database unreachable"),
+    ))]
+pub async fn ready(State(state): State<AppState>) -> ApiResult<Json<HealthResponse>> {
+    if let Err(e) = state.store.ping().await {
+        tracing::warn!(error = %e, "readiness check failed");
+        return Err(ApiError::Unavailable);
+    }
+    Ok(Json(HealthResponse {
+        status: "ready".into(),
+        message: "Database reachable".into(),
+        timestamp: rfc3339(state.now()),
+    }))
+}

@@ -1,0 +1,148 @@
+//! The caller's profile: `activate` (name and avatar), `me`, and public avatar bytes at
+//! `/storage/{fileId}`.
+
+use axum::Json;
+use axum::extract::{Path, State};
+use axum::http::HeaderMap;
+use axum::response::Response;
+use serde::Deserialize;
+use utoipa::ToSchema;
+
+use crate::access::is_valid_room_id;
+use crate::auth::AuthUser;
+use crate::avatar::{AvatarError, process_avatar};
+use crate::dto::{AuthResponse, UserJson};
+use crate::error::{ApiError, ApiJson, ApiResult, ErrorBody};
+use crate::handlers::blobs::blob_response;
+use crate::state::AppState;
+use crate::store::{BlobKind, BlobMeta, FileId, new_id};
+
+pub const MAX_NAME_CHARS: usize = 64;
+
+#[derive(Debug, Deserialize, ToSchema)]
+pub struct ActivateRequest {
+    /// Display name, 1 to 64 characters after trimming.
+    pub name: Option<String>,
+    /// `data:image/(png|jpeg|webp|gif);base64,...`; optional when the user already has one.
+    pub avatar: Option<String>,
+}
+
+/// Sets the caller's name and avatar and marks the account activated.
+#[utoipa::path(post, path = "/api/activate", tag = "profile", request_body = ActivateRequest,
+    responses(
+        (status = 200, body = AuthResponse),
+        (status = 400, body = ErrorBody, description = "bad name or image (too many pixels, not an image)"),
+        (status = 401, body = ErrorBody),
+        (status = 413, body = ErrorBody),
+    ))]
+pub async fn activate(
+    State(state): State<AppState>,
+    auth: AuthUser,
+    ApiJson(req): ApiJson<ActivateRequest>,
+) -> ApiResult<Json<AuthResponse>> {
+    let name = req.name.as_deref().unwrap_or("").trim().to_owned();
+    let n = name.chars().count();
+    if n == 0 || n > MAX_NAME_CHARS || name.chars().any(char::is_control) {
+        return Err(ApiError::bad_request(
+            "invalid_name",
+            format!("Name must be 1 to {MAX_NAME_CHARS} characters"),
+        ));
+    }
+    let user = state
+        .store
+        .get_user(&auth.user_id)
+        .await?
+        .ok_or_else(|| ApiError::unauthorized("invalid_token", "Unknown user"))?;
+
+    let avatar = match req.avatar.filter(|a| !a.trim().is_empty()) {
+        None => user.avatar.clone(),
+        Some(data_url) => {
+            let (max_len, max_dim) = (
+                state.config.max_avatar_bytes,
+                state.config.max_avatar_dimension,
+            );
+            let png =
+                tokio::task::spawn_blocking(move || process_avatar(&data_url, max_len, max_dim))
+                    .await
+                    .map_err(ApiError::internal)?
+                    .map_err(|e| match e {
+                        AvatarError::TooLarge => ApiError::PayloadTooLarge(e.to_string()),
+                        AvatarError::Encode(_) => ApiError::internal(e),
+                        other => ApiError::bad_request("invalid_avatar", other.to_string()),
+                    })?;
+            let id = FileId(new_id());
+            state
+                .store
+                .put_blob(
+                    BlobMeta {
+                        id: id.clone(),
+                        kind: BlobKind::Avatar,
+                        content_type: "image/png".into(),
+                        len: png.len() as u64,
+                        room_id: None,
+                        created_at: state.now(),
+                    },
+                    png.into(),
+                )
+                .await?;
+            Some(id)
+        }
+    };
+    let user = state
+        .store
+        .activate_user(&auth.user_id, &name, avatar)
+        .await?;
+    Ok(Json(AuthResponse {
+        user: Some(UserJson::own(&user, &state.config.base_url)),
+        auth: true,
+        access_token: None,
+        refresh_token: None,
+    }))
+}
+
+/// The caller's own record.
+#[utoipa::path(get, path = "/api/me", tag = "profile",
+    responses((status = 200, body = AuthResponse), (status = 401, body = ErrorBody)))]
+pub async fn me(State(state): State<AppState>, auth: AuthUser) -> ApiResult<Json<AuthResponse>> {
+    let user = state
+        .store
+        .get_user(&auth.user_id)
+        .await?
+        .ok_or_else(|| ApiError::unauthorized("invalid_token", "Unknown user"))?;
+    Ok(Json(AuthResponse {
+        user: Some(UserJson::own(&user, &state.config.base_url)),
+        auth: true,
+        access_token: None,
+        refresh_token: None,
+    }))
+}
+
+/// Avatar bytes (public: ids are unguessable and immutable, so cached for a year).
+#[utoipa::path(get, path = "/storage/{fileId}", tag = "profile",
+    params(("fileId" = String, Path, description = "avatar file id")),
+    responses(
+        (status = 200, content_type = "image/png", description = "the avatar"),
+        (status = 404, body = ErrorBody),
+    ))]
+pub async fn storage(
+    State(state): State<AppState>,
+    Path(file_id): Path<String>,
+    headers: HeaderMap,
+) -> ApiResult<Response> {
+    if !is_valid_room_id(&file_id) {
+        return Err(ApiError::NotFound("file"));
+    }
+    let meta = state
+        .store
+        .get_blob_meta(&FileId(file_id))
+        .await?
+        .filter(|m| m.kind == BlobKind::Avatar)
+        .ok_or(ApiError::NotFound("file"))?;
+    blob_response(
+        &state,
+        &meta,
+        &headers,
+        "public, max-age=31536000, immutable",
+    )
+    .await
+}

@@ -1,0 +1,102 @@
+//! Per-key rate limits for the login endpoints (keyed token buckets from `governor`), and
+//! the client IP they are keyed on.
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::num::NonZeroU32;
+
+use axum::extract::ConnectInfo;
+use axum::http::request::Parts;
+use governor::clock::{Clock as _, DefaultClock};
+use governor::state::keyed::DefaultKeyedStateStore;
+use governor::{Quota, RateLimiter};
+
+use crate::config::RateLimitConfig;
+use crate::error::ApiError;
+
+type Keyed = RateLimiter<String, DefaultKeyedStateStore<String>, DefaultClock>;
+
+pub struct RateLimiters {
+    pub send_otp_phone: Keyed,
+    pub send_otp_ip: Keyed,
+    pub verify_otp_phone: Keyed,
+    pub verify_otp_ip: Keyed,
+}
+
+fn per_hour(n: u32) -> Keyed {
+    let n = NonZeroU32::new(n.max(1)).unwrap_or(NonZeroU32::MIN);
+    RateLimiter::keyed(Quota::per_hour(n))
+}
+
+impl RateLimiters {
+    pub fn new(c: &RateLimitConfig) -> Self {
+        Self {
+            send_otp_phone: per_hour(c.send_otp_per_phone),
+            send_otp_ip: per_hour(c.send_otp_per_ip),
+            verify_otp_phone: per_hour(c.verify_otp_per_phone),
+            verify_otp_ip: per_hour(c.verify_otp_per_ip),
+        }
+    }
+
+    /// Forgets keys whose buckets are full again, so the maps do not grow forever.
+    pub fn retain_recent(&self) {
+        for l in [
+            &self.send_otp_phone,
+            &self.send_otp_ip,
+            &self.verify_otp_phone,
+            &self.verify_otp_ip,
+        ] {
+            l.retain_recent();
+            l.shrink_to_fit();
+        }
+    }
+}
+
+/// Takes one token from `key`'s bucket, or refuses with 429 and the seconds until the next.
+pub fn check(limiter: &Keyed, key: &str) -> Result<(), ApiError> {
+    match limiter.check_key(&key.to_owned()) {
+        Ok(()) => Ok(()),
+        Err(not_until) => {
+            let wait = not_until.wait_time_from(DefaultClock::default().now());
+            Err(ApiError::TooManyRequests {
+                retry_after_secs: wait.as_secs() + u64::from(wait.subsec_nanos() > 0),
+            })
+        }
+    }
+}
+
+/// The client's IP: the socket peer, or with `trust_proxy` the rightmost valid entry of
+/// `X-Forwarded-For` (the one our proxy appended; entries to its left are client-supplied).
+pub fn client_ip(parts: &Parts, trust_proxy: bool) -> IpAddr {
+    if trust_proxy
+        && let Some(ip) = parts
+            .headers
+            .get_all("x-forwarded-for")
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .filter_map(|s| s.trim().parse::<IpAddr>().ok())
+            .next_back()
+    {
+        return ip;
+    }
+    parts
+        .extensions
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|c| c.0.ip())
+        .unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED))
+}
+
+/// Extractor for the client IP, honouring the trust-proxy setting.
+#[derive(Debug, Clone, Copy)]
+pub struct ClientIp(pub IpAddr);
+
+impl axum::extract::FromRequestParts<crate::state::AppState> for ClientIp {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &crate::state::AppState,
+    ) -> Result<Self, Self::Rejection> {
+        Ok(ClientIp(client_ip(parts, state.config.trust_proxy)))
+    }
+}

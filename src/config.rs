@@ -1,0 +1,305 @@
+//! The `chorus` binary's configuration: every setting is a flag and an environment
+//! variable (a `.env` file in the working directory is read first). Documented with
+//! defaults in docs/CONFIGURATION.md; keep the two in step.
+
+use std::fs;
+use std::io::Write;
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use anyhow::Context;
+use api::auth::JwtSecrets;
+use api::config::{ApiConfig, RateLimitConfig};
+use api::sms::{DevSmsSender, SmsSender, TWILIO_API, TwilioConfig, TwilioSender};
+use clap::Parser;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Clone, Parser)]
+#[command(
+    name = "chorus",
+    version,
+    about = "Live voice rooms: control plane and audio SFU"
+)]
+pub struct Config {
+    /// HTTP port (the reference Talkspace backend's default).
+    #[arg(long, env = "PORT", default_value_t = 5500)]
+    pub port: u16,
+
+    /// Address to listen on.
+    #[arg(long, env = "HOST", default_value = "0.0.0.0")]
+    pub host: IpAddr,
+
+    /// Directory for the embedded SQLite database and generated secrets.
+    #[arg(long, env = "DATA_DIR", default_value = "./data")]
+    pub data_dir: PathBuf,
+
+    /// MongoDB connection string; when set, MongoDB is used instead of SQLite.
+    /// `DB_URL` is accepted as an alias (Talkspace's name).
+    #[arg(long, env = "MONGO_URI")]
+    pub mongo_uri: Option<String>,
+
+    /// Secret signing access tokens (HS256). Generated and kept in the data dir if unset.
+    #[arg(long, env = "JWT_ACCESS_TOKEN_SECRET", hide_env_values = true)]
+    pub jwt_access_token_secret: Option<String>,
+
+    /// Secret keying refresh-token and login-code hashes. Generated and kept in the data
+    /// dir if unset.
+    #[arg(long, env = "JWT_REFRESH_TOKEN_SECRET", hide_env_values = true)]
+    pub jwt_refresh_token_secret: Option<String>,
+
+    /// Twilio account SID. With the token and number set, codes are sent by SMS;
+    /// otherwise they are written to the log (development only).
+    #[arg(long, env = "SMS_SID")]
+    pub sms_sid: Option<String>,
+
+    /// Twilio auth token.
+    #[arg(long, env = "SMS_AUTH_TOKEN", hide_env_values = true)]
+    pub sms_auth_token: Option<String>,
+
+    /// Twilio sender phone number (E.164).
+    #[arg(long, env = "SMS_FROM_NUMBER")]
+    pub sms_from_number: Option<String>,
+
+    /// Twilio API base URL (override for a mock in tests).
+    #[arg(long, env = "SMS_API_URL", default_value = TWILIO_API)]
+    pub sms_api_url: String,
+
+    /// Public base URL prefixed to avatar URLs; empty means relative URLs.
+    #[arg(long, env = "BASE_URL", default_value = "")]
+    pub base_url: String,
+
+    /// Origins allowed to call the API with credentials (CORS), comma-separated.
+    #[arg(
+        long,
+        env = "FRONTEND_URL",
+        default_value = "http://localhost:3000",
+        value_delimiter = ','
+    )]
+    pub frontend_url: Vec<String>,
+
+    /// Send cookies without `Secure` (plain-HTTP development only).
+    #[arg(long, env = "INSECURE_COOKIES", default_value_t = false)]
+    pub insecure_cookies: bool,
+
+    /// Take the client IP from X-Forwarded-For (only behind a reverse proxy that sets it).
+    #[arg(long, env = "TRUST_PROXY", default_value_t = false)]
+    pub trust_proxy: bool,
+
+    /// Access token lifetime in seconds.
+    #[arg(long, env = "ACCESS_TOKEN_TTL_SECS", default_value_t = 900)]
+    pub access_token_ttl_secs: i64,
+
+    /// Refresh token lifetime in days (each refresh starts a new period).
+    #[arg(long, env = "REFRESH_TOKEN_TTL_DAYS", default_value_t = 30)]
+    pub refresh_token_ttl_days: i64,
+
+    /// Login code lifetime in seconds.
+    #[arg(long, env = "OTP_TTL_SECS", default_value_t = 120)]
+    pub otp_ttl_secs: i64,
+
+    /// Wrong codes allowed per login code before it is void.
+    #[arg(long, env = "OTP_MAX_ATTEMPTS", default_value_t = 5)]
+    pub otp_max_attempts: u32,
+
+    /// send-otp requests per phone number per hour.
+    #[arg(long, env = "OTP_SEND_PER_PHONE_PER_HOUR", default_value_t = 5)]
+    pub otp_send_per_phone_per_hour: u32,
+
+    /// send-otp requests per client IP per hour.
+    #[arg(long, env = "OTP_SEND_PER_IP_PER_HOUR", default_value_t = 20)]
+    pub otp_send_per_ip_per_hour: u32,
+
+    /// verify-otp requests per phone number per hour.
+    #[arg(long, env = "OTP_VERIFY_PER_PHONE_PER_HOUR", default_value_t = 20)]
+    pub otp_verify_per_phone_per_hour: u32,
+
+    /// verify-otp requests per client IP per hour.
+    #[arg(long, env = "OTP_VERIFY_PER_IP_PER_HOUR", default_value_t = 60)]
+    pub otp_verify_per_ip_per_hour: u32,
+
+    /// Largest voice note upload, bytes.
+    #[arg(long, env = "MAX_VOICE_BYTES", default_value_t = 10 * 1024 * 1024)]
+    pub max_voice_bytes: usize,
+
+    /// Largest image upload, bytes.
+    #[arg(long, env = "MAX_IMAGE_BYTES", default_value_t = 5 * 1024 * 1024)]
+    pub max_image_bytes: usize,
+
+    /// Largest avatar data URL, bytes.
+    #[arg(long, env = "MAX_AVATAR_BYTES", default_value_t = 4 * 1024 * 1024)]
+    pub max_avatar_bytes: usize,
+
+    /// Largest avatar width or height, pixels (checked before decoding).
+    #[arg(long, env = "MAX_AVATAR_DIMENSION", default_value_t = 4096)]
+    pub max_avatar_dimension: u32,
+
+    /// Longest chat message, characters.
+    #[arg(long, env = "MAX_MESSAGE_CHARS", default_value_t = 2000)]
+    pub max_message_chars: usize,
+
+    /// Rooms with no activity for this many days are deleted with their messages and files.
+    #[arg(long, env = "ROOM_EXPIRY_DAYS", default_value_t = 30)]
+    pub room_expiry_days: i64,
+
+    /// How often the expiry sweeper runs, seconds.
+    #[arg(long, env = "SWEEP_INTERVAL_SECS", default_value_t = 3600)]
+    pub sweep_interval_secs: u64,
+
+    /// Log output format (the filter comes from RUST_LOG, default `info`).
+    #[arg(long, env = "LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+}
+
+impl Config {
+    /// Parses flags and environment, applying the `DB_URL` alias for `MONGO_URI`.
+    pub fn load() -> Self {
+        let mut cfg = Self::parse();
+        if cfg.mongo_uri.is_none() {
+            cfg.mongo_uri = std::env::var("DB_URL")
+                .ok()
+                .filter(|s| !s.trim().is_empty());
+        }
+        cfg.mongo_uri = cfg.mongo_uri.filter(|s| !s.trim().is_empty());
+        cfg
+    }
+
+    pub fn api_config(&self) -> anyhow::Result<ApiConfig> {
+        anyhow::ensure!(
+            self.access_token_ttl_secs > 0,
+            "ACCESS_TOKEN_TTL_SECS must be positive"
+        );
+        anyhow::ensure!(
+            self.refresh_token_ttl_days > 0,
+            "REFRESH_TOKEN_TTL_DAYS must be positive"
+        );
+        anyhow::ensure!(self.otp_ttl_secs > 0, "OTP_TTL_SECS must be positive");
+        anyhow::ensure!(
+            self.otp_max_attempts > 0,
+            "OTP_MAX_ATTEMPTS must be positive"
+        );
+        anyhow::ensure!(
+            self.room_expiry_days > 0,
+            "ROOM_EXPIRY_DAYS must be positive"
+        );
+        anyhow::ensure!(
+            self.sweep_interval_secs > 0,
+            "SWEEP_INTERVAL_SECS must be positive"
+        );
+        Ok(ApiConfig {
+            base_url: self.base_url.trim_end_matches('/').to_owned(),
+            cors_origins: self.frontend_url.clone(),
+            secure_cookies: !self.insecure_cookies,
+            trust_proxy: self.trust_proxy,
+            access_token_ttl: time::Duration::seconds(self.access_token_ttl_secs),
+            refresh_token_ttl: time::Duration::days(self.refresh_token_ttl_days),
+            otp_ttl: time::Duration::seconds(self.otp_ttl_secs),
+            otp_attempts: self.otp_max_attempts,
+            rate_limits: RateLimitConfig {
+                send_otp_per_phone: self.otp_send_per_phone_per_hour,
+                send_otp_per_ip: self.otp_send_per_ip_per_hour,
+                verify_otp_per_phone: self.otp_verify_per_phone_per_hour,
+                verify_otp_per_ip: self.otp_verify_per_ip_per_hour,
+            },
+            max_voice_bytes: self.max_voice_bytes,
+            max_image_bytes: self.max_image_bytes,
+            max_avatar_bytes: self.max_avatar_bytes,
+            max_avatar_dimension: self.max_avatar_dimension,
+            max_message_chars: self.max_message_chars,
+            room_expiry: time::Duration::days(self.room_expiry_days),
+            sweep_interval: std::time::Duration::from_secs(self.sweep_interval_secs),
+        })
+    }
+
+    /// The configured secrets, or ones generated once and kept in the data dir so sessions
+    /// survive restarts.
+    pub fn jwt_secrets(&self) -> anyhow::Result<JwtSecrets> {
+        let access = secret_or_persisted(
+            self.jwt_access_token_secret.as_deref(),
+            "JWT_ACCESS_TOKEN_SECRET",
+            &self.data_dir.join("jwt_access_token.secret"),
+        )?;
+        let refresh = secret_or_persisted(
+            self.jwt_refresh_token_secret.as_deref(),
+            "JWT_REFRESH_TOKEN_SECRET",
+            &self.data_dir.join("jwt_refresh_token.secret"),
+        )?;
+        Ok(JwtSecrets { access, refresh })
+    }
+
+    /// Twilio when all three SMS settings are present, else the logging sender.
+    pub fn sms_sender(&self) -> anyhow::Result<Arc<dyn SmsSender>> {
+        let set = |v: &Option<String>| {
+            v.as_deref()
+                .map(str::trim)
+                .filter(|s| !s.is_empty())
+                .map(str::to_owned)
+        };
+        match (
+            set(&self.sms_sid),
+            set(&self.sms_auth_token),
+            set(&self.sms_from_number),
+        ) {
+            (Some(account_sid), Some(auth_token), Some(from_number)) => {
+                let sender = TwilioSender::new(TwilioConfig {
+                    account_sid,
+                    auth_token,
+                    from_number,
+                    base_url: self.sms_api_url.clone(),
+                })?;
+                tracing::info!("login codes are sent by SMS through Twilio");
+                Ok(Arc::new(sender))
+            }
+            (None, None, None) => {
+                tracing::warn!(
+                    "!!! DEVELOPMENT SMS SENDER: login codes are written to this log, not sent. \
+                     Set SMS_SID, SMS_AUTH_TOKEN and SMS_FROM_NUMBER for real SMS. !!!"
+                );
+                Ok(Arc::new(DevSmsSender))
+            }
+            _ => anyhow::bail!("SMS_SID, SMS_AUTH_TOKEN and SMS_FROM_NUMBER must be set together"),
+        }
+    }
+}
+
+fn secret_or_persisted(
+    configured: Option<&str>,
+    var: &str,
+    file: &Path,
+) -> anyhow::Result<Vec<u8>> {
+    if let Some(s) = configured.map(str::trim).filter(|s| !s.is_empty()) {
+        if s.len() < 32 {
+            tracing::warn!("{var} is shorter than 32 characters; use a long random value");
+        }
+        return Ok(s.as_bytes().to_vec());
+    }
+    if let Ok(existing) = fs::read_to_string(file) {
+        let existing = existing.trim();
+        if !existing.is_empty() {
+            tracing::warn!(path = %file.display(), "{var} not set: using the secret generated earlier");
+            return Ok(existing.as_bytes().to_vec());
+        }
+    }
+    let secret = api::auth::random_token();
+    if let Some(dir) = file.parent() {
+        fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    let mut options = fs::OpenOptions::new();
+    options.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.mode(0o600);
+    }
+    let mut f = options
+        .open(file)
+        .with_context(|| format!("writing {}", file.display()))?;
+    f.write_all(secret.as_bytes())?;
+    tracing::warn!(path = %file.display(), "{var} not set: generated a random secret and saved it");
+    Ok(secret.into_bytes())
+}
