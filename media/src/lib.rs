@@ -1,1 +1,6 @@
 //! Chorus audio SFU.
+
+pub mod ids;
+pub mod level;
+pub mod rewrite;
+pub mod slots;
