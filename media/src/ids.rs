@@ -65,6 +65,7 @@ impl Hasher for IdHasher {
 pub type IdHashBuilder = BuildHasherDefault<IdHasher>;
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)] // a failed unwrap is a failed test
 mod tests {
     use super::*;
     use std::collections::HashSet;

@@ -151,7 +151,7 @@ impl Default for LevelConfig {
         LevelConfig {
             frame: Duration::from_millis(20),
             attack: Duration::from_millis(80),
-            release: Duration::from_millis(400),
+            release: Duration::from_millis(300),
             speaking_dbov: 50,
             hangover: Duration::from_millis(600),
         }
@@ -305,6 +305,7 @@ impl LevelMeter {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)] // a failed unwrap is a failed test
 mod tests {
     use super::*;
 

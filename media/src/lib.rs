@@ -3,4 +3,5 @@
 pub mod ids;
 pub mod level;
 pub mod rewrite;
+pub mod router;
 pub mod slots;

@@ -234,6 +234,7 @@ impl SlotRewriter {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)] // a failed unwrap is a failed test
 mod tests {
     use super::*;
 
@@ -513,10 +514,10 @@ mod tests {
                 } else if rng.below(8) == 0 && !pending.is_empty() {
                     batch.append(&mut pending);
                 }
-                if rng.below(10) == 0 {
-                    if let Some(d) = last_in {
-                        batch.push(d); // duplicate
-                    }
+                if rng.below(10) == 0
+                    && let Some(d) = last_in
+                {
+                    batch.push(d); // duplicate
                 }
                 last_in = Some(p);
                 for p in batch {
@@ -539,10 +540,10 @@ mod tests {
                         ext_seq = Some((o.seq, es));
                         ext_ts = Some((o.ts, et));
                     }
-                    if prev_src != r.current_source() || o.marker {
-                        if let Some(h) = prev_high {
-                            assert_eq!(o.seq, h.wrapping_add(1), "seed {seed}: switch gap");
-                        }
+                    if (prev_src != r.current_source() || o.marker)
+                        && let Some(h) = prev_high
+                    {
+                        assert_eq!(o.seq, h.wrapping_add(1), "seed {seed}: switch gap");
                     }
                     assert!(out.insert(es, et).is_none(), "seed {seed}: repeated seq");
                 }

@@ -37,7 +37,7 @@ impl Default for SlotConfig {
         SlotConfig {
             slots: 3,
             margin: 0.08,
-            sustain: Duration::from_millis(500),
+            sustain: Duration::from_millis(600),
         }
     }
 }
@@ -106,6 +106,14 @@ impl SlotAllocator {
             Some(holder) if holder == subscriber => self.spare.filter(|s| *s != subscriber),
             other => other,
         }
+    }
+
+    /// Whether any state (slots, spare, pending challenges) refers to `pid`.
+    pub fn mentions(&self, pid: ParticipantId) -> bool {
+        self.holds(pid)
+            || self.spare == Some(pid)
+            || self.slot_challenge.is_some_and(|c| c.pid == pid)
+            || self.spare_challenge.is_some_and(|c| c.pid == pid)
     }
 
     /// Drops `pid` from the map at once (left, muted, demoted) and fills the vacancy from
@@ -344,6 +352,7 @@ impl ActiveSpeakers {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)] // a failed unwrap is a failed test
 mod tests {
     use super::*;
 
