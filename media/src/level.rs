@@ -244,6 +244,10 @@ pub struct LevelMeter {
     speaking_until: Option<Instant>,
     /// V flag of the last packet, for diagnostics.
     last_voice: bool,
+    /// Sum of raw (unsmoothed) packet amplitudes since the last `take_window`.
+    window_sum: f32,
+    /// Packets in that sum.
+    window_packets: u32,
 }
 
 impl LevelMeter {
@@ -270,6 +274,8 @@ impl LevelMeter {
             _ => now,
         });
         self.last_voice = level.voice;
+        self.window_sum += sample;
+        self.window_packets = self.window_packets.saturating_add(1);
         if self.amp >= s.speaking_amp && s.speaking_amp > 0.0 {
             self.speaking_until = Some(now + s.cfg.hangover);
         }
@@ -296,6 +302,27 @@ impl LevelMeter {
     /// The V flag of the most recent packet.
     pub fn last_voice_flag(&self) -> bool {
         self.last_voice
+    }
+
+    /// Mean raw level (0..=1) over the window of length `window` that ends now, then
+    /// starts a new window. Frames without a packet count as silence, so DTX and a
+    /// publisher that stopped sending read low. Unlike the smoothed [`LevelMeter::level`]
+    /// it has no tail: a burst affects only the windows it falls into, which is what
+    /// the slot allocator needs to judge challengers (see `slots`).
+    pub fn take_window(&mut self, s: &LevelSmoothing, window: Duration) -> f32 {
+        let frames = (window.as_secs_f32() / s.cfg.frame.as_secs_f32().max(1e-4)).max(1.0);
+        // More packets than frames (a jitter burst) must not inflate the mean.
+        let divisor = frames.max(self.window_packets as f32);
+        let mean = self.window_sum / divisor;
+        self.window_sum = 0.0;
+        self.window_packets = 0;
+        amplitude_to_unit(mean)
+    }
+
+    /// Mean raw level of the current window so far, without resetting it.
+    pub fn peek_window(&self, s: &LevelSmoothing, window: Duration) -> f32 {
+        let mut copy = self.clone();
+        copy.take_window(s, window)
     }
 
     /// Forgets everything (e.g. on mute, so an unmuted publisher starts from silence).
@@ -568,6 +595,31 @@ mod tests {
         m.observe(&s, lvl(30), start);
         m.observe(&s, lvl(30), start - Duration::from_secs(5));
         assert!(m.level(&s, start - Duration::from_secs(9)) > 0.0);
+    }
+
+    #[test]
+    fn window_level_counts_missing_frames_as_silence_and_has_no_tail() {
+        let s = LevelSmoothing::default();
+        let mut m = LevelMeter::new();
+        let win = Duration::from_millis(300);
+        let t = feed(&mut m, &s, t0(), 15, 30); // a full window of speech
+        assert!((m.take_window(&s, win) - dbov_to_unit(30)).abs() < 1e-3);
+        // next window: a loud 100 ms burst, then nothing
+        let t = feed(&mut m, &s, t + FRAME, 5, 10);
+        let burst = m.take_window(&s, win);
+        assert!(
+            burst < dbov_to_unit(10) && burst > dbov_to_unit(30),
+            "{burst}"
+        );
+        // the window after the burst reads silent although the EMA still has a tail
+        assert_eq!(m.take_window(&s, win), 0.0);
+        assert!(m.level(&s, t + Duration::from_millis(150)) > dbov_to_unit(30));
+        // a jitter burst of 40 packets in one window does not exceed the packets' level
+        for _ in 0..40 {
+            m.observe(&s, lvl(30), t);
+        }
+        assert!(m.peek_window(&s, win) <= dbov_to_unit(30) + 1e-4);
+        assert!(m.take_window(&s, win) > 0.0, "peek does not reset");
     }
 
     #[test]

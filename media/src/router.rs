@@ -35,6 +35,21 @@ pub struct RouterConfig {
     pub max_active_speakers: usize,
 }
 
+impl RouterConfig {
+    /// The configuration `SfuConfig` implies: its slot count and speaker interval, the
+    /// tuned defaults for everything else.
+    pub fn new(slots: usize, speaker_interval: Duration) -> Self {
+        RouterConfig {
+            slots: SlotConfig {
+                slots,
+                ..SlotConfig::default()
+            },
+            speaker_interval,
+            ..RouterConfig::default()
+        }
+    }
+}
+
 impl Default for RouterConfig {
     fn default() -> Self {
         RouterConfig {
@@ -211,6 +226,8 @@ pub struct Router<T: Copy = ()> {
     rooms: HashMap<RoomKey, Room<T>, IdHashBuilder>,
     events: VecDeque<RouterEvent>,
     next_tick: Instant,
+    /// When the last decision ran: the length of the level window it closed.
+    last_tick: Instant,
     /// Reused buffer for building a room's candidates.
     scratch: Vec<Candidate>,
 }
@@ -220,6 +237,7 @@ impl<T: Copy> Router<T> {
         Router {
             smoothing: LevelSmoothing::new(cfg.level.clone()),
             next_tick: now + cfg.speaker_interval,
+            last_tick: now,
             cfg,
             participants: HashMap::default(),
             rooms: HashMap::default(),
@@ -424,6 +442,8 @@ impl<T: Copy> Router<T> {
             // We fell behind (a stalled loop): do not replay missed ticks.
             self.next_tick = now + self.cfg.speaker_interval;
         }
+        let window = now.saturating_duration_since(self.last_tick);
+        self.last_tick = now;
         let Router {
             participants,
             rooms,
@@ -436,7 +456,23 @@ impl<T: Copy> Router<T> {
             if room.publishers.is_empty() && !room.active_dirty {
                 continue;
             }
-            build_candidates(scratch, &room.publishers, participants, smoothing, now);
+            // Close every publisher's level window (the per-interval mean challengers
+            // are judged on) and collect the room's candidates.
+            scratch.clear();
+            for pid in &room.publishers {
+                let Some(p) = participants.get_mut(pid) else {
+                    continue;
+                };
+                let recent = p.meter.take_window(smoothing, window);
+                if p.is_candidate() {
+                    scratch.push(Candidate {
+                        pid: *pid,
+                        level: p.meter.level(smoothing, now),
+                        recent,
+                        speaking: p.meter.speaking(now),
+                    });
+                }
+            }
             if room.allocator.decide(now, scratch) {
                 slots_changed(key, room, participants, events);
             }
@@ -567,7 +603,8 @@ impl<T: Copy> Router<T> {
     }
 }
 
-/// Fills `out` with the room's candidates (unmuted publishers) and their levels at `now`.
+/// Fills `out` with the room's candidates (unmuted publishers) and their levels at `now`,
+/// for membership changes between decisions (the level windows stay open).
 fn build_candidates(
     out: &mut Vec<Candidate>,
     publishers: &[ParticipantId],
@@ -578,10 +615,14 @@ fn build_candidates(
     out.clear();
     out.extend(publishers.iter().filter_map(|pid| {
         let p = participants.get(pid)?;
-        p.is_candidate().then(|| Candidate {
-            pid: *pid,
-            level: p.meter.level(smoothing, now),
-            speaking: p.meter.speaking(now),
+        p.is_candidate().then(|| {
+            let level = p.meter.level(smoothing, now);
+            Candidate {
+                pid: *pid,
+                level,
+                recent: level,
+                speaking: p.meter.speaking(now),
+            }
         })
     }));
 }
@@ -830,6 +871,26 @@ mod tests {
         // 1 falls silent (DTX packets at -127), 2 talks at 1's former level
         s.run(Duration::from_millis(1500), &[(1, 127), (2, 30)]);
         assert_eq!(s.r.source_for(p(3), 0), Some(p(2)));
+    }
+
+    #[test]
+    fn interjections_up_to_300_ms_never_switch_even_when_much_louder() {
+        for ms in [100u64, 200, 300] {
+            for louder in [10u8, 15, 20, 25] {
+                let mut s = Sim::new(1);
+                s.join(1, true);
+                s.join(2, true);
+                s.join(3, false);
+                s.run(Duration::from_secs(2), &[(1, 30), (2, 45)]);
+                let before = s.slots_changed_count();
+                s.run(Duration::from_millis(ms), &[(1, 30), (2, 30 - louder)]);
+                s.run(Duration::from_secs(3), &[(1, 30), (2, 45)]);
+                assert_eq!(s.slots_changed_count(), before, "{ms} ms, +{louder} dB");
+                // the same interjection sustained does switch
+                s.run(Duration::from_millis(1500), &[(1, 30), (2, 30 - louder)]);
+                assert_eq!(s.slots_changed_count(), before + 1, "{ms} ms, +{louder} dB");
+            }
+        }
     }
 
     #[test]

@@ -8,10 +8,14 @@
 //! subscriber) keeps the state and the signaling O(slots), whatever the room size.
 //!
 //! Stickiness: a holder keeps its slot until a challenger is *clearly* louder (by
-//! `margin` on the 0..=1 level scale) and speaking, continuously for `sustain`; only
-//! then does the challenger replace the quietest holder. The same rule guards the spare.
-//! A brief blip therefore never switches a slot, and two speakers of equal loudness
-//! never flap. Vacancies (a holder left, was muted or lost the right to publish) are
+//! `margin` on the 0..=1 level scale) and speaking, at every decision for `sustain`;
+//! only then does the challenger replace the quietest holder. The same rule guards the
+//! spare. The comparison is deliberately asymmetric: the holder is judged on its
+//! smoothed level (whose slow release bridges pauses between words), the challenger on
+//! its mean level over the last interval (which has no tail). A burst therefore only
+//! counts during the intervals it falls into: with the defaults (300 ms interval, 600 ms
+//! sustain = three consecutive decisions) an interjection of up to 300 ms can never
+//! switch a slot, however loud, and two speakers of equal loudness never flap. Vacancies (a holder left, was muted or lost the right to publish) are
 //! filled at once, preferring the spare, because an empty slot carries nothing.
 //! With no more candidates than slots every candidate holds a slot, and nothing ever
 //! switches. Nothing here reads the clock: decisions take `now`.
@@ -47,8 +51,12 @@ impl Default for SlotConfig {
 #[derive(Copy, Clone, Debug, PartialEq)]
 pub struct Candidate {
     pub pid: ParticipantId,
-    /// Smoothed level, 0..=1.
+    /// Smoothed level, 0..=1 (`LevelMeter::level`): bridges the pauses between words,
+    /// so holders and the spare are judged on it.
     pub level: f32,
+    /// Mean level over the last decision interval, 0..=1 (`LevelMeter::take_window`):
+    /// no tail after a burst, so challengers are judged on it.
+    pub recent: f32,
     /// Whether the publisher currently counts as speaking; only speakers may challenge.
     pub speaking: bool,
 }
@@ -162,7 +170,7 @@ impl SlotAllocator {
             let next = self
                 .spare
                 .take()
-                .or_else(|| self.loudest_outsider(candidates, false));
+                .or_else(|| self.loudest_outsider(candidates, false, |c| c.level));
             match next {
                 Some(p) => {
                     self.slots[j] = Some(p);
@@ -172,7 +180,7 @@ impl SlotAllocator {
             }
         }
         if self.spare.is_none() {
-            self.spare = self.loudest_outsider(candidates, false);
+            self.spare = self.loudest_outsider(candidates, false, |c| c.level);
             changed |= self.spare.is_some();
         }
         if self
@@ -201,6 +209,12 @@ impl SlotAllocator {
                 .find(|c| c.pid == p)
                 .map_or(0.0, |c| c.level)
         };
+        let recent_of = |p: ParticipantId| {
+            candidates
+                .iter()
+                .find(|c| c.pid == p)
+                .map_or(0.0, |c| c.recent)
+        };
 
         // Slots: the loudest speaking outsider (the spare included) against the
         // quietest holder.
@@ -210,10 +224,10 @@ impl SlotAllocator {
             .enumerate()
             .filter_map(|(j, s)| s.map(|p| (j, level_of(p))))
             .min_by(|a, b| a.1.total_cmp(&b.1));
-        let challenger = self.loudest_outsider(candidates, true);
+        let challenger = self.loudest_outsider(candidates, true, |c| c.recent);
         let mut swapped = false;
         match (quietest, challenger) {
-            (Some((j, q_level)), Some(c)) if level_of(c) >= q_level + self.cfg.margin => {
+            (Some((j, q_level)), Some(c)) if recent_of(c) >= q_level + self.cfg.margin => {
                 if Self::sustained(&mut self.slot_challenge, c, now, self.cfg.sustain) {
                     let displaced = self.slots[j].replace(c);
                     if self.spare == Some(c) {
@@ -240,11 +254,11 @@ impl SlotAllocator {
                 .iter()
                 .filter(|c| c.speaking && c.pid != spare && !self.holds(c.pid))
                 .fold(None::<Candidate>, |best, c| match best {
-                    Some(b) if b.level >= c.level => Some(b),
+                    Some(b) if b.recent >= c.recent => Some(b),
                     _ => Some(*c),
                 });
             match challenger {
-                Some(c) if c.level >= level_of(spare) + self.cfg.margin => {
+                Some(c) if c.recent >= level_of(spare) + self.cfg.margin => {
                     if Self::sustained(&mut self.spare_challenge, c.pid, now, self.cfg.sustain) {
                         self.spare = Some(c.pid);
                         self.spare_challenge = None;
@@ -278,19 +292,20 @@ impl SlotAllocator {
         self.slots.contains(&Some(pid))
     }
 
-    /// The loudest candidate holding no slot (the spare included), optionally only
-    /// among those speaking. Ties go to the earlier candidate, for determinism.
+    /// The loudest candidate holding no slot (the spare included) by `key`, optionally
+    /// only among those speaking. Ties go to the earlier candidate, for determinism.
     fn loudest_outsider(
         &self,
         candidates: &[Candidate],
         speaking_only: bool,
+        key: impl Fn(&Candidate) -> f32,
     ) -> Option<ParticipantId> {
         candidates
             .iter()
             .filter(|c| (!speaking_only || c.speaking) && !self.holds(c.pid))
-            .fold(None::<Candidate>, |best, c| match best {
-                Some(b) if b.level >= c.level => Some(b),
-                _ => Some(*c),
+            .fold(None::<&Candidate>, |best, c| match best {
+                Some(b) if key(b) >= key(c) => Some(b),
+                _ => Some(c),
             })
             .map(|c| c.pid)
     }
@@ -364,6 +379,7 @@ mod tests {
         Candidate {
             pid: p(n),
             level,
+            recent: level,
             speaking: level > 0.3,
         }
     }
@@ -482,12 +498,49 @@ mod tests {
         let noisy = Candidate {
             pid: p(2),
             level: 0.25,
+            recent: 0.25,
             speaking: false,
         };
         for i in 1..20 {
             assert!(!a.decide(t + TICK * i, &[c(1, 0.1), noisy]));
         }
         assert_eq!(a.slots(), &[Some(p(1))]);
+    }
+
+    #[test]
+    fn challengers_are_judged_on_recent_level_and_holders_on_smoothed_level() {
+        let mut a = alloc(1);
+        let t = Instant::now();
+        a.decide(t, &[c(1, 0.5), c(2, 0.4)]);
+        // 2's smoothed level still carries a burst's tail, but its recent level does not
+        let tail = Candidate {
+            pid: p(2),
+            level: 0.9,
+            recent: 0.45,
+            speaking: true,
+        };
+        // 1 paused within the interval: recent is low, smoothed level bridges the pause
+        let pausing = Candidate {
+            pid: p(1),
+            level: 0.5,
+            recent: 0.1,
+            speaking: true,
+        };
+        for i in 1..10 {
+            assert!(!a.decide(t + TICK * i, &[pausing, tail]));
+        }
+        assert_eq!(a.slots(), &[Some(p(1))]);
+        // clearly louder recently and for long enough: switches
+        let talking = Candidate {
+            recent: 0.7,
+            ..tail
+        };
+        let mut switched = false;
+        for i in 10..13 {
+            switched |= a.decide(t + TICK * i, &[pausing, talking]);
+        }
+        assert!(switched);
+        assert_eq!(a.slots(), &[Some(p(2))]);
     }
 
     #[test]
