@@ -1143,4 +1143,112 @@ mod tests {
         }
         assert_eq!(s.r.level(p(1), s.now), Some(0.0));
     }
+
+    /// Random joins, leaves, mutes, role changes, packets and ticks across a few rooms:
+    /// never panics, never routes anyone their own audio or across rooms, never puts two
+    /// sources in one slot of a subscriber, keeps the slot map consistent with
+    /// candidacy, and leaves nothing behind once everyone has left.
+    #[test]
+    fn random_operations_keep_the_routing_invariants() {
+        for seed in 1..=20u64 {
+            let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+            let mut rnd = move |n: u64| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                x % n
+            };
+            let mut now = Instant::now();
+            let mut r: Router<u64> =
+                Router::new(RouterConfig::new(2, Duration::from_millis(200)), now);
+            let mut present: BTreeMap<u64, (RoomKey, bool, bool)> = BTreeMap::new(); // room, pub, muted
+            for _ in 0..4000 {
+                now += Duration::from_millis(rnd(15));
+                let n = rnd(24);
+                match rnd(20) {
+                    0..=2 => {
+                        let room = RoomKey(rnd(3));
+                        let publ = rnd(2) == 0;
+                        let res = r.add_participant(p(n), room, publ, n, now);
+                        if present.contains_key(&n) {
+                            assert_eq!(res, Err(RouterError::AlreadyPresent(p(n))));
+                        } else {
+                            res.unwrap();
+                            present.insert(n, (room, publ, false));
+                        }
+                    }
+                    3 => {
+                        assert_eq!(
+                            r.remove_participant(p(n), now),
+                            present.remove(&n).is_some()
+                        );
+                        assert!(!r.mentions(p(n)), "seed {seed}: {n} left state behind");
+                    }
+                    4 => {
+                        let m = rnd(2) == 0;
+                        if r.set_muted(p(n), m, now).is_ok() {
+                            present.get_mut(&n).unwrap().2 = m;
+                        } else {
+                            assert!(!present.contains_key(&n));
+                        }
+                    }
+                    5 => {
+                        let c = rnd(2) == 0;
+                        if r.set_can_publish(p(n), c, now).is_ok() {
+                            present.get_mut(&n).unwrap().1 = c;
+                        }
+                    }
+                    _ => {
+                        let level = Some(AudioLevel {
+                            dbov: rnd(128) as u8,
+                            voice: false,
+                        });
+                        match r.on_packet(p(n), level, now) {
+                            Route::Forward(f) => {
+                                let (room, publ, muted) = present[&n];
+                                assert!(publ && !muted, "seed {seed}: forwarded from {n}");
+                                let mut seen = std::collections::HashSet::new();
+                                let deliveries: Vec<_> = f.collect();
+                                for d in deliveries {
+                                    assert_ne!(d.subscriber, p(n), "seed {seed}: hears itself");
+                                    assert_eq!(d.data, d.subscriber.0);
+                                    assert_eq!(present[&d.subscriber.0].0, room, "crossed rooms");
+                                    assert!(seen.insert(d.subscriber), "delivered twice");
+                                    assert_eq!(r.source_for(d.subscriber, d.slot), Some(p(n)));
+                                }
+                            }
+                            Route::Drop(reason) => {
+                                let expect_known = reason != DropReason::UnknownParticipant;
+                                assert_eq!(present.contains_key(&n), expect_known);
+                            }
+                        }
+                    }
+                }
+                if now >= r.poll_timeout() {
+                    r.tick(now);
+                }
+                while r.poll_event().is_some() {}
+                // slot maps only hold unmuted publishers of that room, each at most once
+                for room in (0..3).map(RoomKey) {
+                    if let Some((slots, spare)) = r.slot_map(room) {
+                        let held: Vec<_> = slots.iter().flatten().chain(spare.iter()).collect();
+                        for (i, h) in held.iter().enumerate() {
+                            let (hr, publ, muted) = present[&h.0];
+                            assert!(hr == room && publ && !muted, "seed {seed}: stale holder");
+                            assert!(!held[i + 1..].contains(h), "seed {seed}: held twice");
+                        }
+                        let candidates = present
+                            .values()
+                            .filter(|(rr, publ, muted)| *rr == room && *publ && !*muted)
+                            .count();
+                        assert_eq!(held.len(), candidates.min(slots.len() + 1), "vacancy left");
+                    }
+                }
+            }
+            for n in present.keys() {
+                assert!(r.remove_participant(p(*n), now));
+            }
+            assert_eq!((r.participant_count(), r.room_count()), (0, 0));
+        }
+    }
 }
