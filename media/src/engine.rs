@@ -224,9 +224,19 @@ impl Engine {
             return;
         };
         let ice_local_addr = self.ice_local_addr;
-        let Some(peer) = self.peer_mut(idx) else {
+        let Some(peer) = self.peers.get_mut(idx as usize).and_then(Option::as_mut) else {
             return;
         };
+        // Media from a participant that may not publish is dropped before any decryption
+        // work: whatever the client negotiated, the server does not forward it.
+        if !peer.can_publish && is_rtp_media(data) {
+            self.counters.dropped_not_publisher.fetch_add(1, Relaxed);
+            if !peer.refused_reported {
+                peer.refused_reported = true;
+                let _ = self.events.send(SfuEvent::MediaRefused { pid: peer.pid });
+            }
+            return;
+        }
         let result = peer.pc.handle_read(TaggedBytesMut {
             now,
             transport: TransportContext {
@@ -807,6 +817,12 @@ impl Engine {
         c.timer_entries.store(self.timers.len() as u64, Relaxed);
         c.connected.store(self.connected, Relaxed);
     }
+}
+
+/// RTP rather than RTCP (RFC 5761 §4: RTCP packet types 192..=223 in the second byte).
+fn is_rtp_media(data: &[u8]) -> bool {
+    matches!(data, [0x80..=0xBF, second, ..] if !(192..=223).contains(second))
+        && data.len() >= 12
 }
 
 fn housekeeping_due(peer: &Peer, peer_timeout: Duration, connect_timeout: Duration) -> Instant {

@@ -316,7 +316,7 @@ impl Peer {
         let sdp = self
             .pc
             .local_description()
-            .map(|d| d.sdp)
+            .map(|d| spread_candidates(&d.sdp))
             .ok_or_else(|| MediaError::Rtc("no local description after offer".into()))?;
         self.ufrag = sdp_attribute(&sdp, "ice-ufrag")
             .ok_or_else(|| MediaError::Rtc("offer without ice-ufrag".into()))?
@@ -402,6 +402,59 @@ impl Peer {
     }
 }
 
+/// Copies the candidate lines (and end-of-candidates) of the first m-section into every
+/// m-section that has none.
+///
+/// rtc writes candidates only into the first m-section (the BUNDLE tag), and that is the
+/// microphone line, which is `inactive` for a listener; rtc-based clients (and so the async
+/// `webrtc` crate) skip candidates of inactive sections and would never connect. Repeating
+/// them is valid SDP; BUNDLE-aware clients deduplicate.
+pub(crate) fn spread_candidates(sdp: &str) -> String {
+    let sections: Vec<&str> = sdp.split_inclusive("\n").collect();
+    let first_m = sections.iter().position(|l| l.starts_with("m="));
+    let Some(first_m) = first_m else {
+        return sdp.to_owned();
+    };
+    let section_end = |from: usize| {
+        sections[from + 1..]
+            .iter()
+            .position(|l| l.starts_with("m="))
+            .map_or(sections.len(), |p| from + 1 + p)
+    };
+    let first_end = section_end(first_m);
+    let candidate_lines: Vec<&str> = sections[first_m..first_end]
+        .iter()
+        .copied()
+        .filter(|l| l.starts_with("a=candidate:") || l.starts_with("a=end-of-candidates"))
+        .collect();
+    if candidate_lines.is_empty() {
+        return sdp.to_owned();
+    }
+    let mut out = String::with_capacity(sdp.len() + candidate_lines.len() * 80 * 4);
+    let mut i = 0;
+    while i < sections.len() {
+        if i > first_m && sections[i].starts_with("m=") {
+            let end = section_end(i);
+            let has = sections[i..end]
+                .iter()
+                .any(|l| l.starts_with("a=candidate:"));
+            for l in &sections[i..end] {
+                out.push_str(l);
+            }
+            if !has {
+                for l in &candidate_lines {
+                    out.push_str(l);
+                }
+            }
+            i = end;
+        } else {
+            out.push_str(sections[i]);
+            i += 1;
+        }
+    }
+    out
+}
+
 /// The value of the first `a=<name>:` attribute in an SDP.
 pub(crate) fn sdp_attribute<'a>(sdp: &'a str, name: &str) -> Option<&'a str> {
     sdp.lines().find_map(|line| {
@@ -421,6 +474,16 @@ mod tests {
         let sdp = "v=0\r\na=ice-lite\r\nm=audio 9\r\na=ice-ufrag:abcd\r\na=ice-ufrag:zzz\r\n";
         assert_eq!(sdp_attribute(sdp, "ice-ufrag"), Some("abcd"));
         assert_eq!(sdp_attribute(sdp, "ice-pwd"), None);
+    }
+
+    #[test]
+    fn candidates_are_repeated_in_every_m_section() {
+        let sdp = "v=0\r\nm=audio 9 X 111\r\na=inactive\r\na=candidate:1 1 udp 1 127.0.0.1 5 typ host\r\na=end-of-candidates\r\nm=audio 9 X 111\r\na=sendonly\r\n";
+        let out = spread_candidates(sdp);
+        assert_eq!(out.matches("a=candidate:").count(), 2);
+        assert_eq!(out.matches("a=end-of-candidates").count(), 2);
+        assert!(out.ends_with("a=sendonly\r\na=candidate:1 1 udp 1 127.0.0.1 5 typ host\r\na=end-of-candidates\r\n"));
+        assert_eq!(spread_candidates("v=0\r\n"), "v=0\r\n");
     }
 
     #[test]

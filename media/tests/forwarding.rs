@@ -77,7 +77,7 @@ async fn speaker_reaches_listener_through_the_sfu() -> Result<()> {
     let (sfu, rx) = Sfu::start(config())?;
     let events = Events::spawn(rx);
     let room = RoomKey(1);
-    let mut listener = join(&sfu, room, ParticipantId(2), true, "listener").await?;
+    let mut listener = join(&sfu, room, ParticipantId(2), false, "listener").await?;
     let mut speaker = join(&sfu, room, ParticipantId(1), true, "speaker").await?;
     speaker.wait_connected(CONNECT).await?;
     if let Err(e) = listener.wait_connected(CONNECT).await {
