@@ -227,6 +227,11 @@ impl Engine {
         let Some(peer) = self.peers.get_mut(idx as usize).and_then(Option::as_mut) else {
             return;
         };
+        if matches!(data, [0x80..=0xBF, 192..=223, ..]) {
+            // Counted here because rtc's pipeline consumes most reports (the interceptors
+            // read them) and only surfaces feedback addressed to a known SSRC.
+            self.counters.rtcp_received.fetch_add(1, Relaxed);
+        }
         // Media from a participant that may not publish is dropped before any decryption
         // work: whatever the client negotiated, the server does not forward it.
         if !peer.can_publish && is_rtp_media(data) {
@@ -371,9 +376,6 @@ impl Engine {
                 match message {
                     RTCMessage::RtpPacket(_, packet) => packets.push(packet),
                     RTCMessage::RtcpPacket(_, rtcp) => {
-                        self.counters
-                            .rtcp_received
-                            .fetch_add(rtcp.len() as u64, Relaxed);
                         let nacks = rtcp
                             .iter()
                             .filter(|p| p.as_any().is::<TransportLayerNack>())

@@ -77,7 +77,7 @@ counters! {
     dropped_not_ready,
     /// Forwarded copies dropped: `rtc` refused the write.
     dropped_write_error,
-    /// RTCP packets received (compound parts).
+    /// RTCP datagrams received (compound packets, counted before decryption).
     rtcp_received,
     /// NACKs received from subscribers.
     nacks_received,

@@ -423,6 +423,58 @@ pub fn dominant_tone(pcm: &[i16], candidates: &[f64]) -> Option<f64> {
     }
 }
 
+/// Collects every SfuEvent so tests can wait on conditions over them.
+#[derive(Clone, Default)]
+pub struct Events(Arc<Mutex<Vec<media::SfuEvent>>>);
+
+impl Events {
+    pub fn spawn(mut rx: tokio::sync::mpsc::UnboundedReceiver<media::SfuEvent>) -> Events {
+        let events = Events::default();
+        let sink = events.clone();
+        tokio::spawn(async move {
+            while let Some(e) = rx.recv().await {
+                lock(&sink.0).push(e);
+            }
+        });
+        events
+    }
+
+    pub fn count(&self, f: impl Fn(&media::SfuEvent) -> bool) -> usize {
+        lock(&self.0).iter().filter(|e| f(e)).count()
+    }
+
+    pub fn all(&self) -> Vec<media::SfuEvent> {
+        lock(&self.0).clone()
+    }
+}
+
+/// An SFU on loopback with test-friendly timeouts.
+pub fn test_config() -> media::SfuConfig {
+    media::SfuConfig {
+        bind: std::net::SocketAddr::from(([127, 0, 0, 1], 0)),
+        announce_ips: vec![],
+        ..media::SfuConfig::default()
+    }
+}
+
+/// Joins `pid` to `room`: builds a client, applies the server's offer, hands back the answer.
+/// `client_publishes` attaches a microphone track even if the server did not offer to
+/// receive one (to test refusal).
+pub async fn join(
+    sfu: &media::Sfu,
+    room: media::RoomKey,
+    pid: media::ParticipantId,
+    can_publish: bool,
+    client_publishes: bool,
+    name: &str,
+) -> Result<Client> {
+    let mut client = Client::new(name).await?;
+    let offer = sfu.join(room, pid, can_publish).await?;
+    let answer = client.answer(&offer.sdp, client_publishes).await?;
+    sfu.accept_answer(pid, answer).await?;
+    Ok(client)
+}
+
 /// Polls `cond` until it holds or `within` passes.
 pub async fn wait_until(within: Duration, what: &str, mut cond: impl FnMut() -> bool) -> Result<()> {
     let deadline = Instant::now() + within;
