@@ -23,9 +23,15 @@ async fn offer_has_the_fixed_audio_layout() -> Result<()> {
     ensure!(sdp.contains("useinbandfec=1") && sdp.contains("usedtx=1"));
     ensure!(sdp.contains("urn:ietf:params:rtp-hdrext:ssrc-audio-level"));
     ensure!(sdp.matches("a=sendonly").count() == 3 && sdp.matches("a=recvonly").count() == 1);
-    ensure!(!sdp.contains("VP8") && !sdp.contains("transport-cc"), "audio only, no TWCC");
+    ensure!(
+        !sdp.contains("VP8") && !sdp.contains("transport-cc"),
+        "audio only, no TWCC"
+    );
     let listener = sfu.join(RoomKey(1), ParticipantId(2), false).await?;
-    ensure!(listener.sdp.matches("a=inactive").count() == 1, "listener mic is inactive");
+    ensure!(
+        listener.sdp.matches("a=inactive").count() == 1,
+        "listener mic is inactive"
+    );
     assert!(matches!(
         sfu.join(RoomKey(1), ParticipantId(2), false).await,
         Err(media::MediaError::AlreadyJoined(_))
@@ -70,9 +76,11 @@ async fn every_listener_hears_every_speaker_at_the_right_pitch() -> Result<()> {
         s.start_tone(f, 20).await?;
     }
     // 3 s of audio from each speaker.
-    wait_until(Duration::from_secs(20), "150 frames sent by every speaker", || {
-        speakers.iter().all(|s| s.tone_sent() >= 150)
-    })
+    wait_until(
+        Duration::from_secs(20),
+        "150 frames sent by every speaker",
+        || speakers.iter().all(|s| s.tone_sent() >= 150),
+    )
     .await?;
     for s in &mut speakers {
         s.stop_tone().await;
@@ -115,25 +123,46 @@ async fn every_listener_hears_every_speaker_at_the_right_pitch() -> Result<()> {
     .await;
     if result.is_err() {
         for (c, me) in &receivers {
-            eprintln!("{} (me {me:?}) heard {:?}, expected {:?}", c.name, heard(c), audible(*me));
+            eprintln!(
+                "{} (me {me:?}) heard {:?}, expected {:?}",
+                c.name,
+                heard(c),
+                audible(*me)
+            );
         }
         eprintln!("stats {:?}", sfu.stats());
     }
     result?;
     for (c, me) in &receivers {
         let h = heard(c);
-        assert_eq!(h.len(), audible(*me).len(), "{}: one stream per audible speaker", c.name);
-        assert!(h.iter().all(|(_, _, errors)| *errors == 0), "{}: all packets decode", c.name);
+        assert_eq!(
+            h.len(),
+            audible(*me).len(),
+            "{}: one stream per audible speaker",
+            c.name
+        );
+        assert!(
+            h.iter().all(|(_, _, errors)| *errors == 0),
+            "{}: all packets decode",
+            c.name
+        );
         // Nobody hears themself.
         if let Some(i) = me {
-            assert!(h.iter().all(|(tone, _, _)| *tone != Some(TONES[*i])), "{} heard itself", c.name);
+            assert!(
+                h.iter().all(|(tone, _, _)| *tone != Some(TONES[*i])),
+                "{} heard itself",
+                c.name
+            );
         }
     }
     let stats = sfu.stats();
     let expected_forwards: u64 = sent.iter().map(|n| n * 7 * 98 / 100).sum();
     assert!(stats.rtp_forwarded >= expected_forwards, "{stats:?}");
     assert_eq!(stats.malformed, 0);
-    assert!(stats.rtcp_received > 0, "receiver/sender reports flow: {stats:?}");
+    assert!(
+        stats.rtcp_received > 0,
+        "receiver/sender reports flow: {stats:?}"
+    );
     let _ = Instant::now();
     Ok(())
 }

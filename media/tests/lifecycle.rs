@@ -22,15 +22,20 @@ async fn muted_speaker_is_silenced_and_resumes_on_unmute() -> Result<()> {
     speaker.wait_connected(CONNECT).await?;
     listener.wait_connected(CONNECT).await?;
     speaker.start_tone(440.0, 10).await?;
-    wait_until(CONNECT, "audio before mute", || listener.received_total() >= 25).await?;
+    wait_until(CONNECT, "audio before mute", || {
+        listener.received_total() >= 25
+    })
+    .await?;
 
     sfu.set_muted(speaker_id, true);
     let muted_at = Instant::now();
     let dropped_before = sfu.stats().dropped_muted;
     // 0.5 s of the speaker's packets reach the server and are dropped there...
-    wait_until(Duration::from_secs(10), "25 packets dropped as muted", || {
-        sfu.stats().dropped_muted >= dropped_before + 25
-    })
+    wait_until(
+        Duration::from_secs(10),
+        "25 packets dropped as muted",
+        || sfu.stats().dropped_muted >= dropped_before + 25,
+    )
     .await?;
     // ...and none reached the listener (allowing 100 ms for packets already in flight).
     let leaked = listener.with_streams(|s| {
@@ -42,14 +47,22 @@ async fn muted_speaker_is_silenced_and_resumes_on_unmute() -> Result<()> {
 
     sfu.set_muted(speaker_id, false);
     let before = listener.received_total();
-    wait_until(Duration::from_secs(10), "audio resumes after unmute", || {
-        listener.received_total() >= before + 25
-    })
+    wait_until(
+        Duration::from_secs(10),
+        "audio resumes after unmute",
+        || listener.received_total() >= before + 25,
+    )
     .await?;
     let tone = listener.with_streams(|s| {
-        s.values().map(|r| dominant_tone(&r.pcm, &[440.0, 660.0])).collect::<Vec<_>>()
+        s.values()
+            .map(|r| dominant_tone(&r.pcm, &[440.0, 660.0]))
+            .collect::<Vec<_>>()
     });
-    assert_eq!(tone, vec![Some(440.0)], "one continuous slot, still the speaker's tone");
+    assert_eq!(
+        tone,
+        vec![Some(440.0)],
+        "one continuous slot, still the speaker's tone"
+    );
     speaker.close().await?;
     Ok(())
 }
@@ -66,9 +79,11 @@ async fn listener_media_is_refused_until_promoted() -> Result<()> {
     rogue.wait_connected(CONNECT).await?;
     other.wait_connected(CONNECT).await?;
     rogue.start_tone(660.0, 5).await?;
-    let refused = wait_until(Duration::from_secs(10), "MediaRefused for the rogue", || {
-        events.count(|e| *e == SfuEvent::MediaRefused { pid: rogue_id }) == 1
-    })
+    let refused = wait_until(
+        Duration::from_secs(10),
+        "MediaRefused for the rogue",
+        || events.count(|e| *e == SfuEvent::MediaRefused { pid: rogue_id }) == 1,
+    )
     .await;
     if refused.is_err() {
         eprintln!("stats {:?} sent {}", sfu.stats(), rogue.tone_sent());
@@ -78,7 +93,11 @@ async fn listener_media_is_refused_until_promoted() -> Result<()> {
         sfu.stats().dropped_not_publisher >= 10
     })
     .await?;
-    assert_eq!(other.received_total(), 0, "nothing of the rogue was forwarded");
+    assert_eq!(
+        other.received_total(),
+        0,
+        "nothing of the rogue was forwarded"
+    );
     assert_eq!(
         events.count(|e| matches!(e, SfuEvent::MediaRefused { .. })),
         1,
@@ -87,15 +106,23 @@ async fn listener_media_is_refused_until_promoted() -> Result<()> {
 
     // Promotion renegotiates; the client answers the new offer and is then heard.
     let offer = sfu.set_can_publish(rogue_id, true).await?;
-    ensure!(offer.sdp.matches("a=recvonly").count() == 1, "mic line is now recvonly");
+    ensure!(
+        offer.sdp.matches("a=recvonly").count() == 1,
+        "mic line is now recvonly"
+    );
     let answer = rogue.answer(&offer.sdp, true).await?;
     sfu.accept_answer(rogue_id, answer).await?;
-    wait_until(Duration::from_secs(10), "the promoted speaker is heard", || {
-        other.with_streams(|s| {
-            s.values()
-                .any(|r| r.packets >= 25 && dominant_tone(&r.pcm, &[440.0, 660.0]) == Some(660.0))
-        })
-    })
+    wait_until(
+        Duration::from_secs(10),
+        "the promoted speaker is heard",
+        || {
+            other.with_streams(|s| {
+                s.values().any(|r| {
+                    r.packets >= 25 && dominant_tone(&r.pcm, &[440.0, 660.0]) == Some(660.0)
+                })
+            })
+        },
+    )
     .await?;
     assert_eq!(sfu.stats().publishers, 1);
 
@@ -137,24 +164,34 @@ async fn leave_and_killed_client_are_cleaned_up() -> Result<()> {
         c.wait_connected(CONNECT).await?;
     }
     speaker.start_tone(440.0, 10).await?;
-    wait_until(CONNECT, "victim receives audio", || victim.received_total() >= 10).await?;
+    wait_until(CONNECT, "victim receives audio", || {
+        victim.received_total() >= 10
+    })
+    .await?;
     assert_eq!(sfu.stats().participants, 3);
 
     // Killed: the runtime vanishes with the client's sockets; no DTLS close, no leave.
     victim_rt.shutdown_background();
     std::mem::forget(victim); // its handles point into the dead runtime
     let killed_at = Instant::now();
-    wait_until(Duration::from_secs(10), "victim reported Disconnected(Timeout)", || {
-        events.count(|e| {
-            *e == SfuEvent::Disconnected {
-                pid: victim_id,
-                reason: DisconnectReason::Timeout,
-            }
-        }) == 1
-    })
+    wait_until(
+        Duration::from_secs(10),
+        "victim reported Disconnected(Timeout)",
+        || {
+            events.count(|e| {
+                *e == SfuEvent::Disconnected {
+                    pid: victim_id,
+                    reason: DisconnectReason::Timeout,
+                }
+            }) == 1
+        },
+    )
     .await?;
     let took = killed_at.elapsed();
-    assert!(took >= Duration::from_millis(1500), "not before peer_timeout: {took:?}");
+    assert!(
+        took >= Duration::from_millis(1500),
+        "not before peer_timeout: {took:?}"
+    );
     assert_eq!(sfu.stats().participants, 2);
     // The others are unaffected.
     let before = listener.received_total();
@@ -207,7 +244,11 @@ async fn participant_that_never_connects_is_removed() -> Result<()> {
     })
     .await?;
     let s = sfu.stats();
-    assert_eq!((s.participants, s.rooms, s.ufrags, s.publishers), (0, 0, 0, 0), "{s:?}");
+    assert_eq!(
+        (s.participants, s.rooms, s.ufrags, s.publishers),
+        (0, 0, 0, 0),
+        "{s:?}"
+    );
     // The id is free again.
     let _ = sfu.join(RoomKey(4), ParticipantId(5), true).await?;
     Ok(())

@@ -288,11 +288,9 @@ impl Client {
         let task = {
             let (sent, stop, level) = (sent.clone(), stop.clone(), level.clone());
             tokio::spawn(async move {
-                let Ok(mut encoder) = opus::Encoder::new(
-                    SAMPLE_RATE,
-                    opus::Channels::Mono,
-                    opus::Application::Audio,
-                ) else {
+                let Ok(mut encoder) =
+                    opus::Encoder::new(SAMPLE_RATE, opus::Channels::Mono, opus::Application::Audio)
+                else {
                     return;
                 };
                 let mut ticker = tokio::time::interval(Duration::from_millis(20));
@@ -414,7 +412,10 @@ pub fn dominant_tone(pcm: &[i16], candidates: &[f64]) -> Option<f64> {
     if pcm.len() < FRAME * 10 {
         return None;
     }
-    let mut powers: Vec<(f64, f64)> = candidates.iter().map(|f| (*f, tone_power(pcm, *f))).collect();
+    let mut powers: Vec<(f64, f64)> = candidates
+        .iter()
+        .map(|f| (*f, tone_power(pcm, *f)))
+        .collect();
     powers.sort_by(|a, b| b.1.total_cmp(&a.1));
     match powers.as_slice() {
         [(f, p)] if *p > 0.0 => Some(*f),
@@ -476,7 +477,11 @@ pub async fn join(
 }
 
 /// Polls `cond` until it holds or `within` passes.
-pub async fn wait_until(within: Duration, what: &str, mut cond: impl FnMut() -> bool) -> Result<()> {
+pub async fn wait_until(
+    within: Duration,
+    what: &str,
+    mut cond: impl FnMut() -> bool,
+) -> Result<()> {
     let deadline = Instant::now() + within;
     loop {
         if cond() {
