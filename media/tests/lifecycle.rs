@@ -286,3 +286,51 @@ async fn garbage_datagrams_are_counted_and_ignored() -> Result<()> {
     ensure!(!offer.sdp.is_empty());
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ice_restart_gives_new_credentials_and_media_keeps_flowing() -> Result<()> {
+    let (sfu, rx) = Sfu::start(test_config())?;
+    let _events = Events::spawn(rx);
+    let room = RoomKey(6);
+    let mut speaker = join(&sfu, room, ParticipantId(1), true, true, "speaker").await?;
+    let listener_id = ParticipantId(2);
+    let mut listener = Client::new("listener").await?;
+    let first = sfu.join(room, listener_id, false).await?;
+    let answer = listener.answer(&first.sdp, false).await?;
+    sfu.accept_answer(listener_id, answer).await?;
+    speaker.wait_connected(CONNECT).await?;
+    listener.wait_connected(CONNECT).await?;
+    speaker.start_tone(440.0, 10).await?;
+    wait_until(CONNECT, "audio before restart", || {
+        listener.received_total() >= 10
+    })
+    .await?;
+
+    let restart = sfu.restart_ice(listener_id).await?;
+    let ufrag = |sdp: &str| {
+        sdp.lines()
+            .find_map(|l| l.strip_prefix("a=ice-ufrag:"))
+            .map(str::to_owned)
+    };
+    assert_ne!(
+        ufrag(&first.sdp),
+        ufrag(&restart.sdp),
+        "new ICE credentials"
+    );
+    assert_eq!(restart.slot_mids, first.slot_mids, "same layout");
+    let answer = listener.answer(&restart.sdp, false).await?;
+    sfu.accept_answer(listener_id, answer).await?;
+    let before = listener.received_total();
+    wait_until(Duration::from_secs(10), "audio after restart", || {
+        listener.received_total() >= before + 25
+    })
+    .await?;
+    let s = sfu.stats();
+    assert_eq!(
+        (s.participants, s.ufrags),
+        (2, 2),
+        "old ufrag forgotten: {s:?}"
+    );
+    speaker.close().await?;
+    Ok(())
+}
