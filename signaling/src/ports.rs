@@ -42,8 +42,11 @@ pub trait RoomDirectory: Send + Sync + 'static {
     /// `Err(Forbidden(..))` when the rules refuse this user (e.g. a private room they
     /// were not invited to). Implementations may answer `RoomNotFound` for a private
     /// room the user may not see, as the HTTP API does.
-    async fn check_join(&self, room_id: &str, user: &AuthUser)
-    -> Result<RoomAccess, SignalingError>;
+    async fn check_join(
+        &self,
+        room_id: &str,
+        user: &AuthUser,
+    ) -> Result<RoomAccess, SignalingError>;
 }
 
 /// Outcome of a delete request.

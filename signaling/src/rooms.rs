@@ -20,7 +20,10 @@ use crate::protocol::{Participant, ParticipantId, ServerMessage, SpeakerLevel};
 pub(crate) enum Outgoing {
     Text(Utf8Bytes),
     /// Flush what came before, send a close frame, end the connection.
-    Close { code: u16, reason: &'static str },
+    Close {
+        code: u16,
+        reason: &'static str,
+    },
 }
 
 /// The sending half of one WebSocket connection.
@@ -41,7 +44,10 @@ impl Conn {
         match self.tx.try_send(Outgoing::Text(text)) {
             Ok(()) => {}
             Err(mpsc::error::TrySendError::Full(_)) => {
-                tracing::warn!(conn = self.id, "outgoing queue full; disconnecting slow client");
+                tracing::warn!(
+                    conn = self.id,
+                    "outgoing queue full; disconnecting slow client"
+                );
                 self.cancel.cancel();
             }
             Err(mpsc::error::TrySendError::Closed(_)) => {}

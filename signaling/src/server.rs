@@ -212,12 +212,7 @@ impl Inner {
     /// Stores a call join/leave system message, then broadcasts it as
     /// `call_notification`. A store failure is logged and nothing is broadcast.
     pub(crate) async fn call_notice(&self, room_id: &str, user: &AuthUser, event: CallEvent) {
-        match self
-            .ports
-            .chat
-            .store_call_event(room_id, user, event)
-            .await
-        {
+        match self.ports.chat.store_call_event(room_id, user, event).await {
             Ok(message) => self.state.lock().broadcast(
                 room_id,
                 &ServerMessage::CallNotification { message },
@@ -258,9 +253,8 @@ impl Inner {
     }
 
     fn expire(self: &Arc<Self>, pid: ParticipantId, generation: u64) {
-        let removed = self.remove_participant_if(pid, |p| {
-            p.conn.is_none() && p.detach_gen == generation
-        });
+        let removed =
+            self.remove_participant_if(pid, |p| p.conn.is_none() && p.detach_gen == generation);
         if removed.is_some() {
             tracing::debug!(pid = pid.0, "resume grace over; participant removed");
         }
@@ -309,7 +303,9 @@ impl Inner {
                 };
                 let inner = self.clone();
                 tokio::spawn(async move {
-                    inner.call_notice(&notice.0, &notice.1, CallEvent::Left).await;
+                    inner
+                        .call_notice(&notice.0, &notice.1, CallEvent::Left)
+                        .await;
                 });
             }
             MediaEvent::ActiveSpeakers { room, speakers } => {
@@ -345,8 +341,7 @@ impl Inner {
                     pid,
                     &ServerMessage::Error {
                         code: ErrorCode::Forbidden,
-                        message: "your role may not publish audio; raise your hand to ask"
-                            .into(),
+                        message: "your role may not publish audio; raise your hand to ask".into(),
                         fatal: false,
                     },
                 );

@@ -16,9 +16,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::error::SignalingError;
 use crate::ports::{AuthUser, CallEvent, DeleteOutcome, MediaOffer};
-use crate::protocol::{
-    ClientMessage, ErrorCode, Participant, ParticipantId, Role, ServerMessage,
-};
+use crate::protocol::{ClientMessage, ErrorCode, Participant, ParticipantId, Role, ServerMessage};
 use crate::rate::TokenBucket;
 use crate::rooms::{CallPhase, Conn, Outgoing, Part, Room, encode};
 use crate::server::Inner;
@@ -441,7 +439,7 @@ impl Session {
                         key,
                         owner_user_id: access.owner_user_id.clone(),
                         members: Default::default(),
-                        slots: Vec::new(),
+                        slots: vec![None; cfg.slot_count],
                         spare: None,
                         speakers: Vec::new(),
                     },
@@ -530,7 +528,13 @@ impl Session {
             // reload) asks again: replace the media session, the call goes on.
             self.inner.ports.media.leave(pid);
         }
-        let offer = match self.inner.ports.media.join(room_key, pid, can_publish).await {
+        let offer = match self
+            .inner
+            .ports
+            .media
+            .join(room_key, pid, can_publish)
+            .await
+        {
             Ok(offer) => offer,
             Err(e) => {
                 let mut st = self.inner.state.lock();
@@ -891,9 +895,7 @@ impl Session {
                 );
                 Ok(())
             }
-            DeleteOutcome::NotFound => {
-                Err(Refusal::new(ErrorCode::NotFound, "no such message"))
-            }
+            DeleteOutcome::NotFound => Err(Refusal::new(ErrorCode::NotFound, "no such message")),
             DeleteOutcome::Forbidden => Err(Refusal::new(
                 ErrorCode::Forbidden,
                 "only the author or the room owner may delete a message",
