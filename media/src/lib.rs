@@ -1,1 +1,143 @@
 //! Chorus audio SFU.
+//!
+//! One UDP socket carries every participant's WebRTC connection (ICE-lite, DTLS, SRTP), driven
+//! by the sans-I/O `rtc` crate on a dedicated media thread. Opus packets from publishers are
+//! forwarded, never decoded, onto a fixed number of outgoing "slots" per subscriber.
+//!
+//! The public surface is [`Sfu`] (a cheap clonable handle), [`SfuConfig`], [`SfuEvent`] and
+//! [`SfuStats`]. media knows nothing of users, HTTP or storage: ids are opaque numbers that
+//! the signaling layer allocates.
+//!
+//! Module map:
+//! - [`sfu`]: the async handle, its commands and the media thread's start-up.
+//! - `engine`: the media loop: socket, demultiplexing, timers, forwarding, cleanup.
+//! - `peer`: one participant's `rtc` peer connection and its negotiated legs.
+//! - `stun`: the tiny STUN parse used to demultiplex new remote addresses.
+//! - `timers`: the deadline heap over all connections.
+//! - `stats`: counters for metrics.
+
+mod engine;
+mod peer;
+pub mod sfu;
+mod stats;
+mod stun;
+mod timers;
+
+use std::net::{IpAddr, SocketAddr};
+use std::time::Duration;
+
+pub use sfu::Sfu;
+pub use stats::SfuStats;
+
+/// One participant: one signaling connection (two tabs of one user are two ids).
+#[derive(Copy, Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ParticipantId(pub u64);
+
+/// A room, as a number: signaling maps its string room ids to these.
+#[derive(Copy, Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct RoomKey(pub u64);
+
+/// Configuration of the media plane.
+#[derive(Clone, Debug)]
+pub struct SfuConfig {
+    /// The one shared UDP socket; default `0.0.0.0:7882`, tests use `127.0.0.1:0`.
+    pub bind: SocketAddr,
+    /// Host candidate IPs put in the SDP (1:1 NAT public IPs, or the interfaces to use).
+    /// Empty: the bound IP if it is not unspecified, else the machine's non-loopback
+    /// interface addresses (falls back to loopback if none can be found).
+    pub announce_ips: Vec<IpAddr>,
+    /// Outgoing audio slots per subscriber, default 3 (1..=16).
+    pub slots: usize,
+    /// Active-speaker / slot decision period, default 300 ms (200..=500 ms).
+    pub speaker_interval: Duration,
+    /// No packets or consent for this long: the participant is removed. Default 5 s.
+    pub peer_timeout: Duration,
+    /// Never connected within this: the participant is removed. Default 15 s.
+    pub connect_timeout: Duration,
+}
+
+impl Default for SfuConfig {
+    fn default() -> Self {
+        SfuConfig {
+            bind: SocketAddr::from(([0, 0, 0, 0], 7882)),
+            announce_ips: Vec::new(),
+            slots: 3,
+            speaker_interval: Duration::from_millis(300),
+            peer_timeout: Duration::from_secs(5),
+            connect_timeout: Duration::from_secs(15),
+        }
+    }
+}
+
+/// The server's SDP offer for one participant.
+#[derive(Clone, Debug)]
+pub struct Offer {
+    /// The whole SDP, to hand to the client's `setRemoteDescription`.
+    pub sdp: String,
+    /// mid of the microphone m-line (the participant's own audio, towards the server).
+    pub publish_mid: String,
+    /// mid of slot i (audio from the server to the participant).
+    pub slot_mids: Vec<String>,
+}
+
+/// Why the media side gave up on a participant.
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub enum DisconnectReason {
+    /// ICE or DTLS failed.
+    IceFailed,
+    /// Connected once, then no packets or consent for `peer_timeout`.
+    Timeout,
+    /// Not connected within `connect_timeout` of joining.
+    NeverConnected,
+}
+
+/// What the media plane tells signaling.
+#[derive(Clone, Debug, PartialEq)]
+pub enum SfuEvent {
+    /// ICE+DTLS done, media flows.
+    Connected { pid: ParticipantId },
+    /// The media side gave up on this participant; it has already been removed.
+    Disconnected {
+        pid: ParticipantId,
+        reason: DisconnectReason,
+    },
+    /// Loudest current speakers of a room, loudest first, smoothed level 0..=1.
+    ActiveSpeakers {
+        room: RoomKey,
+        speakers: Vec<(ParticipantId, f32)>,
+    },
+    /// Room-level slot map: `slots[i]` is forwarded in slot i to everyone; `spare` is the
+    /// next-loudest speaker, which a participant whose own id is in `slots[j]` receives in
+    /// slot j instead (nobody hears themself).
+    SlotsChanged {
+        room: RoomKey,
+        slots: Vec<Option<ParticipantId>>,
+        spare: Option<ParticipantId>,
+    },
+    /// RTP arrived from a participant not allowed to publish and was dropped (reported once
+    /// per participant per role change).
+    MediaRefused { pid: ParticipantId },
+}
+
+/// Errors of the media plane.
+#[derive(Debug, thiserror::Error)]
+pub enum MediaError {
+    #[error("invalid media configuration: {0}")]
+    Config(String),
+    #[error("cannot bind the media socket: {0}")]
+    Bind(#[source] std::io::Error),
+    #[error("participant {0:?} is already joined")]
+    AlreadyJoined(ParticipantId),
+    #[error("unknown participant {0:?}")]
+    UnknownParticipant(ParticipantId),
+    #[error("invalid SDP answer: {0}")]
+    BadAnswer(String),
+    #[error("no offer is outstanding for this participant")]
+    NoPendingOffer,
+    #[error("too many participants on this media server")]
+    Full,
+    #[error("WebRTC stack error: {0}")]
+    Rtc(String),
+    #[error("the media thread has stopped")]
+    Stopped,
+}

@@ -1,0 +1,834 @@
+//! The media loop: owns the one UDP socket, every participant's peer connection, the timer
+//! heap and the rooms. Runs on the media thread only; nothing here is shared or locked.
+//!
+//! Datagram path: classify -> find the connection (known address, else the STUN USERNAME)
+//! -> `handle_read` -> drain its writes, events and reads -> forward RTP to subscribers'
+//! connections -> drain their writes to the socket. The socket is non-blocking and a send that
+//! would block is dropped and counted, so one slow subscriber never stalls the loop.
+
+use std::collections::HashMap;
+use std::io::ErrorKind;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::sync::atomic::Ordering::Relaxed;
+use std::time::{Duration, Instant};
+
+use bytes::{Bytes, BytesMut};
+use rtc::peer_connection::event::{RTCPeerConnectionEvent, RTCTrackEvent};
+use rtc::peer_connection::message::{RTCMessage, TaggedRTCMessage};
+use rtc::peer_connection::state::RTCPeerConnectionState;
+use rtc::rtcp::transport_feedbacks::transport_layer_nack::TransportLayerNack;
+use rtc::rtp;
+use rtc::sansio::Protocol;
+use rtc::shared::{TaggedBytesMut, TransportContext, TransportProtocol};
+use tokio::net::UdpSocket;
+use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender};
+use tokio::sync::oneshot;
+
+use crate::peer::{Peer, PeerParams};
+use crate::stats::Counters;
+use crate::stun::{self, Kind};
+use crate::timers::{TimerHeap, TimerKey};
+use crate::{DisconnectReason, MediaError, Offer, ParticipantId, RoomKey, SfuConfig, SfuEvent};
+
+/// Largest datagram accepted; anything that fills the buffer was truncated and is dropped.
+const RECV_BUF: usize = 2048;
+/// Datagrams handled per wakeup before commands and timers get a turn.
+const RECV_BATCH: usize = 64;
+/// Remote addresses remembered per connection (a client has few candidates).
+const MAX_ADDRS_PER_PEER: usize = 8;
+/// Hard cap on connections per media server (slab index is u32; memory is the real limit).
+const MAX_PEERS: usize = 100_000;
+
+pub(crate) type Reply<T> = oneshot::Sender<Result<T, MediaError>>;
+
+/// Requests from [`crate::Sfu`] handles to the media thread.
+pub(crate) enum Command {
+    Join {
+        room: RoomKey,
+        pid: ParticipantId,
+        can_publish: bool,
+        reply: Reply<Offer>,
+    },
+    Answer {
+        pid: ParticipantId,
+        sdp: String,
+        reply: Reply<()>,
+    },
+    SetCanPublish {
+        pid: ParticipantId,
+        can_publish: bool,
+        reply: Reply<Offer>,
+    },
+    RestartIce {
+        pid: ParticipantId,
+        reply: Reply<Offer>,
+    },
+    SetMuted {
+        pid: ParticipantId,
+        muted: bool,
+    },
+    Leave {
+        pid: ParticipantId,
+    },
+}
+
+/// A room's live state in the media plane.
+struct Room {
+    /// Slab indexes of the participants, in join order.
+    members: Vec<u32>,
+    /// Who is forwarded in slot i. Interim rule until the router lands: a publisher takes the
+    /// first free slot on its first packet and keeps it until it leaves or stops publishing.
+    slots: Vec<Option<ParticipantId>>,
+}
+
+pub(crate) struct Engine {
+    cfg: SfuConfig,
+    socket: UdpSocket,
+    /// The address rtc sees as "local" for every datagram: the first announced host candidate
+    /// (rtc matches inbound traffic to a local candidate by this address).
+    ice_local_addr: SocketAddr,
+    announce_ips: Vec<IpAddr>,
+    peers: Vec<Option<Peer>>,
+    free: Vec<u32>,
+    by_pid: HashMap<ParticipantId, u32>,
+    by_addr: HashMap<SocketAddr, u32>,
+    by_ufrag: HashMap<String, u32>,
+    rooms: HashMap<RoomKey, Room>,
+    timers: TimerHeap,
+    /// Globally unique timer generations, so an entry of a removed connection can never match
+    /// a new connection in the same slab slot.
+    next_generation: u64,
+    counters: Arc<Counters>,
+    events: UnboundedSender<SfuEvent>,
+    next_tick: Instant,
+    /// Reused buffers (no per-datagram allocation for bookkeeping).
+    rtp_scratch: Vec<rtp::Packet>,
+    member_scratch: Vec<u32>,
+    removals: Vec<(u32, DisconnectReason)>,
+    publishers: u64,
+    connected: u64,
+}
+
+impl Engine {
+    pub(crate) fn new(
+        cfg: SfuConfig,
+        socket: UdpSocket,
+        announce_ips: Vec<IpAddr>,
+        counters: Arc<Counters>,
+        events: UnboundedSender<SfuEvent>,
+    ) -> Result<Engine, MediaError> {
+        let port = socket.local_addr().map_err(MediaError::Bind)?.port();
+        let first = *announce_ips
+            .first()
+            .ok_or_else(|| MediaError::Config("no announce IP".into()))?;
+        Ok(Engine {
+            next_tick: Instant::now() + cfg.speaker_interval,
+            cfg,
+            socket,
+            ice_local_addr: SocketAddr::new(first, port),
+            announce_ips,
+            peers: Vec::new(),
+            free: Vec::new(),
+            by_pid: HashMap::new(),
+            by_addr: HashMap::new(),
+            by_ufrag: HashMap::new(),
+            rooms: HashMap::new(),
+            timers: TimerHeap::default(),
+            next_generation: 1,
+            counters,
+            events,
+            rtp_scratch: Vec::new(),
+            member_scratch: Vec::new(),
+            removals: Vec::new(),
+            publishers: 0,
+            connected: 0,
+        })
+    }
+
+    /// Runs until every [`crate::Sfu`] handle is dropped.
+    pub(crate) async fn run(mut self, mut commands: UnboundedReceiver<Command>) {
+        let mut buf = vec![0u8; RECV_BUF];
+        loop {
+            let now = Instant::now();
+            let deadline = self
+                .timers
+                .next_deadline()
+                .map_or(self.next_tick, |t| t.min(self.next_tick))
+                .max(now);
+            tokio::select! {
+                biased;
+                cmd = commands.recv() => match cmd {
+                    Some(cmd) => self.handle_command(cmd),
+                    None => break,
+                },
+                ready = self.socket.readable() => {
+                    if ready.is_ok() {
+                        self.drain_socket(&mut buf);
+                    }
+                }
+                _ = tokio::time::sleep_until(deadline.into()) => {}
+            }
+            self.run_timers(Instant::now());
+        }
+        let live: Vec<u32> = self.by_pid.values().copied().collect();
+        for idx in live {
+            self.remove_peer(idx, None);
+        }
+    }
+
+    fn drain_socket(&mut self, buf: &mut [u8]) {
+        for _ in 0..RECV_BATCH {
+            match self.socket.try_recv_from(buf) {
+                Ok((n, from)) => {
+                    self.counters.datagrams_received.fetch_add(1, Relaxed);
+                    self.counters.bytes_received.fetch_add(n as u64, Relaxed);
+                    if n == buf.len() {
+                        self.counters.malformed.fetch_add(1, Relaxed);
+                        continue;
+                    }
+                    self.handle_datagram(Instant::now(), from, &buf[..n]);
+                }
+                Err(e) if e.kind() == ErrorKind::WouldBlock => return,
+                // ICMP errors (port unreachable of a departed client) surface here on some
+                // platforms; they concern one peer, never the socket.
+                Err(_) => continue,
+            }
+        }
+    }
+
+    fn handle_datagram(&mut self, now: Instant, from: SocketAddr, data: &[u8]) {
+        let idx = match stun::classify(data) {
+            Kind::Stun => match stun::local_ufrag(data) {
+                Ok(Some(ufrag)) => match self.by_ufrag.get(ufrag).copied() {
+                    Some(idx) => {
+                        self.remember_addr(idx, from);
+                        Some(idx)
+                    }
+                    None => self.by_addr.get(&from).copied(),
+                },
+                Ok(None) => self.by_addr.get(&from).copied(),
+                Err(_) => {
+                    self.counters.malformed.fetch_add(1, Relaxed);
+                    return;
+                }
+            },
+            Kind::Dtls | Kind::Rtp => self.by_addr.get(&from).copied(),
+            Kind::Other => {
+                self.counters.malformed.fetch_add(1, Relaxed);
+                return;
+            }
+        };
+        let Some(idx) = idx else {
+            self.counters.unknown_source.fetch_add(1, Relaxed);
+            return;
+        };
+        let ice_local_addr = self.ice_local_addr;
+        let Some(peer) = self.peers.get_mut(idx as usize).and_then(Option::as_mut) else {
+            return;
+        };
+        // Media from a participant that may not publish is dropped before any decryption
+        // work: whatever the client negotiated, the server does not forward it.
+        if !peer.can_publish && is_rtp_media(data) {
+            self.counters.dropped_not_publisher.fetch_add(1, Relaxed);
+            if !peer.refused_reported {
+                peer.refused_reported = true;
+                let _ = self.events.send(SfuEvent::MediaRefused { pid: peer.pid });
+            }
+            return;
+        }
+        let result = peer.pc.handle_read(TaggedBytesMut {
+            now,
+            transport: TransportContext {
+                local_addr: ice_local_addr,
+                peer_addr: from,
+                ecn: None,
+                transport_protocol: TransportProtocol::UDP,
+            },
+            message: BytesMut::from(data),
+        });
+        match result {
+            // Only traffic rtc accepted keeps a connection alive: a spoofed or replayed
+            // datagram from the client's address must not extend its life.
+            Ok(()) => peer.last_rx = now,
+            Err(_) => {
+                self.counters.rtc_read_errors.fetch_add(1, Relaxed);
+            }
+        }
+        self.after_io(idx, now);
+    }
+
+    fn remember_addr(&mut self, idx: u32, from: SocketAddr) {
+        match self.by_addr.get(&from).copied() {
+            Some(owner) if owner == idx => return,
+            Some(owner) => {
+                // The address moved to another connection (a client restarted and reused it).
+                if let Some(p) = self.peer_mut(owner) {
+                    p.addrs.retain(|a| *a != from);
+                }
+            }
+            None => {}
+        }
+        let Some(peer) = self.peers.get_mut(idx as usize).and_then(Option::as_mut) else {
+            return;
+        };
+        if peer.addrs.len() >= MAX_ADDRS_PER_PEER {
+            let oldest = peer.addrs.remove(0);
+            self.by_addr.remove(&oldest);
+        }
+        peer.addrs.push(from);
+        self.by_addr.insert(from, idx);
+        self.update_gauges();
+    }
+
+    fn peer_mut(&mut self, idx: u32) -> Option<&mut Peer> {
+        self.peers.get_mut(idx as usize).and_then(Option::as_mut)
+    }
+
+    /// Drains everything a connection produced after an input, then reschedules its timer.
+    fn after_io(&mut self, idx: u32, now: Instant) {
+        self.flush(idx);
+        self.drain_events(idx);
+        self.drain_reads(idx, now);
+        self.flush(idx);
+        self.reschedule(idx, now);
+        self.process_removals();
+    }
+
+    /// Sends a connection's queued datagrams. Returns how many could not be sent.
+    fn flush(&mut self, idx: u32) -> usize {
+        let Some(peer) = self.peers.get_mut(idx as usize).and_then(Option::as_mut) else {
+            return 0;
+        };
+        let mut failed = 0;
+        while let Some(out) = peer.pc.poll_write() {
+            match self
+                .socket
+                .try_send_to(&out.message, out.transport.peer_addr)
+            {
+                Ok(n) => {
+                    self.counters.datagrams_sent.fetch_add(1, Relaxed);
+                    self.counters.bytes_sent.fetch_add(n as u64, Relaxed);
+                }
+                Err(e) if e.kind() == ErrorKind::WouldBlock => {
+                    self.counters.send_would_block.fetch_add(1, Relaxed);
+                    failed += 1;
+                }
+                Err(_) => {
+                    self.counters.send_errors.fetch_add(1, Relaxed);
+                    failed += 1;
+                }
+            }
+        }
+        failed
+    }
+
+    fn drain_events(&mut self, idx: u32) {
+        let Some(peer) = self.peers.get_mut(idx as usize).and_then(Option::as_mut) else {
+            return;
+        };
+        while let Some(event) = peer.pc.poll_event() {
+            match event {
+                RTCPeerConnectionEvent::OnConnectionStateChangeEvent(state) => match state {
+                    RTCPeerConnectionState::Connected => {
+                        if !peer.connected {
+                            self.connected += 1;
+                        }
+                        peer.connected = true;
+                        peer.refresh_mic_params();
+                        if !peer.ever_connected {
+                            peer.ever_connected = true;
+                            let _ = self.events.send(SfuEvent::Connected { pid: peer.pid });
+                        }
+                    }
+                    RTCPeerConnectionState::Disconnected => {
+                        if peer.connected {
+                            self.connected -= 1;
+                        }
+                        peer.connected = false;
+                    }
+                    RTCPeerConnectionState::Failed => {
+                        if peer.connected {
+                            self.connected -= 1;
+                        }
+                        peer.connected = false;
+                        self.removals.push((idx, DisconnectReason::IceFailed));
+                    }
+                    _ => {}
+                },
+                RTCPeerConnectionEvent::OnTrack(RTCTrackEvent::OnOpen(_)) => {
+                    peer.refresh_mic_params();
+                }
+                _ => {}
+            }
+        }
+    }
+
+    fn drain_reads(&mut self, idx: u32, now: Instant) {
+        let mut packets = std::mem::take(&mut self.rtp_scratch);
+        if let Some(peer) = self.peers.get_mut(idx as usize).and_then(Option::as_mut) {
+            while let Some(TaggedRTCMessage { message, .. }) = peer.pc.poll_read() {
+                match message {
+                    RTCMessage::RtpPacket(_, packet) => packets.push(packet),
+                    RTCMessage::RtcpPacket(_, rtcp) => {
+                        self.counters
+                            .rtcp_received
+                            .fetch_add(rtcp.len() as u64, Relaxed);
+                        let nacks = rtcp
+                            .iter()
+                            .filter(|p| p.as_any().is::<TransportLayerNack>())
+                            .count();
+                        if nacks > 0 {
+                            self.counters.nacks_received.fetch_add(nacks as u64, Relaxed);
+                        }
+                    }
+                    _ => {}
+                }
+            }
+        }
+        for packet in packets.drain(..) {
+            self.forward(idx, packet, now);
+        }
+        self.rtp_scratch = packets;
+    }
+
+    /// Forwards one publisher packet to every subscriber that should hear it.
+    fn forward(&mut self, src: u32, packet: rtp::Packet, now: Instant) {
+        self.counters.rtp_received.fetch_add(1, Relaxed);
+        self.counters
+            .rtp_bytes_received
+            .fetch_add(packet.payload.len() as u64, Relaxed);
+        let Some(peer) = self.peers.get_mut(src as usize).and_then(Option::as_mut) else {
+            return;
+        };
+        if !peer.can_publish {
+            self.counters.dropped_not_publisher.fetch_add(1, Relaxed);
+            if !peer.refused_reported {
+                peer.refused_reported = true;
+                let _ = self.events.send(SfuEvent::MediaRefused { pid: peer.pid });
+            }
+            return;
+        }
+        // The level is read before the mute check: a muted speaker's level is still known
+        // (signaling may show "trying to talk") but never drives forwarding.
+        let level = peer
+            .mic_audio_level_id
+            .and_then(|id| packet.header.get_extension(id))
+            .and_then(|b| b.first().copied());
+        if let Some(l) = level {
+            peer.last_level = Some((l & 0x7f, now));
+        }
+        if peer.muted {
+            self.counters.dropped_muted.fetch_add(1, Relaxed);
+            return;
+        }
+        let (src_pid, room_key) = (peer.pid, peer.room);
+        let Some(slot) = self.slot_for(room_key, src_pid) else {
+            self.counters.dropped_no_subscribers.fetch_add(1, Relaxed);
+            return;
+        };
+        let level_payload: Option<Bytes> = level.map(|l| Bytes::copy_from_slice(&[l]));
+
+        let mut members = std::mem::take(&mut self.member_scratch);
+        members.clear();
+        if let Some(room) = self.rooms.get(&room_key) {
+            members.extend(room.members.iter().copied().filter(|m| *m != src));
+        }
+        let mut delivered = 0u64;
+        for &dst in &members {
+            let Some(sub) = self.peers.get_mut(dst as usize).and_then(Option::as_mut) else {
+                continue;
+            };
+            let Some(leg) = sub.legs.get_mut(slot) else {
+                continue;
+            };
+            let Some(pt) = leg.payload_type.filter(|_| sub.connected) else {
+                self.counters.dropped_not_ready.fetch_add(1, Relaxed);
+                continue;
+            };
+            let switched = leg.rewrite.source != Some(src_pid);
+            let (seq, ts) = leg.rewrite.map(
+                src_pid,
+                packet.header.sequence_number,
+                packet.header.timestamp,
+            );
+            let mut header = rtp::Header {
+                version: 2,
+                marker: packet.header.marker || switched,
+                payload_type: pt,
+                sequence_number: seq,
+                timestamp: ts,
+                ssrc: leg.ssrc,
+                ..Default::default()
+            };
+            if let (Some(id), Some(level)) = (leg.audio_level_id, &level_payload) {
+                // Only the audio level survives: the publisher's other extensions (mid,
+                // transport-cc, ...) were negotiated on its leg, not this one.
+                let _ = header.set_extension(id, level.clone());
+            }
+            let out = rtp::Packet {
+                header,
+                payload: packet.payload.clone(),
+            };
+            let written = sub.pc.handle_write(TaggedRTCMessage {
+                now,
+                message: RTCMessage::RtpPacket(String::new(), out),
+            });
+            if written.is_err() {
+                self.counters.dropped_write_error.fetch_add(1, Relaxed);
+                continue;
+            }
+            if self.flush(dst) == 0 {
+                delivered += 1;
+            }
+        }
+        if members.is_empty() {
+            self.counters.dropped_no_subscribers.fetch_add(1, Relaxed);
+        }
+        self.counters.rtp_forwarded.fetch_add(delivered, Relaxed);
+        self.counters
+            .rtp_bytes_forwarded
+            .fetch_add(delivered * packet.payload.len() as u64, Relaxed);
+        self.member_scratch = members;
+    }
+
+    /// Interim slot rule (replaced by the router): the publisher's slot, taking the first
+    /// free one on its first packet.
+    fn slot_for(&mut self, room_key: RoomKey, pid: ParticipantId) -> Option<usize> {
+        let room = self.rooms.get_mut(&room_key)?;
+        if let Some(i) = room.slots.iter().position(|s| *s == Some(pid)) {
+            return Some(i);
+        }
+        let free = room.slots.iter().position(Option::is_none)?;
+        room.slots[free] = Some(pid);
+        let _ = self.events.send(SfuEvent::SlotsChanged {
+            room: room_key,
+            slots: room.slots.clone(),
+            spare: None,
+        });
+        Some(free)
+    }
+
+    fn release_slot(&mut self, room_key: RoomKey, pid: ParticipantId) {
+        let Some(room) = self.rooms.get_mut(&room_key) else {
+            return;
+        };
+        let mut changed = false;
+        for s in room.slots.iter_mut().filter(|s| **s == Some(pid)) {
+            *s = None;
+            changed = true;
+        }
+        if changed {
+            let _ = self.events.send(SfuEvent::SlotsChanged {
+                room: room_key,
+                slots: room.slots.clone(),
+                spare: None,
+            });
+        }
+    }
+
+    /// Keeps exactly one live heap entry per connection at min(rtc's deadline, housekeeping).
+    fn reschedule(&mut self, idx: u32, _now: Instant) {
+        let Some(peer) = self.peers.get_mut(idx as usize).and_then(Option::as_mut) else {
+            return;
+        };
+        // The stored housekeeping deadline only moves when it fires (see `run_timers`), so a
+        // stream of packets does not push a heap entry per packet.
+        let housekeeping = peer.housekeeping_at;
+        let at = peer
+            .pc
+            .poll_timeout()
+            .map_or(housekeeping, |t| t.min(housekeeping));
+        if peer.timer_at == Some(at) {
+            return;
+        }
+        let generation = self.next_generation;
+        self.next_generation += 1;
+        peer.timer_generation = generation;
+        peer.timer_at = Some(at);
+        self.timers.push(
+            at,
+            TimerKey {
+                slot: idx,
+                generation,
+            },
+        );
+    }
+
+    fn run_timers(&mut self, now: Instant) {
+        let (peer_timeout, connect_timeout) = (self.cfg.peer_timeout, self.cfg.connect_timeout);
+        while let Some(key) = self.timers.pop_due(now) {
+            let Some(peer) = self.peers.get_mut(key.slot as usize).and_then(Option::as_mut) else {
+                continue;
+            };
+            if peer.timer_generation != key.generation {
+                continue;
+            }
+            peer.timer_at = None;
+            let due = housekeeping_due(peer, peer_timeout, connect_timeout);
+            peer.housekeeping_at = due;
+            if now >= due {
+                let reason = if peer.ever_connected {
+                    DisconnectReason::Timeout
+                } else {
+                    DisconnectReason::NeverConnected
+                };
+                self.removals.push((key.slot, reason));
+                self.process_removals();
+                continue;
+            }
+            let _ = peer.pc.handle_timeout(now);
+            self.after_io(key.slot, now);
+            }
+        self.update_gauges();
+        let live = self.by_pid.len();
+        if self.timers.len() > 4 * live + 64 {
+            let peers = &self.peers;
+            self.timers.compact(|k| {
+                peers
+                    .get(k.slot as usize)
+                    .and_then(Option::as_ref)
+                    .is_some_and(|p| p.timer_generation == k.generation)
+            });
+        }
+        self.counters
+            .timer_entries
+            .store(self.timers.len() as u64, Relaxed);
+        if now >= self.next_tick {
+            self.next_tick = now + self.cfg.speaker_interval;
+        }
+    }
+
+    fn process_removals(&mut self) {
+        while let Some((idx, reason)) = self.removals.pop() {
+            self.remove_peer(idx, Some(reason));
+        }
+    }
+
+    fn handle_command(&mut self, cmd: Command) {
+        let now = Instant::now();
+        match cmd {
+            Command::Join {
+                room,
+                pid,
+                can_publish,
+                reply,
+            } => {
+                let result = self.join(room, pid, can_publish, now);
+                let _ = reply.send(result);
+            }
+            Command::Answer { pid, sdp, reply } => {
+                let result = self.with_peer(pid, |p| p.apply_answer(sdp, now));
+                if let Some(&idx) = self.by_pid.get(&pid) {
+                    self.after_io(idx, now);
+                }
+                let _ = reply.send(result);
+            }
+            Command::SetCanPublish {
+                pid,
+                can_publish,
+                reply,
+            } => {
+                let result = self.set_can_publish(pid, can_publish, now);
+                let _ = reply.send(result);
+            }
+            Command::RestartIce { pid, reply } => {
+                let result = self.restart_ice(pid, now);
+                let _ = reply.send(result);
+            }
+            Command::SetMuted { pid, muted } => {
+                let _ = self.with_peer(pid, |p| {
+                    p.muted = muted;
+                    Ok(())
+                });
+            }
+            Command::Leave { pid } => {
+                if let Some(&idx) = self.by_pid.get(&pid) {
+                    self.remove_peer(idx, None);
+                }
+            }
+        }
+    }
+
+    fn with_peer<T>(
+        &mut self,
+        pid: ParticipantId,
+        f: impl FnOnce(&mut Peer) -> Result<T, MediaError>,
+    ) -> Result<T, MediaError> {
+        let idx = *self
+            .by_pid
+            .get(&pid)
+            .ok_or(MediaError::UnknownParticipant(pid))?;
+        let peer = self
+            .peer_mut(idx)
+            .ok_or(MediaError::UnknownParticipant(pid))?;
+        f(peer)
+    }
+
+    fn join(
+        &mut self,
+        room: RoomKey,
+        pid: ParticipantId,
+        can_publish: bool,
+        now: Instant,
+    ) -> Result<Offer, MediaError> {
+        if self.by_pid.contains_key(&pid) {
+            return Err(MediaError::AlreadyJoined(pid));
+        }
+        if self.by_pid.len() >= MAX_PEERS {
+            return Err(MediaError::Full);
+        }
+        let params = PeerParams {
+            announce_ips: &self.announce_ips,
+            port: self.ice_local_addr.port(),
+            slots: self.cfg.slots,
+            connect_timeout: self.cfg.connect_timeout,
+        };
+        // SSRCs only need to be unique within one connection; random ones also keep a
+        // client from inferring anything across connections.
+        let ssrcs = std::iter::repeat_with(rand::random::<u32>).filter(|s| *s != 0);
+        let (peer, offer) = Peer::new(pid, room, can_publish, &params, ssrcs, now)?;
+        if self.by_ufrag.contains_key(&peer.ufrag) {
+            return Err(MediaError::Rtc("ICE ufrag collision, retry".into()));
+        }
+        let idx = match self.free.pop() {
+            Some(i) => i,
+            None => {
+                self.peers.push(None);
+                (self.peers.len() - 1) as u32
+            }
+        };
+        self.by_ufrag.insert(peer.ufrag.clone(), idx);
+        self.by_pid.insert(pid, idx);
+        if can_publish {
+            self.publishers += 1;
+        }
+        let slots = self.cfg.slots;
+        self.rooms
+            .entry(room)
+            .or_insert_with(|| Room {
+                members: Vec::new(),
+                slots: vec![None; slots],
+            })
+            .members
+            .push(idx);
+        self.peers[idx as usize] = Some(peer);
+        self.after_io(idx, now);
+        self.update_gauges();
+        Ok(offer)
+    }
+
+    fn set_can_publish(
+        &mut self,
+        pid: ParticipantId,
+        can_publish: bool,
+        now: Instant,
+    ) -> Result<Offer, MediaError> {
+        let (was, room) = self.with_peer(pid, |p| Ok((p.can_publish, p.room)))?;
+        let offer = self.with_peer(pid, |p| {
+            p.set_can_publish(can_publish);
+            p.make_offer(now)
+        })?;
+        if was && !can_publish {
+            self.publishers -= 1;
+            self.release_slot(room, pid);
+        } else if !was && can_publish {
+            self.publishers += 1;
+        }
+        if let Some(&idx) = self.by_pid.get(&pid) {
+            self.after_io(idx, now);
+        }
+        self.update_gauges();
+        Ok(offer)
+    }
+
+    fn restart_ice(&mut self, pid: ParticipantId, now: Instant) -> Result<Offer, MediaError> {
+        let idx = *self
+            .by_pid
+            .get(&pid)
+            .ok_or(MediaError::UnknownParticipant(pid))?;
+        let old = self.with_peer(pid, |p| Ok(p.ufrag.clone()))?;
+        let offer = self.with_peer(pid, |p| {
+            p.pc.restart_ice();
+            p.make_offer(now)
+        })?;
+        let new = self.with_peer(pid, |p| Ok(p.ufrag.clone()))?;
+        if self.by_ufrag.get(&old) == Some(&idx) {
+            self.by_ufrag.remove(&old);
+        }
+        self.by_ufrag.insert(new, idx);
+        self.after_io(idx, now);
+        self.update_gauges();
+        Ok(offer)
+    }
+
+    /// Removes a connection and everything that refers to it.
+    fn remove_peer(&mut self, idx: u32, reason: Option<DisconnectReason>) {
+        // Say goodbye (DTLS close_notify) while the connection can still send.
+        if let Some(peer) = self.peer_mut(idx) {
+            let _ = peer.pc.close();
+        }
+        self.flush(idx);
+        let Some(peer) = self.peers.get_mut(idx as usize).and_then(Option::take) else {
+            return;
+        };
+        self.free.push(idx);
+        if self.by_pid.get(&peer.pid) == Some(&idx) {
+            self.by_pid.remove(&peer.pid);
+        }
+        for a in &peer.addrs {
+            if self.by_addr.get(a) == Some(&idx) {
+                self.by_addr.remove(a);
+            }
+        }
+        if self.by_ufrag.get(&peer.ufrag) == Some(&idx) {
+            self.by_ufrag.remove(&peer.ufrag);
+        }
+        if peer.can_publish {
+            self.publishers -= 1;
+        }
+        if peer.connected {
+            self.connected -= 1;
+        }
+        self.release_slot(peer.room, peer.pid);
+        if let Some(room) = self.rooms.get_mut(&peer.room) {
+            room.members.retain(|m| *m != idx);
+            if room.members.is_empty() {
+                self.rooms.remove(&peer.room);
+            }
+        }
+        if let Some(reason) = reason {
+            self.counters.disconnects.fetch_add(1, Relaxed);
+            let _ = self.events.send(SfuEvent::Disconnected {
+                pid: peer.pid,
+                reason,
+            });
+        }
+        self.update_gauges();
+    }
+
+    fn update_gauges(&self) {
+        let c = &self.counters;
+        c.participants.store(self.by_pid.len() as u64, Relaxed);
+        c.publishers.store(self.publishers, Relaxed);
+        c.rooms.store(self.rooms.len() as u64, Relaxed);
+        c.remote_addrs.store(self.by_addr.len() as u64, Relaxed);
+        c.ufrags.store(self.by_ufrag.len() as u64, Relaxed);
+        c.timer_entries.store(self.timers.len() as u64, Relaxed);
+        c.connected.store(self.connected, Relaxed);
+    }
+}
+
+/// RTP rather than RTCP (RFC 5761 §4: RTCP packet types 192..=223 in the second byte).
+fn is_rtp_media(data: &[u8]) -> bool {
+    matches!(data, [0x80..=0xBF, second, ..] if !(192..=223).contains(second))
+        && data.len() >= 12
+}
+
+fn housekeeping_due(peer: &Peer, peer_timeout: Duration, connect_timeout: Duration) -> Instant {
+    if peer.ever_connected {
+        peer.last_rx + peer_timeout
+    } else {
+        peer.created + connect_timeout
+    }
+}
