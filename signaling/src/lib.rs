@@ -22,6 +22,8 @@ mod rooms;
 mod server;
 #[cfg(feature = "server")]
 mod session;
+#[cfg(feature = "server")]
+mod sfu;
 
 #[cfg(feature = "server")]
 pub use config::SignalingConfig;
@@ -36,3 +38,5 @@ pub use ports::{
 pub use rooms::RoomSnapshot;
 #[cfg(feature = "server")]
 pub use server::{ACCESS_COOKIE, Signaling, SignalingPorts};
+#[cfg(feature = "server")]
+pub use sfu::{sfu_events, translate_event};
