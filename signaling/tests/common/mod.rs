@@ -357,6 +357,19 @@ pub struct Client {
 }
 
 impl Harness {
+    /// A harness for a server started elsewhere (e.g. with the real SFU); the fake
+    /// chat and media here are unused.
+    pub fn for_addr(addr: SocketAddr, signaling: Signaling) -> Harness {
+        let (events, _rx) = mpsc::unbounded_channel();
+        Harness {
+            addr,
+            signaling,
+            chat: Arc::new(FakeChat::default()),
+            media: Arc::new(FakeMedia::default()),
+            events,
+        }
+    }
+
     pub async fn connect_with(&self, path: &str, cred: Cred<'_>) -> anyhow::Result<Client> {
         let mut url = format!("ws://{}{}", self.addr, path);
         if let Cred::Query(t) = cred {
