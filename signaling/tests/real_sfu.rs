@@ -1,6 +1,8 @@
 //! Signaling driving the real `media::Sfu` (no WebRTC client): the offers a client
 //! gets come from the SFU and follow its fixed layout.
 
+#![cfg(feature = "server")]
+
 mod common;
 
 use std::sync::Arc;

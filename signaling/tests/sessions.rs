@@ -1,6 +1,8 @@
 //! WebSocket sessions against the real router on loopback: auth, joins, presence,
 //! chat, limits, moderation, calls, resume and media event fan-out.
 
+#![cfg(feature = "server")]
+
 mod common;
 
 use std::sync::Arc;
