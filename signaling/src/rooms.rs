@@ -131,6 +131,8 @@ pub struct RoomSnapshot {
     /// User ids of participants who may speak (moderators and speakers), each once,
     /// in join order.
     pub speakers: Vec<String>,
+    /// Of `total_people`, how many lost their socket and may still resume.
+    pub reconnecting: usize,
 }
 
 impl State {
@@ -195,17 +197,19 @@ impl State {
     pub(crate) fn snapshot(&self, room_id: &str) -> Option<RoomSnapshot> {
         let room = self.rooms.get(room_id)?;
         let mut speakers: Vec<String> = Vec::new();
-        for pid in &room.members {
-            if let Some(p) = self.parts.get(pid)
-                && p.info.role.can_publish()
-                && !speakers.contains(&p.info.user_id)
-            {
+        let mut reconnecting = 0;
+        for p in room.members.iter().filter_map(|pid| self.parts.get(pid)) {
+            if p.conn.is_none() {
+                reconnecting += 1;
+            }
+            if p.info.role.can_publish() && !speakers.contains(&p.info.user_id) {
                 speakers.push(p.info.user_id.clone());
             }
         }
         Some(RoomSnapshot {
             total_people: room.members.len(),
             speakers,
+            reconnecting,
         })
     }
 

@@ -935,3 +935,89 @@ async fn requests_before_joining_a_room_get_invalid_state() -> R {
     c.expect_error(ErrorCode::InvalidState).await?;
     Ok(())
 }
+
+#[tokio::test]
+async fn media_disconnect_of_a_participant_whose_socket_is_gone_removes_it_at_once() -> R {
+    // A grace far longer than the test: only the media event can remove bob in time.
+    let cfg = signaling::SignalingConfig {
+        resume_grace: Duration::from_secs(600),
+        ..test_config()
+    };
+    let h = start(cfg).await?;
+    let (mut alice, _) = h.join("alice", "open").await?;
+    let (mut bob, bob_id) = h.join("bob", "open").await?;
+    bob.join_call().await?;
+    bob.drop_connection();
+    wait_reconnecting(&h, "open", 1).await?;
+    h.emit(MediaEvent::Disconnected {
+        pid: bob_id,
+        reason: signaling::MediaDisconnect::Timeout,
+    })?;
+    alice
+        .expect("bob removed", |m| {
+            matches!(m, ServerMessage::ParticipantLeft { participant_id } if *participant_id == bob_id)
+        })
+        .await?;
+    h.media_saw(|c| *c == MediaCall::Leave { pid: bob_id })
+        .await?;
+    assert_eq!(
+        h.signaling.room_snapshot("open").map(|s| s.total_people),
+        Some(1)
+    );
+    Ok(())
+}
+
+/// Waits until the server has noticed `n` dropped sockets in `room`.
+async fn wait_reconnecting(h: &Harness, room: &str, n: usize) -> R {
+    let deadline = tokio::time::Instant::now() + DEADLINE;
+    while h.signaling.room_snapshot(room).map(|s| s.reconnecting) != Some(n) {
+        anyhow::ensure!(
+            tokio::time::Instant::now() < deadline,
+            "server never noticed the dropped socket"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_client_that_does_not_read_is_disconnected_instead_of_stalling_the_room() -> R {
+    let cfg = signaling::SignalingConfig {
+        outgoing_queue: 8,
+        resume_grace: Duration::ZERO,
+        ..test_config()
+    };
+    let h = start(cfg).await?;
+    let (mut alice, alice_id) = h.join("alice", "open").await?;
+    // Bob never reads again: the kernel buffers fill, then his queue.
+    let (_bob, bob_id) = h.join("bob", "open").await?;
+    alice.sync().await?;
+    let room = {
+        alice.join_call().await?;
+        h.media.room_of(alice_id).expect("alice joined media")
+    };
+    // ~5 KB per broadcast, far more in total than loopback socket buffers hold.
+    let speakers: Vec<_> = (0..200)
+        .map(|i| (signaling::protocol::ParticipantId(1000 + i), 0.5))
+        .collect();
+    let reader = tokio::spawn(async move {
+        alice
+            .expect("bob dropped", |m| {
+                matches!(m, ServerMessage::ParticipantLeft { participant_id } if *participant_id == bob_id)
+            })
+            .await
+            .map(|_| ())
+    });
+    for _ in 0..8000 {
+        if reader.is_finished() {
+            break;
+        }
+        h.emit(MediaEvent::ActiveSpeakers {
+            room,
+            speakers: speakers.clone(),
+        })?;
+        tokio::task::yield_now().await;
+    }
+    tokio::time::timeout(DEADLINE * 3, reader).await???;
+    Ok(())
+}
