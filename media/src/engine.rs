@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::{Duration, Instant};
 
-use bytes::{Bytes, BytesMut};
+use bytes::BytesMut;
 use rtc::peer_connection::event::{RTCPeerConnectionEvent, RTCTrackEvent};
 use rtc::peer_connection::message::{RTCMessage, TaggedRTCMessage};
 use rtc::peer_connection::state::RTCPeerConnectionState;
@@ -25,7 +25,10 @@ use tokio::net::UdpSocket;
 use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender};
 use tokio::sync::oneshot;
 
+use crate::level::AudioLevel;
 use crate::peer::{Peer, PeerParams};
+use crate::rewrite::RtpIn;
+use crate::router::{Delivery, DropReason, Route, Router, RouterConfig, RouterEvent};
 use crate::stats::Counters;
 use crate::stun::{self, Kind};
 use crate::timers::{TimerHeap, TimerKey};
@@ -73,15 +76,6 @@ pub(crate) enum Command {
     },
 }
 
-/// A room's live state in the media plane.
-struct Room {
-    /// Slab indexes of the participants, in join order.
-    members: Vec<u32>,
-    /// Who is forwarded in slot i. Interim rule until the router lands: a publisher takes the
-    /// first free slot on its first packet and keeps it until it leaves or stops publishing.
-    slots: Vec<Option<ParticipantId>>,
-}
-
 pub(crate) struct Engine {
     cfg: SfuConfig,
     socket: UdpSocket,
@@ -94,17 +88,16 @@ pub(crate) struct Engine {
     by_pid: HashMap<ParticipantId, u32>,
     by_addr: HashMap<SocketAddr, u32>,
     by_ufrag: HashMap<String, u32>,
-    rooms: HashMap<RoomKey, Room>,
+    /// Who receives what: rooms, roles, mute, levels, slots. The `u32` is the slab index.
+    router: Router<u32>,
     timers: TimerHeap,
     /// Globally unique timer generations, so an entry of a removed connection can never match
     /// a new connection in the same slab slot.
     next_generation: u64,
     counters: Arc<Counters>,
     events: UnboundedSender<SfuEvent>,
-    next_tick: Instant,
-    /// Reused buffers (no per-datagram allocation for bookkeeping).
+    /// Reused buffer (no per-datagram allocation for bookkeeping).
     rtp_scratch: Vec<rtp::Packet>,
-    member_scratch: Vec<u32>,
     removals: Vec<(u32, DisconnectReason)>,
     publishers: u64,
     connected: u64,
@@ -122,8 +115,12 @@ impl Engine {
         let first = *announce_ips
             .first()
             .ok_or_else(|| MediaError::Config("no announce IP".into()))?;
+        let router = Router::new(
+            RouterConfig::new(cfg.slots, cfg.speaker_interval),
+            Instant::now(),
+        );
         Ok(Engine {
-            next_tick: Instant::now() + cfg.speaker_interval,
+            router,
             cfg,
             socket,
             ice_local_addr: SocketAddr::new(first, port),
@@ -133,13 +130,11 @@ impl Engine {
             by_pid: HashMap::new(),
             by_addr: HashMap::new(),
             by_ufrag: HashMap::new(),
-            rooms: HashMap::new(),
             timers: TimerHeap::default(),
             next_generation: 1,
             counters,
             events,
             rtp_scratch: Vec::new(),
-            member_scratch: Vec::new(),
             removals: Vec::new(),
             publishers: 0,
             connected: 0,
@@ -151,10 +146,11 @@ impl Engine {
         let mut buf = vec![0u8; RECV_BUF];
         loop {
             let now = Instant::now();
+            let tick = self.router.poll_timeout();
             let deadline = self
                 .timers
                 .next_deadline()
-                .map_or(self.next_tick, |t| t.min(self.next_tick))
+                .map_or(tick, |t| t.min(tick))
                 .max(now);
             tokio::select! {
                 biased;
@@ -227,6 +223,11 @@ impl Engine {
         let Some(peer) = self.peers.get_mut(idx as usize).and_then(Option::as_mut) else {
             return;
         };
+        if matches!(data, [0x80..=0xBF, 192..=223, ..]) {
+            // Counted here because rtc's pipeline consumes most reports (the interceptors
+            // read them) and only surfaces feedback addressed to a known SSRC.
+            self.counters.rtcp_received.fetch_add(1, Relaxed);
+        }
         // Media from a participant that may not publish is dropped before any decryption
         // work: whatever the client negotiated, the server does not forward it.
         if !peer.can_publish && is_rtp_media(data) {
@@ -297,30 +298,10 @@ impl Engine {
 
     /// Sends a connection's queued datagrams. Returns how many could not be sent.
     fn flush(&mut self, idx: u32) -> usize {
-        let Some(peer) = self.peers.get_mut(idx as usize).and_then(Option::as_mut) else {
-            return 0;
-        };
-        let mut failed = 0;
-        while let Some(out) = peer.pc.poll_write() {
-            match self
-                .socket
-                .try_send_to(&out.message, out.transport.peer_addr)
-            {
-                Ok(n) => {
-                    self.counters.datagrams_sent.fetch_add(1, Relaxed);
-                    self.counters.bytes_sent.fetch_add(n as u64, Relaxed);
-                }
-                Err(e) if e.kind() == ErrorKind::WouldBlock => {
-                    self.counters.send_would_block.fetch_add(1, Relaxed);
-                    failed += 1;
-                }
-                Err(_) => {
-                    self.counters.send_errors.fetch_add(1, Relaxed);
-                    failed += 1;
-                }
-            }
+        match self.peers.get_mut(idx as usize).and_then(Option::as_mut) {
+            Some(peer) => flush_peer(&self.socket, &self.counters, peer),
+            None => 0,
         }
-        failed
     }
 
     fn drain_events(&mut self, idx: u32) {
@@ -371,15 +352,14 @@ impl Engine {
                 match message {
                     RTCMessage::RtpPacket(_, packet) => packets.push(packet),
                     RTCMessage::RtcpPacket(_, rtcp) => {
-                        self.counters
-                            .rtcp_received
-                            .fetch_add(rtcp.len() as u64, Relaxed);
                         let nacks = rtcp
                             .iter()
                             .filter(|p| p.as_any().is::<TransportLayerNack>())
                             .count();
                         if nacks > 0 {
-                            self.counters.nacks_received.fetch_add(nacks as u64, Relaxed);
+                            self.counters
+                                .nacks_received
+                                .fetch_add(nacks as u64, Relaxed);
                         }
                     }
                     _ => {}
@@ -392,138 +372,132 @@ impl Engine {
         self.rtp_scratch = packets;
     }
 
-    /// Forwards one publisher packet to every subscriber that should hear it.
+    /// Forwards one publisher packet to every subscriber the router picks.
     fn forward(&mut self, src: u32, packet: rtp::Packet, now: Instant) {
         self.counters.rtp_received.fetch_add(1, Relaxed);
+        let payload_len = packet.payload.len() as u64;
         self.counters
             .rtp_bytes_received
-            .fetch_add(packet.payload.len() as u64, Relaxed);
-        let Some(peer) = self.peers.get_mut(src as usize).and_then(Option::as_mut) else {
+            .fetch_add(payload_len, Relaxed);
+        let Some(peer) = self.peers.get(src as usize).and_then(Option::as_ref) else {
             return;
         };
-        if !peer.can_publish {
-            self.counters.dropped_not_publisher.fetch_add(1, Relaxed);
-            if !peer.refused_reported {
-                peer.refused_reported = true;
-                let _ = self.events.send(SfuEvent::MediaRefused { pid: peer.pid });
-            }
-            return;
-        }
-        // The level is read before the mute check: a muted speaker's level is still known
-        // (signaling may show "trying to talk") but never drives forwarding.
-        let level = peer
+        let src_pid = peer.pid;
+        let level_ext = peer
             .mic_audio_level_id
-            .and_then(|id| packet.header.get_extension(id))
-            .and_then(|b| b.first().copied());
-        if let Some(l) = level {
-            peer.last_level = Some((l & 0x7f, now));
-        }
-        if peer.muted {
-            self.counters.dropped_muted.fetch_add(1, Relaxed);
-            return;
-        }
-        let (src_pid, room_key) = (peer.pid, peer.room);
-        let Some(slot) = self.slot_for(room_key, src_pid) else {
-            self.counters.dropped_no_subscribers.fetch_add(1, Relaxed);
-            return;
+            .and_then(|id| packet.header.get_extension(id));
+        let level = level_ext.as_deref().and_then(AudioLevel::from_payload);
+        let fanout = match self.router.on_packet(src_pid, level, now) {
+            Route::Forward(fanout) => fanout,
+            Route::Drop(reason) => {
+                let counter = match reason {
+                    DropReason::Muted => &self.counters.dropped_muted,
+                    DropReason::NotPublisher => &self.counters.dropped_not_publisher,
+                    DropReason::NotInSlot => &self.counters.dropped_not_in_slot,
+                    DropReason::NoSubscribers | DropReason::UnknownParticipant => {
+                        &self.counters.dropped_no_subscribers
+                    }
+                };
+                counter.fetch_add(1, Relaxed);
+                self.forward_router_events();
+                return;
+            }
         };
-        let level_payload: Option<Bytes> = level.map(|l| Bytes::copy_from_slice(&[l]));
-
-        let mut members = std::mem::take(&mut self.member_scratch);
-        members.clear();
-        if let Some(room) = self.rooms.get(&room_key) {
-            members.extend(room.members.iter().copied().filter(|m| *m != src));
-        }
         let mut delivered = 0u64;
-        for &dst in &members {
-            let Some(sub) = self.peers.get_mut(dst as usize).and_then(Option::as_mut) else {
+        for Delivery { slot, data, .. } in fanout {
+            let Some(sub) = self.peers.get_mut(data as usize).and_then(Option::as_mut) else {
                 continue;
             };
             let Some(leg) = sub.legs.get_mut(slot) else {
                 continue;
             };
+            // rtc silently drops writes before DTLS/SRTP is up: only write to ready legs.
             let Some(pt) = leg.payload_type.filter(|_| sub.connected) else {
                 self.counters.dropped_not_ready.fetch_add(1, Relaxed);
                 continue;
             };
-            let switched = leg.rewrite.source != Some(src_pid);
-            let (seq, ts) = leg.rewrite.map(
-                src_pid,
-                packet.header.sequence_number,
-                packet.header.timestamp,
-            );
+            let out = match leg.rewriter.rewrite(
+                RtpIn {
+                    source: src_pid,
+                    ssrc: packet.header.ssrc,
+                    seq: packet.header.sequence_number,
+                    ts: packet.header.timestamp,
+                    marker: packet.header.marker,
+                },
+                now,
+            ) {
+                Ok(out) => out,
+                Err(_) => {
+                    self.counters.dropped_duplicate.fetch_add(1, Relaxed);
+                    continue;
+                }
+            };
             let mut header = rtp::Header {
                 version: 2,
-                marker: packet.header.marker || switched,
+                marker: out.marker,
                 payload_type: pt,
-                sequence_number: seq,
-                timestamp: ts,
-                ssrc: leg.ssrc,
+                sequence_number: out.seq,
+                timestamp: out.ts,
+                ssrc: out.ssrc,
                 ..Default::default()
             };
-            if let (Some(id), Some(level)) = (leg.audio_level_id, &level_payload) {
+            if let (Some(id), Some(level)) = (leg.audio_level_id, &level_ext) {
                 // Only the audio level survives: the publisher's other extensions (mid,
-                // transport-cc, ...) were negotiated on its leg, not this one.
+                // transport-cc, ...) were negotiated on its leg, not this one. Cloning
+                // `Bytes` is a refcount bump.
                 let _ = header.set_extension(id, level.clone());
             }
-            let out = rtp::Packet {
-                header,
-                payload: packet.payload.clone(),
-            };
             let written = sub.pc.handle_write(TaggedRTCMessage {
                 now,
-                message: RTCMessage::RtpPacket(String::new(), out),
+                message: RTCMessage::RtpPacket(
+                    String::new(),
+                    rtp::Packet {
+                        header,
+                        payload: packet.payload.clone(),
+                    },
+                ),
             });
             if written.is_err() {
                 self.counters.dropped_write_error.fetch_add(1, Relaxed);
                 continue;
             }
-            if self.flush(dst) == 0 {
+            if flush_peer(&self.socket, &self.counters, sub) == 0 {
                 delivered += 1;
             }
-        }
-        if members.is_empty() {
-            self.counters.dropped_no_subscribers.fetch_add(1, Relaxed);
         }
         self.counters.rtp_forwarded.fetch_add(delivered, Relaxed);
         self.counters
             .rtp_bytes_forwarded
-            .fetch_add(delivered * packet.payload.len() as u64, Relaxed);
-        self.member_scratch = members;
+            .fetch_add(delivered * payload_len, Relaxed);
+        self.forward_router_events();
     }
 
-    /// Interim slot rule (replaced by the router): the publisher's slot, taking the first
-    /// free one on its first packet.
-    fn slot_for(&mut self, room_key: RoomKey, pid: ParticipantId) -> Option<usize> {
-        let room = self.rooms.get_mut(&room_key)?;
-        if let Some(i) = room.slots.iter().position(|s| *s == Some(pid)) {
-            return Some(i);
-        }
-        let free = room.slots.iter().position(Option::is_none)?;
-        room.slots[free] = Some(pid);
-        let _ = self.events.send(SfuEvent::SlotsChanged {
-            room: room_key,
-            slots: room.slots.clone(),
-            spare: None,
-        });
-        Some(free)
-    }
-
-    fn release_slot(&mut self, room_key: RoomKey, pid: ParticipantId) {
-        let Some(room) = self.rooms.get_mut(&room_key) else {
-            return;
-        };
-        let mut changed = false;
-        for s in room.slots.iter_mut().filter(|s| **s == Some(pid)) {
-            *s = None;
-            changed = true;
-        }
-        if changed {
-            let _ = self.events.send(SfuEvent::SlotsChanged {
-                room: room_key,
-                slots: room.slots.clone(),
-                spare: None,
-            });
+    /// Maps the router's queued events onto `SfuEvent`s.
+    fn forward_router_events(&mut self) {
+        while let Some(event) = self.router.poll_event() {
+            let event = match event {
+                RouterEvent::ActiveSpeakers { room, speakers } => {
+                    SfuEvent::ActiveSpeakers { room, speakers }
+                }
+                RouterEvent::SlotsChanged { room, slots, spare } => {
+                    SfuEvent::SlotsChanged { room, slots, spare }
+                }
+                RouterEvent::MediaRefused { pid } => {
+                    // Usually reported already at the socket (before decryption); once.
+                    let Some(&idx) = self.by_pid.get(&pid) else {
+                        continue;
+                    };
+                    let Some(peer) = self.peer_mut(idx) else {
+                        continue;
+                    };
+                    if peer.refused_reported {
+                        continue;
+                    }
+                    peer.refused_reported = true;
+                    SfuEvent::MediaRefused { pid }
+                }
+            };
+            let _ = self.events.send(event);
         }
     }
 
@@ -558,7 +532,11 @@ impl Engine {
     fn run_timers(&mut self, now: Instant) {
         let (peer_timeout, connect_timeout) = (self.cfg.peer_timeout, self.cfg.connect_timeout);
         while let Some(key) = self.timers.pop_due(now) {
-            let Some(peer) = self.peers.get_mut(key.slot as usize).and_then(Option::as_mut) else {
+            let Some(peer) = self
+                .peers
+                .get_mut(key.slot as usize)
+                .and_then(Option::as_mut)
+            else {
                 continue;
             };
             if peer.timer_generation != key.generation {
@@ -579,7 +557,7 @@ impl Engine {
             }
             let _ = peer.pc.handle_timeout(now);
             self.after_io(key.slot, now);
-            }
+        }
         self.update_gauges();
         let live = self.by_pid.len();
         if self.timers.len() > 4 * live + 64 {
@@ -594,8 +572,9 @@ impl Engine {
         self.counters
             .timer_entries
             .store(self.timers.len() as u64, Relaxed);
-        if now >= self.next_tick {
-            self.next_tick = now + self.cfg.speaker_interval;
+        if now >= self.router.poll_timeout() {
+            self.router.tick(now);
+            self.forward_router_events();
         }
     }
 
@@ -637,10 +616,8 @@ impl Engine {
                 let _ = reply.send(result);
             }
             Command::SetMuted { pid, muted } => {
-                let _ = self.with_peer(pid, |p| {
-                    p.muted = muted;
-                    Ok(())
-                });
+                let _ = self.router.set_muted(pid, muted, now);
+                self.forward_router_events();
             }
             Command::Leave { pid } => {
                 if let Some(&idx) = self.by_pid.get(&pid) {
@@ -687,7 +664,7 @@ impl Engine {
         // SSRCs only need to be unique within one connection; random ones also keep a
         // client from inferring anything across connections.
         let ssrcs = std::iter::repeat_with(rand::random::<u32>).filter(|s| *s != 0);
-        let (peer, offer) = Peer::new(pid, room, can_publish, &params, ssrcs, now)?;
+        let (peer, offer) = Peer::new(pid, can_publish, &params, ssrcs, now)?;
         if self.by_ufrag.contains_key(&peer.ufrag) {
             return Err(MediaError::Rtc("ICE ufrag collision, retry".into()));
         }
@@ -698,21 +675,21 @@ impl Engine {
                 (self.peers.len() - 1) as u32
             }
         };
+        if self
+            .router
+            .add_participant(pid, room, can_publish, idx, now)
+            .is_err()
+        {
+            self.free.push(idx);
+            return Err(MediaError::AlreadyJoined(pid));
+        }
         self.by_ufrag.insert(peer.ufrag.clone(), idx);
         self.by_pid.insert(pid, idx);
         if can_publish {
             self.publishers += 1;
         }
-        let slots = self.cfg.slots;
-        self.rooms
-            .entry(room)
-            .or_insert_with(|| Room {
-                members: Vec::new(),
-                slots: vec![None; slots],
-            })
-            .members
-            .push(idx);
         self.peers[idx as usize] = Some(peer);
+        self.forward_router_events();
         self.after_io(idx, now);
         self.update_gauges();
         Ok(offer)
@@ -724,14 +701,15 @@ impl Engine {
         can_publish: bool,
         now: Instant,
     ) -> Result<Offer, MediaError> {
-        let (was, room) = self.with_peer(pid, |p| Ok((p.can_publish, p.room)))?;
+        let was = self.with_peer(pid, |p| Ok(p.can_publish))?;
         let offer = self.with_peer(pid, |p| {
             p.set_can_publish(can_publish);
             p.make_offer(now)
         })?;
+        let _ = self.router.set_can_publish(pid, can_publish, now);
+        self.forward_router_events();
         if was && !can_publish {
             self.publishers -= 1;
-            self.release_slot(room, pid);
         } else if !was && can_publish {
             self.publishers += 1;
         }
@@ -790,13 +768,8 @@ impl Engine {
         if peer.connected {
             self.connected -= 1;
         }
-        self.release_slot(peer.room, peer.pid);
-        if let Some(room) = self.rooms.get_mut(&peer.room) {
-            room.members.retain(|m| *m != idx);
-            if room.members.is_empty() {
-                self.rooms.remove(&peer.room);
-            }
-        }
+        self.router.remove_participant(peer.pid, Instant::now());
+        self.forward_router_events();
         if let Some(reason) = reason {
             self.counters.disconnects.fetch_add(1, Relaxed);
             let _ = self.events.send(SfuEvent::Disconnected {
@@ -811,7 +784,7 @@ impl Engine {
         let c = &self.counters;
         c.participants.store(self.by_pid.len() as u64, Relaxed);
         c.publishers.store(self.publishers, Relaxed);
-        c.rooms.store(self.rooms.len() as u64, Relaxed);
+        c.rooms.store(self.router.room_count() as u64, Relaxed);
         c.remote_addrs.store(self.by_addr.len() as u64, Relaxed);
         c.ufrags.store(self.by_ufrag.len() as u64, Relaxed);
         c.timer_entries.store(self.timers.len() as u64, Relaxed);
@@ -819,10 +792,32 @@ impl Engine {
     }
 }
 
+/// Sends a connection's queued datagrams on the shared socket; drops (and counts) what would
+/// block instead of waiting. Returns how many could not be sent.
+fn flush_peer(socket: &UdpSocket, counters: &Counters, peer: &mut Peer) -> usize {
+    let mut failed = 0;
+    while let Some(out) = peer.pc.poll_write() {
+        match socket.try_send_to(&out.message, out.transport.peer_addr) {
+            Ok(n) => {
+                counters.datagrams_sent.fetch_add(1, Relaxed);
+                counters.bytes_sent.fetch_add(n as u64, Relaxed);
+            }
+            Err(e) if e.kind() == ErrorKind::WouldBlock => {
+                counters.send_would_block.fetch_add(1, Relaxed);
+                failed += 1;
+            }
+            Err(_) => {
+                counters.send_errors.fetch_add(1, Relaxed);
+                failed += 1;
+            }
+        }
+    }
+    failed
+}
+
 /// RTP rather than RTCP (RFC 5761 §4: RTCP packet types 192..=223 in the second byte).
 fn is_rtp_media(data: &[u8]) -> bool {
-    matches!(data, [0x80..=0xBF, second, ..] if !(192..=223).contains(second))
-        && data.len() >= 12
+    matches!(data, [0x80..=0xBF, second, ..] if !(192..=223).contains(second)) && data.len() >= 12
 }
 
 fn housekeeping_due(peer: &Peer, peer_timeout: Duration, connect_timeout: Duration) -> Instant {

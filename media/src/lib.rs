@@ -15,10 +15,18 @@
 //! - `stun`: the tiny STUN parse used to demultiplex new remote addresses.
 //! - `timers`: the deadline heap over all connections.
 //! - `stats`: counters for metrics.
+//! - [`ids`], [`level`], [`slots`], [`rewrite`], [`router`]: the socket-free logic of who
+//!   receives what (audio levels, slot allocation with hysteresis, per-slot RTP rewriting),
+//!   tested on virtual time.
 
 mod engine;
+pub mod ids;
+pub mod level;
 mod peer;
+pub mod rewrite;
+pub mod router;
 pub mod sfu;
+pub mod slots;
 mod stats;
 mod stun;
 mod timers;
@@ -26,16 +34,9 @@ mod timers;
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
+pub use ids::{ParticipantId, RoomKey};
 pub use sfu::Sfu;
 pub use stats::SfuStats;
-
-/// One participant: one signaling connection (two tabs of one user are two ids).
-#[derive(Copy, Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct ParticipantId(pub u64);
-
-/// A room, as a number: signaling maps its string room ids to these.
-#[derive(Copy, Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct RoomKey(pub u64);
 
 /// Configuration of the media plane.
 #[derive(Clone, Debug)]

@@ -29,7 +29,8 @@ use rtc::rtp_transceiver::{
     RTCRtpTransceiverInit,
 };
 
-use crate::{MediaError, Offer, ParticipantId, RoomKey};
+use crate::rewrite::SlotRewriter;
+use crate::{MediaError, Offer, ParticipantId};
 
 /// RFC 6464 client-to-mixer audio level.
 pub(crate) const AUDIO_LEVEL_URI: &str = "urn:ietf:params:rtp-hdrext:ssrc-audio-level";
@@ -47,53 +48,13 @@ fn rtc_err(e: impl std::fmt::Display) -> MediaError {
 pub(crate) struct SlotLeg {
     pub(crate) transceiver: RTCRtpTransceiverId,
     pub(crate) sender: RTCRtpSenderId,
-    /// The SSRC the server chose for this slot on this connection.
-    pub(crate) ssrc: u32,
     pub(crate) mid: String,
     /// Opus payload type negotiated on this leg; `None` until an answer was applied.
     pub(crate) payload_type: Option<u8>,
     /// Audio-level extension id negotiated on this leg, if the client accepted it.
     pub(crate) audio_level_id: Option<u8>,
-    /// Continuity state of the rewritten stream (see `engine::rewrite`).
-    pub(crate) rewrite: RewriteState,
-}
-
-/// Keeps one slot a single continuous RTP stream across changes of its source.
-#[derive(Default)]
-pub(crate) struct RewriteState {
-    pub(crate) source: Option<ParticipantId>,
-    pub(crate) seq_offset: u16,
-    pub(crate) ts_offset: u32,
-    pub(crate) last_seq: u16,
-    pub(crate) last_ts: u32,
-    pub(crate) started: bool,
-}
-
-impl RewriteState {
-    /// Maps a source packet's (seq, ts) into this slot's numbering.
-    pub(crate) fn map(&mut self, source: ParticipantId, seq: u16, ts: u32) -> (u16, u32) {
-        if self.source != Some(source) {
-            if self.started {
-                // Continue right after the last packet sent, one 20 ms frame later, so the
-                // receiver sees a continuous stream with a plausible timestamp step.
-                self.seq_offset = self.last_seq.wrapping_add(1).wrapping_sub(seq);
-                self.ts_offset = self.last_ts.wrapping_add(960).wrapping_sub(ts);
-            }
-            self.source = Some(source);
-        }
-        let out = (
-            seq.wrapping_add(self.seq_offset),
-            ts.wrapping_add(self.ts_offset),
-        );
-        // Track the newest packet (a reordered older one must not move the base back).
-        let newer = !self.started || out.0.wrapping_sub(self.last_seq) < 0x8000;
-        if newer {
-            self.last_seq = out.0;
-            self.last_ts = out.1;
-        }
-        self.started = true;
-        out
-    }
+    /// Keeps this slot one continuous RTP stream across changes of its source.
+    pub(crate) rewriter: SlotRewriter,
 }
 
 /// Per-connection facts every new connection needs.
@@ -106,10 +67,9 @@ pub(crate) struct PeerParams<'a> {
 
 pub(crate) struct Peer {
     pub(crate) pid: ParticipantId,
-    pub(crate) room: RoomKey,
     pub(crate) pc: RTCPeerConnection,
+    /// Mirrors the router's role flag: checked per datagram to refuse media before SRTP.
     pub(crate) can_publish: bool,
-    pub(crate) muted: bool,
     /// MediaRefused already reported since the last role change.
     pub(crate) refused_reported: bool,
     /// ICE+DTLS up: SRTP writes are not silently dropped.
@@ -134,8 +94,6 @@ pub(crate) struct Peer {
     pub(crate) timer_at: Option<Instant>,
     /// Next liveness check (connect or peer timeout); advanced only when it fires.
     pub(crate) housekeeping_at: Instant,
-    /// Last RFC 6464 level seen (0 = loudest, 127 = silence) and when.
-    pub(crate) last_level: Option<(u8, Instant)>,
 }
 
 fn media_engine() -> Result<MediaEngine, MediaError> {
@@ -176,7 +134,6 @@ impl Peer {
     /// Builds the connection and its first offer.
     pub(crate) fn new(
         pid: ParticipantId,
-        room: RoomKey,
         can_publish: bool,
         params: &PeerParams<'_>,
         ssrcs: impl Iterator<Item = u32>,
@@ -245,11 +202,10 @@ impl Peer {
             legs.push(SlotLeg {
                 transceiver: t,
                 sender: RTCRtpSenderId::from(t),
-                ssrc,
                 mid: String::new(),
                 payload_type: None,
                 audio_level_id: None,
-                rewrite: RewriteState::default(),
+                rewriter: SlotRewriter::new(ssrc),
             });
         }
 
@@ -277,10 +233,8 @@ impl Peer {
 
         let mut peer = Peer {
             pid,
-            room,
             pc,
             can_publish,
-            muted: false,
             refused_reported: false,
             connected: false,
             ever_connected: false,
@@ -296,7 +250,6 @@ impl Peer {
             timer_generation: 0,
             timer_at: None,
             housekeeping_at: now + params.connect_timeout,
-            last_level: None,
         };
         let offer = peer.make_offer(now)?;
         Ok((peer, offer))
@@ -305,9 +258,7 @@ impl Peer {
     /// Creates and applies a new local offer, returning it with the mids of the layout.
     pub(crate) fn make_offer(&mut self, now: Instant) -> Result<Offer, MediaError> {
         let offer = self.pc.create_offer(None).map_err(rtc_err)?;
-        self.pc
-            .set_local_description(now, offer)
-            .map_err(rtc_err)?;
+        self.pc.set_local_description(now, offer).map_err(rtc_err)?;
         // An ICE restart puts gathering back to "gathering"; our candidates are static and
         // kept, so declare the end of candidates again for a complete offer.
         self.pc
@@ -482,25 +433,9 @@ mod tests {
         let out = spread_candidates(sdp);
         assert_eq!(out.matches("a=candidate:").count(), 2);
         assert_eq!(out.matches("a=end-of-candidates").count(), 2);
-        assert!(out.ends_with("a=sendonly\r\na=candidate:1 1 udp 1 127.0.0.1 5 typ host\r\na=end-of-candidates\r\n"));
+        assert!(out.ends_with(
+            "a=sendonly\r\na=candidate:1 1 udp 1 127.0.0.1 5 typ host\r\na=end-of-candidates\r\n"
+        ));
         assert_eq!(spread_candidates("v=0\r\n"), "v=0\r\n");
-    }
-
-    #[test]
-    fn rewrite_keeps_a_slot_continuous_across_source_changes() {
-        let a = ParticipantId(1);
-        let b = ParticipantId(2);
-        let mut r = RewriteState::default();
-        assert_eq!(r.map(a, 100, 5000), (100, 5000));
-        assert_eq!(r.map(a, 101, 5960), (101, 5960));
-        // New source with unrelated numbering continues the slot's sequence.
-        let (s, t) = r.map(b, 40000, 123);
-        assert_eq!(s, 102);
-        assert_eq!(t, 5960 + 960);
-        assert_eq!(r.map(b, 40001, 1083), (103, 5960 + 1920));
-        // Wrap-around is plain modular arithmetic.
-        let mut w = RewriteState::default();
-        assert_eq!(w.map(a, 65535, u32::MAX), (65535, u32::MAX));
-        assert_eq!(w.map(a, 0, 959), (0, 959));
     }
 }

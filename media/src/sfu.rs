@@ -179,7 +179,8 @@ fn validate(cfg: &SfuConfig) -> Result<(), MediaError> {
             "speaker_interval must be 200..=500 ms, got {interval:?}"
         )));
     }
-    if cfg.peer_timeout < Duration::from_millis(500) || cfg.connect_timeout < Duration::from_millis(500)
+    if cfg.peer_timeout < Duration::from_millis(500)
+        || cfg.connect_timeout < Duration::from_millis(500)
     {
         return Err(MediaError::Config(
             "peer_timeout and connect_timeout must be at least 500 ms".into(),

@@ -71,13 +71,17 @@ counters! {
     dropped_muted,
     /// RTP dropped: the participant may not publish.
     dropped_not_publisher,
-    /// RTP dropped: nobody to forward it to (no other connected participant, or not in a slot).
+    /// RTP dropped: nobody else in the room.
     dropped_no_subscribers,
+    /// RTP dropped: the publisher holds no slot and is not the spare (too quiet to be heard).
+    dropped_not_in_slot,
+    /// Forwarded copies dropped by the slot rewriter: duplicate or older than a switch.
+    dropped_duplicate,
     /// Forwarded copies dropped: subscriber leg not connected/negotiated yet.
     dropped_not_ready,
     /// Forwarded copies dropped: `rtc` refused the write.
     dropped_write_error,
-    /// RTCP packets received (compound parts).
+    /// RTCP datagrams received (compound packets, counted before decryption).
     rtcp_received,
     /// NACKs received from subscribers.
     nacks_received,

@@ -48,7 +48,7 @@ pub(crate) fn local_ufrag(buf: &[u8]) -> Result<Option<&str>, StunError> {
         return Err(StunError::NotStun);
     }
     let body_len = u16::from_be_bytes([buf[2], buf[3]]) as usize;
-    if body_len % 4 != 0 {
+    if !body_len.is_multiple_of(4) {
         return Err(StunError::NotStun);
     }
     let body = buf
@@ -88,7 +88,7 @@ mod tests {
             body.extend_from_slice(&typ.to_be_bytes());
             body.extend_from_slice(&(value.len() as u16).to_be_bytes());
             body.extend_from_slice(value);
-            while body.len() % 4 != 0 {
+            while !body.len().is_multiple_of(4) {
                 body.push(0);
             }
         }

@@ -47,7 +47,10 @@ impl TimerHeap {
     /// number of live connections.
     pub(crate) fn compact(&mut self, is_live: impl Fn(TimerKey) -> bool) {
         let heap = std::mem::take(&mut self.heap);
-        self.heap = heap.into_iter().filter(|Reverse((_, k))| is_live(*k)).collect();
+        self.heap = heap
+            .into_iter()
+            .filter(|Reverse((_, k))| is_live(*k))
+            .collect();
     }
 }
 
@@ -60,7 +63,10 @@ mod tests {
     fn pops_only_due_entries_in_deadline_order() {
         let t0 = Instant::now();
         let mut h = TimerHeap::default();
-        let k = |slot| TimerKey { slot, generation: 0 };
+        let k = |slot| TimerKey {
+            slot,
+            generation: 0,
+        };
         h.push(t0 + Duration::from_millis(30), k(3));
         h.push(t0 + Duration::from_millis(10), k(1));
         h.push(t0 + Duration::from_millis(20), k(2));
@@ -78,7 +84,13 @@ mod tests {
         let t0 = Instant::now();
         let mut h = TimerHeap::default();
         for g in 0..10 {
-            h.push(t0, TimerKey { slot: 1, generation: g });
+            h.push(
+                t0,
+                TimerKey {
+                    slot: 1,
+                    generation: g,
+                },
+            );
         }
         h.compact(|k| k.generation == 9);
         assert_eq!(h.len(), 1);

@@ -3,110 +3,166 @@
 
 mod common;
 
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{Result, ensure};
-use common::{Client, dominant_tone, wait_until};
-use media::{ParticipantId, RoomKey, Sfu, SfuConfig, SfuEvent};
+use common::{Client, Events, dominant_tone, join, test_config, wait_until};
+use media::{ParticipantId, RoomKey, Sfu, SfuEvent};
 
-const CONNECT: Duration = Duration::from_secs(10);
-
-fn config() -> SfuConfig {
-    SfuConfig {
-        bind: SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 0),
-        announce_ips: vec![],
-        ..SfuConfig::default()
-    }
-}
-
-/// Collects every SfuEvent so tests can wait on conditions over them.
-#[derive(Clone, Default)]
-struct Events(Arc<Mutex<Vec<SfuEvent>>>);
-
-impl Events {
-    fn spawn(mut rx: tokio::sync::mpsc::UnboundedReceiver<SfuEvent>) -> Events {
-        let events = Events::default();
-        let sink = events.clone();
-        tokio::spawn(async move {
-            while let Some(e) = rx.recv().await {
-                sink.0.lock().unwrap_or_else(|e| e.into_inner()).push(e);
-            }
-        });
-        events
-    }
-
-    fn any(&self, f: impl Fn(&SfuEvent) -> bool) -> bool {
-        self.0.lock().unwrap_or_else(|e| e.into_inner()).iter().any(f)
-    }
-
-    fn count(&self, f: impl Fn(&SfuEvent) -> bool) -> usize {
-        self.0
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .iter()
-            .filter(|e| f(e))
-            .count()
-    }
-}
-
-async fn join(
-    sfu: &Sfu,
-    room: RoomKey,
-    pid: ParticipantId,
-    publish: bool,
-    name: &str,
-) -> Result<Client> {
-    let mut client = Client::new(name).await?;
-    let offer = sfu.join(room, pid, publish).await?;
-    ensure!(offer.slot_mids.len() == 3, "three slot m-lines");
-    ensure!(offer.sdp.contains("a=ice-lite"), "server is ICE-lite");
-    ensure!(offer.sdp.contains("useinbandfec=1") && offer.sdp.contains("usedtx=1"));
-    ensure!(offer.sdp.contains("urn:ietf:params:rtp-hdrext:ssrc-audio-level"));
-    let answer = client.answer(&offer.sdp, publish).await?;
-    if std::env::var("SDP_DEBUG").is_ok() {
-        eprintln!("==== offer {name}\n{}\n==== answer {name}\n{answer}", offer.sdp);
-    }
-    sfu.accept_answer(pid, answer).await?;
-    Ok(client)
-}
+const CONNECT: Duration = Duration::from_secs(15);
+const TONES: [f64; 3] = [440.0, 660.0, 990.0];
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn speaker_reaches_listener_through_the_sfu() -> Result<()> {
-    let (sfu, rx) = Sfu::start(config())?;
+async fn offer_has_the_fixed_audio_layout() -> Result<()> {
+    let (sfu, _rx) = Sfu::start(test_config())?;
+    let offer = sfu.join(RoomKey(1), ParticipantId(1), true).await?;
+    ensure!(offer.slot_mids.len() == 3, "three slot m-lines: {offer:?}");
+    ensure!(offer.publish_mid != offer.slot_mids[0]);
+    let sdp = &offer.sdp;
+    ensure!(sdp.contains("a=ice-lite"), "server is ICE-lite");
+    ensure!(sdp.contains("useinbandfec=1") && sdp.contains("usedtx=1"));
+    ensure!(sdp.contains("urn:ietf:params:rtp-hdrext:ssrc-audio-level"));
+    ensure!(sdp.matches("a=sendonly").count() == 3 && sdp.matches("a=recvonly").count() == 1);
+    ensure!(
+        !sdp.contains("VP8") && !sdp.contains("transport-cc"),
+        "audio only, no TWCC"
+    );
+    let listener = sfu.join(RoomKey(1), ParticipantId(2), false).await?;
+    ensure!(
+        listener.sdp.matches("a=inactive").count() == 1,
+        "listener mic is inactive"
+    );
+    assert!(matches!(
+        sfu.join(RoomKey(1), ParticipantId(2), false).await,
+        Err(media::MediaError::AlreadyJoined(_))
+    ));
+    assert!(matches!(
+        sfu.accept_answer(ParticipantId(2), "not sdp".into()).await,
+        Err(media::MediaError::BadAnswer(_))
+    ));
+    assert!(matches!(
+        sfu.accept_answer(ParticipantId(99), String::new()).await,
+        Err(media::MediaError::UnknownParticipant(_))
+    ));
+    Ok(())
+}
+
+/// 3 speakers, 5 pure listeners: every listener (and every speaker, for the two others)
+/// receives >= 98% of each speaker's packets and decodes each to its speaker's tone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_listener_hears_every_speaker_at_the_right_pitch() -> Result<()> {
+    let (sfu, rx) = Sfu::start(test_config())?;
     let events = Events::spawn(rx);
-    let room = RoomKey(1);
-    let mut listener = join(&sfu, room, ParticipantId(2), false, "listener").await?;
-    let mut speaker = join(&sfu, room, ParticipantId(1), true, "speaker").await?;
-    speaker.wait_connected(CONNECT).await?;
-    if let Err(e) = listener.wait_connected(CONNECT).await {
-        eprintln!("stats {:?}", sfu.stats());
-        return Err(e);
+    let room = RoomKey(7);
+    let mut speakers = Vec::new();
+    for (i, _) in TONES.iter().enumerate() {
+        let pid = ParticipantId(i as u64 + 1);
+        speakers.push(join(&sfu, room, pid, true, true, &format!("speaker{i}")).await?);
     }
-    wait_until(CONNECT, "both Connected events", || {
-        events.count(|e| matches!(e, SfuEvent::Connected { .. })) == 2
+    let mut listeners = Vec::new();
+    for i in 0..5u64 {
+        let pid = ParticipantId(100 + i);
+        listeners.push(join(&sfu, room, pid, false, false, &format!("listener{i}")).await?);
+    }
+    for c in speakers.iter_mut().chain(listeners.iter_mut()) {
+        c.wait_connected(CONNECT).await?;
+    }
+    wait_until(CONNECT, "8 Connected events", || {
+        events.count(|e| matches!(e, SfuEvent::Connected { .. })) == 8
     })
     .await?;
 
-    speaker.start_tone(440.0, 10).await?;
-    wait_until(Duration::from_secs(10), "50 packets at the listener", || {
-        listener.received_total() >= 50
-    })
+    for (s, f) in speakers.iter_mut().zip(TONES) {
+        s.start_tone(f, 20).await?;
+    }
+    // 3 s of audio from each speaker.
+    wait_until(
+        Duration::from_secs(20),
+        "150 frames sent by every speaker",
+        || speakers.iter().all(|s| s.tone_sent() >= 150),
+    )
     .await?;
-    speaker.stop_tone().await;
-    let tone = listener.with_streams(|s| {
-        s.values()
-            .map(|r| (r.packets, r.decode_errors, dominant_tone(&r.pcm, &[440.0, 660.0, 880.0])))
-            .collect::<Vec<_>>()
-    });
-    assert_eq!(tone.len(), 1, "one slot carries the one speaker: {tone:?}");
-    assert_eq!(tone[0].1, 0, "every packet decodes");
-    assert_eq!(tone[0].2, Some(440.0), "the listener hears 440 Hz");
+    for s in &mut speakers {
+        s.stop_tone().await;
+    }
+    let sent: Vec<u64> = speakers.iter().map(Client::tone_sent).collect();
+
+    // Each receiver must end up with >= 98% of each audible speaker's packets.
+    let audible = |me: Option<usize>| -> Vec<(f64, u64)> {
+        TONES
+            .iter()
+            .zip(&sent)
+            .enumerate()
+            .filter(|(i, _)| Some(*i) != me)
+            .map(|(_, (f, n))| (*f, *n))
+            .collect()
+    };
+    let heard = |c: &Client| -> Vec<(Option<f64>, u64, u64)> {
+        c.with_streams(|streams| {
+            streams
+                .values()
+                .map(|r| (dominant_tone(&r.pcm, &TONES), r.packets, r.decode_errors))
+                .collect()
+        })
+    };
+    let receivers: Vec<(&Client, Option<usize>)> = listeners
+        .iter()
+        .map(|l| (l, None))
+        .chain(speakers.iter().enumerate().map(|(i, s)| (s, Some(i))))
+        .collect();
+    let complete = |c: &Client, me: Option<usize>| {
+        let h = heard(c);
+        audible(me).iter().all(|(f, n)| {
+            h.iter()
+                .any(|(tone, got, _)| *tone == Some(*f) && *got * 100 >= n * 98)
+        })
+    };
+    let result = wait_until(Duration::from_secs(10), "98% delivery everywhere", || {
+        receivers.iter().all(|(c, me)| complete(c, *me))
+    })
+    .await;
+    if result.is_err() {
+        for (c, me) in &receivers {
+            eprintln!(
+                "{} (me {me:?}) heard {:?}, expected {:?}",
+                c.name,
+                heard(c),
+                audible(*me)
+            );
+        }
+        eprintln!("stats {:?}", sfu.stats());
+    }
+    result?;
+    for (c, me) in &receivers {
+        let h = heard(c);
+        assert_eq!(
+            h.len(),
+            audible(*me).len(),
+            "{}: one stream per audible speaker",
+            c.name
+        );
+        assert!(
+            h.iter().all(|(_, _, errors)| *errors == 0),
+            "{}: all packets decode",
+            c.name
+        );
+        // Nobody hears themself.
+        if let Some(i) = me {
+            assert!(
+                h.iter().all(|(tone, _, _)| *tone != Some(TONES[*i])),
+                "{} heard itself",
+                c.name
+            );
+        }
+    }
     let stats = sfu.stats();
-    assert!(stats.rtp_forwarded >= 50, "{stats:?}");
-    assert_eq!(stats.participants, 2);
-    drop((speaker, listener));
+    let expected_forwards: u64 = sent.iter().map(|n| n * 7 * 98 / 100).sum();
+    assert!(stats.rtp_forwarded >= expected_forwards, "{stats:?}");
+    assert_eq!(stats.malformed, 0);
+    assert!(
+        stats.rtcp_received > 0,
+        "receiver/sender reports flow: {stats:?}"
+    );
     let _ = Instant::now();
     Ok(())
 }

@@ -288,11 +288,9 @@ impl Client {
         let task = {
             let (sent, stop, level) = (sent.clone(), stop.clone(), level.clone());
             tokio::spawn(async move {
-                let Ok(mut encoder) = opus::Encoder::new(
-                    SAMPLE_RATE,
-                    opus::Channels::Mono,
-                    opus::Application::Audio,
-                ) else {
+                let Ok(mut encoder) =
+                    opus::Encoder::new(SAMPLE_RATE, opus::Channels::Mono, opus::Application::Audio)
+                else {
                     return;
                 };
                 let mut ticker = tokio::time::interval(Duration::from_millis(20));
@@ -414,7 +412,10 @@ pub fn dominant_tone(pcm: &[i16], candidates: &[f64]) -> Option<f64> {
     if pcm.len() < FRAME * 10 {
         return None;
     }
-    let mut powers: Vec<(f64, f64)> = candidates.iter().map(|f| (*f, tone_power(pcm, *f))).collect();
+    let mut powers: Vec<(f64, f64)> = candidates
+        .iter()
+        .map(|f| (*f, tone_power(pcm, *f)))
+        .collect();
     powers.sort_by(|a, b| b.1.total_cmp(&a.1));
     match powers.as_slice() {
         [(f, p)] if *p > 0.0 => Some(*f),
@@ -423,8 +424,64 @@ pub fn dominant_tone(pcm: &[i16], candidates: &[f64]) -> Option<f64> {
     }
 }
 
+/// Collects every SfuEvent so tests can wait on conditions over them.
+#[derive(Clone, Default)]
+pub struct Events(Arc<Mutex<Vec<media::SfuEvent>>>);
+
+impl Events {
+    pub fn spawn(mut rx: tokio::sync::mpsc::UnboundedReceiver<media::SfuEvent>) -> Events {
+        let events = Events::default();
+        let sink = events.clone();
+        tokio::spawn(async move {
+            while let Some(e) = rx.recv().await {
+                lock(&sink.0).push(e);
+            }
+        });
+        events
+    }
+
+    pub fn count(&self, f: impl Fn(&media::SfuEvent) -> bool) -> usize {
+        lock(&self.0).iter().filter(|e| f(e)).count()
+    }
+
+    pub fn all(&self) -> Vec<media::SfuEvent> {
+        lock(&self.0).clone()
+    }
+}
+
+/// An SFU on loopback with test-friendly timeouts.
+pub fn test_config() -> media::SfuConfig {
+    media::SfuConfig {
+        bind: std::net::SocketAddr::from(([127, 0, 0, 1], 0)),
+        announce_ips: vec![],
+        ..media::SfuConfig::default()
+    }
+}
+
+/// Joins `pid` to `room`: builds a client, applies the server's offer, hands back the answer.
+/// `client_publishes` attaches a microphone track even if the server did not offer to
+/// receive one (to test refusal).
+pub async fn join(
+    sfu: &media::Sfu,
+    room: media::RoomKey,
+    pid: media::ParticipantId,
+    can_publish: bool,
+    client_publishes: bool,
+    name: &str,
+) -> Result<Client> {
+    let mut client = Client::new(name).await?;
+    let offer = sfu.join(room, pid, can_publish).await?;
+    let answer = client.answer(&offer.sdp, client_publishes).await?;
+    sfu.accept_answer(pid, answer).await?;
+    Ok(client)
+}
+
 /// Polls `cond` until it holds or `within` passes.
-pub async fn wait_until(within: Duration, what: &str, mut cond: impl FnMut() -> bool) -> Result<()> {
+pub async fn wait_until(
+    within: Duration,
+    what: &str,
+    mut cond: impl FnMut() -> bool,
+) -> Result<()> {
     let deadline = Instant::now() + within;
     loop {
         if cond() {
