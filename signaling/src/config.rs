@@ -1,0 +1,56 @@
+//! Signaling limits and timings, with production defaults.
+
+use std::time::Duration;
+
+use crate::protocol::IceServer;
+
+/// Everything configurable about the WebSocket side. `Default` gives the production
+/// values documented in docs/PROTOCOL.md.
+#[derive(Clone, Debug)]
+pub struct SignalingConfig {
+    /// Audio slots advertised in `joined.slotCount`; must match the SFU's `slots`.
+    pub slot_count: usize,
+    /// Participants (connections, including those inside their resume grace) per room.
+    pub max_participants: usize,
+    /// Largest text frame processed; bigger ones get `too_large` (up to 4x this the
+    /// connection survives, beyond that the WebSocket layer closes it with 1009).
+    pub max_frame_bytes: usize,
+    /// Longest chat message, in Unicode scalar values.
+    pub max_chat_chars: usize,
+    /// Sustained client messages per second (token bucket refill rate).
+    pub rate_per_sec: f64,
+    /// Bucket size: how many messages may arrive in a burst.
+    pub rate_burst: u32,
+    /// How often the server pings each socket.
+    pub ping_interval: Duration,
+    /// A socket silent (no frame, no pong) this long is closed.
+    pub ping_timeout: Duration,
+    /// How long a participant whose socket dropped keeps its place for a resume.
+    pub resume_grace: Duration,
+    /// STUN/TURN servers handed to clients in `joined`.
+    pub ice_servers: Vec<IceServer>,
+    /// Outgoing messages buffered per connection; a client that lets it fill is
+    /// disconnected so it cannot stall a room's broadcasts.
+    pub outgoing_queue: usize,
+    /// Longest accepted room id (bytes).
+    pub max_room_id_len: usize,
+}
+
+impl Default for SignalingConfig {
+    fn default() -> Self {
+        SignalingConfig {
+            slot_count: 3,
+            max_participants: 5000,
+            max_frame_bytes: 64 * 1024,
+            max_chat_chars: 2000,
+            rate_per_sec: 20.0,
+            rate_burst: 40,
+            ping_interval: Duration::from_secs(20),
+            ping_timeout: Duration::from_secs(45),
+            resume_grace: Duration::from_secs(15),
+            ice_servers: Vec::new(),
+            outgoing_queue: 512,
+            max_room_id_len: 128,
+        }
+    }
+}

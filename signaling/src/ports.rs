@@ -1,0 +1,174 @@
+//! What signaling needs from the outside world, as small object-safe traits.
+//!
+//! The `chorus` binary implements `Authenticator`, `RoomDirectory` and `ChatStore`
+//! over the control plane (`api`), and `MediaControl` is implemented for
+//! `media::Sfu` in `sfu.rs`. Tests implement all four with fakes. Signaling never
+//! depends on `api`: these traits are the whole contract.
+
+use async_trait::async_trait;
+use futures::stream::BoxStream;
+
+use crate::error::SignalingError;
+use crate::protocol::{ChatMessage, ParticipantId};
+
+/// A user the `Authenticator` vouched for. Never carries a phone number.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AuthUser {
+    pub user_id: String,
+    pub name: String,
+    pub avatar: Option<String>,
+}
+
+/// Turns an access token (cookie, bearer or query parameter) into a user.
+#[async_trait]
+pub trait Authenticator: Send + Sync + 'static {
+    /// `Err(SignalingError::Unauthorized)` for a missing, malformed, expired or revoked
+    /// token; `Err(SignalingError::Backend(..))` if the check itself failed.
+    async fn authenticate(&self, token: &str) -> Result<AuthUser, SignalingError>;
+}
+
+/// The control plane's verdict on a join.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RoomAccess {
+    /// The room owner's user id: every connection of that user is a moderator.
+    pub owner_user_id: String,
+}
+
+/// Room existence and the private/social/open join rules live in the control plane;
+/// signaling only asks.
+#[async_trait]
+pub trait RoomDirectory: Send + Sync + 'static {
+    /// `Ok` if `user` may join `room_id`. `Err(RoomNotFound)` for an unknown room,
+    /// `Err(Forbidden(..))` when the rules refuse this user (e.g. a private room they
+    /// were not invited to). Implementations may answer `RoomNotFound` for a private
+    /// room the user may not see, as the HTTP API does.
+    async fn check_join(
+        &self,
+        room_id: &str,
+        user: &AuthUser,
+    ) -> Result<RoomAccess, SignalingError>;
+}
+
+/// Outcome of a delete request.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DeleteOutcome {
+    Deleted,
+    NotFound,
+    /// Neither the author nor the room owner.
+    Forbidden,
+}
+
+/// A call membership change, stored as a system message.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CallEvent {
+    Joined,
+    Left,
+}
+
+/// Persistence of chat over the socket. Signaling stores first and broadcasts only what
+/// the store accepted.
+#[async_trait]
+pub trait ChatStore: Send + Sync + 'static {
+    /// Stores a text message (already length-checked and non-empty) and returns it as
+    /// it will be broadcast. Should also count as room activity.
+    async fn store_message(
+        &self,
+        room_id: &str,
+        author: &AuthUser,
+        text: &str,
+    ) -> Result<ChatMessage, SignalingError>;
+    /// Deletes a message of `room_id` on behalf of `user_id` (the author or the room
+    /// owner may delete; attachments go with it).
+    async fn delete_message(
+        &self,
+        room_id: &str,
+        message_id: &str,
+        user_id: &str,
+    ) -> Result<DeleteOutcome, SignalingError>;
+    /// Stores a system message saying `user` joined or left the call.
+    async fn store_call_event(
+        &self,
+        room_id: &str,
+        user: &AuthUser,
+        event: CallEvent,
+    ) -> Result<ChatMessage, SignalingError>;
+    /// A participant joined the room: keeps it from expiring.
+    async fn touch_room(&self, room_id: &str) -> Result<(), SignalingError>;
+}
+
+/// Signaling's number for a room on the media side (allocated here, one per live room).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct RoomKey(pub u64);
+
+/// A server SDP offer (see `ServerMessage::Offer`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MediaOffer {
+    pub sdp: String,
+    pub publish_mid: String,
+    pub slot_mids: Vec<String>,
+}
+
+/// Why media gave up on a participant.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MediaDisconnect {
+    IceFailed,
+    Timeout,
+    NeverConnected,
+}
+
+/// Events from the media side, in signaling's ids.
+#[derive(Clone, Debug, PartialEq)]
+pub enum MediaEvent {
+    Connected {
+        pid: ParticipantId,
+    },
+    /// Media already removed the participant's peer connection.
+    Disconnected {
+        pid: ParticipantId,
+        reason: MediaDisconnect,
+    },
+    /// Loudest first, smoothed level 0..=1.
+    ActiveSpeakers {
+        room: RoomKey,
+        speakers: Vec<(ParticipantId, f32)>,
+    },
+    /// Room-level slot map; a participant in `slots[j]` hears `spare` in slot j.
+    SlotsChanged {
+        room: RoomKey,
+        slots: Vec<Option<ParticipantId>>,
+        spare: Option<ParticipantId>,
+    },
+    /// A participant that may not publish sent audio; it was dropped.
+    MediaRefused {
+        pid: ParticipantId,
+    },
+}
+
+/// The stream of media events signaling consumes (one consumer).
+pub type MediaEvents = BoxStream<'static, MediaEvent>;
+
+/// What signaling drives on the SFU. Mirrors `media::Sfu` so tests can use a fake.
+#[async_trait]
+pub trait MediaControl: Send + Sync + 'static {
+    /// Creates the participant's peer connection and returns the server's offer.
+    async fn join(
+        &self,
+        room: RoomKey,
+        pid: ParticipantId,
+        can_publish: bool,
+    ) -> Result<MediaOffer, SignalingError>;
+    /// The client's answer to the latest offer.
+    async fn accept_answer(&self, pid: ParticipantId, sdp: String) -> Result<(), SignalingError>;
+    /// Role change: renegotiates, returning the new offer.
+    async fn set_can_publish(
+        &self,
+        pid: ParticipantId,
+        can_publish: bool,
+    ) -> Result<MediaOffer, SignalingError>;
+    /// ICE restart: new offer with new ICE credentials.
+    async fn restart_ice(&self, pid: ParticipantId) -> Result<MediaOffer, SignalingError>;
+    /// Server-enforced mute (takes effect without renegotiation).
+    fn set_muted(&self, pid: ParticipantId, muted: bool);
+    /// Removes the participant's peer connection and everything it owns.
+    fn leave(&self, pid: ParticipantId);
+}

@@ -1,0 +1,284 @@
+//! Rooms' live state: who is in which room, with which role, on which connection, in
+//! the call or not; and the fan-out of server messages to connections.
+//!
+//! Everything here is synchronous and runs under one mutex that is never held across
+//! an await. Broadcasts serialise a message once and hand the same bytes (a
+//! ref-counted `Utf8Bytes`) to every recipient's bounded queue; a recipient whose
+//! queue is full is disconnected instead of stalling the room.
+
+use std::collections::{BTreeSet, HashMap};
+
+use axum::extract::ws::Utf8Bytes;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use crate::ports::{AuthUser, RoomKey};
+use crate::protocol::{Participant, ParticipantId, ServerMessage, SpeakerLevel};
+
+/// What a connection's writer task sends.
+#[derive(Debug)]
+pub(crate) enum Outgoing {
+    Text(Utf8Bytes),
+    /// Flush what came before, send a close frame, end the connection.
+    Close {
+        code: u16,
+        reason: &'static str,
+    },
+}
+
+/// The sending half of one WebSocket connection.
+#[derive(Clone, Debug)]
+pub(crate) struct Conn {
+    /// Unique per socket; lets a stale socket's cleanup recognise that a resumed
+    /// participant has moved to a newer socket.
+    pub(crate) id: u64,
+    pub(crate) tx: mpsc::Sender<Outgoing>,
+    /// Cancelling ends both halves of the connection.
+    pub(crate) cancel: CancellationToken,
+}
+
+impl Conn {
+    /// Queues bytes without waiting; a full queue means the client does not keep up,
+    /// so it is disconnected (it may resume within the grace period).
+    pub(crate) fn push(&self, text: Utf8Bytes) {
+        match self.tx.try_send(Outgoing::Text(text)) {
+            Ok(()) => {}
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                tracing::warn!(
+                    conn = self.id,
+                    "outgoing queue full; disconnecting slow client"
+                );
+                self.cancel.cancel();
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => {}
+        }
+    }
+
+    pub(crate) fn send(&self, msg: &ServerMessage) {
+        if let Some(text) = encode(msg) {
+            self.push(text);
+        }
+    }
+
+    /// Queues a close after everything already queued (e.g. after `removed`).
+    pub(crate) fn close(&self, code: u16, reason: &'static str) {
+        if self.tx.try_send(Outgoing::Close { code, reason }).is_err() {
+            self.cancel.cancel();
+        }
+    }
+}
+
+pub(crate) fn encode(msg: &ServerMessage) -> Option<Utf8Bytes> {
+    match serde_json::to_string(msg) {
+        Ok(s) => Some(Utf8Bytes::from(s)),
+        Err(e) => {
+            tracing::error!(error = %e, "failed to serialise a server message");
+            None
+        }
+    }
+}
+
+/// Call membership of a participant.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum CallPhase {
+    Idle,
+    /// `media.join` is in flight (the participant's own session awaits it).
+    Joining,
+    /// Media has (or had, until it says otherwise) a peer connection for it.
+    InCall,
+}
+
+#[derive(Debug)]
+pub(crate) struct Part {
+    pub(crate) info: Participant,
+    pub(crate) user: AuthUser,
+    pub(crate) room_id: String,
+    /// `None` while the socket is gone and the resume grace runs.
+    pub(crate) conn: Option<Conn>,
+    pub(crate) resume_token: String,
+    pub(crate) call: CallPhase,
+    /// Media reported ICE+DTLS up for the current peer connection.
+    pub(crate) media_connected: bool,
+    /// Bumped on every detach/attach so a stale grace timer does nothing.
+    pub(crate) detach_gen: u64,
+}
+
+#[derive(Debug)]
+pub(crate) struct Room {
+    pub(crate) key: RoomKey,
+    pub(crate) owner_user_id: String,
+    pub(crate) members: BTreeSet<ParticipantId>,
+    /// Latest room-level slot map from media, personalised per recipient on send.
+    pub(crate) slots: Vec<Option<ParticipantId>>,
+    pub(crate) spare: Option<ParticipantId>,
+    pub(crate) speakers: Vec<SpeakerLevel>,
+}
+
+/// All live rooms and participants of this server.
+#[derive(Debug, Default)]
+pub(crate) struct State {
+    pub(crate) rooms: HashMap<String, Room>,
+    pub(crate) room_by_key: HashMap<RoomKey, String>,
+    pub(crate) parts: HashMap<ParticipantId, Part>,
+    pub(crate) resume: HashMap<String, ParticipantId>,
+}
+
+/// Cheap live view of a room for the control plane's listings.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RoomSnapshot {
+    /// Participants present (connections, so two tabs count twice).
+    pub total_people: usize,
+    /// User ids of participants who may speak (moderators and speakers), each once,
+    /// in join order.
+    pub speakers: Vec<String>,
+    /// Of `total_people`, how many lost their socket and may still resume.
+    pub reconnecting: usize,
+}
+
+impl State {
+    /// Sends `msg` to every connected member of `room_id` except `except`, serialising
+    /// it once.
+    pub(crate) fn broadcast(
+        &self,
+        room_id: &str,
+        msg: &ServerMessage,
+        except: Option<ParticipantId>,
+    ) {
+        let Some(room) = self.rooms.get(room_id) else {
+            return;
+        };
+        let Some(bytes) = encode(msg) else {
+            return;
+        };
+        for pid in &room.members {
+            if Some(*pid) == except {
+                continue;
+            }
+            if let Some(conn) = self.parts.get(pid).and_then(|p| p.conn.as_ref()) {
+                conn.push(bytes.clone());
+            }
+        }
+    }
+
+    pub(crate) fn send_to(&self, pid: ParticipantId, msg: &ServerMessage) {
+        if let Some(conn) = self.parts.get(&pid).and_then(|p| p.conn.as_ref()) {
+            conn.send(msg);
+        }
+    }
+
+    pub(crate) fn participants_of(&self, room_id: &str) -> Vec<Participant> {
+        let Some(room) = self.rooms.get(room_id) else {
+            return Vec::new();
+        };
+        room.members
+            .iter()
+            .filter_map(|pid| self.parts.get(pid).map(|p| p.info.clone()))
+            .collect()
+    }
+
+    /// Removes a participant from its room and the indexes; drops the room when it
+    /// empties. Returns the removed entry.
+    pub(crate) fn remove_part(&mut self, pid: ParticipantId) -> Option<Part> {
+        let part = self.parts.remove(&pid)?;
+        self.resume.remove(&part.resume_token);
+        let empty = match self.rooms.get_mut(&part.room_id) {
+            Some(room) => {
+                room.members.remove(&pid);
+                room.members.is_empty()
+            }
+            None => false,
+        };
+        if empty && let Some(room) = self.rooms.remove(&part.room_id) {
+            self.room_by_key.remove(&room.key);
+        }
+        Some(part)
+    }
+
+    pub(crate) fn snapshot(&self, room_id: &str) -> Option<RoomSnapshot> {
+        let room = self.rooms.get(room_id)?;
+        let mut speakers: Vec<String> = Vec::new();
+        let mut reconnecting = 0;
+        for p in room.members.iter().filter_map(|pid| self.parts.get(pid)) {
+            if p.conn.is_none() {
+                reconnecting += 1;
+            }
+            if p.info.role.can_publish() && !speakers.contains(&p.info.user_id) {
+                speakers.push(p.info.user_id.clone());
+            }
+        }
+        Some(RoomSnapshot {
+            total_people: room.members.len(),
+            speakers,
+            reconnecting,
+        })
+    }
+
+    /// Sends each in-call member of the room its personal view of the room's slots.
+    /// The common view is serialised once; only the few participants who are
+    /// themselves in a slot get their own message.
+    pub(crate) fn send_slots(&self, room_id: &str, only: Option<ParticipantId>) {
+        let Some(room) = self.rooms.get(room_id) else {
+            return;
+        };
+        let common = ServerMessage::Slots {
+            slots: room.slots.clone(),
+        };
+        let Some(common_bytes) = encode(&common) else {
+            return;
+        };
+        for pid in &room.members {
+            if only.is_some_and(|o| o != *pid) {
+                continue;
+            }
+            let Some(part) = self.parts.get(pid) else {
+                continue;
+            };
+            if part.call != CallPhase::InCall {
+                continue;
+            }
+            let Some(conn) = &part.conn else {
+                continue;
+            };
+            if room.slots.contains(&Some(*pid)) {
+                conn.send(&ServerMessage::Slots {
+                    slots: personal_slots(&room.slots, room.spare, *pid),
+                });
+            } else {
+                conn.push(common_bytes.clone());
+            }
+        }
+    }
+}
+
+/// The slot view of participant `me`: where the room map has `me` itself, `me` hears
+/// the spare (next-loudest) speaker instead, as media's router does.
+pub(crate) fn personal_slots(
+    slots: &[Option<ParticipantId>],
+    spare: Option<ParticipantId>,
+    me: ParticipantId,
+) -> Vec<Option<ParticipantId>> {
+    slots
+        .iter()
+        .map(|s| if *s == Some(me) { spare } else { *s })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_participant_in_a_slot_hears_the_spare_there_and_others_see_the_room_map() {
+        let p = ParticipantId;
+        let slots = vec![Some(p(1)), Some(p(2)), None];
+        assert_eq!(
+            personal_slots(&slots, Some(p(9)), p(2)),
+            vec![Some(p(1)), Some(p(9)), None]
+        );
+        assert_eq!(personal_slots(&slots, Some(p(9)), p(5)), slots);
+        assert_eq!(
+            personal_slots(&slots, None, p(1)),
+            vec![None, Some(p(2)), None]
+        );
+    }
+}

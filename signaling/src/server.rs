@@ -1,0 +1,390 @@
+//! The `Signaling` handle: construction from config and ports, the axum routes with
+//! the WebSocket upgrade (token extraction), the media event pump, and the room-level
+//! operations shared by sessions, grace timers and media events.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Weak};
+
+use axum::Router;
+use axum::extract::ws::WebSocketUpgrade;
+use axum::extract::{Query, State as AxumState};
+use axum::http::HeaderMap;
+use axum::response::Response;
+use axum::routing::get;
+use futures::StreamExt;
+use parking_lot::Mutex;
+use serde::Deserialize;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::SignalingConfig;
+use crate::error::SignalingError;
+use crate::ports::{
+    AuthUser, Authenticator, CallEvent, ChatStore, MediaControl, MediaEvent, MediaEvents,
+    RoomDirectory, RoomKey,
+};
+use crate::protocol::{ErrorCode, ParticipantId, ServerMessage, SpeakerLevel};
+use crate::rooms::{CallPhase, Part, RoomSnapshot, State};
+use crate::session;
+
+/// Name of the access-token cookie set by the control plane.
+pub const ACCESS_COOKIE: &str = "accessToken";
+
+/// The trait objects signaling is built from (the binary's adapters, or test fakes).
+#[derive(Clone)]
+pub struct SignalingPorts {
+    pub auth: Arc<dyn Authenticator>,
+    pub directory: Arc<dyn RoomDirectory>,
+    pub chat: Arc<dyn ChatStore>,
+    pub media: Arc<dyn MediaControl>,
+}
+
+/// Cheap, cloneable handle to the signaling service.
+#[derive(Clone)]
+pub struct Signaling {
+    inner: Arc<Inner>,
+}
+
+pub(crate) struct Inner {
+    pub(crate) cfg: SignalingConfig,
+    pub(crate) ports: SignalingPorts,
+    /// All live state; never locked across an await.
+    pub(crate) state: Mutex<State>,
+    next_pid: AtomicU64,
+    next_room: AtomicU64,
+    next_conn: AtomicU64,
+    /// Parent of every connection's cancellation token: `shutdown()` closes all.
+    pub(crate) shutdown: CancellationToken,
+}
+
+impl Signaling {
+    /// Builds the service and starts the task that consumes `media_events`.
+    /// Must be called inside a Tokio runtime.
+    pub fn new(cfg: SignalingConfig, ports: SignalingPorts, media_events: MediaEvents) -> Self {
+        let inner = Arc::new(Inner {
+            cfg,
+            ports,
+            state: Mutex::new(State::default()),
+            next_pid: AtomicU64::new(1),
+            next_room: AtomicU64::new(1),
+            next_conn: AtomicU64::new(1),
+            shutdown: CancellationToken::new(),
+        });
+        tokio::spawn(media_pump(Arc::downgrade(&inner), media_events));
+        Signaling { inner }
+    }
+
+    /// The WebSocket endpoint, at `/ws` and (same handler) `/api/ws`, so it works both
+    /// at the server root and behind a proxy that forwards only `/api/*`.
+    pub fn routes(&self) -> Router {
+        Router::new()
+            .route("/ws", get(ws_upgrade))
+            .route("/api/ws", get(ws_upgrade))
+            .with_state(self.inner.clone())
+    }
+
+    /// Live participant count and speakers of a room; `None` when nobody is in it.
+    /// Only takes a short lock: no awaits, nothing on the media thread.
+    pub fn room_snapshot(&self, room_id: &str) -> Option<RoomSnapshot> {
+        self.inner.state.lock().snapshot(room_id)
+    }
+
+    /// Closes every WebSocket (close code 1001) and stops accepting work on them.
+    pub fn shutdown(&self) {
+        self.inner.shutdown.cancel();
+    }
+
+    pub fn config(&self) -> &SignalingConfig {
+        &self.inner.cfg
+    }
+}
+
+#[derive(Debug, Default, Deserialize)]
+struct TokenQuery {
+    token: Option<String>,
+}
+
+/// Picks the token: `Authorization: Bearer`, then the `token` query parameter, then
+/// the `accessToken` cookie (explicit beats the ambient cookie). Never logged.
+fn token_from(headers: &HeaderMap, query: Option<String>) -> Option<String> {
+    let bearer = headers
+        .get_all(axum::http::header::AUTHORIZATION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .find_map(|v| {
+            let (scheme, rest) = v.trim().split_once(' ')?;
+            scheme
+                .eq_ignore_ascii_case("bearer")
+                .then(|| rest.trim().to_owned())
+        });
+    if let Some(t) = bearer.filter(|t| !t.is_empty()) {
+        return Some(t);
+    }
+    if let Some(t) = query.filter(|t| !t.is_empty()) {
+        return Some(t);
+    }
+    headers
+        .get_all(axum::http::header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .find_map(|pair| {
+            let (name, value) = pair.trim().split_once('=')?;
+            (name.trim() == ACCESS_COOKIE).then(|| value.trim().trim_matches('"').to_owned())
+        })
+        .filter(|t| !t.is_empty())
+}
+
+/// Authenticates before upgrading, but always upgrades: a browser cannot read an HTTP
+/// 401 on a WebSocket, so a refused client gets `error{unauthorized, fatal}` and a
+/// close frame instead.
+async fn ws_upgrade(
+    AxumState(inner): AxumState<Arc<Inner>>,
+    headers: HeaderMap,
+    query: Result<Query<TokenQuery>, axum::extract::rejection::QueryRejection>,
+    ws: WebSocketUpgrade,
+) -> Response {
+    let query_token = query.ok().and_then(|Query(q)| q.token);
+    let auth = match token_from(&headers, query_token) {
+        None => Err(SignalingError::Unauthorized),
+        Some(token) => inner.ports.auth.authenticate(&token).await,
+    };
+    // Frames between the configured limit and 4x it are read and answered with
+    // `too_large`; anything bigger is cut off by the WebSocket layer itself.
+    let hard_limit = inner.cfg.max_frame_bytes.saturating_mul(4).max(4096);
+    ws.max_message_size(hard_limit)
+        .max_frame_size(hard_limit)
+        .on_upgrade(move |socket| session::run(inner, socket, auth))
+}
+
+impl Inner {
+    pub(crate) fn next_pid(&self) -> ParticipantId {
+        ParticipantId(self.next_pid.fetch_add(1, Ordering::Relaxed))
+    }
+
+    pub(crate) fn next_room_key(&self) -> RoomKey {
+        RoomKey(self.next_room.fetch_add(1, Ordering::Relaxed))
+    }
+
+    pub(crate) fn next_conn_id(&self) -> u64 {
+        self.next_conn.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// Takes a participant out of its room for good: everyone else sees
+    /// `participant_left`, media forgets it, and if it was in the call a call-left
+    /// notice is stored and broadcast (in the background).
+    pub(crate) fn remove_participant(self: &Arc<Self>, pid: ParticipantId) -> Option<Part> {
+        self.remove_participant_if(pid, |_| true)
+    }
+
+    /// `remove_participant`, if `pred` holds for it; checked under the same lock as
+    /// the removal so a concurrent resume cannot slip in between.
+    pub(crate) fn remove_participant_if(
+        self: &Arc<Self>,
+        pid: ParticipantId,
+        pred: impl FnOnce(&Part) -> bool,
+    ) -> Option<Part> {
+        let part = {
+            let mut st = self.state.lock();
+            if !st.parts.get(&pid).is_some_and(pred) {
+                return None;
+            }
+            let part = st.remove_part(pid)?;
+            st.broadcast(
+                &part.room_id,
+                &ServerMessage::ParticipantLeft {
+                    participant_id: pid,
+                },
+                None,
+            );
+            part
+        };
+        if part.call != CallPhase::Idle {
+            self.ports.media.leave(pid);
+            let inner = self.clone();
+            let (room_id, user) = (part.room_id.clone(), part.user.clone());
+            tokio::spawn(async move {
+                inner.call_notice(&room_id, &user, CallEvent::Left).await;
+            });
+        }
+        Some(part)
+    }
+
+    /// Stores a call join/leave system message, then broadcasts it as
+    /// `call_notification`. A store failure is logged and nothing is broadcast.
+    pub(crate) async fn call_notice(&self, room_id: &str, user: &AuthUser, event: CallEvent) {
+        match self.ports.chat.store_call_event(room_id, user, event).await {
+            Ok(message) => self.state.lock().broadcast(
+                room_id,
+                &ServerMessage::CallNotification { message },
+                None,
+            ),
+            Err(e) => tracing::warn!(error = %e, "failed to store a call notice"),
+        }
+    }
+
+    /// The socket of connection `conn_id` is gone. If it still carries participant
+    /// `pid`, the participant is detached and removed after the resume grace unless a
+    /// `join_room` with its resume token takes it back first.
+    pub(crate) fn socket_gone(self: &Arc<Self>, pid: ParticipantId, conn_id: u64) {
+        let generation = {
+            let mut st = self.state.lock();
+            let Some(part) = st.parts.get_mut(&pid) else {
+                return;
+            };
+            if part.conn.as_ref().map(|c| c.id) != Some(conn_id) {
+                return; // resumed on a newer socket meanwhile
+            }
+            part.conn = None;
+            part.detach_gen += 1;
+            part.detach_gen
+        };
+        let grace = self.cfg.resume_grace;
+        if grace.is_zero() {
+            self.expire(pid, generation);
+            return;
+        }
+        let weak = Arc::downgrade(self);
+        tokio::spawn(async move {
+            tokio::time::sleep(grace).await;
+            if let Some(inner) = weak.upgrade() {
+                inner.expire(pid, generation);
+            }
+        });
+    }
+
+    fn expire(self: &Arc<Self>, pid: ParticipantId, generation: u64) {
+        let removed =
+            self.remove_participant_if(pid, |p| p.conn.is_none() && p.detach_gen == generation);
+        if removed.is_some() {
+            tracing::debug!(pid = pid.0, "resume grace over; participant removed");
+        }
+    }
+
+    fn on_media_event(self: &Arc<Self>, event: MediaEvent) {
+        match event {
+            MediaEvent::Connected { pid } => {
+                let mut st = self.state.lock();
+                if let Some(part) = st.parts.get_mut(&pid)
+                    && part.call == CallPhase::InCall
+                {
+                    part.media_connected = true;
+                    st.send_to(pid, &ServerMessage::CallState { connected: true });
+                }
+            }
+            MediaEvent::Disconnected { pid, reason } => {
+                tracing::debug!(pid = pid.0, ?reason, "media disconnected");
+                // Socket gone too: nothing left to resume into a call, leave the room.
+                let gone = self.remove_participant_if(pid, |p| {
+                    p.call == CallPhase::InCall && p.conn.is_none()
+                });
+                if gone.is_some() {
+                    return;
+                }
+                let notice = {
+                    let mut st = self.state.lock();
+                    let Some(part) = st.parts.get_mut(&pid) else {
+                        return;
+                    };
+                    if part.call != CallPhase::InCall {
+                        return;
+                    }
+                    part.call = CallPhase::Idle;
+                    part.media_connected = false;
+                    part.info.in_call = false;
+                    let info = part.info.clone();
+                    let notice = (part.room_id.clone(), part.user.clone());
+                    st.send_to(pid, &ServerMessage::CallState { connected: false });
+                    st.broadcast(
+                        &notice.0,
+                        &ServerMessage::ParticipantUpdated { participant: info },
+                        None,
+                    );
+                    notice
+                };
+                let inner = self.clone();
+                tokio::spawn(async move {
+                    inner
+                        .call_notice(&notice.0, &notice.1, CallEvent::Left)
+                        .await;
+                });
+            }
+            MediaEvent::ActiveSpeakers { room, speakers } => {
+                let mut st = self.state.lock();
+                let Some(room_id) = st.room_by_key.get(&room).cloned() else {
+                    return;
+                };
+                let speakers: Vec<SpeakerLevel> = speakers
+                    .into_iter()
+                    .map(|(participant_id, level)| SpeakerLevel {
+                        participant_id,
+                        level,
+                    })
+                    .collect();
+                if let Some(r) = st.rooms.get_mut(&room_id) {
+                    r.speakers = speakers.clone();
+                }
+                st.broadcast(&room_id, &ServerMessage::ActiveSpeakers { speakers }, None);
+            }
+            MediaEvent::SlotsChanged { room, slots, spare } => {
+                let mut st = self.state.lock();
+                let Some(room_id) = st.room_by_key.get(&room).cloned() else {
+                    return;
+                };
+                if let Some(r) = st.rooms.get_mut(&room_id) {
+                    r.slots = slots;
+                    r.spare = spare;
+                }
+                st.send_slots(&room_id, None);
+            }
+            MediaEvent::MediaRefused { pid } => {
+                self.state.lock().send_to(
+                    pid,
+                    &ServerMessage::Error {
+                        code: ErrorCode::Forbidden,
+                        message: "your role may not publish audio; raise your hand to ask".into(),
+                        fatal: false,
+                    },
+                );
+            }
+        }
+    }
+}
+
+async fn media_pump(inner: Weak<Inner>, mut events: MediaEvents) {
+    while let Some(event) = events.next().await {
+        let Some(inner) = inner.upgrade() else {
+            break;
+        };
+        inner.on_media_event(event);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::http::HeaderValue;
+
+    fn headers(pairs: &[(&'static str, &'static str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.append(*k, HeaderValue::from_static(v));
+        }
+        h
+    }
+
+    #[test]
+    fn token_comes_from_bearer_then_query_then_cookie() {
+        let h = headers(&[
+            ("authorization", "Bearer b1"),
+            ("cookie", "x=1; accessToken=c1"),
+        ]);
+        assert_eq!(token_from(&h, Some("q1".into())).as_deref(), Some("b1"));
+        let h = headers(&[("cookie", "x=1; accessToken=c1")]);
+        assert_eq!(token_from(&h, Some("q1".into())).as_deref(), Some("q1"));
+        assert_eq!(token_from(&h, None).as_deref(), Some("c1"));
+        let h = headers(&[("cookie", "accessTokenX=no; other=1")]);
+        assert_eq!(token_from(&h, None), None);
+        let h = headers(&[("authorization", "Basic abc")]);
+        assert_eq!(token_from(&h, None), None);
+    }
+}

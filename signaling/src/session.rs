@@ -1,0 +1,913 @@
+//! One WebSocket connection: a reader (this task) that enforces the limits, parses
+//! and handles client messages one at a time, and a writer task that drains the
+//! connection's bounded outgoing queue and sends keepalive pings.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::Bytes;
+use axum::extract::ws::{CloseFrame, Message, WebSocket};
+use futures::stream::{SplitSink, SplitStream};
+use futures::{SinkExt, StreamExt};
+use rand::Rng;
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use crate::error::SignalingError;
+use crate::ports::{AuthUser, CallEvent, DeleteOutcome, MediaOffer};
+use crate::protocol::{ClientMessage, ErrorCode, Participant, ParticipantId, Role, ServerMessage};
+use crate::rate::TokenBucket;
+use crate::rooms::{CallPhase, Conn, Outgoing, Part, Room, encode};
+use crate::server::Inner;
+
+/// Close code for a connection ended by the server for a policy reason (refused
+/// auth or join, removal).
+const CLOSE_POLICY: u16 = 1008;
+const CLOSE_GOING_AWAY: u16 = 1001;
+/// Error texts quote at most this much of what the client sent.
+const MAX_ERROR_DETAIL: usize = 200;
+
+/// Why a client message was refused; becomes an `error` message.
+#[derive(Debug)]
+struct Refusal {
+    code: ErrorCode,
+    message: String,
+    fatal: bool,
+}
+
+impl Refusal {
+    fn new(code: ErrorCode, message: impl Into<String>) -> Self {
+        Refusal {
+            code,
+            message: message.into(),
+            fatal: false,
+        }
+    }
+
+    fn fatal(code: ErrorCode, message: impl Into<String>) -> Self {
+        Refusal {
+            code,
+            message: message.into(),
+            fatal: true,
+        }
+    }
+
+    /// Backend and media failures: logged here, only a generic text goes out.
+    fn internal(what: &str, err: &SignalingError) -> Self {
+        tracing::warn!(error = %err, "{what} failed");
+        Refusal::new(ErrorCode::Internal, format!("{what} failed; try again"))
+    }
+}
+
+type Handled = Result<(), Refusal>;
+
+pub(crate) async fn run(
+    inner: Arc<Inner>,
+    socket: WebSocket,
+    auth: Result<AuthUser, SignalingError>,
+) {
+    let (mut sink, stream) = socket.split();
+    let user = match auth {
+        Ok(user) => user,
+        Err(e) => {
+            let (code, message) = match e {
+                SignalingError::Unauthorized => {
+                    (ErrorCode::Unauthorized, "missing or invalid access token")
+                }
+                other => {
+                    tracing::warn!(error = %other, "authentication backend failed");
+                    (ErrorCode::Internal, "authentication unavailable")
+                }
+            };
+            let msg = ServerMessage::Error {
+                code,
+                message: message.into(),
+                fatal: true,
+            };
+            // Best effort with a bound: the client may already be gone.
+            let _ = tokio::time::timeout(Duration::from_secs(5), async {
+                if let Some(text) = encode(&msg) {
+                    sink.send(Message::Text(text)).await?;
+                }
+                sink.send(Message::Close(Some(CloseFrame {
+                    code: CLOSE_POLICY,
+                    reason: "unauthorized".into(),
+                })))
+                .await
+            })
+            .await;
+            return;
+        }
+    };
+
+    let (tx, rx) = mpsc::channel(inner.cfg.outgoing_queue.max(1));
+    let cancel = inner.shutdown.child_token();
+    let conn = Conn {
+        id: inner.next_conn_id(),
+        tx,
+        cancel: cancel.clone(),
+    };
+    let writer = tokio::spawn(write_loop(
+        sink,
+        rx,
+        cancel.clone(),
+        inner.cfg.ping_interval,
+    ));
+    let bucket = TokenBucket::new(
+        inner.cfg.rate_per_sec,
+        inner.cfg.rate_burst,
+        std::time::Instant::now(),
+    );
+    let mut session = Session {
+        inner: inner.clone(),
+        user,
+        conn,
+        pid: None,
+        bucket,
+    };
+    session.read_loop(stream, &cancel).await;
+    cancel.cancel();
+    if let Some(pid) = session.pid {
+        inner.socket_gone(pid, session.conn.id);
+    }
+    let _ = writer.await;
+}
+
+async fn write_loop(
+    mut sink: SplitSink<WebSocket, Message>,
+    mut rx: mpsc::Receiver<Outgoing>,
+    cancel: CancellationToken,
+    ping_interval: Duration,
+) {
+    let mut ping = tokio::time::interval_at(Instant::now() + ping_interval, ping_interval);
+    loop {
+        let msg = tokio::select! {
+            _ = cancel.cancelled() => {
+                // Shutdown or a slow client: a close frame if it goes out quickly.
+                let _ = tokio::time::timeout(
+                    Duration::from_secs(1),
+                    sink.send(Message::Close(Some(CloseFrame {
+                        code: CLOSE_GOING_AWAY,
+                        reason: "closing".into(),
+                    }))),
+                )
+                .await;
+                break;
+            }
+            out = rx.recv() => match out {
+                Some(Outgoing::Text(text)) => Message::Text(text),
+                Some(Outgoing::Close { code, reason }) => {
+                    let _ = tokio::time::timeout(
+                        Duration::from_secs(5),
+                        sink.send(Message::Close(Some(CloseFrame { code, reason: reason.into() }))),
+                    )
+                    .await;
+                    break;
+                }
+                None => break,
+            },
+            _ = ping.tick() => Message::Ping(Bytes::new()),
+        };
+        let sent = tokio::select! {
+            _ = cancel.cancelled() => break,
+            r = sink.send(msg) => r,
+        };
+        if sent.is_err() {
+            break;
+        }
+    }
+    cancel.cancel();
+}
+
+struct Session {
+    inner: Arc<Inner>,
+    user: AuthUser,
+    conn: Conn,
+    /// The participant this connection carries, once it joined a room.
+    pid: Option<ParticipantId>,
+    bucket: TokenBucket,
+}
+
+fn new_resume_token() -> String {
+    let bytes: [u8; 24] = rand::rng().random();
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn truncate(s: &str, max: usize) -> String {
+    match s.char_indices().nth(max) {
+        Some((i, _)) => format!("{}...", &s[..i]),
+        None => s.to_owned(),
+    }
+}
+
+impl Session {
+    async fn read_loop(&mut self, mut stream: SplitStream<WebSocket>, cancel: &CancellationToken) {
+        let timeout = self.inner.cfg.ping_timeout;
+        let mut deadline = Instant::now() + timeout;
+        loop {
+            let frame = tokio::select! {
+                _ = cancel.cancelled() => break,
+                _ = tokio::time::sleep_until(deadline) => {
+                    tracing::debug!(conn = self.conn.id, "keepalive timeout");
+                    break;
+                }
+                frame = stream.next() => frame,
+            };
+            let msg = match frame {
+                Some(Ok(msg)) => msg,
+                Some(Err(e)) => {
+                    tracing::debug!(conn = self.conn.id, error = %e, "websocket read failed");
+                    break;
+                }
+                None => break,
+            };
+            deadline = Instant::now() + timeout;
+            match msg {
+                Message::Text(text) => self.on_text(text.as_str()).await,
+                Message::Binary(_) => self.refuse(Refusal::new(
+                    ErrorCode::BadMessage,
+                    "binary frames are not part of the protocol; send JSON text",
+                )),
+                Message::Ping(_) | Message::Pong(_) => {}
+                Message::Close(_) => break,
+            }
+        }
+    }
+
+    fn refuse(&self, r: Refusal) {
+        self.conn.send(&ServerMessage::Error {
+            code: r.code,
+            message: r.message,
+            fatal: r.fatal,
+        });
+        if r.fatal {
+            self.conn.close(CLOSE_POLICY, "refused");
+        }
+    }
+
+    fn send(&self, msg: &ServerMessage) {
+        self.conn.send(msg);
+    }
+
+    async fn on_text(&mut self, text: &str) {
+        if text.len() > self.inner.cfg.max_frame_bytes {
+            return self.refuse(Refusal::new(
+                ErrorCode::TooLarge,
+                format!(
+                    "message of {} bytes exceeds the {} byte limit",
+                    text.len(),
+                    self.inner.cfg.max_frame_bytes
+                ),
+            ));
+        }
+        if !self.bucket.try_take(std::time::Instant::now()) {
+            return self.refuse(Refusal::new(
+                ErrorCode::RateLimited,
+                "too many messages; slow down",
+            ));
+        }
+        let msg: ClientMessage = match serde_json::from_str(text) {
+            Ok(m) => m,
+            Err(e) => {
+                return self.refuse(Refusal::new(
+                    ErrorCode::BadMessage,
+                    truncate(&format!("malformed message: {e}"), MAX_ERROR_DETAIL),
+                ));
+            }
+        };
+        if let Err(r) = self.handle(msg).await {
+            self.refuse(r);
+        }
+    }
+
+    async fn handle(&mut self, msg: ClientMessage) -> Handled {
+        match msg {
+            ClientMessage::JoinRoom {
+                room_id,
+                resume_token,
+            } => self.join_room(room_id, resume_token).await,
+            ClientMessage::LeaveRoom => self.leave_room(),
+            ClientMessage::JoinCall => self.join_call().await,
+            ClientMessage::LeaveCall => self.leave_call().await,
+            ClientMessage::Answer { sdp } => self.answer(sdp).await,
+            // The server is ICE-lite: it learns the client's address from its checks.
+            ClientMessage::IceCandidate { .. } => Ok(()),
+            ClientMessage::RestartIce => self.restart_ice().await,
+            ClientMessage::Mute => self.set_self_muted(true),
+            ClientMessage::Unmute => self.set_self_muted(false),
+            ClientMessage::RaiseHand => self.set_hand(true),
+            ClientMessage::LowerHand => self.set_hand(false),
+            ClientMessage::SetRole {
+                participant_id,
+                role,
+            } => self.set_role(participant_id, role).await,
+            ClientMessage::MuteParticipant { participant_id } => {
+                self.mute_participant(participant_id)
+            }
+            ClientMessage::RemoveParticipant { participant_id } => {
+                self.remove_participant(participant_id).await
+            }
+            ClientMessage::SendMessage { message } => self.send_message(message).await,
+            ClientMessage::DeleteMessage { message_id } => self.delete_message(message_id).await,
+            ClientMessage::Ping => {
+                self.send(&ServerMessage::Pong);
+                Ok(())
+            }
+        }
+    }
+
+    /// The participant of this connection, if it is (still) in a room.
+    fn current(&self) -> Result<(ParticipantId, String), Refusal> {
+        let pid = self
+            .pid
+            .ok_or_else(|| Refusal::new(ErrorCode::InvalidState, "join a room first"))?;
+        let st = self.inner.state.lock();
+        match st.parts.get(&pid) {
+            Some(p) => Ok((pid, p.room_id.clone())),
+            None => Err(Refusal::new(ErrorCode::InvalidState, "join a room first")),
+        }
+    }
+
+    async fn join_room(&mut self, room_id: String, resume_token: Option<String>) -> Handled {
+        if self.current().is_ok() {
+            return Err(Refusal::new(
+                ErrorCode::InvalidState,
+                "already in a room; send leave_room first",
+            ));
+        }
+        if room_id.is_empty() || room_id.len() > self.inner.cfg.max_room_id_len {
+            return Err(Refusal::new(ErrorCode::BadMessage, "invalid roomId"));
+        }
+        let access = match self
+            .inner
+            .ports
+            .directory
+            .check_join(&room_id, &self.user)
+            .await
+        {
+            Ok(a) => a,
+            Err(SignalingError::RoomNotFound) => {
+                return Err(Refusal::fatal(ErrorCode::NotFound, "room not found"));
+            }
+            Err(SignalingError::Forbidden(why)) => {
+                tracing::debug!(reason = %why, "join refused");
+                return Err(Refusal::fatal(
+                    ErrorCode::Forbidden,
+                    "you may not join this room",
+                ));
+            }
+            Err(SignalingError::Unauthorized) => {
+                return Err(Refusal::fatal(ErrorCode::Unauthorized, "session expired"));
+            }
+            Err(e) => return Err(Refusal::internal("room lookup", &e)),
+        };
+        let cfg = &self.inner.cfg;
+        {
+            let mut st = self.inner.state.lock();
+            if let Some(token) = resume_token
+                && let Some(pid) = st.resume.get(&token).copied()
+                && st
+                    .parts
+                    .get(&pid)
+                    .is_some_and(|p| p.user.user_id == self.user.user_id && p.room_id == room_id)
+            {
+                let new_token = new_resume_token();
+                st.resume.remove(&token);
+                st.resume.insert(new_token.clone(), pid);
+                let Some(part) = st.parts.get_mut(&pid) else {
+                    return Err(Refusal::new(ErrorCode::Internal, "resume failed"));
+                };
+                if let Some(old) = part.conn.take() {
+                    // The old socket has not noticed it is dead yet: retire it.
+                    old.cancel.cancel();
+                }
+                part.conn = Some(self.conn.clone());
+                part.detach_gen += 1;
+                part.resume_token = new_token.clone();
+                let you = part.info.clone();
+                let call = (part.call == CallPhase::InCall).then_some(part.media_connected);
+                self.pid = Some(pid);
+                self.send(&ServerMessage::Joined {
+                    room_id: room_id.clone(),
+                    you,
+                    resume_token: new_token,
+                    resumed: true,
+                    ice_servers: cfg.ice_servers.clone(),
+                    slot_count: cfg.slot_count,
+                });
+                self.send(&ServerMessage::OnlineUsers {
+                    participants: st.participants_of(&room_id),
+                });
+                if let Some(connected) = call {
+                    self.send(&ServerMessage::CallState { connected });
+                    st.send_slots(&room_id, Some(pid));
+                }
+                return Ok(());
+            }
+
+            if st
+                .rooms
+                .get(&room_id)
+                .is_some_and(|r| r.members.len() >= cfg.max_participants)
+            {
+                return Err(Refusal::fatal(ErrorCode::RoomFull, "the room is full"));
+            }
+            let pid = self.inner.next_pid();
+            let role = if self.user.user_id == access.owner_user_id {
+                Role::Moderator
+            } else {
+                Role::Listener
+            };
+            let info = Participant {
+                participant_id: pid,
+                user_id: self.user.user_id.clone(),
+                name: self.user.name.clone(),
+                avatar: self.user.avatar.clone(),
+                role,
+                muted: !role.can_publish(),
+                hand_raised: false,
+                in_call: false,
+            };
+            let token = new_resume_token();
+            if !st.rooms.contains_key(&room_id) {
+                let key = self.inner.next_room_key();
+                st.room_by_key.insert(key, room_id.clone());
+                st.rooms.insert(
+                    room_id.clone(),
+                    Room {
+                        key,
+                        owner_user_id: access.owner_user_id.clone(),
+                        members: Default::default(),
+                        slots: vec![None; cfg.slot_count],
+                        spare: None,
+                        speakers: Vec::new(),
+                    },
+                );
+            }
+            if let Some(room) = st.rooms.get_mut(&room_id) {
+                room.owner_user_id = access.owner_user_id.clone();
+                room.members.insert(pid);
+            }
+            st.parts.insert(
+                pid,
+                Part {
+                    info: info.clone(),
+                    user: self.user.clone(),
+                    room_id: room_id.clone(),
+                    conn: Some(self.conn.clone()),
+                    resume_token: token.clone(),
+                    call: CallPhase::Idle,
+                    media_connected: false,
+                    detach_gen: 0,
+                },
+            );
+            st.resume.insert(token.clone(), pid);
+            self.pid = Some(pid);
+            self.send(&ServerMessage::Joined {
+                room_id: room_id.clone(),
+                you: info.clone(),
+                resume_token: token,
+                resumed: false,
+                ice_servers: cfg.ice_servers.clone(),
+                slot_count: cfg.slot_count,
+            });
+            self.send(&ServerMessage::OnlineUsers {
+                participants: st.participants_of(&room_id),
+            });
+            let speakers = st
+                .rooms
+                .get(&room_id)
+                .map(|r| r.speakers.clone())
+                .unwrap_or_default();
+            if !speakers.is_empty() {
+                self.send(&ServerMessage::ActiveSpeakers { speakers });
+            }
+            st.broadcast(
+                &room_id,
+                &ServerMessage::ParticipantJoined { participant: info },
+                Some(pid),
+            );
+        }
+        if let Err(e) = self.inner.ports.chat.touch_room(&room_id).await {
+            tracing::warn!(error = %e, "failed to record room activity");
+        }
+        Ok(())
+    }
+
+    fn leave_room(&mut self) -> Handled {
+        let (pid, _) = self.current()?;
+        self.inner.remove_participant(pid);
+        self.pid = None;
+        Ok(())
+    }
+
+    async fn join_call(&mut self) -> Handled {
+        let (pid, room_id) = self.current()?;
+        let (room_key, can_publish, was_in_call) = {
+            let mut st = self.inner.state.lock();
+            let Some(key) = st.rooms.get(&room_id).map(|r| r.key) else {
+                return Err(Refusal::new(ErrorCode::InvalidState, "join a room first"));
+            };
+            let Some(part) = st.parts.get_mut(&pid) else {
+                return Err(Refusal::new(ErrorCode::InvalidState, "join a room first"));
+            };
+            let was_in_call = match part.call {
+                CallPhase::Joining => {
+                    return Err(Refusal::new(ErrorCode::InvalidState, "already joining"));
+                }
+                CallPhase::InCall => true,
+                CallPhase::Idle => false,
+            };
+            part.call = CallPhase::Joining;
+            part.media_connected = false;
+            (key, part.info.role.can_publish(), was_in_call)
+        };
+        if was_in_call {
+            // A resumed client whose peer connection did not survive (e.g. a page
+            // reload) asks again: replace the media session, the call goes on.
+            self.inner.ports.media.leave(pid);
+        }
+        let offer = match self
+            .inner
+            .ports
+            .media
+            .join(room_key, pid, can_publish)
+            .await
+        {
+            Ok(offer) => offer,
+            Err(e) => {
+                let mut st = self.inner.state.lock();
+                if let Some(part) = st.parts.get_mut(&pid) {
+                    part.call = CallPhase::Idle;
+                    if part.info.in_call {
+                        part.info.in_call = false;
+                        let info = part.info.clone();
+                        st.broadcast(
+                            &room_id,
+                            &ServerMessage::ParticipantUpdated { participant: info },
+                            None,
+                        );
+                    }
+                }
+                return Err(Refusal::internal("starting audio", &e));
+            }
+        };
+        let (muted, can_publish_now) = {
+            let mut st = self.inner.state.lock();
+            let Some(part) = st.parts.get_mut(&pid) else {
+                // Removed while media was setting up.
+                drop(st);
+                self.inner.ports.media.leave(pid);
+                return Ok(());
+            };
+            part.call = CallPhase::InCall;
+            part.info.in_call = true;
+            (part.info.muted, part.info.role.can_publish())
+        };
+        self.inner.ports.media.set_muted(pid, muted);
+        // A moderator may have changed the role while media was setting up.
+        let offer = if can_publish_now != can_publish {
+            match self
+                .inner
+                .ports
+                .media
+                .set_can_publish(pid, can_publish_now)
+                .await
+            {
+                Ok(o) => o,
+                Err(e) => return Err(Refusal::internal("renegotiation", &e)),
+            }
+        } else {
+            offer
+        };
+        {
+            let st = self.inner.state.lock();
+            self.send(&offer_message(offer));
+            if !was_in_call && let Some(part) = st.parts.get(&pid) {
+                st.broadcast(
+                    &room_id,
+                    &ServerMessage::ParticipantUpdated {
+                        participant: part.info.clone(),
+                    },
+                    None,
+                );
+            }
+            st.send_slots(&room_id, Some(pid));
+        }
+        if !was_in_call {
+            self.inner
+                .call_notice(&room_id, &self.user, CallEvent::Joined)
+                .await;
+        }
+        Ok(())
+    }
+
+    async fn leave_call(&mut self) -> Handled {
+        let (pid, room_id) = self.current()?;
+        {
+            let mut st = self.inner.state.lock();
+            let Some(part) = st.parts.get_mut(&pid) else {
+                return Ok(());
+            };
+            if part.call != CallPhase::InCall {
+                return Err(Refusal::new(ErrorCode::InvalidState, "not in the call"));
+            }
+            part.call = CallPhase::Idle;
+            part.media_connected = false;
+            part.info.in_call = false;
+            let info = part.info.clone();
+            st.broadcast(
+                &room_id,
+                &ServerMessage::ParticipantUpdated { participant: info },
+                None,
+            );
+        }
+        self.inner.ports.media.leave(pid);
+        self.inner
+            .call_notice(&room_id, &self.user, CallEvent::Left)
+            .await;
+        Ok(())
+    }
+
+    fn require_in_call(&self) -> Result<ParticipantId, Refusal> {
+        let (pid, _) = self.current()?;
+        let st = self.inner.state.lock();
+        match st.parts.get(&pid) {
+            Some(p) if p.call == CallPhase::InCall => Ok(pid),
+            _ => Err(Refusal::new(
+                ErrorCode::InvalidState,
+                "not in the call; send join_call first",
+            )),
+        }
+    }
+
+    async fn answer(&mut self, sdp: String) -> Handled {
+        let pid = self.require_in_call()?;
+        self.inner
+            .ports
+            .media
+            .accept_answer(pid, sdp)
+            .await
+            .map_err(|e| {
+                tracing::debug!(error = %e, "answer rejected");
+                Refusal::new(ErrorCode::BadMessage, "the answer was not accepted")
+            })
+    }
+
+    async fn restart_ice(&mut self) -> Handled {
+        let pid = self.require_in_call()?;
+        match self.inner.ports.media.restart_ice(pid).await {
+            Ok(offer) => {
+                self.send(&offer_message(offer));
+                Ok(())
+            }
+            Err(e) => Err(Refusal::internal("ICE restart", &e)),
+        }
+    }
+
+    /// Applies `change` to participant `pid` and broadcasts the result.
+    fn update_and_broadcast(
+        &self,
+        pid: ParticipantId,
+        change: impl FnOnce(&mut Part) -> Handled,
+    ) -> Result<CallPhase, Refusal> {
+        let mut st = self.inner.state.lock();
+        let Some(part) = st.parts.get_mut(&pid) else {
+            return Err(Refusal::new(ErrorCode::NotFound, "no such participant"));
+        };
+        change(part)?;
+        let (info, room_id, call) = (part.info.clone(), part.room_id.clone(), part.call);
+        st.broadcast(
+            &room_id,
+            &ServerMessage::ParticipantUpdated { participant: info },
+            None,
+        );
+        Ok(call)
+    }
+
+    fn set_self_muted(&mut self, muted: bool) -> Handled {
+        let (pid, _) = self.current()?;
+        let call = self.update_and_broadcast(pid, |p| {
+            if !muted && !p.info.role.can_publish() {
+                return Err(Refusal::new(
+                    ErrorCode::Forbidden,
+                    "listeners cannot unmute; raise your hand to ask to speak",
+                ));
+            }
+            p.info.muted = muted;
+            Ok(())
+        })?;
+        if call == CallPhase::InCall {
+            self.inner.ports.media.set_muted(pid, muted);
+        }
+        Ok(())
+    }
+
+    fn set_hand(&mut self, raised: bool) -> Handled {
+        let (pid, _) = self.current()?;
+        self.update_and_broadcast(pid, |p| {
+            p.info.hand_raised = raised;
+            Ok(())
+        })?;
+        Ok(())
+    }
+
+    /// This connection is a moderator of its room and `target` is in the same room.
+    fn moderate(&self, target: ParticipantId) -> Result<ParticipantId, Refusal> {
+        let (pid, room_id) = self.current()?;
+        let st = self.inner.state.lock();
+        let is_moderator = st
+            .parts
+            .get(&pid)
+            .is_some_and(|p| p.info.role == Role::Moderator);
+        if !is_moderator {
+            return Err(Refusal::new(
+                ErrorCode::Forbidden,
+                "only a moderator may do that",
+            ));
+        }
+        match st.parts.get(&target) {
+            Some(t) if t.room_id == room_id => Ok(pid),
+            _ => Err(Refusal::new(
+                ErrorCode::NotFound,
+                "no such participant in this room",
+            )),
+        }
+    }
+
+    async fn set_role(&mut self, target: ParticipantId, role: Role) -> Handled {
+        self.moderate(target)?;
+        if role == Role::Moderator {
+            return Err(Refusal::new(
+                ErrorCode::Forbidden,
+                "the moderator role belongs to the room owner",
+            ));
+        }
+        let mut changed = false;
+        let call = self.update_and_broadcast_if(target, |p| {
+            if p.info.role == Role::Moderator {
+                return Err(Refusal::new(
+                    ErrorCode::Forbidden,
+                    "a moderator's role cannot be changed",
+                ));
+            }
+            if p.info.role == role {
+                return Ok(false);
+            }
+            p.info.role = role;
+            p.info.hand_raised = false;
+            if !role.can_publish() {
+                p.info.muted = true;
+            }
+            changed = true;
+            Ok(true)
+        })?;
+        if !changed || call != CallPhase::InCall {
+            return Ok(());
+        }
+        let media = &self.inner.ports.media;
+        if !role.can_publish() {
+            media.set_muted(target, true);
+        }
+        match media.set_can_publish(target, role.can_publish()).await {
+            Ok(offer) => {
+                self.inner
+                    .state
+                    .lock()
+                    .send_to(target, &offer_message(offer));
+                Ok(())
+            }
+            Err(e) => Err(Refusal::internal("renegotiation", &e)),
+        }
+    }
+
+    /// Like `update_and_broadcast`, but `change` says whether anything changed; nothing
+    /// is broadcast when it did not.
+    fn update_and_broadcast_if(
+        &self,
+        pid: ParticipantId,
+        change: impl FnOnce(&mut Part) -> Result<bool, Refusal>,
+    ) -> Result<CallPhase, Refusal> {
+        let mut st = self.inner.state.lock();
+        let Some(part) = st.parts.get_mut(&pid) else {
+            return Err(Refusal::new(ErrorCode::NotFound, "no such participant"));
+        };
+        if !change(part)? {
+            return Ok(part.call);
+        }
+        let (info, room_id, call) = (part.info.clone(), part.room_id.clone(), part.call);
+        st.broadcast(
+            &room_id,
+            &ServerMessage::ParticipantUpdated { participant: info },
+            None,
+        );
+        Ok(call)
+    }
+
+    fn mute_participant(&mut self, target: ParticipantId) -> Handled {
+        self.moderate(target)?;
+        let call = self.update_and_broadcast(target, |p| {
+            p.info.muted = true;
+            Ok(())
+        })?;
+        if call == CallPhase::InCall {
+            self.inner.ports.media.set_muted(target, true);
+        }
+        Ok(())
+    }
+
+    async fn remove_participant(&mut self, target: ParticipantId) -> Handled {
+        let me = self.moderate(target)?;
+        if me == target {
+            return Err(Refusal::new(
+                ErrorCode::InvalidState,
+                "use leave_room to leave",
+            ));
+        }
+        {
+            let st = self.inner.state.lock();
+            let Some(t) = st.parts.get(&target) else {
+                return Err(Refusal::new(ErrorCode::NotFound, "no such participant"));
+            };
+            if t.info.role == Role::Moderator {
+                return Err(Refusal::new(
+                    ErrorCode::Forbidden,
+                    "a moderator cannot be removed",
+                ));
+            }
+            if let Some(conn) = &t.conn {
+                conn.send(&ServerMessage::Removed {
+                    reason: "removed by a moderator".into(),
+                });
+                conn.close(CLOSE_POLICY, "removed");
+            }
+        }
+        self.inner.remove_participant(target);
+        Ok(())
+    }
+
+    async fn send_message(&mut self, text: String) -> Handled {
+        let (_, room_id) = self.current()?;
+        if text.trim().is_empty() {
+            return Err(Refusal::new(ErrorCode::BadMessage, "empty message"));
+        }
+        let max = self.inner.cfg.max_chat_chars;
+        if text.chars().nth(max).is_some() {
+            return Err(Refusal::new(
+                ErrorCode::TooLarge,
+                format!("messages are limited to {max} characters"),
+            ));
+        }
+        let stored = self
+            .inner
+            .ports
+            .chat
+            .store_message(&room_id, &self.user, &text)
+            .await
+            .map_err(|e| Refusal::internal("storing the message", &e))?;
+        self.inner.state.lock().broadcast(
+            &room_id,
+            &ServerMessage::ReceiveMessage { message: stored },
+            None,
+        );
+        Ok(())
+    }
+
+    async fn delete_message(&mut self, message_id: String) -> Handled {
+        let (_, room_id) = self.current()?;
+        if message_id.is_empty() || message_id.len() > 128 {
+            return Err(Refusal::new(ErrorCode::BadMessage, "invalid messageId"));
+        }
+        let outcome = self
+            .inner
+            .ports
+            .chat
+            .delete_message(&room_id, &message_id, &self.user.user_id)
+            .await
+            .map_err(|e| Refusal::internal("deleting the message", &e))?;
+        match outcome {
+            DeleteOutcome::Deleted => {
+                self.inner.state.lock().broadcast(
+                    &room_id,
+                    &ServerMessage::MessageDeleted { message_id },
+                    None,
+                );
+                Ok(())
+            }
+            DeleteOutcome::NotFound => Err(Refusal::new(ErrorCode::NotFound, "no such message")),
+            DeleteOutcome::Forbidden => Err(Refusal::new(
+                ErrorCode::Forbidden,
+                "only the author or the room owner may delete a message",
+            )),
+        }
+    }
+}
+
+fn offer_message(offer: MediaOffer) -> ServerMessage {
+    ServerMessage::Offer {
+        sdp: offer.sdp,
+        publish_mid: offer.publish_mid,
+        slot_mids: offer.slot_mids,
+    }
+}
