@@ -40,7 +40,7 @@ use webrtc::peer_connection::{
     RTCConfigurationBuilder, RTCIceGatheringState, RTCIceServer, RTCPeerConnectionState,
     RTCSessionDescription, Registry, SettingEngineBuilder, configure_nack, configure_rtcp_reports,
 };
-use webrtc::rtp_transceiver::RtpSender;
+use webrtc::rtp_transceiver::{RTCRtpTransceiverDirection, RtpSender, RtpTransceiver};
 
 /// RFC 6464 header extension URI.
 pub const AUDIO_LEVEL_URI: &str = "urn:ietf:params:rtp-hdrext:ssrc-audio-level";
@@ -500,9 +500,25 @@ impl ClientPeer {
             rx.slot_map.resize(layout.slot_mids.len(), None);
         }
         let offer = RTCSessionDescription::offer(sdp.to_owned())?;
+        let offered = media_direction(sdp, &layout.publish_mid).ok_or_else(|| {
+            Error::Protocol(format!(
+                "offer has no m-line with publishMid {:?}",
+                layout.publish_mid
+            ))
+        })?;
+        for mid in &layout.slot_mids {
+            if media_direction(sdp, mid).is_none() {
+                return Err(Error::Protocol(format!(
+                    "offer has no m-line with slot mid {mid:?}"
+                )));
+            }
+        }
+        // The server lets this participant publish only on a recvonly (or sendrecv) mic line.
+        let may_send = matches!(offered, "recvonly" | "sendrecv");
         let mut mic = self.mic.lock().await;
         self.pc.set_remote_description(offer).await?;
-        if publish && mic.sender.is_none() {
+        add_inactive_section_candidates(self.pc.as_ref(), sdp).await;
+        if publish && may_send && mic.sender.is_none() {
             let track: Arc<dyn TrackLocal> = mic.track.clone();
             let sender = self.pc.add_track(track).await?;
             let tid: usize = sender.id().into();
@@ -515,6 +531,16 @@ impl ClientPeer {
                 )));
             }
             mic.sender = Some(sender);
+        }
+        // rtc answers an inactive m-line with whatever the local transceiver wants
+        // (even sendrecv); pin the microphone line to what RFC 3264 allows.
+        let mic_dir = if may_send && mic.sender.is_some() {
+            RTCRtpTransceiverDirection::Sendonly
+        } else {
+            RTCRtpTransceiverDirection::Inactive
+        };
+        if let Some(t) = self.transceiver_by_mid(&layout.publish_mid).await {
+            t.set_direction(mic_dir).await?;
         }
         let answer = self.pc.create_answer(None).await?;
         self.pc.set_local_description(answer).await?;
@@ -535,6 +561,15 @@ impl ClientPeer {
         *self.shared.send_params.lock() = params;
         drop(mic);
         self.gathered_local_sdp().await
+    }
+
+    async fn transceiver_by_mid(&self, mid: &str) -> Option<Arc<dyn RtpTransceiver>> {
+        for t in self.pc.get_transceivers().await {
+            if t.mid().await.ok().flatten().as_deref() == Some(mid) {
+                return Some(t);
+            }
+        }
+        None
     }
 
     async fn mid_of(&self, transceiver_id: usize) -> Option<String> {
@@ -842,6 +877,64 @@ impl ClientPeer {
     }
 }
 
+/// `a=candidate` lines that sit in an `inactive` m-section, as `(mid, m-line index,
+/// candidate)`. rtc 0.21.1 skips those when applying a description
+/// (`extract_ice_details`), so with bundling and an inactive first m-line (a
+/// listener's microphone) it would see no remote candidates at all.
+pub fn inactive_section_candidates(sdp: &str) -> Vec<(Option<String>, u16, String)> {
+    let mut out = Vec::new();
+    let mut index: Option<u16> = None;
+    let mut mid = None;
+    let mut inactive = false;
+    let mut pending = Vec::new();
+    let mut flush =
+        |mid: &Option<String>, idx: Option<u16>, inactive: bool, pending: &mut Vec<String>| {
+            if let (true, Some(i)) = (inactive, idx) {
+                for c in pending.drain(..) {
+                    out.push((mid.clone(), i, c));
+                }
+            }
+            pending.clear();
+        };
+    for line in sdp.lines() {
+        let line = line.trim_end();
+        if line.starts_with("m=") {
+            flush(&mid, index, inactive, &mut pending);
+            index = Some(index.map_or(0, |i| i.saturating_add(1)));
+            mid = None;
+            inactive = false;
+        } else if index.is_some() {
+            if let Some(m) = line.strip_prefix("a=mid:") {
+                mid = Some(m.to_owned());
+            } else if line == "a=inactive" {
+                inactive = true;
+            } else if let Some(c) = line.strip_prefix("a=") {
+                if c.starts_with("candidate:") {
+                    pending.push(c.to_owned());
+                }
+            }
+        }
+    }
+    flush(&mid, index, inactive, &mut pending);
+    out
+}
+
+/// Adds the candidates rtc ignored (see [`inactive_section_candidates`]). Failures
+/// are logged, not fatal: the other side may still reach us.
+pub async fn add_inactive_section_candidates(pc: &dyn PeerConnection, sdp: &str) {
+    for (mid, index, candidate) in inactive_section_candidates(sdp) {
+        let init = webrtc::peer_connection::RTCIceCandidateInit {
+            candidate,
+            sdp_mid: mid,
+            sdp_mline_index: Some(index),
+            ..Default::default()
+        };
+        if let Err(e) = pc.add_ice_candidate(init).await {
+            tracing::debug!(error = %e, "remote candidate from an inactive m-section refused");
+        }
+    }
+}
+
 /// Direction attribute (`sendonly`, ...) of the m-line with `mid` in `sdp`.
 pub fn media_direction(sdp: &str, mid: &str) -> Option<&'static str> {
     let mut in_section = false;
@@ -922,6 +1015,21 @@ async fn read_track(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn candidates_in_inactive_sections_are_found() {
+        let sdp = "v=0\r\nm=audio 9 X 111\r\na=mid:0\r\na=inactive\r\na=candidate:1 1 udp 1 127.0.0.1 5000 typ host\r\na=end-of-candidates\r\nm=audio 9 X 111\r\na=mid:1\r\na=sendonly\r\na=candidate:2 1 udp 1 127.0.0.1 6000 typ host\r\n";
+        let c = inactive_section_candidates(sdp);
+        assert_eq!(
+            c,
+            vec![(
+                Some("0".to_owned()),
+                0,
+                "candidate:1 1 udp 1 127.0.0.1 5000 typ host".to_owned()
+            )]
+        );
+        assert!(inactive_section_candidates("garbage").is_empty());
+    }
 
     #[test]
     fn media_direction_reads_the_section_of_the_mid() {
