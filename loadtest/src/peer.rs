@@ -343,7 +343,6 @@ pub fn audio_media_engine() -> Result<MediaEngine> {
         RTCRtpCodecParameters {
             rtp_codec: opus_codec(),
             payload_type: OPUS_PT,
-            ..Default::default()
         },
         RtpCodecKind::Audio,
     )?;
@@ -403,7 +402,6 @@ impl ClientPeer {
                 urls: s.urls.clone(),
                 username: s.username.clone().unwrap_or_default(),
                 credential: s.credential.clone().unwrap_or_default(),
-                ..Default::default()
             })
             .collect();
         let config = RTCConfigurationBuilder::new()
@@ -908,10 +906,10 @@ pub fn inactive_section_candidates(sdp: &str) -> Vec<(Option<String>, u16, Strin
                 mid = Some(m.to_owned());
             } else if line == "a=inactive" {
                 inactive = true;
-            } else if let Some(c) = line.strip_prefix("a=") {
-                if c.starts_with("candidate:") {
-                    pending.push(c.to_owned());
-                }
+            } else if let Some(c) = line.strip_prefix("a=")
+                && c.starts_with("candidate:")
+            {
+                pending.push(c.to_owned());
             }
         }
     }

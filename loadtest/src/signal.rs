@@ -294,6 +294,7 @@ mod tests {
 
     /// A tiny WebSocket server that records the handshake headers, sends `script`
     /// frames and echoes nothing.
+    #[allow(clippy::result_large_err)] // the handshake callback signature is tungstenite's
     async fn serve(
         script: Vec<String>,
     ) -> (

@@ -131,7 +131,7 @@ impl StreamStats {
                         self.max_gap = self.max_gap.max(gap);
                     }
                     let shift = ext - highest;
-                    self.seen = if shift >= SEQ_WINDOW as u64 {
+                    self.seen = if shift >= SEQ_WINDOW {
                         0
                     } else {
                         self.seen << shift

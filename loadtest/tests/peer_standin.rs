@@ -110,24 +110,25 @@ async fn stand_in_receives_the_clients_tone_with_the_audio_level_extension() -> 
     eventually(T, "60 packets at the stand-in", || rx.lock().packets >= 60).await?;
     client.stop_publishing();
 
-    let m = rx.lock();
-    assert_eq!(
-        m.with_level, m.packets,
-        "every packet carries the audio level"
-    );
-    // A 0.5-amplitude sine is -9 dBov.
-    let steady = &m.levels[m.levels.len() / 2..];
-    assert!(
-        steady.iter().all(|&l| (8..=10).contains(&l)),
-        "levels {steady:?}"
-    );
-    assert!(m.payload_types.iter().all(|&pt| pt == params.payload_type));
-    let f = loadtest::audio::dominant_frequency(&m.pcm.to_vec(), 48_000).expect("audible");
-    assert!((f - 440.0).abs() < 3.0, "stand-in heard {f} Hz");
-    let c = client.send_counters();
-    assert!(c.packets.load(std::sync::atomic::Ordering::Relaxed) >= 60);
-    assert_eq!(c.write_errors.load(std::sync::atomic::Ordering::Relaxed), 0);
-    drop(m);
+    {
+        let m = rx.lock();
+        assert_eq!(
+            m.with_level, m.packets,
+            "every packet carries the audio level"
+        );
+        // A 0.5-amplitude sine is -9 dBov.
+        let steady = &m.levels[m.levels.len() / 2..];
+        assert!(
+            steady.iter().all(|&l| (8..=10).contains(&l)),
+            "levels {steady:?}"
+        );
+        assert!(m.payload_types.iter().all(|&pt| pt == params.payload_type));
+        let f = loadtest::audio::dominant_frequency(&m.pcm.to_vec(), 48_000).expect("audible");
+        assert!((f - 440.0).abs() < 3.0, "stand-in heard {f} Hz");
+        let c = client.send_counters();
+        assert!(c.packets.load(std::sync::atomic::Ordering::Relaxed) >= 60);
+        assert_eq!(c.write_errors.load(std::sync::atomic::Ordering::Relaxed), 0);
+    }
     client.close().await;
     standin.close().await;
     Ok(())

@@ -42,6 +42,7 @@ type Shared = Arc<Mutex<Option<Arc<StandIn>>>>;
 
 /// Serves one client. `speaker`: the role it gets. The stand-in sends `tone_hz` on
 /// slot 0 (attributed to OTHER) for 3 s once the answer arrives.
+#[allow(clippy::result_large_err)] // the handshake callback signature is tungstenite's
 async fn fake_chorus(speaker: bool, tone_hz: f64) -> (String, Shared) {
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let url = format!("ws://{}/ws", listener.local_addr().expect("addr"));
@@ -234,11 +235,12 @@ async fn speaker_session_publishes_once_connected() -> anyhow::Result<()> {
         rx.lock().packets >= 40
     })
     .await?;
-    let m = rx.lock();
-    assert_eq!(m.with_level, m.packets, "audio level on every packet");
-    let f = loadtest::audio::dominant_frequency(&m.pcm.to_vec(), 48_000).expect("audible");
-    assert!((f - 500.0).abs() < 3.0, "stand-in heard {f} Hz");
-    drop(m);
+    {
+        let m = rx.lock();
+        assert_eq!(m.with_level, m.packets, "audio level on every packet");
+        let f = loadtest::audio::dominant_frequency(&m.pcm.to_vec(), 48_000).expect("audible");
+        assert!((f - 500.0).abs() < 3.0, "stand-in heard {f} Hz");
+    }
     session.leave().await;
     Ok(())
 }

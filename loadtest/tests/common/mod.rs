@@ -242,10 +242,7 @@ impl StandIn {
     /// Creates an offer (optionally an ICE restart), sets it locally, waits for
     /// candidates, and returns the SDP with the layout the server would send.
     pub async fn offer(&self, ice_restart: bool) -> Result<(String, OfferLayout)> {
-        let opts = ice_restart.then(|| RTCOfferOptions {
-            ice_restart: true,
-            ..Default::default()
-        });
+        let opts = ice_restart.then_some(RTCOfferOptions { ice_restart: true });
         let offer = self.pc.create_offer(opts).await?;
         self.pc.set_local_description(offer).await?;
         let mut g = self.shared.gathering.subscribe();
