@@ -1,1 +1,76 @@
-//! Chorus load-test harness and WebRTC test client.
+//! Chorus load-test harness library: a real client that talks to the server over the
+//! wire like an app does (WebSocket signaling + WebRTC audio), used by the integration
+//! tests and by the `chorus-loadtest` harness.
+//!
+//! - [`audio`]: signal generators, Opus encode/decode, level and frequency measurement.
+//! - [`stats`]: per-stream receive statistics (loss, duplicates, reordering, jitter,
+//!   timestamp monotonicity, latency).
+//! - [`registry`]: the in-process send-time registry that maps a received Opus payload
+//!   back to its speaker and send time (end-to-end latency without touching payloads).
+//! - [`signal`]: the WebSocket client speaking `signaling::protocol`.
+//! - [`peer`]: the WebRTC peer that answers the server's offers, publishes and receives.
+//! - [`session`]: the glue (connect, join room, join call, answer, publish, listen).
+
+pub mod audio;
+pub mod peer;
+pub mod registry;
+pub mod session;
+pub mod signal;
+pub mod stats;
+
+pub use signaling::protocol;
+
+/// Everything that can go wrong in the client. Server misbehaviour is reported here,
+/// never as a panic.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("opus: {0}")]
+    Opus(#[from] opus::Error),
+    #[error("webrtc: {0}")]
+    WebRtc(#[from] webrtc::error::Error),
+    #[error("websocket: {0}")]
+    WebSocket(Box<tokio_tungstenite::tungstenite::Error>),
+    #[error("json: {0}")]
+    Json(#[from] serde_json::Error),
+    #[error("timed out after {after:?} waiting for {what}")]
+    Timeout {
+        what: String,
+        after: std::time::Duration,
+    },
+    #[error("signaling connection closed")]
+    Closed,
+    #[error("server error {code:?}: {message}")]
+    Server {
+        code: protocol::ErrorCode,
+        message: String,
+        fatal: bool,
+    },
+    /// The server sent something this client cannot work with (bad SDP layout, ...).
+    #[error("protocol violation: {0}")]
+    Protocol(String),
+    #[error("invalid argument: {0}")]
+    Invalid(String),
+}
+
+impl From<tokio_tungstenite::tungstenite::Error> for Error {
+    fn from(e: tokio_tungstenite::tungstenite::Error) -> Self {
+        Error::WebSocket(Box::new(e))
+    }
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Runs `fut` with a deadline, turning expiry into [`Error::Timeout`].
+pub(crate) async fn within<T>(
+    after: std::time::Duration,
+    what: impl Into<String>,
+    fut: impl std::future::Future<Output = Result<T>>,
+) -> Result<T> {
+    match tokio::time::timeout(after, fut).await {
+        Ok(r) => r,
+        Err(_) => Err(Error::Timeout {
+            what: what.into(),
+            after,
+        }),
+    }
+}
