@@ -59,10 +59,12 @@ export class RoomView {
 
   async start() {
     try {
-      this.meta = await api.room(this.roomId);
+      // An invite link admits us to a private room before we look it up.
+      this.meta = this.invite ? await api.redeemInvite(this.roomId, this.invite) : await api.room(this.roomId);
     } catch (e) {
       if (this.destroyed) return;
-      if (e.status === 404) return this.fatal(...JOIN_ERRORS.not_found.map((s, i) => (i ? 'This room doesn’t exist, or it’s private and you haven’t been invited.' : s)));
+      if (e.status === 404 && this.invite) return this.fatal('This invite link doesn’t work', 'The link may have been revoked by the host, or the room was closed. Ask the host for a new one.');
+      if (e.status === 404) return this.fatal('Room not found', 'This room doesn’t exist, or it’s private and you haven’t been invited.');
       if (e.status === 403) return this.fatal(...JOIN_ERRORS.forbidden);
       if (e.status === 401) return;
       if (e.status === 0) return this.fatal('You’re offline', e.message, true);
@@ -112,7 +114,7 @@ export class RoomView {
   bindSignal(s) {
     s.on('open', () => {
       this.setConn('joining');
-      s.send({ type: 'join_room', roomId: this.roomId, resumeToken: this.resumeToken || undefined, ...(this.invite ? { invite: this.invite } : {}) });
+      s.send({ type: 'join_room', roomId: this.roomId, resumeToken: this.resumeToken || undefined });
     });
     s.on('close', ({ willRetry }) => {
       if (this.destroyed) return;
@@ -344,8 +346,21 @@ export class RoomView {
     menu(anchor, p.name, items);
   }
 
-  share() {
-    const link = shareLink(this.roomId, this.meta?.inviteCode || this.invite);
+  async share() {
+    const isOwner = this.meta && this.app.user && this.meta.ownerId === this.app.user.id;
+    if (this.meta?.roomType === 'private' && isOwner && !this.meta.inviteCode) {
+      try {
+        this.meta.inviteCode = (await api.createInviteCode(this.roomId))?.code;
+      } catch (e) {
+        toast(e.message || 'Could not create an invite link.', 'error');
+        return;
+      }
+    }
+    if (this.meta?.roomType === 'private' && !isOwner) {
+      toast('Only the host can invite people to a private room.', 'info');
+      return;
+    }
+    const link = shareLink(this.roomId, this.meta?.inviteCode);
     const input = h('input.input', { value: link, readOnly: true, onfocus: (e) => e.target.select() });
     const btn = h('button.btn.primary', {
       type: 'button',
@@ -447,7 +462,7 @@ export class RoomView {
     }[m.roomType] || [];
     clear(this.titleEl,
       h('h1', { title: m.topic }, m.topic || 'Untitled room'),
-      h('div.room-sub', h(`span.badge.badge-${m.roomType}`, typeBadge), m.owner?.name && h('span.muted', `Hosted by ${m.owner.name}`)));
+      h('div.room-sub', h(`span.badge.badge-${m.roomType}`, typeBadge), m.owner?.name && h('span.muted.hide-sm', `Hosted by ${m.owner.name}`)));
     document.title = `${m.topic} · Chorus`;
   }
 
@@ -498,8 +513,8 @@ export class RoomView {
     h('div.tile-av', av,
       canPublish(p.role) && p.muted && h('span.badge-icon.muted-badge', { title: 'Muted' }, icon('micOff')),
       p.handRaised && h('span.badge-icon.hand-badge', { title: 'Hand raised' }, icon('hand'))),
-    h('div.tile-name', p.role === 'moderator' && icon('star', 'host-star'), h('span', p.name || 'Guest'), isYou && h('span.you', ' (you)')),
-    size === 'lg' && h('div.tile-role', roleLabel[p.role]));
+    h('div.tile-name', p.role === 'moderator' && icon('star', 'host-star'), h('span', p.name || 'Guest')),
+    (size === 'lg' || isYou) && h('div.tile-role', size === 'lg' ? roleLabel[p.role] : '', isYou && h('span.you', size === 'lg' ? ' · You' : 'You')));
     return el;
   }
 

@@ -384,6 +384,14 @@ export function createRoom(app) {
       submit.disabled = true;
       try {
         const room = await api.createRoom(t, type);
+        if (room.roomType === 'private' && !room.inviteCode) {
+          // Private rooms are reached through an invite code: make one for the link.
+          try {
+            room.inviteCode = (await api.createInviteCode(room.id))?.code;
+          } catch (err) {
+            toast(err.message || 'Room created, but the invite link could not be made.', 'error');
+          }
+        }
         showCreated(room);
       } catch (err) {
         errorEl.textContent = err.message;
