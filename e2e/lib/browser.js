@@ -26,14 +26,18 @@ const FLAGS = [
 ];
 
 /** Returns {context, close}; one persistent context = one browser with its own profile. */
-export async function launchUser({ viewport = { width: 1280, height: 800 }, extraArgs = [] } = {}) {
+export async function launchUser({ viewport = { width: 1280, height: 800 }, extraArgs = [], denyMic = false } = {}) {
   const dir = mkdtempSync(path.join(tmpdir(), 'chorus-chromium-'));
+  // denyMic: a person who blocked the microphone (no auto-accepting fake UI).
+  const flags = denyMic
+    ? [...FLAGS.filter((f) => f !== '--use-fake-ui-for-media-stream'), '--deny-permission-prompts']
+    : FLAGS;
   const context = await chromium.launchPersistentContext(dir, {
     executablePath: CHROMIUM,
     headless: true,
-    args: [...FLAGS, ...extraArgs],
+    args: [...flags, ...extraArgs],
     viewport,
-    permissions: ['microphone'],
+    permissions: denyMic ? [] : ['microphone'],
   });
   return {
     context,

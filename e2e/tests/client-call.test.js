@@ -127,3 +127,33 @@ test('an ICE restart offer is answered with new credentials and audio continues'
   assert.notEqual(after, before);
   await rising('inPackets', 50, 'audio after the ICE restart');
 });
+
+test('with the microphone blocked, a promotion still answers (mic inactive) and says why', async () => {
+  const denied = await launchUser({ denyMic: true });
+  try {
+    const p = denied.context.pages()[0] || (await denied.context.newPage());
+    await p.goto(`${web.base}/`);
+    const result = await p.evaluate(async () => {
+      const { Call } = await import('/js/call.js');
+      const sfu = new RTCPeerConnection();
+      const mic = sfu.addTransceiver('audio', { direction: 'recvonly' });
+      const slot = sfu.addTransceiver('audio', { direction: 'sendonly' });
+      const sent = [];
+      const micErrors = [];
+      const call = new Call({ send: (m) => sent.push(m), hooks: { onMicError: (e) => micErrors.push({ kind: e.kind, message: e.message }) } });
+      await sfu.setLocalDescription(await sfu.createOffer());
+      await call.handleOffer({ sdp: sfu.localDescription.sdp, publishMid: mic.mid, slotMids: [slot.mid] }, true);
+      call.close();
+      sfu.close();
+      return { sent, micErrors };
+    });
+    assert.equal(result.sent.length, 1);
+    assert.equal(result.sent[0].type, 'answer');
+    assert.match(result.sent[0].sdp.split(/\r\nm=/)[1], /a=inactive/);
+    assert.equal(result.micErrors.length, 1);
+    assert.equal(result.micErrors[0].kind, 'denied');
+    assert.match(result.micErrors[0].message, /Microphone access is blocked/);
+  } finally {
+    await denied.close();
+  }
+});

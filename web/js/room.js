@@ -315,6 +315,15 @@ export class RoomView {
 
   toggleMute() {
     if (!this.you || !canPublish(this.you.role)) return;
+    if (this.micError && this.call) {
+      // Try the microphone again: the server is the offerer, so ask it for a
+      // fresh offer (an ICE restart); answering it attaches the mic if allowed now.
+      this.micError = null;
+      this.requestIceRestart();
+      this.renderControls();
+      if (this.you.muted) this.signal.send({ type: 'unmute' });
+      return;
+    }
     const muted = !this.you.muted;
     this.pendingSelfMute = muted;
     this.you = { ...this.you, muted };
@@ -531,7 +540,7 @@ export class RoomView {
   renderControls() {
     const you = this.you;
     const speaker = you && canPublish(you.role);
-    const micBtn = speaker && h(`button.ctrl.mic-btn${you.muted ? '.off' : '.on'}`, {
+    const micBtn = speaker && h(`button.ctrl.mic-btn${you.muted || this.micError ? '.off' : '.on'}`, {
       type: 'button', onclick: () => this.toggleMute(),
       'aria-pressed': String(!you.muted),
       'aria-label': you.muted ? 'Unmute microphone' : 'Mute microphone',
@@ -543,12 +552,13 @@ export class RoomView {
     const chatBtn = h('button.ctrl.chat-btn', { type: 'button', onclick: () => this.setChatOpen(!this.chatOpen), 'aria-label': 'Chat' },
       icon('chat'), h('span', 'Chat'), this.unread > 0 && h('span.unread', String(Math.min(this.unread, 99))));
     const status = !you ? 'Connecting…'
+      : speaker && this.micError ? 'Microphone blocked'
       : !this.wantCall ? 'Not listening'
         : this.callConnected ? (speaker ? (you.muted ? 'You’re muted' : 'You’re live') : 'Listening')
           : 'Connecting audio…';
     clear(this.controlsEl,
       h('button.ctrl.leave-btn', { type: 'button', onclick: () => this.leave() }, icon('leave'), h('span', 'Leave quietly')),
-      h('div.ctrl-status', { 'data-state': this.callConnected ? 'on' : 'off' }, h('span.dot'), status),
+      h('div.ctrl-status', { 'data-state': speaker && this.micError ? 'error' : this.callConnected ? 'on' : 'off', title: speaker ? this.micError || '' : '' }, h('span.dot'), status),
       h('div.ctrl-group', chatBtn, handBtn, micBtn));
   }
 }
