@@ -4,7 +4,7 @@
 // speakers), owns the call's lifetime across reconnects, and re-renders the
 // parts that changed.
 
-import { api } from './api.js';
+import { api, refreshSession } from './api.js';
 import { Signal } from './signal.js';
 import { Call } from './call.js';
 import { ChatPanel } from './chat.js';
@@ -116,9 +116,17 @@ export class RoomView {
       this.setConn('joining');
       s.send({ type: 'join_room', roomId: this.roomId, resumeToken: this.resumeToken || undefined });
     });
-    s.on('close', ({ willRetry }) => {
+    s.on('close', ({ willRetry, wasOpen }) => {
       if (this.destroyed) return;
       if (willRetry) this.setConn(navigator.onLine === false ? 'offline' : 'reconnecting');
+      this.failedOpens = wasOpen ? 0 : (this.failedOpens || 0) + 1;
+      // A refused upgrade looks like any other failed connect. The usual cause
+      // with a reachable server is an expired access token: refresh it (at most
+      // every 30 s), and give up on the session if that fails.
+      if (!wasOpen && this.failedOpens >= 2 && navigator.onLine !== false && Date.now() - (this.lastRefresh || 0) > 30000) {
+        this.lastRefresh = Date.now();
+        this.refreshOrExpire();
+      }
     });
     s.on('joined', (m) => this.onJoined(m));
     s.on('online_users', (m) => {
@@ -252,8 +260,7 @@ export class RoomView {
     if (!this.you) {
       // Refused before we got in: the join itself failed.
       if (m.code === 'unauthorized') {
-        this.signal.close();
-        this.app.sessionExpired();
+        this.refreshOrExpire(true);
         return;
       }
       const [title, text] = JOIN_ERRORS[m.code] || ['Couldn’t join this room', m.message];
@@ -275,6 +282,25 @@ export class RoomView {
       return;
     }
     toast(m.message || 'That didn’t work.', 'error');
+  }
+
+  /** Refreshes the session; reconnects with it, or sends the user to login. */
+  async refreshOrExpire(reconnect = false) {
+    let user;
+    try {
+      user = await refreshSession();
+    } catch {
+      return; // network trouble: the socket's own retries carry on
+    }
+    if (this.destroyed) return;
+    if (!user) {
+      this.destroyed = true;
+      this.signal?.close();
+      this.call?.close();
+      this.app.sessionExpired();
+      return;
+    }
+    if (reconnect) this.signal.bounce();
   }
 
   upsert(p) {

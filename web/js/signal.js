@@ -64,7 +64,9 @@ export class Signal {
       return;
     }
     this.ws = ws;
+    let opened = false;
     ws.onopen = () => {
+      opened = true;
       this.attempt = 0;
       this.lastSeen = Date.now();
       this.startPing();
@@ -89,11 +91,11 @@ export class Signal {
       this.stopPing();
       this.ws = null;
       if (this.stopped) {
-        this.emit('close', { willRetry: false, code: ev.code });
+        this.emit('close', { willRetry: false, code: ev.code, wasOpen: opened });
         return;
       }
       const delay = this.scheduleReconnect();
-      this.emit('close', { willRetry: true, delay, code: ev.code });
+      this.emit('close', { willRetry: true, delay, code: ev.code, wasOpen: opened });
     };
     ws.onerror = () => {
       // onclose follows and owns the retry.
