@@ -184,7 +184,7 @@ test('the host removes a participant, who sees why', async () => {
   const bobTile = alice.page.locator('.tile', { hasText: 'Bob Listener' });
   await bobTile.click();
   await alice.page.click('.menu-item.danger');
-  await bob.page.locator('.fatal-card', { hasText: 'You left the room' }).waitFor();
+  await bob.page.locator('.fatal-card', { hasText: 'no longer in this room' }).waitFor();
   await waitFor(async () => !(await shownNames(alice.page)).includes('Bob Listener'), { what: 'Bob gone from Alice’s page' });
 });
 

@@ -152,7 +152,7 @@ export class RoomView {
     s.on('call_notification', (m) => this.onChat(m.message));
     s.on('message_deleted', (m) => this.chat.remove(m.messageId));
     s.on('removed', (m) => {
-      this.fatal('You left the room', m.reason || 'A moderator removed you from this room.');
+      this.fatal('You’re no longer in this room', m.reason ? `${m.reason.charAt(0).toUpperCase()}${m.reason.slice(1)}${/[.!?]$/.test(m.reason) ? '' : '.'}` : 'A moderator removed you from this room.');
     });
     s.on('error', (m) => this.onError(m));
   }
@@ -198,6 +198,7 @@ export class RoomView {
     this.signal.send({ type: 'restart_ice' });
     // If no fresh offer arrives, rebuild the call from scratch.
     this.restartTimer = setTimeout(() => {
+      this.restartTimer = null;
       if (this.destroyed || !this.wantCall) return;
       if (this.call?.pc.connectionState === 'connected') return;
       this.call?.close();
@@ -217,6 +218,7 @@ export class RoomView {
 
   onOffer(m) {
     clearTimeout(this.restartTimer);
+    this.restartTimer = null;
     if (!this.call) {
       this.call = new Call({
         send: (msg) => this.signal.send(msg),
