@@ -172,6 +172,18 @@ function generatedAvatar(name, seed) {
   return c.toDataURL('image/png');
 }
 
+async function urlToDataUrl(url) {
+  const res = await fetch(url, { credentials: 'same-origin' });
+  if (!res.ok) throw new Error(`avatar ${res.status}`);
+  const blob = await res.blob();
+  return new Promise((resolve, reject) => {
+    const r = new FileReader();
+    r.onload = () => resolve(r.result);
+    r.onerror = () => reject(r.error);
+    r.readAsDataURL(blob);
+  });
+}
+
 export function profileView(root, app) {
   const user = app.user || {};
   let picked = null; // data URL chosen by the user
@@ -196,8 +208,10 @@ export function profileView(root, app) {
       fileInput.value = '';
     },
   });
+  // Editing keeps the current photo unless a new one is picked.
+  const keepCurrent = () => !picked && user.avatar && user.activated;
   const drawPreview = () => {
-    const src = picked || (user.avatar && !nameInput.value.trim() ? user.avatar : null) || generatedAvatar(nameInput.value.trim(), user.id);
+    const src = picked || (keepCurrent() ? user.avatar : null) || generatedAvatar(nameInput.value.trim(), user.id);
     clear(preview, h('img', { src, alt: 'Your avatar' }));
   };
   const submit = h('button.btn.primary.big.wide', { type: 'submit' }, user.activated ? 'Save' : 'Let’s go');
@@ -221,7 +235,9 @@ export function profileView(root, app) {
           submit.disabled = true;
           errorEl.hidden = true;
           try {
-            const res = await api.activate(name, picked || generatedAvatar(name, user.id));
+            let avatarData = picked;
+            if (!avatarData && keepCurrent()) avatarData = await urlToDataUrl(user.avatar).catch(() => null);
+            const res = await api.activate(name, avatarData || generatedAvatar(name, user.id));
             app.setUser(res?.user || { ...user, name, activated: true });
             app.navigate(app.takeReturnTo() || '#/');
           } catch (err) {
