@@ -39,7 +39,7 @@ export function loginView(root, app) {
           e.preventDefault();
           if (busy) return;
           const p = normalisePhone(input.value);
-          if (!/^\+[1-9]\d{6,14}$/.test(p)) {
+          if (!/^\+[1-9]\d{7,14}$/.test(p)) {
             showError('Enter your number with its country code, like +1 555 010 0000.');
             input.focus();
             return;
@@ -70,7 +70,7 @@ export function loginView(root, app) {
     } else {
       const input = h('input.input.big.code-input#code', {
         type: 'text', inputMode: 'numeric', autocomplete: 'one-time-code', pattern: '[0-9]*', maxLength: 8,
-        placeholder: '••••', required: true, 'aria-label': 'Code',
+        placeholder: '••••••', required: true, 'aria-label': 'Code',
       });
       const submit = h('button.btn.primary.big.wide', { type: 'submit' }, 'Continue');
       clear(body, h('form.stack', {
