@@ -59,13 +59,7 @@ export async function startServer({ env = {} } = {}) {
       RUST_LOG: process.env.CHORUS_E2E_RUST_LOG || 'info',
       PORT: String(port),
       HOST: '127.0.0.1',
-      // Plain HTTP on loopback: cookies cannot be Secure here.
-      CHORUS_INSECURE_COOKIES: '1',
-      INSECURE_COOKIES: '1',
-      // Media on loopback only, on a port of its own.
-      CHORUS_MEDIA_PORT: String(mediaPort),
-      MEDIA_PORT: String(mediaPort),
-      CHORUS_MEDIA_IPS: '127.0.0.1',
+      DATA_DIR: path.join(cwd, 'data'),
       ...env,
     },
     stdio: ['ignore', 'pipe', 'pipe'],

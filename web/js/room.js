@@ -262,6 +262,12 @@ export class RoomView {
     if (!this.you) {
       // Refused before we got in: the join itself failed.
       if (m.code === 'unauthorized') {
+        if (Date.now() - (this.lastRefresh || 0) < 30000) {
+          // Refreshed moments ago and still refused: do not loop.
+          this.fatal('Couldn’t sign you in to this room', 'Your session was not accepted by the live server. Try again, or sign out and in.', true);
+          return;
+        }
+        this.lastRefresh = Date.now();
         this.refreshOrExpire(true);
         return;
       }
