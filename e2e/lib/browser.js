@@ -19,6 +19,8 @@ const FLAGS = [
   '--disable-background-networking',
   '--disable-component-update',
   '--disable-sync',
+  // The server under test announces 127.0.0.1: let WebRTC gather loopback candidates.
+  '--allow-loopback-in-peer-connection',
   // Tabs in the background still run their timers and audio at full speed.
   '--disable-background-timer-throttling',
   '--disable-renderer-backgrounding',
