@@ -129,27 +129,55 @@ export class ChatPanel {
     });
   }
 
+  /**
+   * Puts the message nodes in order without touching nodes already in place:
+   * moving a node that holds a playing <audio> would pause it.
+   */
   rebuild() {
-    const items = [];
+    const want = [];
     let prev = null;
     let lastDay = null;
+    this.daySeps ??= new Map();
+    const days = new Set();
     for (const m of this.sorted()) {
       const day = new Date(m.createdAt).toDateString();
       if (day !== lastDay) {
-        items.push(h('div.day-sep', h('span', dayLabel(m.createdAt))));
+        if (!this.daySeps.has(day)) this.daySeps.set(day, h('div.day-sep', h('span', dayLabel(m.createdAt))));
+        want.push(this.daySeps.get(day));
+        days.add(day);
         lastDay = day;
         prev = null;
       }
-      const node = this.nodes.get(msgId(m)) || this.messageNode(m);
-      this.nodes.set(msgId(m), node);
+      const id = msgId(m);
+      let node = this.nodes.get(id);
+      if (!node) {
+        node = this.messageNode(m);
+        this.nodes.set(id, node);
+      }
       const grouped = prev && !SYSTEM_TYPES.has(prev.type) && !SYSTEM_TYPES.has(m.type)
         && prev.userId === m.userId && Date.parse(m.createdAt) - Date.parse(prev.createdAt) < 5 * 60e3;
       node.classList.toggle('grouped', !!grouped);
-      items.push(node);
+      want.push(node);
       prev = m;
     }
-    for (const id of this.nodes.keys()) if (!this.messages.has(id)) this.nodes.delete(id);
-    clear(this.list, items);
+    for (const [id, node] of this.nodes) {
+      if (!this.messages.has(id)) {
+        node.remove();
+        this.nodes.delete(id);
+      }
+    }
+    for (const [day, node] of this.daySeps) {
+      if (!days.has(day)) {
+        node.remove();
+        this.daySeps.delete(day);
+      }
+    }
+    const keep = new Set(want);
+    for (const child of [...this.list.children]) if (!keep.has(child)) child.remove();
+    want.forEach((node, i) => {
+      const at = this.list.children[i];
+      if (at !== node) this.list.insertBefore(node, at || null);
+    });
     this.empty.hidden = this.messages.size > 0;
   }
 
@@ -250,7 +278,7 @@ export class ChatPanel {
       return;
     }
     const pending = h('div.msg-pending', h('span.spinner'), 'Sending voice note…');
-    this.list.append(pending);
+    this.scroller.append(pending);
     this.scrollToBottom();
     try {
       const res = await api.uploadVoice(this.ctx.roomId, result.blob, `voice-note.${result.ext}`);
