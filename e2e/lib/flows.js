@@ -1,0 +1,110 @@
+// What a person does in the client, as reusable steps, and the probes the
+// tests read (WebRTC stats through the page's own RTCPeerConnection).
+
+import { launchUser } from './browser.js';
+
+/** Polls fn until it returns a truthy value; throws with `what` after timeout. */
+export async function waitFor(fn, { timeout = 20000, interval = 200, what = 'condition' } = {}) {
+  const deadline = Date.now() + timeout;
+  let last;
+  for (;;) {
+    try {
+      last = await fn();
+      if (last) return last;
+    } catch (e) {
+      last = e;
+    }
+    if (Date.now() > deadline) {
+      throw new Error(`timed out after ${timeout} ms waiting for ${what} (last: ${last instanceof Error ? last.message : JSON.stringify(last)})`);
+    }
+    await new Promise((r) => setTimeout(r, interval));
+  }
+}
+
+/** A browser with one page, logged in and activated. */
+export async function newUser(server, { phone, name, viewport } = {}) {
+  const user = await launchUser({ viewport });
+  const page = user.context.pages()[0] || (await user.context.newPage());
+  const errors = [];
+  page.on('pageerror', (e) => errors.push(e.message));
+  page.on('console', (m) => {
+    if (process.env.CHORUS_E2E_VERBOSE) process.stderr.write(`[${name}] ${m.type()}: ${m.text()}\n`);
+  });
+  await page.goto(server.base + '/');
+  await page.locator('#phone').waitFor();
+  const from = server.lines.length;
+  await page.fill('#phone', phone);
+  await page.click('button[type=submit]');
+  await page.locator('#code').waitFor();
+  const code = await server.otpFor(phone, from);
+  await page.fill('#code', code);
+  await page.click('button[type=submit]');
+  await page.locator('#name').waitFor();
+  await page.fill('#name', name);
+  await page.click('button[type=submit]');
+  await page.locator('.lobby').waitFor();
+  return { ...user, page, name, phone, errors };
+}
+
+/** Sum of inbound audio over every slot: {packets, energy}, or null before a call exists. */
+export function inboundAudio(page) {
+  return page.evaluate(async () => {
+    const pc = window.chorus?.room?.call?.pc;
+    if (!pc) return null;
+    const report = await pc.getStats();
+    let packets = 0;
+    let energy = 0;
+    report.forEach((s) => {
+      if (s.type === 'inbound-rtp' && s.kind === 'audio') {
+        packets += s.packetsReceived || 0;
+        energy += s.totalAudioEnergy || 0;
+      }
+    });
+    return { packets, energy };
+  });
+}
+
+export function outboundAudio(page) {
+  return page.evaluate(async () => {
+    const pc = window.chorus?.room?.call?.pc;
+    if (!pc) return null;
+    const report = await pc.getStats();
+    let packets = 0;
+    report.forEach((s) => {
+      if (s.type === 'outbound-rtp' && s.kind === 'audio') packets += s.packetsSent || 0;
+    });
+    return { packets };
+  });
+}
+
+/** Waits until inbound packets and energy both rise by at least the given amounts. */
+export async function expectAudioFlowing(page, who, { packets = 25, timeout = 20000 } = {}) {
+  const start = await waitFor(() => inboundAudio(page), { what: `${who}'s call to exist` });
+  return waitFor(async () => {
+    const now = await inboundAudio(page);
+    return now && now.packets - start.packets >= packets && now.energy > start.energy ? now : null;
+  }, { timeout, what: `${who} to receive audio (packets and energy rising)` });
+}
+
+/** Waits until no inbound packets arrive for a whole `quietMs` window. */
+export async function expectAudioStopped(page, who, { quietMs = 2000, timeout = 15000 } = {}) {
+  return waitFor(async () => {
+    const a = await inboundAudio(page);
+    await new Promise((r) => setTimeout(r, quietMs));
+    const b = await inboundAudio(page);
+    return a && b && b.packets === a.packets ? b : null;
+  }, { timeout, interval: 0, what: `${who}'s inbound audio to stop` });
+}
+
+/** Participants shown on a page, by name. */
+export function shownNames(page) {
+  return page.$$eval('.tile[data-pid] .tile-name span:not(.icon)', (els) => els.map((e) => e.textContent.trim()).sort());
+}
+
+/** Enters a room from a link; clicks the pre-join card if the browser asks for a gesture. */
+export async function enterRoom(page, link) {
+  await page.goto(link);
+  await page.locator('.tile[data-pid]').first().waitFor();
+  const join = page.locator('.prejoin button.primary');
+  if (await join.isVisible().catch(() => false)) await join.click();
+}

@@ -1,0 +1,598 @@
+// The room page: presence, stage and audience, call controls, moderation,
+// and the chat panel beside it. The controller keeps the room's live state
+// from the signaling socket (participants, roles, mute, hands, active
+// speakers), owns the call's lifetime across reconnects, and re-renders the
+// parts that changed.
+
+import { api, refreshSession } from './api.js';
+import { Signal } from './signal.js';
+import { Call } from './call.js';
+import { ChatPanel } from './chat.js';
+import { h, icon, clear, avatar, toast, menu, modal, copyText } from './ui.js';
+
+const AUDIENCE_RENDER_CAP = 200;
+const SPEAKING_LEVEL = 0.02;
+
+const JOIN_ERRORS = {
+  room_full: ['This room is full', 'It has reached its participant limit. Try again in a little while.'],
+  forbidden: ['This room is private', 'Only people the host invited can join. Ask the host for an invite link.'],
+  not_found: ['Room not found', 'This room doesn’t exist any more, or the link is wrong.'],
+  unauthorized: ['Please sign in again', 'Your session expired.'],
+};
+
+export function shareLink(roomId, inviteCode) {
+  const base = `${location.origin}${location.pathname}#/room/${encodeURIComponent(roomId)}`;
+  return inviteCode ? `${base}?invite=${encodeURIComponent(inviteCode)}` : base;
+}
+
+const roleLabel = { moderator: 'Host', speaker: 'Speaker', listener: 'Listener' };
+const canPublish = (role) => role === 'moderator' || role === 'speaker';
+
+export class RoomView {
+  constructor(root, { roomId, invite }, app) {
+    this.root = root;
+    this.roomId = roomId;
+    this.invite = invite;
+    this.app = app;
+    this.meta = null;
+    this.you = null; // our Participant
+    this.participants = new Map(); // participantId -> Participant
+    this.speaking = new Set();
+    this.slots = [];
+    this.resumeToken = null;
+    this.iceServers = [];
+    this.call = null;
+    this.wantCall = false;
+    this.callConnected = false;
+    this.joinedOnce = false;
+    this.connState = 'connecting';
+    this.destroyed = false;
+    this.restartTimer = null;
+    this.unread = 0;
+    this.chatOpen = false;
+
+    this.renderShell();
+    this.start();
+  }
+
+  // ---- lifecycle ----------------------------------------------------------
+
+  async start() {
+    try {
+      // An invite link admits us to a private room before we look it up.
+      this.meta = this.invite ? await api.redeemInvite(this.roomId, this.invite) : await api.room(this.roomId);
+    } catch (e) {
+      if (this.destroyed) return;
+      if (e.status === 404 && this.invite) return this.fatal('This invite link doesn’t work', 'The link may have been revoked by the host, or the room was closed. Ask the host for a new one.');
+      if (e.status === 404) return this.fatal('Room not found', 'This room doesn’t exist, or it’s private and you haven’t been invited.');
+      if (e.status === 403) return this.fatal(...JOIN_ERRORS.forbidden);
+      if (e.status === 401) return;
+      if (e.status === 0) return this.fatal('You’re offline', e.message, true);
+      return this.fatal('Couldn’t open this room', e.message, true);
+    }
+    if (this.destroyed) return;
+    this.renderHeader();
+    this.chat.load();
+
+    this.signal = new Signal();
+    this.bindSignal(this.signal);
+    this.signal.connect();
+    window.chorus = Object.assign(window.chorus || {}, { room: this });
+  }
+
+  destroy() {
+    this.destroyed = true;
+    clearTimeout(this.restartTimer);
+    if (this.signal?.isOpen()) this.signal.send({ type: 'leave_room' });
+    this.signal?.close();
+    this.call?.close();
+    this.chat?.destroy();
+    if (window.chorus?.room === this) delete window.chorus.room;
+  }
+
+  leave() {
+    this.app.navigate('#/');
+  }
+
+  fatal(title, text, retry = false) {
+    this.destroyed = true;
+    this.signal?.close();
+    this.call?.close();
+    this.chat?.destroy();
+    clear(this.root, h('div.center-page',
+      h('div.card.fatal-card',
+        h('div.fatal-icon', icon('lock')),
+        h('h1', title),
+        h('p.muted', text),
+        h('div.row.gap',
+          retry && h('button.btn', { type: 'button', onclick: () => location.reload() }, 'Try again'),
+          h('a.btn.primary', { href: '#/' }, 'Back to rooms')))));
+  }
+
+  // ---- signaling ----------------------------------------------------------
+
+  bindSignal(s) {
+    s.on('open', () => {
+      this.setConn('joining');
+      s.send({ type: 'join_room', roomId: this.roomId, resumeToken: this.resumeToken || undefined });
+    });
+    s.on('close', ({ willRetry, wasOpen }) => {
+      if (this.destroyed) return;
+      if (willRetry) this.setConn(navigator.onLine === false ? 'offline' : 'reconnecting');
+      this.failedOpens = wasOpen ? 0 : (this.failedOpens || 0) + 1;
+      // A refused upgrade looks like any other failed connect. The usual cause
+      // with a reachable server is an expired access token: refresh it (at most
+      // every 30 s), and give up on the session if that fails.
+      if (!wasOpen && this.failedOpens >= 2 && navigator.onLine !== false && Date.now() - (this.lastRefresh || 0) > 30000) {
+        this.lastRefresh = Date.now();
+        this.refreshOrExpire();
+      }
+    });
+    s.on('joined', (m) => this.onJoined(m));
+    s.on('online_users', (m) => {
+      this.participants = new Map((m.participants || []).map((p) => [p.participantId, p]));
+      if (this.you) this.participants.set(this.you.participantId, this.participants.get(this.you.participantId) || this.you);
+      this.renderPeople();
+    });
+    s.on('participant_joined', (m) => { this.upsert(m.participant); });
+    s.on('participant_updated', (m) => { this.upsert(m.participant); });
+    s.on('participant_left', (m) => {
+      this.participants.delete(m.participantId);
+      this.speaking.delete(m.participantId);
+      this.renderPeople();
+    });
+    s.on('offer', (m) => this.onOffer(m));
+    s.on('slots', (m) => { this.slots = m.slots || []; });
+    s.on('active_speakers', (m) => this.onActiveSpeakers(m.speakers || []));
+    s.on('call_state', (m) => {
+      this.callConnected = !!m.connected;
+      this.renderControls();
+    });
+    s.on('receive_message', (m) => this.onChat(m.message));
+    s.on('call_notification', (m) => this.onChat(m.message));
+    s.on('message_deleted', (m) => this.chat.remove(m.messageId));
+    s.on('removed', (m) => {
+      this.fatal('You’re no longer in this room', m.reason ? `${m.reason.charAt(0).toUpperCase()}${m.reason.slice(1)}${/[.!?]$/.test(m.reason) ? '' : '.'}` : 'A moderator removed you from this room.');
+    });
+    s.on('error', (m) => this.onError(m));
+  }
+
+  onJoined(m) {
+    const firstJoin = !this.joinedOnce;
+    this.joinedOnce = true;
+    this.you = m.you;
+    this.resumeToken = m.resumeToken;
+    this.iceServers = m.iceServers || [];
+    this.participants.set(m.you.participantId, m.you);
+    this.setConn('live');
+    if (!firstJoin) toast(m.resumed ? 'Reconnected.' : 'Reconnected to the room.', 'success', 2500);
+
+    if (firstJoin) {
+      // Browsers only play audio after a user gesture. Arriving from a click in
+      // the app counts; a cold-opened link gets a one-tap "Join" card.
+      if (navigator.userActivation?.hasBeenActive ?? true) this.joinCall();
+      else this.showPrejoin();
+    } else if (this.wantCall) {
+      this.resumeCall(!!m.resumed);
+    }
+    this.renderPeople();
+    this.renderControls();
+  }
+
+  /** After a reconnect: keep the peer connection if it survived, else restart ICE, else start over. */
+  resumeCall(resumed) {
+    const st = this.call?.pc.connectionState;
+    if (resumed && this.call && st === 'connected') return;
+    if (resumed && this.call) {
+      this.requestIceRestart();
+      return;
+    }
+    this.call?.close();
+    this.call = null;
+    this.signal.send({ type: 'join_call' });
+  }
+
+  requestIceRestart() {
+    if (!this.signal?.isOpen()) return;
+    clearTimeout(this.restartTimer);
+    this.signal.send({ type: 'restart_ice' });
+    // If no fresh offer arrives, rebuild the call from scratch.
+    this.restartTimer = setTimeout(() => {
+      this.restartTimer = null;
+      if (this.destroyed || !this.wantCall) return;
+      if (this.call?.pc.connectionState === 'connected') return;
+      this.call?.close();
+      this.call = null;
+      this.signal.send({ type: 'join_call' });
+    }, 8000);
+  }
+
+  joinCall() {
+    this.wantCall = true;
+    this.prejoin?.remove();
+    this.prejoin = null;
+    this.call?.resumeAudio();
+    this.signal.send({ type: 'join_call' });
+    this.renderControls();
+  }
+
+  onOffer(m) {
+    clearTimeout(this.restartTimer);
+    this.restartTimer = null;
+    if (!this.call) {
+      this.call = new Call({
+        send: (msg) => this.signal.send(msg),
+        iceServers: this.iceServers,
+        audioHost: this.audioHost,
+        hooks: {
+          onState: (st) => {
+            this.callConnected = st === 'connected';
+            this.renderControls();
+          },
+          onMicError: (e) => this.showMicError(e),
+          onAutoplayBlocked: () => this.showAutoplayBanner(),
+          onIceTrouble: () => this.requestIceRestart(),
+          onError: (e) => toast(`Audio setup failed: ${e.message || e}`, 'error', 6000),
+        },
+      });
+      this.call.setMuted(!!this.you?.muted);
+    }
+    this.call.handleOffer(m, canPublish(this.you?.role));
+  }
+
+  onActiveSpeakers(list) {
+    const now = new Set(list.filter((s) => (s.level ?? 1) >= SPEAKING_LEVEL).map((s) => s.participantId));
+    for (const pid of new Set([...now, ...this.speaking])) {
+      const on = now.has(pid);
+      for (const el of this.root.querySelectorAll(`[data-pid="${pid}"]`)) el.classList.toggle('speaking', on);
+    }
+    this.speaking = now;
+  }
+
+  onChat(message) {
+    if (!message) return;
+    this.chat.add(message);
+    if (!this.chatOpen && window.matchMedia('(max-width: 900px)').matches) {
+      this.unread += 1;
+      this.renderControls();
+    }
+  }
+
+  onError(m) {
+    if (!this.you) {
+      // Refused before we got in: the join itself failed.
+      if (m.code === 'unauthorized') {
+        if (Date.now() - (this.lastRefresh || 0) < 30000) {
+          // Refreshed moments ago and still refused: do not loop.
+          this.fatal('Couldn’t sign you in to this room', 'Your session was not accepted by the live server. Try again, or sign out and in.', true);
+          return;
+        }
+        this.lastRefresh = Date.now();
+        this.refreshOrExpire(true);
+        return;
+      }
+      const [title, text] = JOIN_ERRORS[m.code] || ['Couldn’t join this room', m.message];
+      this.fatal(title, m.message && m.code !== 'forbidden' && m.code !== 'not_found' ? m.message : text);
+      return;
+    }
+    if (m.fatal) {
+      const [title, text] = JOIN_ERRORS[m.code] || ['Disconnected', m.message];
+      this.fatal(title, m.message || text);
+      return;
+    }
+    if (m.code === 'invalid_state' && this.restartTimer) {
+      // The server no longer has our call: start a fresh one.
+      clearTimeout(this.restartTimer);
+      this.restartTimer = null;
+      this.call?.close();
+      this.call = null;
+      this.signal.send({ type: 'join_call' });
+      return;
+    }
+    toast(m.message || 'That didn’t work.', 'error');
+  }
+
+  /** Refreshes the session; reconnects with it, or sends the user to login. */
+  async refreshOrExpire(reconnect = false) {
+    let user;
+    try {
+      user = await refreshSession();
+    } catch {
+      return; // network trouble: the socket's own retries carry on
+    }
+    if (this.destroyed) return;
+    if (!user) {
+      this.destroyed = true;
+      this.signal?.close();
+      this.call?.close();
+      this.app.sessionExpired();
+      return;
+    }
+    if (reconnect) this.signal.bounce();
+  }
+
+  upsert(p) {
+    if (!p) return;
+    const prev = this.participants.get(p.participantId);
+    this.participants.set(p.participantId, p);
+    if (this.you && p.participantId === this.you.participantId) {
+      const was = this.you;
+      this.you = p;
+      if (was.role !== p.role) {
+        if (canPublish(p.role) && !canPublish(was.role)) toast('You’re on stage now. Unmute to speak.', 'success', 5000);
+        if (!canPublish(p.role) && canPublish(was.role)) toast('You moved to the audience.', 'info');
+      }
+      if (was.muted !== p.muted) {
+        this.call?.setMuted(p.muted);
+        if (p.muted && !prev?.muted && this.pendingSelfMute !== true) toast('A moderator muted you.', 'info');
+        this.pendingSelfMute = undefined;
+      }
+      this.renderControls();
+    }
+    this.renderPeople();
+  }
+
+  setConn(state) {
+    this.connState = state;
+    const el = this.connEl;
+    if (!el) return;
+    const text = { connecting: 'Connecting…', joining: 'Joining…', live: 'Live', reconnecting: 'Reconnecting…', offline: 'Offline' }[state];
+    el.className = `conn conn-${state}`;
+    clear(el, h('span.dot'), text);
+    this.banner.hidden = state !== 'reconnecting' && state !== 'offline';
+    clear(this.banner, h('span.spinner'), state === 'offline'
+      ? 'You’re offline. We’ll reconnect as soon as the network is back.'
+      : 'Connection lost. Reconnecting…');
+  }
+
+  // ---- actions ------------------------------------------------------------
+
+  toggleMute() {
+    if (!this.you || !canPublish(this.you.role)) return;
+    if (this.micError && this.call) {
+      // Try the microphone again: the server is the offerer, so ask it for a
+      // fresh offer (an ICE restart); answering it attaches the mic if allowed now.
+      this.micError = null;
+      this.requestIceRestart();
+      this.renderControls();
+      if (this.you.muted) this.signal.send({ type: 'unmute' });
+      return;
+    }
+    const muted = !this.you.muted;
+    this.pendingSelfMute = muted;
+    this.you = { ...this.you, muted };
+    this.participants.set(this.you.participantId, this.you);
+    this.call?.setMuted(muted);
+    this.call?.resumeAudio();
+    this.signal.send({ type: muted ? 'mute' : 'unmute' });
+    this.renderControls();
+    this.renderPeople();
+  }
+
+  toggleHand() {
+    if (!this.you) return;
+    const raised = !this.you.handRaised;
+    this.signal.send({ type: raised ? 'raise_hand' : 'lower_hand' });
+    this.you = { ...this.you, handRaised: raised };
+    this.participants.set(this.you.participantId, this.you);
+    this.renderControls();
+    this.renderPeople();
+    if (raised) toast('Hand raised. The host can invite you to speak.', 'info', 3000);
+  }
+
+  moderate(p, anchor) {
+    const items = [];
+    if (p.role === 'listener') items.push({ label: 'Invite to speak', icon: 'mic', onclick: () => this.signal.send({ type: 'set_role', participantId: p.participantId, role: 'speaker' }) });
+    if (p.role === 'speaker') items.push({ label: 'Move to audience', icon: 'down', onclick: () => this.signal.send({ type: 'set_role', participantId: p.participantId, role: 'listener' }) });
+    if (canPublish(p.role) && !p.muted) items.push({ label: 'Mute', icon: 'micOff', onclick: () => this.signal.send({ type: 'mute_participant', participantId: p.participantId }) });
+    items.push({ label: 'Remove from room', icon: 'x', danger: true, onclick: () => this.signal.send({ type: 'remove_participant', participantId: p.participantId }) });
+    menu(anchor, p.name, items);
+  }
+
+  async share() {
+    const isOwner = this.meta && this.app.user && this.meta.ownerId === this.app.user.id;
+    if (this.meta?.roomType === 'private' && isOwner && !this.meta.inviteCode) {
+      try {
+        this.meta.inviteCode = (await api.createInviteCode(this.roomId))?.code;
+      } catch (e) {
+        toast(e.message || 'Could not create an invite link.', 'error');
+        return;
+      }
+    }
+    if (this.meta?.roomType === 'private' && !isOwner) {
+      toast('Only the host can invite people to a private room.', 'info');
+      return;
+    }
+    const link = shareLink(this.roomId, this.meta?.inviteCode);
+    const input = h('input.input', { value: link, readOnly: true, onfocus: (e) => e.target.select() });
+    const btn = h('button.btn.primary', {
+      type: 'button',
+      onclick: async () => {
+        const ok = await copyText(link);
+        toast(ok ? 'Link copied.' : 'Copy failed: select the link and copy it.', ok ? 'success' : 'error');
+      },
+    }, icon('copy'), 'Copy link');
+    modal('Invite people', h('div.stack',
+      h('p.muted', this.meta?.roomType === 'private'
+        ? 'This room is private: only people you invite can join with this link.'
+        : 'Anyone with this link can join the room.'),
+      h('div.row.gap', input, btn)));
+  }
+
+  showPrejoin() {
+    const topic = this.meta?.topic || 'this room';
+    this.prejoin = h('div.prejoin',
+      h('div.card.prejoin-card',
+        h('div.brand-mark', h('img', { src: 'logo.svg', alt: '' })),
+        h('p.muted', 'You’re about to join'),
+        h('h2', topic),
+        h('p.muted.small', 'You’ll join as a listener. Raise your hand to speak.'),
+        h('button.btn.primary.big', { type: 'button', onclick: () => this.joinCall() }, icon('headphones'), 'Join room'),
+        h('a.btn.ghost', { href: '#/' }, 'Not now')));
+    this.root.querySelector('.room-page').append(this.prejoin);
+  }
+
+  showAutoplayBanner() {
+    if (this.soundBanner) return;
+    this.soundBanner = h('button.sound-banner', {
+      type: 'button',
+      onclick: () => {
+        this.call?.resumeAudio();
+        this.soundBanner.remove();
+        this.soundBanner = null;
+      },
+    }, icon('headphones'), 'Tap to turn on sound');
+    this.root.querySelector('.stage-wrap')?.prepend(this.soundBanner);
+  }
+
+  showMicError(e) {
+    this.micError = e.message;
+    toast(e.message, 'error', 8000);
+    this.renderControls();
+  }
+
+  // ---- rendering ----------------------------------------------------------
+
+  renderShell() {
+    this.connEl = h('span.conn');
+    this.banner = h('div.net-banner', { hidden: true, role: 'status' });
+    this.titleEl = h('div.room-title', h('h1.skeleton-text', 'Loading room…'));
+    this.stageEl = h('div.tiles.stage-tiles');
+    this.audienceEl = h('div.tiles.audience-tiles');
+    this.audienceHead = h('h3.section-title');
+    this.stageHead = h('h3.section-title', 'On stage');
+    this.controlsEl = h('div.controls');
+    this.audioHost = h('div.audio-host', { hidden: true });
+    this.chat = new ChatPanel({
+      roomId: this.roomId,
+      me: () => this.app.user,
+      canModerate: () => this.you?.role === 'moderator' || (this.meta && this.app.user && this.meta.ownerId === this.app.user.id),
+      sendWs: (msg) => (this.signal?.isOpen() && this.you ? this.signal.send(msg) : false),
+      avatarFor: (userId) => {
+        for (const p of this.participants.values()) if (p.userId === userId && p.avatar) return p.avatar;
+        return null;
+      },
+    });
+    this.chatWrap = h('aside.chat-wrap', this.chat.el);
+    this.chat.el.querySelector('.chat-head').append(
+      h('button.icon-btn.ghost.chat-close', { type: 'button', 'aria-label': 'Close chat', onclick: () => this.setChatOpen(false) }, icon('x')));
+
+    clear(this.root, h('div.room-page',
+      h('header.topbar.room-top',
+        h('a.icon-btn.ghost', { href: '#/', 'aria-label': 'Back to rooms', title: 'All rooms' }, icon('arrowLeft')),
+        this.titleEl,
+        h('div.top-actions', this.connEl,
+          h('button.btn.small', { type: 'button', onclick: () => this.share() }, icon('link'), h('span.hide-sm', 'Invite')))),
+      this.banner,
+      h('div.room-layout',
+        h('main.stage-wrap',
+          h('div.stage-scroll',
+            h('section.stage', this.stageHead, this.stageEl),
+            h('section.audience', this.audienceHead, this.audienceEl)),
+          this.controlsEl),
+        this.chatWrap),
+      this.audioHost));
+    this.setConn('connecting');
+    this.renderControls();
+  }
+
+  renderHeader() {
+    const m = this.meta;
+    const typeBadge = {
+      open: [icon('globe'), 'Open'],
+      social: [icon('link'), 'Social'],
+      private: [icon('lock'), 'Private'],
+    }[m.roomType] || [];
+    clear(this.titleEl,
+      h('h1', { title: m.topic }, m.topic || 'Untitled room'),
+      h('div.room-sub', h(`span.badge.badge-${m.roomType}`, typeBadge), m.owner?.name && h('span.muted.hide-sm', `Hosted by ${m.owner.name}`)));
+    document.title = `${m.topic} · Chorus`;
+  }
+
+  sortedPeople() {
+    const list = [...this.participants.values()];
+    const rank = { moderator: 0, speaker: 1, listener: 2 };
+    list.sort((a, b) => (rank[a.role] - rank[b.role])
+      || (a.role === 'listener' ? Number(b.handRaised) - Number(a.handRaised) : 0)
+      || a.participantId - b.participantId);
+    return list;
+  }
+
+  renderPeople() {
+    const people = this.sortedPeople();
+    const stage = people.filter((p) => canPublish(p.role));
+    const audience = people.filter((p) => !canPublish(p.role));
+    clear(this.stageEl, stage.map((p) => this.tile(p, 'lg')));
+    if (!stage.length) this.stageEl.append(h('p.muted.empty-line', 'Nobody is on stage yet.'));
+    clear(this.audienceHead, 'Listening', h('span.count', String(audience.length)));
+    const shown = audience.slice(0, AUDIENCE_RENDER_CAP);
+    clear(this.audienceEl, shown.map((p) => this.tile(p, 'md')));
+    if (audience.length > shown.length) this.audienceEl.append(h('div.tile.more-tile', h('span.avatar.avatar-md.more', `+${audience.length - shown.length}`), h('div.tile-name', 'more')));
+    if (!audience.length) this.audienceEl.append(h('p.muted.empty-line', 'No listeners yet. Share the link to invite people.'));
+    const total = people.length;
+    this.countEl ??= null;
+    const sub = this.titleEl.querySelector('.room-sub');
+    if (sub) {
+      sub.querySelector('.people-count')?.remove();
+      sub.append(h('span.people-count.muted', icon('users'), `${total}`));
+    }
+  }
+
+  tile(p, size) {
+    const isYou = this.you && p.participantId === this.you.participantId;
+    const iModerate = this.you?.role === 'moderator' && !isYou;
+    const av = avatar(p, size);
+    const classes = ['tile'];
+    if (this.speaking.has(p.participantId) && !p.muted) classes.push('speaking');
+    if (p.muted) classes.push('is-muted');
+    if (!p.inCall) classes.push('not-in-call');
+    const el = h(`${iModerate ? 'button' : 'div'}.${classes.join('.')}`, {
+      dataset: { pid: String(p.participantId), userId: p.userId, role: p.role },
+      type: iModerate ? 'button' : undefined,
+      title: iModerate ? `Manage ${p.name}` : p.name,
+      'aria-label': `${p.name}${isYou ? ' (you)' : ''}, ${roleLabel[p.role]}${p.muted ? ', muted' : ''}${p.handRaised ? ', hand raised' : ''}`,
+      onclick: iModerate ? (e) => this.moderate(p, e.currentTarget) : undefined,
+    },
+    h('div.tile-av', av,
+      canPublish(p.role) && p.muted && h('span.badge-icon.muted-badge', { title: 'Muted' }, icon('micOff')),
+      p.handRaised && h('span.badge-icon.hand-badge', { title: 'Hand raised' }, icon('hand'))),
+    h('div.tile-name', p.role === 'moderator' && icon('star', 'host-star'), h('span', p.name || 'Guest')),
+    (size === 'lg' || isYou) && h('div.tile-role', size === 'lg' ? roleLabel[p.role] : '', isYou && h('span.you', size === 'lg' ? ' · You' : 'You')));
+    return el;
+  }
+
+  setChatOpen(open) {
+    this.chatOpen = open;
+    this.chatWrap.classList.toggle('open', open);
+    if (open) {
+      this.unread = 0;
+      this.chat.scrollToBottom();
+    }
+    this.renderControls();
+  }
+
+  renderControls() {
+    const you = this.you;
+    const speaker = you && canPublish(you.role);
+    const micBtn = speaker && h(`button.ctrl.mic-btn${you.muted || this.micError ? '.off' : '.on'}`, {
+      type: 'button', onclick: () => this.toggleMute(),
+      'aria-pressed': String(!you.muted),
+      'aria-label': you.muted ? 'Unmute microphone' : 'Mute microphone',
+      title: this.micError || (you.muted ? 'Unmute' : 'Mute'),
+    }, icon(you.muted ? 'micOff' : 'mic'), h('span', you.muted ? 'Unmute' : 'Mute'));
+    const handBtn = you && !speaker && h(`button.ctrl.hand-btn${you.handRaised ? '.active' : ''}`, {
+      type: 'button', onclick: () => this.toggleHand(), 'aria-pressed': String(!!you.handRaised),
+    }, icon('hand'), h('span', you.handRaised ? 'Lower hand' : 'Raise hand'));
+    const chatBtn = h('button.ctrl.chat-btn', { type: 'button', onclick: () => this.setChatOpen(!this.chatOpen), 'aria-label': 'Chat' },
+      icon('chat'), h('span', 'Chat'), this.unread > 0 && h('span.unread', String(Math.min(this.unread, 99))));
+    const status = !you ? 'Connecting…'
+      : speaker && this.micError ? 'Microphone blocked'
+      : !this.wantCall ? 'Not listening'
+        : this.callConnected ? (speaker ? (you.muted ? 'You’re muted' : 'You’re live') : 'Listening')
+          : 'Connecting audio…';
+    clear(this.controlsEl,
+      h('button.ctrl.leave-btn', { type: 'button', onclick: () => this.leave() }, icon('leave'), h('span', 'Leave quietly')),
+      h('div.ctrl-status', { 'data-state': speaker && this.micError ? 'error' : this.callConnected ? 'on' : 'off', title: speaker ? this.micError || '' : '' }, h('span.dot'), status),
+      h('div.ctrl-group', chatBtn, handBtn, micBtn));
+  }
+}

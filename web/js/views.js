@@ -1,0 +1,448 @@
+// The pages before a room: phone login, profile (name + avatar), and the
+// lobby (open rooms, create, join by link). Each view renders into `root`
+// and returns a cleanup function.
+
+import { api, roomList } from './api.js';
+import { h, icon, clear, avatar, toast, modal, menu, copyText, hueFor, initials } from './ui.js';
+import { shareLink } from './room.js';
+
+// ---- login ----------------------------------------------------------------
+
+function normalisePhone(raw) {
+  const s = String(raw).replace(/[\s().-]/g, '');
+  if (/^00\d/.test(s)) return `+${s.slice(2)}`;
+  return s;
+}
+
+export function loginView(root, app) {
+  let step = 'phone';
+  let phone = '';
+  let hash = '';
+  let busy = false;
+
+  const errorEl = h('p.form-error', { role: 'alert', hidden: true });
+  const showError = (msg) => {
+    errorEl.textContent = msg || '';
+    errorEl.hidden = !msg;
+  };
+  const body = h('div.login-body');
+  const render = () => {
+    showError(app.flash());
+    if (step === 'phone') {
+      const input = h('input.input.big#phone', {
+        type: 'tel', inputMode: 'tel', autocomplete: 'tel', placeholder: '+1 555 010 0000', required: true, value: phone,
+        'aria-label': 'Phone number',
+      });
+      const submit = h('button.btn.primary.big.wide', { type: 'submit' }, 'Send code');
+      clear(body, h('form.stack', {
+        onsubmit: async (e) => {
+          e.preventDefault();
+          if (busy) return;
+          const p = normalisePhone(input.value);
+          if (!/^\+[1-9]\d{7,14}$/.test(p)) {
+            showError('Enter your number with its country code, like +1 555 010 0000.');
+            input.focus();
+            return;
+          }
+          busy = true;
+          submit.disabled = true;
+          showError('');
+          try {
+            const res = await api.sendOtp(p);
+            phone = res?.phone || p;
+            hash = res?.hash || '';
+            step = 'code';
+            render();
+          } catch (err) {
+            showError(err.message);
+          } finally {
+            busy = false;
+            submit.disabled = false;
+          }
+        },
+      },
+      h('label.label', { for: 'phone' }, 'Your phone number'),
+      input,
+      errorEl,
+      submit,
+      h('p.muted.small.center', 'We’ll text you a one-time code.')));
+      setTimeout(() => input.focus(), 0);
+    } else {
+      const input = h('input.input.big.code-input#code', {
+        type: 'text', inputMode: 'numeric', autocomplete: 'one-time-code', pattern: '[0-9]*', maxLength: 8,
+        placeholder: '••••••', required: true, 'aria-label': 'Code',
+      });
+      const submit = h('button.btn.primary.big.wide', { type: 'submit' }, 'Continue');
+      clear(body, h('form.stack', {
+        onsubmit: async (e) => {
+          e.preventDefault();
+          if (busy) return;
+          const otp = input.value.replace(/\D/g, '');
+          if (otp.length < 4) {
+            showError('Enter the code from the text message.');
+            return;
+          }
+          busy = true;
+          submit.disabled = true;
+          showError('');
+          try {
+            const res = await api.verifyOtp(phone, otp, hash);
+            app.setUser(res.user);
+            app.afterLogin();
+          } catch (err) {
+            showError(err.message);
+            input.select();
+          } finally {
+            busy = false;
+            submit.disabled = false;
+          }
+        },
+      },
+      h('label.label', { for: 'code' }, 'Enter the code sent to ', h('strong', phone)),
+      input,
+      errorEl,
+      submit,
+      h('div.dev-note', icon('wave'), h('span', 'Running Chorus in development? The code isn’t texted: it is printed in the ', h('strong', 'server log'), '.')),
+      h('button.link-btn', { type: 'button', onclick: () => { step = 'phone'; render(); } }, 'Use a different number')));
+      setTimeout(() => input.focus(), 0);
+    }
+  };
+
+  clear(root, h('div.login-page',
+    h('div.login-art', { 'aria-hidden': 'true' }, h('div.blob.b1'), h('div.blob.b2'), h('div.blob.b3')),
+    h('div.card.login-card',
+      h('div.brand', h('img.brand-logo', { src: 'logo.svg', alt: '' }), h('span', 'Chorus')),
+      h('h1', 'Drop in. Speak up.'),
+      h('p.muted.lead', 'Live voice rooms for your people.'),
+      body)));
+  render();
+  return () => {};
+}
+
+// ---- profile --------------------------------------------------------------
+
+const AVATAR_PX = 256;
+
+function fileToAvatar(file) {
+  return new Promise((resolve, reject) => {
+    if (!/^image\/(png|jpe?g|webp|gif)$/.test(file.type)) {
+      reject(new Error('Pick a PNG, JPEG, WebP or GIF image.'));
+      return;
+    }
+    if (file.size > 15 * 1024 * 1024) {
+      reject(new Error('That image is too large (15 MB at most).'));
+      return;
+    }
+    const url = URL.createObjectURL(file);
+    const img = new Image();
+    img.onload = () => {
+      // Centre-crop to a square and scale down: uploads stay small.
+      const side = Math.min(img.naturalWidth, img.naturalHeight);
+      const c = document.createElement('canvas');
+      c.width = c.height = AVATAR_PX;
+      const g = c.getContext('2d');
+      g.drawImage(img, (img.naturalWidth - side) / 2, (img.naturalHeight - side) / 2, side, side, 0, 0, AVATAR_PX, AVATAR_PX);
+      URL.revokeObjectURL(url);
+      resolve(c.toDataURL('image/jpeg', 0.88));
+    };
+    img.onerror = () => {
+      URL.revokeObjectURL(url);
+      reject(new Error('That file doesn’t look like an image.'));
+    };
+    img.src = url;
+  });
+}
+
+/** An initials avatar, for people who don't pick a photo. */
+function generatedAvatar(name, seed) {
+  const c = document.createElement('canvas');
+  c.width = c.height = AVATAR_PX;
+  const g = c.getContext('2d');
+  const hue = hueFor(seed || name);
+  const grad = g.createLinearGradient(0, 0, AVATAR_PX, AVATAR_PX);
+  grad.addColorStop(0, `hsl(${hue} 70% 62%)`);
+  grad.addColorStop(1, `hsl(${(hue + 40) % 360} 65% 48%)`);
+  g.fillStyle = grad;
+  g.fillRect(0, 0, AVATAR_PX, AVATAR_PX);
+  g.fillStyle = 'rgba(255,255,255,0.95)';
+  g.font = `600 ${AVATAR_PX * 0.4}px system-ui, -apple-system, "Segoe UI", sans-serif`;
+  g.textAlign = 'center';
+  g.textBaseline = 'middle';
+  g.fillText(initials(name || '?'), AVATAR_PX / 2, AVATAR_PX / 2 + 6);
+  return c.toDataURL('image/png');
+}
+
+async function urlToDataUrl(url) {
+  const res = await fetch(url, { credentials: 'same-origin' });
+  if (!res.ok) throw new Error(`avatar ${res.status}`);
+  const blob = await res.blob();
+  return new Promise((resolve, reject) => {
+    const r = new FileReader();
+    r.onload = () => resolve(r.result);
+    r.onerror = () => reject(r.error);
+    r.readAsDataURL(blob);
+  });
+}
+
+export function profileView(root, app) {
+  const user = app.user || {};
+  let picked = null; // data URL chosen by the user
+  let busy = false;
+  const errorEl = h('p.form-error', { role: 'alert', hidden: true });
+  const preview = h('div.avatar-preview');
+  const nameInput = h('input.input.big#name', {
+    type: 'text', maxLength: 64, autocomplete: 'name', placeholder: 'Your name', required: true, value: user.name || '',
+    oninput: () => { if (!picked) drawPreview(); },
+  });
+  const fileInput = h('input', {
+    type: 'file', accept: 'image/png,image/jpeg,image/webp,image/gif', hidden: true,
+    onchange: async () => {
+      const f = fileInput.files?.[0];
+      if (!f) return;
+      try {
+        picked = await fileToAvatar(f);
+        drawPreview();
+      } catch (e) {
+        toast(e.message, 'error');
+      }
+      fileInput.value = '';
+    },
+  });
+  // Editing keeps the current photo unless a new one is picked.
+  const keepCurrent = () => !picked && user.avatar && user.activated;
+  const drawPreview = () => {
+    const src = picked || (keepCurrent() ? user.avatar : null) || generatedAvatar(nameInput.value.trim(), user.id);
+    clear(preview, h('img', { src, alt: 'Your avatar' }));
+  };
+  const submit = h('button.btn.primary.big.wide', { type: 'submit' }, user.activated ? 'Save' : 'Let’s go');
+  clear(root, h('div.login-page',
+    h('div.login-art', { 'aria-hidden': 'true' }, h('div.blob.b1'), h('div.blob.b2'), h('div.blob.b3')),
+    h('div.card.login-card',
+      h('div.brand', h('img.brand-logo', { src: 'logo.svg', alt: '' }), h('span', 'Chorus')),
+      h('h1', user.activated ? 'Your profile' : 'Who’s joining?'),
+      h('p.muted.lead', 'This is how people see you in rooms.'),
+      h('form.stack', {
+        onsubmit: async (e) => {
+          e.preventDefault();
+          if (busy) return;
+          const name = nameInput.value.trim();
+          if (!name) {
+            errorEl.textContent = 'Tell us your name.';
+            errorEl.hidden = false;
+            return;
+          }
+          busy = true;
+          submit.disabled = true;
+          errorEl.hidden = true;
+          try {
+            let avatarData = picked;
+            if (!avatarData && keepCurrent()) avatarData = await urlToDataUrl(user.avatar).catch(() => null);
+            const res = await api.activate(name, avatarData || generatedAvatar(name, user.id));
+            app.setUser(res?.user || { ...user, name, activated: true });
+            app.navigate(app.takeReturnTo() || '#/');
+          } catch (err) {
+            errorEl.textContent = err.message;
+            errorEl.hidden = false;
+          } finally {
+            busy = false;
+            submit.disabled = false;
+          }
+        },
+      },
+      h('div.avatar-pick',
+        preview,
+        h('button.btn.small', { type: 'button', onclick: () => fileInput.click() }, icon('camera'), 'Choose photo'),
+        fileInput),
+      h('label.label', { for: 'name' }, 'Name'),
+      nameInput,
+      errorEl,
+      submit,
+      user.activated && h('a.btn.ghost.wide', { href: '#/' }, 'Cancel')))));
+  drawPreview();
+  setTimeout(() => nameInput.focus(), 0);
+  return () => {};
+}
+
+// ---- lobby ----------------------------------------------------------------
+
+const TYPES = [
+  { value: 'open', icon: 'globe', title: 'Open', text: 'Listed in the lobby. Anyone can join.' },
+  { value: 'social', icon: 'link', title: 'Social', text: 'Hidden from the lobby. Anyone with the link can join.' },
+  { value: 'private', icon: 'lock', title: 'Private', text: 'Only people you invite can join.' },
+];
+
+/** Accepts a full share link, a "#/room/ID" fragment, or a bare id. */
+export function parseRoomLink(text) {
+  const s = String(text || '').trim();
+  if (!s) return null;
+  const m = /#\/room\/([^?#/\s]+)(?:\?invite=([^#&\s]+))?/.exec(s) || /\/room\/([^?#/\s]+)(?:\?invite=([^#&\s]+))?/.exec(s);
+  if (m) return { id: decodeURIComponent(m[1]), invite: m[2] ? decodeURIComponent(m[2]) : null };
+  if (/^[\w-]{3,64}$/.test(s)) return { id: s, invite: null };
+  return null;
+}
+
+export function topBar(app, extra) {
+  const u = app.user || {};
+  const meBtn = h('button.me-btn', {
+    type: 'button', 'aria-label': 'Account',
+    onclick: () => menu(meBtn, u.name, [
+      { label: 'Edit profile', icon: 'camera', onclick: () => app.navigate('#/profile') },
+      { label: 'Sign out', icon: 'logout', danger: true, onclick: () => app.logout() },
+    ]),
+  }, avatar(u, 'sm'), h('span.hide-sm', u.name || ''));
+  return h('header.topbar',
+    h('a.brand', { href: '#/' }, h('img.brand-logo', { src: 'logo.svg', alt: '' }), h('span', 'Chorus')),
+    h('div.top-actions', extra, meBtn));
+}
+
+export function lobbyView(root, app) {
+  let timer = null;
+  let stopped = false;
+  const grid = h('div.room-grid', { 'aria-live': 'polite' }, skeletonCards());
+  const linkInput = h('input.input', { type: 'text', placeholder: 'Paste a room link', 'aria-label': 'Room link' });
+
+  const load = async () => {
+    try {
+      const rooms = roomList(await api.rooms());
+      if (stopped) return;
+      renderRooms(rooms);
+    } catch (e) {
+      if (stopped || e.status === 401) return;
+      if (!grid.querySelector('.room-card')) clear(grid, h('div.empty-state', h('h3', 'Can’t load rooms'), h('p.muted', e.message)));
+    } finally {
+      // Live counts: poll while the page is visible.
+      if (!stopped) timer = setTimeout(load, document.hidden ? 15000 : 5000);
+    }
+  };
+
+  const renderRooms = (rooms) => {
+    if (!rooms.length) {
+      clear(grid, h('div.empty-state',
+        h('div.empty-art', icon('wave')),
+        h('h3', 'It’s quiet in here'),
+        h('p.muted', 'No open rooms right now. Start one and invite your friends.'),
+        h('button.btn.primary', { type: 'button', onclick: () => createRoom(app) }, icon('plus'), 'Start a room')));
+      return;
+    }
+    clear(grid, rooms.map((r) => roomCard(r)));
+  };
+
+  const join = (e) => {
+    e.preventDefault();
+    const parsed = parseRoomLink(linkInput.value);
+    if (!parsed) {
+      toast('That doesn’t look like a Chorus room link.', 'error');
+      return;
+    }
+    app.navigate(`#/room/${encodeURIComponent(parsed.id)}${parsed.invite ? `?invite=${encodeURIComponent(parsed.invite)}` : ''}`);
+  };
+
+  clear(root, h('div.page',
+    topBar(app),
+    h('main.lobby',
+      h('section.lobby-hero',
+        h('div',
+          h('h1', `Hi ${(app.user?.name || '').split(' ')[0] || 'there'}`),
+          h('p.muted.lead', 'Rooms happening now. Jump in and listen, or start your own.')),
+        h('button.btn.primary.big', { type: 'button', onclick: () => createRoom(app) }, icon('plus'), 'Start a room')),
+      h('form.join-link', { onsubmit: join }, icon('link'), linkInput, h('button.btn', { type: 'submit' }, 'Join')),
+      h('h2.section-title', 'Open rooms'),
+      grid)));
+  load();
+  return () => {
+    stopped = true;
+    clearTimeout(timer);
+  };
+}
+
+function skeletonCards() {
+  return [0, 1, 2].map(() => h('div.room-card.skeleton', h('div.sk-line.w60'), h('div.sk-line.w40'), h('div.sk-avatars')));
+}
+
+function roomCard(r) {
+  const speakers = r.speakers || [];
+  const total = r.totalPeople ?? 0;
+  return h('a.room-card', { href: `#/room/${encodeURIComponent(r.id)}`, dataset: { roomId: r.id } },
+    h('div.room-card-top',
+      h('span.live-pill', h('span.dot'), 'Live'),
+      h('span.people', icon('users'), String(total))),
+    h('h3.room-topic', r.topic || 'Untitled room'),
+    h('div.room-card-foot',
+      h('div.avatar-stack', speakers.slice(0, 4).map((s) => avatar(s, 'sm'))),
+      h('span.speaker-names.muted', speakers.length
+        ? speakers.slice(0, 2).map((s) => s.name).join(', ') + (speakers.length > 2 ? ` +${speakers.length - 2}` : '')
+        : (r.owner?.name ? `Hosted by ${r.owner.name}` : 'Waiting for speakers'))));
+}
+
+export function createRoom(app) {
+  let type = 'open';
+  const topic = h('input.input.big#topic', { type: 'text', maxLength: 120, placeholder: 'What do you want to talk about?', required: true });
+  const errorEl = h('p.form-error', { role: 'alert', hidden: true });
+  const opts = h('div.type-options', { role: 'radiogroup', 'aria-label': 'Room type' }, TYPES.map((t) => h(`label.type-option${t.value === type ? '.selected' : ''}`,
+    h('input', {
+      type: 'radio', name: 'roomType', value: t.value, checked: t.value === type,
+      onchange: () => {
+        type = t.value;
+        for (const o of opts.children) o.classList.toggle('selected', o.querySelector('input').value === type);
+      },
+    }),
+    icon(t.icon), h('span.type-title', t.title), h('span.type-text', t.text))));
+  const submit = h('button.btn.primary.big.wide', { type: 'submit' }, 'Start room');
+  const form = h('form.stack', {
+    onsubmit: async (e) => {
+      e.preventDefault();
+      const t = topic.value.trim();
+      if (!t) {
+        errorEl.textContent = 'Give your room a topic.';
+        errorEl.hidden = false;
+        return;
+      }
+      submit.disabled = true;
+      try {
+        const room = await api.createRoom(t, type);
+        if (room.roomType === 'private' && !room.inviteCode) {
+          // Private rooms are reached through an invite code: make one for the link.
+          try {
+            room.inviteCode = (await api.createInviteCode(room.id))?.code;
+          } catch (err) {
+            toast(err.message || 'Room created, but the invite link could not be made.', 'error');
+          }
+        }
+        showCreated(room);
+      } catch (err) {
+        errorEl.textContent = err.message;
+        errorEl.hidden = false;
+        submit.disabled = false;
+      }
+    },
+  }, h('label.label', { for: 'topic' }, 'Topic'), topic, h('span.label', 'Who can join'), opts, errorEl, submit);
+  const dlg = modal('Start a room', form);
+
+  function showCreated(room) {
+    const link = shareLink(room.id, room.inviteCode);
+    const input = h('input.input.share-link', { value: link, readOnly: true, onfocus: (e) => e.target.select() });
+    clear(form,
+      h('div.created',
+        h('div.created-icon', icon('wave')),
+        h('h3', room.topic),
+        h('p.muted', room.roomType === 'open'
+          ? 'Your room is live and listed in the lobby. Share the link to bring people in.'
+          : room.roomType === 'social'
+            ? 'Your room is live. It’s not listed, so share the link.'
+            : 'Your private room is ready. Only people with this link can join.')),
+      h('div.row.gap', input, h('button.btn', {
+        type: 'button',
+        onclick: async () => {
+          const ok = await copyText(link);
+          toast(ok ? 'Link copied.' : 'Copy failed: select the link and copy it.', ok ? 'success' : 'error');
+        },
+      }, icon('copy'), 'Copy')),
+      h('button.btn.primary.big.wide.enter-room', {
+        type: 'button',
+        onclick: () => {
+          dlg.close();
+          app.navigate(`#/room/${encodeURIComponent(room.id)}${room.inviteCode ? `?invite=${encodeURIComponent(room.inviteCode)}` : ''}`);
+        },
+      }, 'Enter room'));
+  }
+}
