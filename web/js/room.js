@@ -118,8 +118,8 @@ export class RoomView {
     });
     s.on('close', ({ willRetry, wasOpen }) => {
       if (this.destroyed) return;
-      if (willRetry) this.setConn(navigator.onLine === false ? 'offline' : 'reconnecting');
       this.failedOpens = wasOpen ? 0 : (this.failedOpens || 0) + 1;
+      if (willRetry) this.setConn(navigator.onLine === false ? 'offline' : this.joinedOnce ? 'reconnecting' : 'connecting');
       // A refused upgrade looks like any other failed connect. The usual cause
       // with a reachable server is an expired access token: refresh it (at most
       // every 30 s), and give up on the session if that fails.
@@ -339,10 +339,11 @@ export class RoomView {
     const text = { connecting: 'Connecting…', joining: 'Joining…', live: 'Live', reconnecting: 'Reconnecting…', offline: 'Offline' }[state];
     el.className = `conn conn-${state}`;
     clear(el, h('span.dot'), text);
-    this.banner.hidden = state !== 'reconnecting' && state !== 'offline';
+    const cantReach = state === 'connecting' && (this.failedOpens || 0) >= 2;
+    this.banner.hidden = state !== 'reconnecting' && state !== 'offline' && !cantReach;
     clear(this.banner, h('span.spinner'), state === 'offline'
       ? 'You’re offline. We’ll reconnect as soon as the network is back.'
-      : 'Connection lost. Reconnecting…');
+      : cantReach ? 'Can’t reach the room’s live server. Retrying…' : 'Connection lost. Reconnecting…');
   }
 
   // ---- actions ------------------------------------------------------------
@@ -493,6 +494,11 @@ export class RoomView {
         this.chatWrap),
       this.audioHost));
     this.setConn('connecting');
+    // Placeholders until the first participant list arrives.
+    const ghost = (n, size) => Array.from({ length: n }, () => h('div.tile.ghost', h('span.avatar.avatar-' + size), h('div.sk-line.w60')));
+    this.stageEl.append(...ghost(3, 'lg'));
+    clear(this.audienceHead, 'Listening');
+    this.audienceEl.append(...ghost(5, 'md'));
     this.renderControls();
   }
 
