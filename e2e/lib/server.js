@@ -60,6 +60,10 @@ export async function startServer({ env = {} } = {}) {
       PORT: String(port),
       HOST: '127.0.0.1',
       DATA_DIR: path.join(cwd, 'data'),
+      // Media on loopback only, on a UDP port of its own.
+      MEDIA_PORT: String(mediaPort),
+      MEDIA_HOST: '127.0.0.1',
+      ANNOUNCE_IPS: '127.0.0.1',
       ...env,
     },
     stdio: ['ignore', 'pipe', 'pipe'],
