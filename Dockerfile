@@ -15,7 +15,7 @@ RUN apt-get update && apt-get install -y --no-install-recommends ca-certificates
 COPY --from=builder /chorus /usr/local/bin/chorus
 USER chorus
 WORKDIR /var/lib/chorus
-ENV CHORUS_DATA_DIR=/var/lib/chorus/data
+ENV DATA_DIR=/var/lib/chorus/data
 VOLUME ["/var/lib/chorus/data"]
 # HTTP (API, WebSocket, web client, /metrics) and the one UDP port all media shares.
 EXPOSE 5500/tcp 7882/udp

@@ -151,12 +151,120 @@ pub struct Config {
     #[arg(long, env = "SWEEP_INTERVAL_SECS", default_value_t = 3600)]
     pub sweep_interval_secs: u64,
 
+    /// UDP port shared by every WebRTC connection (the SFU's one media socket).
+    #[arg(long, env = "MEDIA_PORT", default_value_t = 7882)]
+    pub media_port: u16,
+
+    /// Address the media socket binds to: an interface's IP restricts media to it
+    /// (127.0.0.1 for loopback-only tests); 0.0.0.0 listens on all of them.
+    #[arg(long, env = "MEDIA_HOST", default_value = "0.0.0.0")]
+    pub media_host: IpAddr,
+
+    /// IPs announced to clients as ICE host candidates, comma-separated: the public IPs
+    /// of a 1:1 NAT, or the interface IPs to use. Empty: the bound IP, or every
+    /// non-loopback interface address when bound to 0.0.0.0.
+    #[arg(long, env = "ANNOUNCE_IPS", value_delimiter = ',')]
+    pub announce_ips: Vec<IpAddr>,
+
+    /// STUN/TURN server URLs handed to clients, comma-separated
+    /// (e.g. `stun:stun.example.org:3478,turn:turn.example.org:3478?transport=udp`).
+    #[arg(long, env = "ICE_SERVERS", value_delimiter = ',')]
+    pub ice_servers: Vec<String>,
+
+    /// Username for the TURN servers in ICE_SERVERS.
+    #[arg(long, env = "TURN_USERNAME")]
+    pub turn_username: Option<String>,
+
+    /// Credential for the TURN servers in ICE_SERVERS.
+    #[arg(long, env = "TURN_CREDENTIAL", hide_env_values = true)]
+    pub turn_credential: Option<String>,
+
+    /// Outgoing audio slots per listener: the loudest speakers are mapped onto them.
+    #[arg(long, env = "AUDIO_SLOTS", default_value_t = 3)]
+    pub audio_slots: usize,
+
+    /// How often active speakers and slot assignments are decided, milliseconds (200-500).
+    #[arg(long, env = "SPEAKER_INTERVAL_MS", default_value_t = 300)]
+    pub speaker_interval_ms: u64,
+
+    /// A connected participant silent (no packets, no ICE consent) this long is removed, seconds.
+    #[arg(long, env = "PEER_TIMEOUT_SECS", default_value_t = 5)]
+    pub peer_timeout_secs: u64,
+
+    /// Participants per room (connections, two tabs count twice).
+    #[arg(long, env = "MAX_PARTICIPANTS", default_value_t = 5000)]
+    pub max_participants: usize,
+
+    /// Seconds a participant whose WebSocket dropped keeps its place for a reconnect.
+    #[arg(long, env = "RESUME_GRACE_SECS", default_value_t = 15)]
+    pub resume_grace_secs: u64,
+
+    /// Client messages per second on one WebSocket (sustained; bursts of twice this pass).
+    #[arg(long, env = "WS_RATE_PER_SEC", default_value_t = 20)]
+    pub ws_rate_per_sec: u32,
+
+    /// Serve `/metrics` on this separate port instead of the HTTP port.
+    #[arg(long, env = "METRICS_PORT")]
+    pub metrics_port: Option<u16>,
+
     /// Log output format (the filter comes from RUST_LOG, default `info`).
     #[arg(long, env = "LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
 }
 
 impl Config {
+    /// The SFU's settings.
+    pub fn sfu_config(&self) -> anyhow::Result<media::SfuConfig> {
+        anyhow::ensure!(
+            (1..=16).contains(&self.audio_slots),
+            "AUDIO_SLOTS must be between 1 and 16"
+        );
+        anyhow::ensure!(
+            (200..=500).contains(&self.speaker_interval_ms),
+            "SPEAKER_INTERVAL_MS must be between 200 and 500"
+        );
+        anyhow::ensure!(
+            self.peer_timeout_secs > 0,
+            "PEER_TIMEOUT_SECS must be positive"
+        );
+        Ok(media::SfuConfig {
+            bind: std::net::SocketAddr::new(self.media_host, self.media_port),
+            announce_ips: self.announce_ips.clone(),
+            slots: self.audio_slots,
+            speaker_interval: std::time::Duration::from_millis(self.speaker_interval_ms),
+            peer_timeout: std::time::Duration::from_secs(self.peer_timeout_secs),
+            ..media::SfuConfig::default()
+        })
+    }
+
+    /// The WebSocket side's settings.
+    pub fn signaling_config(&self) -> anyhow::Result<signaling::SignalingConfig> {
+        anyhow::ensure!(
+            self.max_participants > 0,
+            "MAX_PARTICIPANTS must be positive"
+        );
+        anyhow::ensure!(self.ws_rate_per_sec > 0, "WS_RATE_PER_SEC must be positive");
+        let ice_servers = if self.ice_servers.is_empty() {
+            Vec::new()
+        } else {
+            vec![signaling::protocol::IceServer {
+                urls: self.ice_servers.clone(),
+                username: self.turn_username.clone(),
+                credential: self.turn_credential.clone(),
+            }]
+        };
+        Ok(signaling::SignalingConfig {
+            slot_count: self.audio_slots,
+            max_participants: self.max_participants,
+            max_chat_chars: self.max_message_chars,
+            rate_per_sec: f64::from(self.ws_rate_per_sec),
+            rate_burst: self.ws_rate_per_sec.saturating_mul(2),
+            resume_grace: std::time::Duration::from_secs(self.resume_grace_secs),
+            ice_servers,
+            ..signaling::SignalingConfig::default()
+        })
+    }
+
     /// Parses flags and environment, applying the `DB_URL` alias for `MONGO_URI`.
     pub fn load() -> Self {
         let mut cfg = Self::parse();

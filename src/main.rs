@@ -1,20 +1,9 @@
-//! The `chorus` binary: reads configuration, opens the store, builds the HTTP app from
-//! the control plane (and, later, the signaling/media side), serves it, and shuts down
-//! cleanly on SIGINT/SIGTERM. Deliberately thin: all behaviour lives in the crates.
+//! The `chorus` binary: reads configuration (flags, environment, `.env`), sets up
+//! logging, starts the server (`chorus::start`) and stops it on SIGINT/SIGTERM.
+//! Deliberately thin: all behaviour lives in the library and the crates.
 
-mod config;
-
-use std::net::SocketAddr;
-use std::sync::Arc;
-
-use anyhow::Context;
-use api::AppState;
-use api::store::{SqliteStore, Store};
-use tokio::net::TcpListener;
-use tokio_util::sync::CancellationToken;
+use chorus::config::{Config, LogFormat};
 use tracing_subscriber::EnvFilter;
-
-use crate::config::{Config, LogFormat};
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
@@ -25,31 +14,9 @@ async fn main() -> anyhow::Result<()> {
     if let Ok(path) = dotenv {
         tracing::info!(path = %path.display(), "loaded .env");
     }
-
-    let shutdown = CancellationToken::new();
-    let state = control_plane(&cfg).await?;
-    let sweeper = api::sweeper::spawn_sweeper(state.clone(), shutdown.clone().cancelled_owned());
-
-    // Signaling and static routes are merged here.
-    let app = api::router(state);
-
-    let addr = SocketAddr::new(cfg.host, cfg.port);
-    let listener = TcpListener::bind(addr)
-        .await
-        .with_context(|| format!("binding {addr}"))?;
-    tracing::info!(%addr, "chorus listening");
-
-    tokio::spawn(cancel_on_signal(shutdown.clone()));
-    axum::serve(
-        listener,
-        app.into_make_service_with_connect_info::<SocketAddr>(),
-    )
-    .with_graceful_shutdown(shutdown.clone().cancelled_owned())
-    .await
-    .context("HTTP server")?;
-
-    shutdown.cancel();
-    let _ = sweeper.await;
+    let server = chorus::start(cfg).await?;
+    tokio::spawn(cancel_on_signal(server.shutdown_token()));
+    server.wait().await;
     tracing::info!("chorus stopped");
     Ok(())
 }
@@ -63,39 +30,8 @@ fn init_tracing(format: LogFormat) {
     }
 }
 
-/// The control plane's state: store, settings, secrets, SMS sender.
-async fn control_plane(cfg: &Config) -> anyhow::Result<AppState> {
-    let store = open_store(cfg).await?;
-    let api_config = cfg.api_config()?;
-    if !api_config.secure_cookies {
-        tracing::warn!("cookies are sent without Secure (INSECURE_COOKIES): development only");
-    }
-    let secrets = cfg.jwt_secrets()?;
-    let sms = cfg.sms_sender()?;
-    Ok(AppState::new(store, api_config, secrets).with_sms(sms))
-}
-
-async fn open_store(cfg: &Config) -> anyhow::Result<Arc<dyn Store>> {
-    if let Some(uri) = &cfg.mongo_uri {
-        return open_mongo(uri).await;
-    }
-    std::fs::create_dir_all(&cfg.data_dir)
-        .with_context(|| format!("creating data dir {}", cfg.data_dir.display()))?;
-    let path = cfg.data_dir.join("chorus.sqlite3");
-    let store = SqliteStore::open(&path)
-        .await
-        .with_context(|| format!("opening SQLite database {}", path.display()))?;
-    tracing::info!(path = %path.display(), "using the embedded SQLite store");
-    Ok(Arc::new(store))
-}
-
-async fn open_mongo(_uri: &str) -> anyhow::Result<Arc<dyn Store>> {
-    // Replaced by `MongoStore::connect` when the store branch's MongoDB store lands.
-    anyhow::bail!("this build has no MongoDB store yet; unset MONGO_URI to use SQLite")
-}
-
 /// Completes on SIGINT (Ctrl-C) or SIGTERM (container stop) by cancelling `token`.
-async fn cancel_on_signal(token: CancellationToken) {
+async fn cancel_on_signal(token: tokio_util::sync::CancellationToken) {
     let ctrl_c = async {
         if let Err(e) = tokio::signal::ctrl_c().await {
             tracing::error!(error = %e, "cannot listen for Ctrl-C");

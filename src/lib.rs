@@ -1,0 +1,184 @@
+//! The `chorus` server as a library, so integration tests start the real thing
+//! in-process: [`start`] opens the store, starts the SFU's media thread and the
+//! signaling service, wires them to the control plane, and serves HTTP, the
+//! WebSocket, the web client and `/metrics`. `main.rs` only adds config loading,
+//! logging and signal handling.
+
+pub mod config;
+pub mod telemetry;
+mod web;
+pub mod wiring;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use anyhow::Context;
+use api::AppState;
+use api::store::{MongoStore, SqliteStore, Store};
+use signaling::{Signaling, SignalingPorts};
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+pub use config::Config;
+use telemetry::Telemetry;
+
+/// A running server. Dropping it does not stop it: call [`Server::shutdown`].
+pub struct Server {
+    /// Where HTTP, the WebSocket and the web client are served.
+    pub http_addr: SocketAddr,
+    /// The SFU's UDP socket.
+    pub media_addr: SocketAddr,
+    /// `/metrics` when it has its own port.
+    pub metrics_addr: Option<SocketAddr>,
+    pub signaling: Signaling,
+    pub sfu: media::Sfu,
+    pub telemetry: Telemetry,
+    shutdown: CancellationToken,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl Server {
+    /// A token that stops the server when cancelled (e.g. from a signal handler).
+    pub fn shutdown_token(&self) -> CancellationToken {
+        self.shutdown.clone()
+    }
+
+    /// Completes when the server has stopped (after the shutdown token is cancelled).
+    pub async fn wait(self) {
+        self.shutdown.cancelled().await;
+        self.signaling.shutdown();
+        for t in self.tasks {
+            let _ = t.await;
+        }
+    }
+
+    /// Stops accepting, closes every WebSocket, lets in-flight requests finish, stops
+    /// the media thread.
+    pub async fn shutdown(self) {
+        self.shutdown.cancel();
+        self.wait().await;
+    }
+}
+
+/// Starts every part of the server and returns once the sockets are bound.
+pub async fn start(cfg: Config) -> anyhow::Result<Server> {
+    let shutdown = CancellationToken::new();
+    let telemetry = Telemetry::new()?;
+
+    let store = open_store(&cfg).await?;
+    let api_config = cfg.api_config()?;
+    if !api_config.secure_cookies {
+        tracing::warn!("cookies are sent without Secure (INSECURE_COOKIES): development only");
+    }
+    let base_url = api_config.base_url.clone();
+    let state =
+        AppState::new(store.clone(), api_config, cfg.jwt_secrets()?).with_sms(cfg.sms_sender()?);
+
+    let (sfu, sfu_events) = media::Sfu::start(cfg.sfu_config()?).context("starting the SFU")?;
+    let media_addr = sfu.local_addr();
+    tracing::info!(%media_addr, "media socket bound (UDP, shared by all peer connections)");
+    telemetry.register_sfu(sfu.clone())?;
+
+    let ports = SignalingPorts {
+        auth: Arc::new(wiring::ApiAuthenticator {
+            verifier: state.token_verifier(),
+            store: store.clone(),
+            base_url,
+        }),
+        directory: Arc::new(wiring::ApiRoomDirectory {
+            store: store.clone(),
+        }),
+        chat: Arc::new(wiring::ApiChatStore {
+            store: store.clone(),
+            clock: state.clock.clone(),
+        }),
+        media: Arc::new(sfu.clone()),
+    };
+    let signaling = Signaling::new(
+        cfg.signaling_config()?,
+        ports,
+        signaling::sfu_events(sfu_events),
+    );
+    let state = state.with_live_rooms(Arc::new(wiring::SignalingLiveRooms {
+        signaling: signaling.clone(),
+    }));
+
+    let mut tasks = Vec::new();
+    let sweeper = api::sweeper::spawn_sweeper(state.clone(), shutdown.clone().cancelled_owned());
+    tasks.push(tokio::spawn(async move {
+        let _ = sweeper.await;
+    }));
+
+    let mut app = api::router(state).merge(signaling.routes());
+    let metrics_addr = match cfg.metrics_port {
+        Some(port) => {
+            let addr = SocketAddr::new(cfg.host, port);
+            let listener = TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("binding metrics {addr}"))?;
+            let bound = listener.local_addr()?;
+            tasks.push(serve(listener, telemetry.routes(), shutdown.clone()));
+            tracing::info!(addr = %bound, "metrics listening");
+            Some(bound)
+        }
+        None => {
+            app = app.merge(telemetry.routes());
+            None
+        }
+    };
+    let app = telemetry.instrument(app.merge(web::routes()));
+
+    let addr = SocketAddr::new(cfg.host, cfg.port);
+    let listener = TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("binding {addr}"))?;
+    let http_addr = listener.local_addr()?;
+    tracing::info!(addr = %http_addr, "chorus listening (HTTP, WebSocket /ws, web client /)");
+    tasks.push(serve(listener, app, shutdown.clone()));
+
+    Ok(Server {
+        http_addr,
+        media_addr,
+        metrics_addr,
+        signaling,
+        sfu,
+        telemetry,
+        shutdown,
+        tasks,
+    })
+}
+
+fn serve(listener: TcpListener, app: axum::Router, shutdown: CancellationToken) -> JoinHandle<()> {
+    tokio::spawn(async move {
+        let result = axum::serve(
+            listener,
+            app.into_make_service_with_connect_info::<SocketAddr>(),
+        )
+        .with_graceful_shutdown(shutdown.cancelled_owned())
+        .await;
+        if let Err(e) = result {
+            tracing::error!(error = %e, "HTTP server failed");
+        }
+    })
+}
+
+async fn open_store(cfg: &Config) -> anyhow::Result<Arc<dyn Store>> {
+    if let Some(uri) = &cfg.mongo_uri {
+        let expiry =
+            std::time::Duration::from_secs(u64::try_from(cfg.room_expiry_days.max(1))? * 86_400);
+        let store = MongoStore::connect_uri(uri, expiry)
+            .await
+            .context("connecting to MongoDB")?;
+        tracing::info!("using the MongoDB store");
+        return Ok(Arc::new(store));
+    }
+    std::fs::create_dir_all(&cfg.data_dir)
+        .with_context(|| format!("creating data dir {}", cfg.data_dir.display()))?;
+    let path = cfg.data_dir.join("chorus.sqlite3");
+    let store = SqliteStore::open(&path)
+        .await
+        .with_context(|| format!("opening SQLite database {}", path.display()))?;
+    tracing::info!(path = %path.display(), "using the embedded SQLite store");
+    Ok(Arc::new(store))
+}

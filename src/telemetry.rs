@@ -1,0 +1,302 @@
+//! Telemetry: logging setup and the Prometheus registry behind `/metrics`.
+//!
+//! Every metric lives in one registry owned here. Label values are bounded:
+//! HTTP routes are labelled with their axum route template (`/api/rooms/{room_id}`),
+//! never with a concrete path, room or user id.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use parking_lot::Mutex;
+
+use axum::{
+    Router,
+    extract::{MatchedPath, Request, State},
+    http::{StatusCode, header},
+    middleware::{self, Next},
+    response::{IntoResponse, Response},
+    routing::get,
+};
+use prometheus::{
+    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+    TextEncoder,
+};
+
+/// The registry and the metrics the binary itself records (HTTP). Library crates
+/// register theirs into the same registry at startup.
+#[derive(Clone)]
+pub struct Telemetry {
+    /// Shared by every crate so one scrape returns everything.
+    pub registry: Registry,
+    /// Requests by route template, method and status.
+    http_requests: IntCounterVec,
+    /// Latency by route template and method.
+    http_duration: HistogramVec,
+    /// Sources read at scrape time (the SFU keeps plain atomics on its hot path and
+    /// knows nothing of Prometheus).
+    refreshers: Arc<Mutex<Vec<Box<dyn FnMut() + Send>>>>,
+}
+
+impl Telemetry {
+    pub fn new() -> anyhow::Result<Self> {
+        let registry = Registry::new();
+        #[cfg(target_os = "linux")]
+        registry.register(Box::new(
+            prometheus::process_collector::ProcessCollector::for_self(),
+        ))?;
+        let http_requests = IntCounterVec::new(
+            Opts::new(
+                "chorus_http_requests_total",
+                "HTTP requests by route template, method and status",
+            ),
+            &["route", "method", "status"],
+        )?;
+        let http_duration = HistogramVec::new(
+            HistogramOpts::new(
+                "chorus_http_request_duration_seconds",
+                "HTTP request latency by route template",
+            )
+            .buckets(vec![
+                0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+            ]),
+            &["route", "method"],
+        )?;
+        registry.register(Box::new(http_requests.clone()))?;
+        registry.register(Box::new(http_duration.clone()))?;
+        Ok(Self {
+            registry,
+            http_requests,
+            http_duration,
+            refreshers: Arc::default(),
+        })
+    }
+
+    /// Exposes the SFU's counters, read from its atomics at each scrape.
+    pub fn register_sfu(&self, sfu: media::Sfu) -> prometheus::Result<()> {
+        let gauge = |name: &str, help: &str| -> prometheus::Result<IntGauge> {
+            let g = IntGauge::new(name, help)?;
+            self.registry.register(Box::new(g.clone()))?;
+            Ok(g)
+        };
+        let counter =
+            |name: &str, help: &str, labels: &[&str]| -> prometheus::Result<IntCounterVec> {
+                let c = IntCounterVec::new(Opts::new(name, help), labels)?;
+                self.registry.register(Box::new(c.clone()))?;
+                Ok(c)
+            };
+        let participants = gauge("chorus_media_participants", "Peer connections on the SFU")?;
+        let connected = gauge(
+            "chorus_media_connected",
+            "Peer connections with ICE and DTLS done",
+        )?;
+        let publishers = gauge(
+            "chorus_media_publishers",
+            "Participants allowed to publish audio (published tracks)",
+        )?;
+        let rooms = gauge(
+            "chorus_media_rooms",
+            "Rooms with at least one peer connection",
+        )?;
+        let packets = counter(
+            "chorus_media_packets_total",
+            "RTP packets by direction",
+            &["direction"],
+        )?;
+        let bytes = counter(
+            "chorus_media_bytes_total",
+            "RTP payload bytes by direction",
+            &["direction"],
+        )?;
+        let dropped = counter(
+            "chorus_media_packets_dropped_total",
+            "RTP packets not forwarded, by reason",
+            &["reason"],
+        )?;
+        let rtcp = counter(
+            "chorus_media_rtcp_total",
+            "RTCP packets received, by kind",
+            &["kind"],
+        )?;
+        let datagrams = counter(
+            "chorus_media_datagrams_total",
+            "UDP datagrams by direction",
+            &["direction"],
+        )?;
+        let errors = counter(
+            "chorus_media_errors_total",
+            "Media socket and protocol errors, by kind",
+            &["kind"],
+        )?;
+        let disconnects = counter(
+            "chorus_media_disconnects_total",
+            "Participants removed by the SFU for ICE failure or timeout",
+            &[],
+        )?;
+        let mut last = media::SfuStats::default();
+        let refresh = move || {
+            let s = sfu.stats();
+            let as_i64 = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
+            participants.set(as_i64(s.participants));
+            connected.set(as_i64(s.connected));
+            publishers.set(as_i64(s.publishers));
+            rooms.set(as_i64(s.rooms));
+            // Counters only move forward: add what changed since the last scrape.
+            let add = |c: &IntCounterVec, labels: &[&str], now: u64, before: u64| {
+                c.with_label_values(labels)
+                    .inc_by(now.saturating_sub(before));
+            };
+            add(&packets, &["received"], s.rtp_received, last.rtp_received);
+            add(
+                &packets,
+                &["forwarded"],
+                s.rtp_forwarded,
+                last.rtp_forwarded,
+            );
+            add(
+                &bytes,
+                &["received"],
+                s.rtp_bytes_received,
+                last.rtp_bytes_received,
+            );
+            add(
+                &bytes,
+                &["forwarded"],
+                s.rtp_bytes_forwarded,
+                last.rtp_bytes_forwarded,
+            );
+            add(&dropped, &["muted"], s.dropped_muted, last.dropped_muted);
+            add(
+                &dropped,
+                &["not_publisher"],
+                s.dropped_not_publisher,
+                last.dropped_not_publisher,
+            );
+            add(
+                &dropped,
+                &["no_subscribers"],
+                s.dropped_no_subscribers,
+                last.dropped_no_subscribers,
+            );
+            add(
+                &dropped,
+                &["not_in_slot"],
+                s.dropped_not_in_slot,
+                last.dropped_not_in_slot,
+            );
+            add(
+                &dropped,
+                &["duplicate"],
+                s.dropped_duplicate,
+                last.dropped_duplicate,
+            );
+            add(
+                &dropped,
+                &["not_ready"],
+                s.dropped_not_ready,
+                last.dropped_not_ready,
+            );
+            add(
+                &dropped,
+                &["congestion"],
+                s.send_would_block,
+                last.send_would_block,
+            );
+            add(
+                &dropped,
+                &["write_error"],
+                s.dropped_write_error,
+                last.dropped_write_error,
+            );
+            add(&rtcp, &["all"], s.rtcp_received, last.rtcp_received);
+            add(&rtcp, &["nack"], s.nacks_received, last.nacks_received);
+            add(
+                &datagrams,
+                &["received"],
+                s.datagrams_received,
+                last.datagrams_received,
+            );
+            add(&datagrams, &["sent"], s.datagrams_sent, last.datagrams_sent);
+            add(&errors, &["malformed"], s.malformed, last.malformed);
+            add(
+                &errors,
+                &["unknown_source"],
+                s.unknown_source,
+                last.unknown_source,
+            );
+            add(&errors, &["send"], s.send_errors, last.send_errors);
+            add(
+                &errors,
+                &["rtc_read"],
+                s.rtc_read_errors,
+                last.rtc_read_errors,
+            );
+            add(&disconnects, &[], s.disconnects, last.disconnects);
+            last = s;
+        };
+        self.refreshers.lock().push(Box::new(refresh));
+        Ok(())
+    }
+
+    /// A gauge vector in the shared registry (for other crates' live counts).
+    pub fn gauge_vec(
+        &self,
+        name: &str,
+        help: &str,
+        labels: &[&str],
+    ) -> prometheus::Result<IntGaugeVec> {
+        let g = IntGaugeVec::new(Opts::new(name, help), labels)?;
+        self.registry.register(Box::new(g.clone()))?;
+        Ok(g)
+    }
+
+    /// Wraps a router so every request is counted and timed by route template.
+    pub fn instrument(&self, router: Router) -> Router {
+        router.layer(middleware::from_fn_with_state(self.clone(), track_http))
+    }
+
+    /// The `/metrics` route, to merge into the main router or serve on its own port.
+    pub fn routes(&self) -> Router {
+        Router::new()
+            .route("/metrics", get(scrape))
+            .with_state(self.clone())
+    }
+
+    /// The registry in the Prometheus text format.
+    pub fn render(&self) -> Result<String, prometheus::Error> {
+        for refresh in self.refreshers.lock().iter_mut() {
+            refresh();
+        }
+        let mut buf = Vec::new();
+        TextEncoder::new().encode(&self.registry.gather(), &mut buf)?;
+        Ok(String::from_utf8_lossy(&buf).into_owned())
+    }
+}
+
+async fn track_http(State(t): State<Telemetry>, req: Request, next: Next) -> Response {
+    // Unmatched paths (404s from scanners) share one label value.
+    let route = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|m| m.as_str().to_owned())
+        .unwrap_or_else(|| "unmatched".to_owned());
+    let method = req.method().as_str().to_owned();
+    let start = Instant::now();
+    let resp = next.run(req).await;
+    t.http_duration
+        .with_label_values(&[route.as_str(), method.as_str()])
+        .observe(start.elapsed().as_secs_f64());
+    t.http_requests
+        .with_label_values(&[route.as_str(), method.as_str(), resp.status().as_str()])
+        .inc();
+    resp
+}
+
+async fn scrape(State(t): State<Telemetry>) -> Response {
+    match t.render() {
+        Ok(body) => ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], body).into_response(),
+        Err(e) => {
+            tracing::error!(error = %e, "metrics encoding failed");
+            StatusCode::INTERNAL_SERVER_ERROR.into_response()
+        }
+    }
+}

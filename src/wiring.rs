@@ -1,0 +1,242 @@
+//! Adapters that let signaling use the control plane without depending on it: the
+//! signaling crate states what it needs as traits (`Authenticator`, `RoomDirectory`,
+//! `ChatStore`), the control plane states what it needs as `LiveRooms`, and this
+//! module implements each over the other side.
+
+use std::sync::Arc;
+
+use api::access::{AccessError, can_join};
+use api::auth::TokenVerifier;
+use api::clock::Clock;
+use api::dto::{MessageJson, avatar_url};
+use api::store::{Message, MessageId, MessageType, RoomId, Store, UserId, new_id};
+use api::{LiveRoomInfo, LiveRooms};
+use async_trait::async_trait;
+use signaling::protocol::ChatMessage;
+use signaling::{
+    AuthUser, Authenticator, CallEvent, ChatStore, DeleteOutcome, RoomAccess, RoomDirectory,
+    Signaling, SignalingError,
+};
+
+fn backend(e: impl std::fmt::Display) -> SignalingError {
+    SignalingError::Backend(e.to_string())
+}
+
+/// Access tokens from the control plane, resolved to the user's public profile.
+pub struct ApiAuthenticator {
+    pub verifier: TokenVerifier,
+    pub store: Arc<dyn Store>,
+    pub base_url: String,
+}
+
+#[async_trait]
+impl Authenticator for ApiAuthenticator {
+    async fn authenticate(&self, token: &str) -> Result<AuthUser, SignalingError> {
+        let claims = self
+            .verifier
+            .verify_access(token)
+            .map_err(|_| SignalingError::Unauthorized)?;
+        let user = self
+            .store
+            .get_user(&claims.user_id)
+            .await
+            .map_err(backend)?;
+        Ok(match user {
+            Some(u) => AuthUser {
+                user_id: u.id.0.clone(),
+                name: u.name.clone().unwrap_or_else(|| guest_name(&u.id)),
+                avatar: u.avatar.as_ref().map(|f| avatar_url(&self.base_url, f)),
+            },
+            // A validly signed token for a user the store does not know was minted with
+            // the server's secret (the load tester does this, as LiveKit's does with its
+            // API key): admit it under a generated name.
+            None => AuthUser {
+                name: guest_name(&claims.user_id),
+                user_id: claims.user_id.0,
+                avatar: None,
+            },
+        })
+    }
+}
+
+fn guest_name(id: &UserId) -> String {
+    let tail: String =
+        id.0.chars()
+            .rev()
+            .take(4)
+            .collect::<Vec<_>>()
+            .into_iter()
+            .rev()
+            .collect();
+    format!("Guest {tail}")
+}
+
+/// Join rules (open, social, private with invites) from the control plane.
+pub struct ApiRoomDirectory {
+    pub store: Arc<dyn Store>,
+}
+
+#[async_trait]
+impl RoomDirectory for ApiRoomDirectory {
+    async fn check_join(
+        &self,
+        room_id: &str,
+        user: &AuthUser,
+    ) -> Result<RoomAccess, SignalingError> {
+        match can_join(
+            self.store.as_ref(),
+            &RoomId(room_id.to_owned()),
+            &UserId(user.user_id.clone()),
+        )
+        .await
+        {
+            Ok(room) => Ok(RoomAccess {
+                owner_user_id: room.owner_id.0,
+            }),
+            // A private room the user may not see is reported like a missing one, as
+            // over HTTP, so room ids cannot be probed.
+            Err(AccessError::NotFound) => Err(SignalingError::RoomNotFound),
+            Err(AccessError::Store(e)) => Err(backend(e)),
+        }
+    }
+}
+
+/// Chat over the socket, persisted in the control plane's message store.
+pub struct ApiChatStore {
+    pub store: Arc<dyn Store>,
+    pub clock: Arc<dyn Clock>,
+}
+
+impl ApiChatStore {
+    async fn insert(
+        &self,
+        room_id: &str,
+        author: &AuthUser,
+        kind: MessageType,
+        text: String,
+    ) -> Result<ChatMessage, SignalingError> {
+        let msg = Message {
+            id: MessageId(new_id()),
+            room_id: RoomId(room_id.to_owned()),
+            author_id: UserId(author.user_id.clone()),
+            author_name: author.name.clone(),
+            kind,
+            text,
+            attachment: None,
+            created_at: self.clock.now(),
+        };
+        self.store
+            .insert_message(msg.clone())
+            .await
+            .map_err(backend)?;
+        Ok(chat_message(&msg))
+    }
+}
+
+/// The protocol's chat message from a stored one (same JSON as the HTTP API's).
+pub fn chat_message(m: &Message) -> ChatMessage {
+    let j = MessageJson::of(m);
+    ChatMessage {
+        underscore_id: j.underscore_id,
+        id: j.id,
+        room_id: j.room_id,
+        user_id: j.user_id,
+        username: j.username,
+        message: j.message,
+        kind: m.kind.as_str().to_owned(),
+        url: j.url,
+        file_id: j.file_id,
+        created_at: j.created_at,
+    }
+}
+
+#[async_trait]
+impl ChatStore for ApiChatStore {
+    async fn store_message(
+        &self,
+        room_id: &str,
+        author: &AuthUser,
+        text: &str,
+    ) -> Result<ChatMessage, SignalingError> {
+        self.insert(room_id, author, MessageType::Text, text.to_owned())
+            .await
+    }
+
+    async fn delete_message(
+        &self,
+        room_id: &str,
+        message_id: &str,
+        user_id: &str,
+    ) -> Result<DeleteOutcome, SignalingError> {
+        if !api::access::is_valid_room_id(message_id) {
+            return Ok(DeleteOutcome::NotFound);
+        }
+        let Some(msg) = self
+            .store
+            .get_message(&MessageId(message_id.to_owned()))
+            .await
+            .map_err(backend)?
+            .filter(|m| m.room_id.0 == room_id)
+        else {
+            return Ok(DeleteOutcome::NotFound);
+        };
+        let owner = self
+            .store
+            .get_room(&msg.room_id)
+            .await
+            .map_err(backend)?
+            .map(|r| r.owner_id);
+        if msg.author_id.0 != user_id && owner.as_ref().map(|o| o.0.as_str()) != Some(user_id) {
+            return Ok(DeleteOutcome::Forbidden);
+        }
+        Ok(
+            match self.store.delete_message(&msg.id).await.map_err(backend)? {
+                Some(_) => DeleteOutcome::Deleted,
+                None => DeleteOutcome::NotFound,
+            },
+        )
+    }
+
+    async fn store_call_event(
+        &self,
+        room_id: &str,
+        user: &AuthUser,
+        event: CallEvent,
+    ) -> Result<ChatMessage, SignalingError> {
+        let (kind, text) = match event {
+            CallEvent::Joined => (
+                MessageType::CallNotification,
+                format!("{} joined the call", user.name),
+            ),
+            CallEvent::Left => (
+                MessageType::CallEnded,
+                format!("{} left the call", user.name),
+            ),
+        };
+        self.insert(room_id, user, kind, text).await
+    }
+
+    async fn touch_room(&self, room_id: &str) -> Result<(), SignalingError> {
+        self.store
+            .touch_room(&RoomId(room_id.to_owned()), self.clock.now())
+            .await
+            .map_err(backend)
+    }
+}
+
+/// Room listings read live counts and speakers from signaling.
+pub struct SignalingLiveRooms {
+    pub signaling: Signaling,
+}
+
+impl LiveRooms for SignalingLiveRooms {
+    fn snapshot(&self, room: &RoomId) -> LiveRoomInfo {
+        match self.signaling.room_snapshot(room.as_str()) {
+            Some(s) => LiveRoomInfo {
+                total_people: u32::try_from(s.total_people).unwrap_or(u32::MAX),
+                speakers: s.speakers.into_iter().map(UserId).collect(),
+            },
+            None => LiveRoomInfo::default(),
+        }
+    }
+}
