@@ -81,6 +81,30 @@ export class ChatPanel {
     }
   }
 
+  /**
+   * After a reconnect: fetch the newest page again to pick up messages sent and
+   * deleted while the socket was down.
+   */
+  async sync() {
+    let body;
+    try {
+      body = await api.history(this.ctx.roomId);
+    } catch {
+      return;
+    }
+    const page = body?.messages || [];
+    const ids = new Set(page.map(msgId));
+    const oldest = body?.nextCursor && page.length
+      ? Math.min(...page.map((m) => Date.parse(m.createdAt)))
+      : -Infinity;
+    for (const [id, m] of this.messages) {
+      if (!ids.has(id) && Date.parse(m.createdAt) >= oldest) this.messages.delete(id);
+    }
+    if (!this.cursor && this.messages.size === 0) this.cursor = body?.nextCursor || null;
+    this.insertMany(page);
+    this.olderBtn.hidden = !this.cursor;
+  }
+
   async loadOlder() {
     if (!this.cursor || this.loadingOlder) return;
     this.loadingOlder = true;

@@ -165,7 +165,10 @@ export class RoomView {
     this.iceServers = m.iceServers || [];
     this.participants.set(m.you.participantId, m.you);
     this.setConn('live');
-    if (!firstJoin) toast(m.resumed ? 'Reconnected.' : 'Reconnected to the room.', 'success', 2500);
+    if (!firstJoin) {
+      toast(m.resumed ? 'Reconnected.' : 'Reconnected to the room.', 'success', 2500);
+      this.chat.sync();
+    }
 
     if (firstJoin) {
       // Browsers only play audio after a user gesture. Arriving from a click in

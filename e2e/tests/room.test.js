@@ -110,17 +110,22 @@ test('chat messages round-trip and the author can delete them', async () => {
   await carol.page.locator('.msg .msg-text', { hasText: 'Agenda' }).waitFor();
 });
 
-test('a voice note recorded with MediaRecorder reaches everyone and plays', async () => {
+test('a voice note recorded with MediaRecorder is uploaded, kept in the history and plays', async () => {
   const p = carol.page;
   await p.click('.rec-btn');
   await p.locator('.recording .rec-dot').waitFor();
   await waitFor(async () => (await p.locator('.rec-time').textContent()) >= '0:02', { what: 'two seconds of recording' });
+  const upload = p.waitForResponse((r) => /\/api\/room\/[^/]+\/voice$/.test(r.url()));
   await p.click('.recording button.primary');
-  const voice = alice.page.locator('.msg .voice');
-  await voice.waitFor();
-  const url = await voice.getAttribute('data-url');
+  assert.equal((await upload).status(), 201);
+  const mine = p.locator('.msg.mine .voice');
+  await mine.waitFor();
+  const url = await mine.getAttribute('data-url');
   assert.match(url, /^\/api\/voice\//);
-  const info = await alice.page.evaluate(async (u) => {
+  await p.click('.chat-close');
+
+  // The bytes are served back as audio, and the note is in the room's history.
+  const info = await bob.page.evaluate(async (u) => {
     const r = await fetch(u);
     const b = await r.arrayBuffer();
     return { status: r.status, type: r.headers.get('content-type'), size: b.byteLength };
@@ -128,14 +133,25 @@ test('a voice note recorded with MediaRecorder reaches everyone and plays', asyn
   assert.equal(info.status, 200);
   assert.match(info.type, /^audio\/(webm|ogg|mp4)/);
   assert.ok(info.size > 1000, `voice note has bytes (${info.size})`);
-  await bob.page.locator('.msg .voice').waitFor();
-  // Bob plays it: the <audio> element advances.
-  await bob.page.click('.msg .voice .play-btn');
-  await waitFor(() => bob.page.evaluate(() => document.querySelector('.msg .voice audio').currentTime > 0.2), { what: 'voice note playback' });
-  await carol.page.click('.chat-close');
+  const roomId = link.split('/room/')[1];
+  const history = await bob.page.evaluate((id) => fetch(`/api/room/${id}`).then((r) => r.json()), roomId);
+  const note = history.messages.find((m) => m.type === 'voice');
+  assert.ok(note, 'the voice note is in the history');
+  assert.equal(note.url, url);
+  assert.equal(note.username, 'Carol Phone');
+
+  // A fresh look at the room (Bob re-opens it) shows the note, and it plays.
+  await bob.page.goto(`${server.base}/#/`);
+  await bob.page.locator('.lobby').waitFor();
+  await enterRoom(bob.page, link);
+  const voice = bob.page.locator(`.msg .voice[data-url="${url}"]`);
+  await voice.waitFor();
+  await voice.locator('.play-btn').click();
+  await waitFor(() => bob.page.evaluate((u) => document.querySelector(`.voice[data-url="${u}"] audio`).currentTime > 0.2, url), { what: 'voice note playback' });
 });
 
 test('the host promotes a listener who raised a hand, and the listener is heard', async () => {
+  if (await carol.page.locator('.chat-wrap.open').count()) await carol.page.click('.chat-close');
   await carol.page.click('.hand-btn');
   const carolTile = alice.page.locator('.tile[data-role="listener"]', { hasText: 'Carol Phone' });
   await carolTile.locator('.hand-badge').waitFor();
