@@ -148,6 +148,7 @@ test('a voice note recorded with MediaRecorder is uploaded, kept in the history 
   await voice.waitFor();
   await voice.locator('.play-btn').click();
   await waitFor(() => bob.page.evaluate((u) => document.querySelector(`.voice[data-url="${u}"] audio`).currentTime > 0.2, url), { what: 'voice note playback' });
+  await bob.page.screenshot({ path: path.join(SHOTS, 'room-listener.png') });
 });
 
 test('the host promotes a listener who raised a hand, and the listener is heard', async () => {
