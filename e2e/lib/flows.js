@@ -82,11 +82,26 @@ export function outboundAudio(page) {
 
 /** Waits until inbound packets and energy both rise by at least the given amounts. */
 export async function expectAudioFlowing(page, who, { packets = 25, timeout = 20000 } = {}) {
-  const start = await waitFor(() => inboundAudio(page), { what: `${who}'s call to exist` });
-  return waitFor(async () => {
-    const now = await inboundAudio(page);
-    return now && now.packets - start.packets >= packets && now.energy > start.energy ? now : null;
-  }, { timeout, what: `${who} to receive audio (packets and energy rising)` });
+  try {
+    const start = await waitFor(() => inboundAudio(page), { timeout, what: `${who}'s call to exist` });
+    return await waitFor(async () => {
+      const now = await inboundAudio(page);
+      return now && now.packets - start.packets >= packets && now.energy > start.energy ? now : null;
+    }, { timeout, what: `${who} to receive audio (packets and energy rising)` });
+  } catch (e) {
+    e.message += `\npage state: ${JSON.stringify(await pageState(page))}`;
+    throw e;
+  }
+}
+
+/** What the page shows about its connection, for failure messages. */
+export function pageState(page) {
+  return page.evaluate(() => ({
+    conn: document.querySelector('.conn')?.textContent,
+    status: document.querySelector('.ctrl-status')?.textContent,
+    toasts: [...document.querySelectorAll('.toast')].map((t) => t.textContent),
+    pc: window.chorus?.room?.call?.pc?.connectionState ?? null,
+  })).catch((e) => ({ error: e.message }));
 }
 
 /** Waits until no inbound packets arrive for a whole `quietMs` window. */

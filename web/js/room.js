@@ -83,6 +83,7 @@ export class RoomView {
   destroy() {
     this.destroyed = true;
     clearTimeout(this.restartTimer);
+    clearTimeout(this.callWatchdog);
     if (this.signal?.isOpen()) this.signal.send({ type: 'leave_room' });
     this.signal?.close();
     this.call?.close();
@@ -192,7 +193,8 @@ export class RoomView {
     }
     this.call?.close();
     this.call = null;
-    this.signal.send({ type: 'join_call' });
+    this.callAttempts = 0;
+    this.requestCall();
   }
 
   requestIceRestart() {
@@ -206,7 +208,8 @@ export class RoomView {
       if (this.call?.pc.connectionState === 'connected') return;
       this.call?.close();
       this.call = null;
-      this.signal.send({ type: 'join_call' });
+      this.callAttempts = 0;
+      this.requestCall();
     }, 8000);
   }
 
@@ -215,13 +218,41 @@ export class RoomView {
     this.prejoin?.remove();
     this.prejoin = null;
     this.call?.resumeAudio();
-    this.signal.send({ type: 'join_call' });
+    this.callAttempts = 0;
+    this.requestCall();
     this.renderControls();
+  }
+
+  /**
+   * Sends join_call and watches for the offer: if the server refuses (e.g. audio
+   * could not start) or stays silent, try again a few times before telling the user.
+   */
+  requestCall() {
+    if (this.destroyed || !this.wantCall) return;
+    clearTimeout(this.callWatchdog);
+    this.callAttempts = (this.callAttempts || 0) + 1;
+    this.awaitingOffer = true;
+    this.signal.send({ type: 'join_call' });
+    this.callWatchdog = setTimeout(() => this.retryCall('timeout'), 12000);
+  }
+
+  retryCall(why) {
+    clearTimeout(this.callWatchdog);
+    if (!this.awaitingOffer || this.destroyed) return;
+    if (this.callAttempts >= 4) {
+      this.awaitingOffer = false;
+      toast('Couldn’t connect the audio. Leave and re-enter the room to try again.', 'error', 8000);
+      return;
+    }
+    console.warn(`join_call retry (${why})`);
+    this.callWatchdog = setTimeout(() => this.requestCall(), 1000 * this.callAttempts);
   }
 
   onOffer(m) {
     clearTimeout(this.restartTimer);
     this.restartTimer = null;
+    clearTimeout(this.callWatchdog);
+    this.awaitingOffer = false;
     if (!this.call) {
       this.call = new Call({
         send: (msg) => this.signal.send(msg),
@@ -289,7 +320,13 @@ export class RoomView {
       this.restartTimer = null;
       this.call?.close();
       this.call = null;
-      this.signal.send({ type: 'join_call' });
+      this.callAttempts = 0;
+      this.requestCall();
+      return;
+    }
+    if (this.awaitingOffer && (m.code === 'internal' || m.code === 'invalid_state')) {
+      // Most likely the answer to our join_call: retry quietly.
+      this.retryCall(m.code);
       return;
     }
     toast(m.message || 'That didn’t work.', 'error');
