@@ -96,13 +96,14 @@ export class RoomView {
   }
 
   fatal(title, text, retry = false) {
+    const iconName = /full/i.test(title) ? 'users' : /private|invite|sign/i.test(title) ? 'lock' : /offline|reach/i.test(title) ? 'globe' : /longer/i.test(title) ? 'leave' : 'x';
     this.destroyed = true;
     this.signal?.close();
     this.call?.close();
     this.chat?.destroy();
     clear(this.root, h('div.center-page',
       h('div.card.fatal-card',
-        h('div.fatal-icon', icon('lock')),
+        h('div.fatal-icon', icon(iconName)),
         h('h1', title),
         h('p.muted', text),
         h('div.row.gap',

@@ -1,0 +1,68 @@
+// The messages people see when something is refused or expires, against the
+// real server: a full room (MAX_PARTICIPANTS=1), an access token gone stale
+// (refreshed silently, the page keeps working), and a session that cannot be
+// refreshed (back to login, told why).
+
+import { test, before, after } from 'node:test';
+import assert from 'node:assert/strict';
+
+import { startServer } from '../lib/server.js';
+import { newUser, waitFor } from '../lib/flows.js';
+
+let server;
+let host;
+let guest;
+let link;
+
+before(async () => {
+  server = await startServer({ env: { MAX_PARTICIPANTS: '1' } });
+  [host, guest] = await Promise.all([
+    newUser(server, { phone: '+15550100031', name: 'Fay Full' }),
+    newUser(server, { phone: '+15550100032', name: 'Lee Late' }),
+  ]);
+});
+
+after(async () => {
+  for (const u of [host, guest]) await u?.close();
+  await server?.stop();
+});
+
+test('a full room says so', async () => {
+  const p = host.page;
+  await p.click('.lobby-hero button.primary');
+  await p.fill('#topic', 'Tiny room');
+  await p.click('.modal button[type=submit]');
+  link = await p.locator('input.share-link').inputValue();
+  await p.click('.enter-room');
+  await p.locator('.tile[data-pid]').waitFor();
+
+  await guest.page.goto(link);
+  const card = guest.page.locator('.fatal-card');
+  await card.waitFor();
+  assert.match(await card.textContent(), /This room is full/);
+});
+
+test('a stale access token is refreshed silently and the page keeps working', async () => {
+  const p = guest.page;
+  await p.goto(`${server.base}/#/`);
+  await p.locator('.lobby').waitFor();
+  const before = (await guest.context.cookies()).map((c) => c.name);
+  assert.ok(before.includes('accessToken'), `cookies: ${before}`);
+  await guest.context.clearCookies({ name: 'accessToken' });
+  const refreshed = p.waitForResponse((r) => r.url().endsWith('/api/refresh'));
+  await p.click('.lobby-hero button.primary');
+  await p.fill('#topic', 'After a refresh');
+  await p.click('.modal button[type=submit]');
+  assert.equal((await refreshed).status(), 200);
+  await p.locator('input.share-link').waitFor();
+  assert.ok((await guest.context.cookies()).some((c) => c.name === 'accessToken'), 'a new access token was set');
+  await p.keyboard.press('Escape');
+});
+
+test('a session that cannot be refreshed goes back to login and says why', async () => {
+  const p = guest.page;
+  await guest.context.clearCookies();
+  // The lobby polls the room list; the next poll finds the session gone.
+  await p.locator('#phone').waitFor({ timeout: 20000 });
+  await waitFor(async () => /session expired/i.test(await p.locator('.form-error').textContent()), { what: 'the expiry message' });
+});
