@@ -571,7 +571,9 @@ export class RoomView {
     const audience = people.filter((p) => !canPublish(p.role));
     clear(this.stageEl, stage.map((p) => this.tile(p, 'lg')));
     if (!stage.length) this.stageEl.append(h('p.muted.empty-line', 'Nobody is on stage yet.'));
-    clear(this.audienceHead, 'Listening', h('span.count', String(audience.length)));
+    const hands = audience.filter((p) => p.handRaised).length;
+    clear(this.audienceHead, 'Listening', h('span.count', String(audience.length)),
+      hands > 0 && h('span.hands', icon('hand'), `${hands} raised ${hands === 1 ? 'a hand' : 'hands'}`));
     const shown = audience.slice(0, AUDIENCE_RENDER_CAP);
     clear(this.audienceEl, shown.map((p) => this.tile(p, 'md')));
     if (audience.length > shown.length) this.audienceEl.append(h('div.tile.more-tile', h('span.avatar.avatar-md.more', `+${audience.length - shown.length}`), h('div.tile-name', 'more')));
