@@ -287,7 +287,8 @@ export class RoomView {
   onChat(message) {
     if (!message) return;
     this.chat.add(message);
-    if (!this.chatOpen && window.matchMedia('(max-width: 900px)').matches) {
+    const system = message.type === 'call_notification' || message.type === 'call_ended';
+    if (!system && !this.chatOpen && window.matchMedia('(max-width: 900px)').matches) {
       this.unread += 1;
       this.renderControls();
     }
@@ -456,7 +457,7 @@ export class RoomView {
     }, icon('copy'), 'Copy link');
     modal('Invite people', h('div.stack',
       h('p.muted', this.meta?.roomType === 'private'
-        ? 'This room is private: only people you invite can join with this link.'
+        ? 'This room is private: people can join only through this invite link.'
         : 'Anyone with this link can join the room.'),
       h('div.row.gap', input, btn)));
   }

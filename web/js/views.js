@@ -429,7 +429,7 @@ export function createRoom(app) {
           ? 'Your room is live and listed in the lobby. Share the link to bring people in.'
           : room.roomType === 'social'
             ? 'Your room is live. It’s not listed, so share the link.'
-            : 'Your private room is ready. Only people with this link can join.')),
+            : 'Your private room is ready. People can join only through this invite link.')),
       h('div.row.gap', input, h('button.btn', {
         type: 'button',
         onclick: async () => {
