@@ -42,6 +42,18 @@ test('a full room says so', async () => {
   assert.match(await card.textContent(), /This room is full/);
 });
 
+test('losing the network shows an offline banner; getting it back clears it', async () => {
+  const p = host.page;
+  await host.context.setOffline(true);
+  const banner = p.locator('.net-banner');
+  await banner.waitFor();
+  assert.match(await banner.textContent(), /offline/i);
+  assert.match(await p.locator('.conn').textContent(), /Offline/);
+  await host.context.setOffline(false);
+  await banner.waitFor({ state: 'hidden' });
+  await p.locator('.conn-live').waitFor();
+});
+
 test('a stale access token is refreshed silently and the page keeps working', async () => {
   const p = guest.page;
   await p.goto(`${server.base}/#/`);

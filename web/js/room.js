@@ -77,11 +77,23 @@ export class RoomView {
     this.signal = new Signal();
     this.bindSignal(this.signal);
     this.signal.connect();
+    // The browser knows about a lost network before the socket does.
+    this.onOffline = () => this.setConn('offline');
+    this.onOnline = () => {
+      if (!this.signal?.isOpen()) return; // the socket's own reconnect takes over
+      this.setConn(this.you ? 'live' : 'joining');
+      // The network path may have changed: refresh the media path too.
+      if (this.call && this.call.pc.connectionState !== 'connected') this.requestIceRestart();
+    };
+    window.addEventListener('offline', this.onOffline);
+    window.addEventListener('online', this.onOnline);
     window.chorus = Object.assign(window.chorus || {}, { room: this });
   }
 
   destroy() {
     this.destroyed = true;
+    window.removeEventListener('offline', this.onOffline);
+    window.removeEventListener('online', this.onOnline);
     clearTimeout(this.restartTimer);
     clearTimeout(this.callWatchdog);
     if (this.signal?.isOpen()) this.signal.send({ type: 'leave_room' });
@@ -96,6 +108,8 @@ export class RoomView {
   }
 
   fatal(title, text, retry = false) {
+    window.removeEventListener('offline', this.onOffline);
+    window.removeEventListener('online', this.onOnline);
     const iconName = /full/i.test(title) ? 'users' : /private|invite|sign/i.test(title) ? 'lock' : /offline|reach/i.test(title) ? 'globe' : /longer/i.test(title) ? 'leave' : 'x';
     this.destroyed = true;
     this.signal?.close();
