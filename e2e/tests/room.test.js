@@ -178,6 +178,22 @@ test('the host promotes a listener who raised a hand, and the listener is heard'
   await carol.page.screenshot({ path: path.join(SHOTS, 'room-phone.png') });
 });
 
+test('the host mutes a speaker, then moves them back to the audience', async () => {
+  const carolOnStage = alice.page.locator('.tile[data-role="speaker"]', { hasText: 'Carol Phone' });
+  await carolOnStage.click();
+  await alice.page.click('.menu-item:has-text("Mute")');
+  await carol.page.locator('.mic-btn.off').waitFor();
+  await bob.page.locator('.tile[data-role="speaker"].is-muted', { hasText: 'Carol Phone' }).waitFor();
+
+  await carolOnStage.click();
+  await alice.page.click('.menu-item:has-text("Move to audience")');
+  await carol.page.locator('.hand-btn').waitFor();
+  assert.equal(await carol.page.locator('.mic-btn').count(), 0);
+  await bob.page.locator('.tile[data-role="listener"]', { hasText: 'Carol Phone' }).waitFor();
+  // The demotion renegotiated: the microphone is released.
+  await waitFor(() => carol.page.evaluate(() => window.chorus.room.call.mic === null), { what: 'Carol’s microphone released' });
+});
+
 test('a dropped connection resumes without a reload and audio keeps flowing', async () => {
   const p = bob.page;
   await p.evaluate(() => { window.__beforeDrop = true; window.chorus.room.signal.bounce(); });

@@ -594,7 +594,6 @@ export class RoomView {
     if (audience.length > shown.length) this.audienceEl.append(h('div.tile.more-tile', h('span.avatar.avatar-md.more', `+${audience.length - shown.length}`), h('div.tile-name', 'more')));
     if (!audience.length) this.audienceEl.append(h('p.muted.empty-line', 'No listeners yet. Share the link to invite people.'));
     const total = people.length;
-    this.countEl ??= null;
     const sub = this.titleEl.querySelector('.room-sub');
     if (sub) {
       sub.querySelector('.people-count')?.remove();
