@@ -22,8 +22,8 @@ export async function waitFor(fn, { timeout = 20000, interval = 200, what = 'con
 }
 
 /** A browser with one page, logged in and activated. */
-export async function newUser(server, { phone, name, viewport } = {}) {
-  const user = await launchUser({ viewport });
+export async function newUser(server, { phone, name, viewport, denyMic } = {}) {
+  const user = await launchUser({ viewport, denyMic });
   const page = user.context.pages()[0] || (await user.context.newPage());
   const errors = [];
   page.on('pageerror', (e) => errors.push(e.message));
