@@ -213,6 +213,15 @@ test('a dropped connection resumes without a reload and audio keeps flowing', as
   await expectAudioFlowing(p, 'Bob after ICE restart');
 });
 
+test('a peer connection that dies is replaced and the audio comes back', async () => {
+  const p = bob.page;
+  await p.evaluate(() => window.chorus.room.call.pc.close());
+  // The server notices the silence, takes Bob out of the call, and the client rejoins.
+  await waitFor(() => p.evaluate(() => ['connected', 'connecting', 'new'].includes(window.chorus.room.call?.pc.connectionState) && window.chorus.room.call.pc.signalingState !== 'closed'), { timeout: 30000, what: 'a fresh peer connection' });
+  await expectAudioFlowing(p, 'Bob on the new connection', { timeout: 30000 });
+  await alice.page.locator('.tile[data-role="listener"]:not(.not-in-call)', { hasText: 'Bob Listener' }).waitFor();
+});
+
 test('the host removes a participant, who sees why', async () => {
   const bobTile = alice.page.locator('.tile', { hasText: 'Bob Listener' });
   await bobTile.click();

@@ -96,6 +96,7 @@ export class RoomView {
     window.removeEventListener('online', this.onOnline);
     clearTimeout(this.restartTimer);
     clearTimeout(this.callWatchdog);
+    clearTimeout(this.rejoinTimer);
     if (this.signal?.isOpen()) this.signal.send({ type: 'leave_room' });
     this.signal?.close();
     this.call?.close();
@@ -377,6 +378,18 @@ export class RoomView {
       if (was.role !== p.role) {
         if (canPublish(p.role) && !canPublish(was.role)) toast('You’re on stage now. Unmute to speak.', 'success', 5000);
         if (!canPublish(p.role) && canPublish(was.role)) toast('You moved to the audience.', 'info');
+      }
+      if (was.inCall && !p.inCall && this.wantCall && !this.awaitingOffer) {
+        // The server dropped our audio (ICE failed or timed out on its side) while
+        // we still want to hear the room: start a fresh call.
+        clearTimeout(this.rejoinTimer);
+        this.rejoinTimer = setTimeout(() => {
+          if (this.destroyed || !this.wantCall || this.you?.inCall || this.awaitingOffer) return;
+          this.call?.close();
+          this.call = null;
+          this.callAttempts = 0;
+          this.requestCall();
+        }, 300);
       }
       if (was.muted !== p.muted) {
         this.call?.setMuted(p.muted);
