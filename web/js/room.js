@@ -593,7 +593,16 @@ export class RoomView {
     return list;
   }
 
+  /** Coalesces bursts of presence events (a join storm) into one render per frame. */
   renderPeople() {
+    if (this.peopleFrame) return;
+    this.peopleFrame = requestAnimationFrame(() => {
+      this.peopleFrame = null;
+      if (!this.destroyed) this.drawPeople();
+    });
+  }
+
+  drawPeople() {
     const people = this.sortedPeople();
     const stage = people.filter((p) => canPublish(p.role));
     const audience = people.filter((p) => !canPublish(p.role));
