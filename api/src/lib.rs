@@ -135,6 +135,10 @@ async fn route_not_found() -> ApiError {
     ApiError::NotFound("route")
 }
 
+async fn method_not_allowed() -> ApiError {
+    ApiError::MethodNotAllowed
+}
+
 /// Every control-plane route, with CORS, body limits and JSON errors. The binary merges
 /// it with the signaling and static routes and serves it with
 /// `into_make_service_with_connect_info::<SocketAddr>()` (rate limits key on the peer IP).
@@ -145,6 +149,7 @@ pub fn router(state: AppState) -> Router {
     let cors = cors_layer(&state.config.cors_origins);
     let router = routes
         .fallback(route_not_found)
+        .method_not_allowed_fallback(method_not_allowed)
         .layer(axum::Extension(OpenApiJson(std::sync::Arc::new(doc_json))))
         .layer(DefaultBodyLimit::max(JSON_BODY_LIMIT))
         .with_state(state);

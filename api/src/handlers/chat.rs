@@ -3,8 +3,8 @@
 
 use axum::Json;
 use axum::body::Bytes;
+use axum::extract::State;
 use axum::extract::multipart::{Multipart, MultipartError, MultipartRejection};
-use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
 use bytes::BytesMut;
@@ -15,7 +15,7 @@ use utoipa::{IntoParams, ToSchema};
 use crate::access::is_valid_room_id;
 use crate::auth::AuthUser;
 use crate::dto::{MessageJson, attachment_url};
-use crate::error::{ApiError, ApiJson, ApiQuery, ApiResult, ErrorBody};
+use crate::error::{ApiError, ApiJson, ApiPath, ApiQuery, ApiResult, ErrorBody};
 use crate::handlers::blobs::blob_response;
 use crate::handlers::rooms::visible_room;
 use crate::media::{sniff_audio, sniff_image};
@@ -107,7 +107,7 @@ async fn author(state: &AppState, auth: &AuthUser) -> ApiResult<(User, String)> 
 pub async fn get_chat_room(
     State(state): State<AppState>,
     auth: AuthUser,
-    Path(room_id): Path<String>,
+    ApiPath(room_id): ApiPath<String>,
     ApiQuery(q): ApiQuery<HistoryQuery>,
 ) -> ApiResult<Json<ChatRoomResponse>> {
     if !is_valid_room_id(&room_id) {
@@ -189,7 +189,7 @@ async fn store_message(state: &AppState, msg: Message) -> ApiResult<()> {
 pub async fn post_message(
     State(state): State<AppState>,
     auth: AuthUser,
-    Path(room_id): Path<String>,
+    ApiPath(room_id): ApiPath<String>,
     ApiJson(req): ApiJson<PostMessageRequest>,
 ) -> ApiResult<(StatusCode, Json<MessageJson>)> {
     let room = visible_room(&state, &room_id, &auth.user_id).await?;
@@ -227,7 +227,7 @@ pub async fn post_message(
 pub async fn delete_message(
     State(state): State<AppState>,
     auth: AuthUser,
-    Path((room_id, message_id)): Path<(String, String)>,
+    ApiPath((room_id, message_id)): ApiPath<(String, String)>,
 ) -> ApiResult<StatusCode> {
     let room = visible_room(&state, &room_id, &auth.user_id).await?;
     if !is_valid_room_id(&message_id) {
@@ -375,7 +375,7 @@ async fn upload(
 pub async fn upload_voice(
     State(state): State<AppState>,
     auth: AuthUser,
-    Path(room_id): Path<String>,
+    ApiPath(room_id): ApiPath<String>,
     mp: Result<Multipart, MultipartRejection>,
 ) -> ApiResult<(StatusCode, Json<UploadResponse>)> {
     let max = state.config.max_voice_bytes;
@@ -396,7 +396,7 @@ pub async fn upload_voice(
 pub async fn upload_image(
     State(state): State<AppState>,
     auth: AuthUser,
-    Path(room_id): Path<String>,
+    ApiPath(room_id): ApiPath<String>,
     mp: Result<Multipart, MultipartRejection>,
 ) -> ApiResult<(StatusCode, Json<UploadResponse>)> {
     let max = state.config.max_image_bytes;
@@ -445,7 +445,7 @@ async fn download(
 pub async fn get_voice(
     State(state): State<AppState>,
     auth: AuthUser,
-    Path(file_id): Path<String>,
+    ApiPath(file_id): ApiPath<String>,
     headers: HeaderMap,
 ) -> ApiResult<Response> {
     download(state, auth, file_id, BlobKind::Voice, headers).await
@@ -464,7 +464,7 @@ pub async fn get_voice(
 pub async fn get_image(
     State(state): State<AppState>,
     auth: AuthUser,
-    Path(file_id): Path<String>,
+    ApiPath(file_id): ApiPath<String>,
     headers: HeaderMap,
 ) -> ApiResult<Response> {
     download(state, auth, file_id, BlobKind::Image, headers).await
