@@ -8,38 +8,40 @@ it gets SIGTERM/SIGINT. Set up its venv with scripts/setup-test-deps.
 """
 
 import argparse
-import ctypes
+import shutil
 import signal
 import sys
+import tempfile
 import threading
 
-
-def die_with_parent() -> None:
-    # Belt and braces beside the stdin watch: if the test process is SIGKILLed the
-    # kernel sends us SIGTERM (Linux only; elsewhere the stdin EOF still works).
-    try:
-        libc = ctypes.CDLL("libc.so.6", use_errno=True)
-        PR_SET_PDEATHSIG = 1
-        libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
-    except OSError:
-        pass
+# No PR_SET_PDEATHSIG: it fires when the *thread* that spawned us exits, and the test
+# harness spawns from a short-lived test thread. The stdin pipe covers parent death:
+# the kernel closes it when the parent process exits, however it exits.
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=0)
-    parser.add_argument("--storage-path", required=True)
+    parser.add_argument(
+        "--storage-path",
+        help="data directory; default: a fresh temporary directory removed at exit",
+    )
     parser.add_argument("--ttl-sweep-seconds", type=float, default=1.0)
     args = parser.parse_args()
 
-    die_with_parent()
     from secantus import SecantusDBServer
+
+    owned_dir = None
+    storage_path = args.storage_path
+    if storage_path is None:
+        owned_dir = tempfile.mkdtemp(prefix="chorus-secantus-")
+        storage_path = owned_dir
 
     server = SecantusDBServer(
         host=args.host,
         port=args.port,
-        storage_path=args.storage_path,
+        storage_path=storage_path,
         ttl_sweep_seconds=args.ttl_sweep_seconds,
     )
     server.start()
@@ -66,6 +68,8 @@ def main() -> int:
     print(f"READY {port}", flush=True)
     stop.wait()
     server.stop()
+    if owned_dir is not None:
+        shutil.rmtree(owned_dir, ignore_errors=True)
     return 0
 
 

@@ -879,9 +879,240 @@ async fn sqlite_file_data_survives_reopen() -> Result<()> {
     for f in files {
         assert_eq!(read_all(&store, &f, 0..1000).await?, pattern(1000).to_vec());
     }
+    // WAL is a property of the file: a fresh connection sees it.
+    let raw = rusqlite::Connection::open(&path)?;
+    let mode: String = raw.pragma_query_value(None, "journal_mode", |r| r.get(0))?;
+    assert_eq!(mode, "wal");
+    drop(raw);
     // Migrations are not re-run on an up-to-date database (they would fail: tables exist).
     drop(store);
     let again = api::store::SqliteStore::open(&path).await?;
     again.ping().await?;
+    Ok(())
+}
+
+contract_suite!(mongo, crate::support::mongo);
+
+/// MongoDB-only behaviours: the TTL index, index maintenance, and the documented layout.
+mod mongo_specific {
+    use super::*;
+    use api::store::{BlobStore, MongoStore};
+    use mongodb::bson::{Bson, Document, doc};
+    use std::time::Duration as StdDuration;
+
+    async fn connect(db: &str, expiry: StdDuration) -> Result<MongoStore> {
+        Ok(MongoStore::connect(&support::secantus::shared().uri(), db, expiry).await?)
+    }
+
+    async fn raw_db(db: &str) -> Result<mongodb::Database> {
+        let client = mongodb::Client::with_uri_str(support::secantus::shared().uri()).await?;
+        Ok(client.database(db))
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn ttl_index_deletes_idle_rooms_and_expire_rooms_sweeps_what_it_leaves() -> Result<()> {
+        let db = format!("chorus_ttl_{}", new_id());
+        let store = connect(&db, StdDuration::from_secs(3600)).await?;
+        let now = now_ms();
+        let stale = RoomId("stale".into());
+        let fresh = RoomId("fresh".into());
+        let stale_files = populated_room(&store, "stale", now - Duration::hours(2)).await?;
+        let fresh_files = populated_room(&store, "fresh", now).await?;
+        let stale_msgs = store.list_messages(&stale, None, 10).await?;
+        assert_eq!(stale_msgs.len(), 3);
+
+        // The server sweeps TTL indexes every second; nothing in Chorus deletes here.
+        tokio::time::timeout(StdDuration::from_secs(60), async {
+            loop {
+                if store.get_room(&stale).await?.is_none() {
+                    return Ok::<_, anyhow::Error>(());
+                }
+                tokio::time::sleep(StdDuration::from_millis(100)).await;
+            }
+        })
+        .await
+        .context("the TTL index did not remove the idle room within 60 s")??;
+
+        assert!(store.get_room(&fresh).await?.is_some(), "active room kept");
+        assert_eq!(
+            store.list_messages(&stale, None, 10).await?.len(),
+            3,
+            "the TTL index removes only the room document"
+        );
+        assert!(store.get_blob_meta(&stale_files[0]).await?.is_some());
+
+        let removed = store.expire_rooms(now - Duration::hours(1)).await?;
+        assert_eq!(removed, 0, "the room itself was already gone");
+        assert!(store.list_messages(&stale, None, 10).await?.is_empty());
+        for m in &stale_msgs {
+            assert_eq!(store.get_message(&m.id).await?, None);
+        }
+        for f in &stale_files {
+            assert_eq!(store.get_blob_meta(f).await?, None, "orphaned file swept");
+        }
+        assert_eq!(store.list_messages(&fresh, None, 10).await?.len(), 3);
+        for f in &fresh_files {
+            assert!(store.get_blob_meta(f).await?.is_some());
+        }
+        Ok(())
+    }
+
+    async fn index_named(db: &mongodb::Database, coll: &str, name: &str) -> Result<Document> {
+        let indexes: Vec<mongodb::IndexModel> = db
+            .collection::<Document>(coll)
+            .list_indexes()
+            .await?
+            .try_collect()
+            .await?;
+        for ix in indexes {
+            let opts = ix.options.clone().unwrap_or_default();
+            if opts.name.as_deref() == Some(name) {
+                let mut d = doc! { "key": ix.keys.clone() };
+                if let Some(ttl) = opts.expire_after {
+                    d.insert("expireAfterSeconds", ttl.as_secs() as i64);
+                }
+                if let Some(u) = opts.unique {
+                    d.insert("unique", u);
+                }
+                return Ok(d);
+            }
+        }
+        anyhow::bail!("no index {name} on {coll}")
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn connect_creates_indexes_and_a_changed_room_expiry_updates_the_ttl() -> Result<()> {
+        let name = format!("chorus_ix_{}", new_id());
+        let _first = connect(&name, StdDuration::from_secs(3600)).await?;
+        let db = raw_db(&name).await?;
+        let ttl = index_named(&db, "rooms", "last_activity_ttl").await?;
+        assert_eq!(ttl.get_i64("expireAfterSeconds")?, 3600);
+
+        let _second = connect(&name, StdDuration::from_secs(7200)).await?;
+        let ttl = index_named(&db, "rooms", "last_activity_ttl").await?;
+        assert_eq!(
+            ttl.get_i64("expireAfterSeconds")?,
+            7200,
+            "reconnect applies the new expiry"
+        );
+
+        let phone = index_named(&db, "users", "phone_unique").await?;
+        assert!(phone.get_bool("unique")?);
+        let history = index_named(&db, "messages", "history").await?;
+        assert_eq!(
+            history.get_document("key")?,
+            &doc! { "roomId": 1, "createdAt": -1, "_id": -1 }
+        );
+        index_named(&db, "rooms", "open_listing").await?;
+        index_named(&db, "refresh_tokens", "family").await?;
+        index_named(&db, "otps", "expires_ttl").await?;
+        index_named(&db, "voices.files", "room").await?;
+        Ok(())
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn connect_uri_uses_the_database_named_in_the_uri() -> Result<()> {
+        let name = format!("chorus_uri_{}", new_id());
+        let port_uri = support::secantus::shared().uri();
+        let uri = port_uri.replacen("/?", &format!("/{name}?"), 1);
+        let store = MongoStore::connect_uri(&uri, support::LONG_ROOM_EXPIRY).await?;
+        store.find_or_create_user("+15550000077", now_ms()).await?;
+        let users = raw_db(&name)
+            .await?
+            .collection::<Document>("users")
+            .count_documents(doc! { "phone": "+15550000077" })
+            .await?;
+        assert_eq!(users, 1, "the user landed in the database the URI names");
+        Ok(())
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn blobs_live_in_the_gridfs_bucket_of_their_kind_with_metadata() -> Result<()> {
+        let name = format!("chorus_layout_{}", new_id());
+        let store = connect(&name, support::LONG_ROOM_EXPIRY).await?;
+        let t0 = now_ms();
+        let files = populated_room(&store, "layout", t0).await?;
+        let db = raw_db(&name).await?;
+
+        let voice = db
+            .collection::<Document>("voices.files")
+            .find_one(doc! {})
+            .await?
+            .context("voice file in the voices bucket")?;
+        match voice.get("_id") {
+            Some(Bson::ObjectId(oid)) => assert_eq!(oid.to_hex(), files[0].as_str()),
+            other => anyhow::bail!("GridFS _id should be an ObjectId, got {other:?}"),
+        }
+        let meta = voice.get_document("metadata")?;
+        assert_eq!(meta.get_str("roomId")?, "layout");
+        assert_eq!(meta.get_str("contentType")?, "audio/webm");
+        assert_eq!(meta.get_str("kind")?, "voice");
+        let image = db
+            .collection::<Document>("images.files")
+            .find_one(doc! {})
+            .await?
+            .context("image file in the images bucket")?;
+        assert_eq!(image.get_document("metadata")?.get_str("kind")?, "image");
+        let chunks = db
+            .collection::<Document>("voices.chunks")
+            .count_documents(doc! {})
+            .await?;
+        assert_eq!(chunks, 1, "1000 bytes is one chunk");
+
+        let msg = db
+            .collection::<Document>("messages")
+            .find_one(doc! { "type": "voice" })
+            .await?
+            .context("voice message document")?;
+        assert_eq!(msg.get_str("roomId")?, "layout");
+        assert_eq!(msg.get_str("attachment")?, files[0].as_str());
+
+        // A file id that is not an ObjectId's hex is simply unknown, never an error.
+        assert_eq!(store.get_blob_meta(&FileId("not-hex".into())).await?, None);
+        assert!(
+            !store
+                .delete_blob(&FileId("ABCDEF0123456789ABCDEF01".into()))
+                .await?
+        );
+        Ok(())
+    }
+}
+
+#[test]
+fn a_missing_secantus_python_fails_with_setup_instructions() {
+    let err = match support::secantus::SecantusServer::start_with_python(
+        std::path::Path::new("/nonexistent/chorus/.venv/bin/python"),
+        1.0,
+    ) {
+        Ok(_) => panic!("a server started from a python that does not exist"),
+        Err(e) => format!("{e:#}"),
+    };
+    assert!(err.contains("scripts/setup-test-deps"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_refuses_a_database_from_a_newer_schema() -> Result<()> {
+    let dir = support::TempDir::new("chorus-newer")?;
+    let path = dir.path().join("chorus.db");
+    drop(api::store::SqliteStore::open(&path).await?);
+    {
+        let conn = rusqlite::Connection::open(&path)?;
+        conn.pragma_update(None, "user_version", 999)?;
+    }
+    let err = api::store::SqliteStore::open(&path)
+        .await
+        .err()
+        .context("opened a database written by a newer build")?;
+    assert!(err.to_string().contains("newer"), "{err}");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_open_under_a_file_is_an_error_not_a_panic() -> Result<()> {
+    let dir = support::TempDir::new("chorus-badpath")?;
+    let file = dir.path().join("not-a-dir");
+    std::fs::write(&file, b"x")?;
+    let res = api::store::SqliteStore::open(file.join("chorus.db")).await;
+    assert!(matches!(res, Err(StoreError::Backend(_))), "{res:?}");
     Ok(())
 }

@@ -14,8 +14,10 @@
 //!   `get_*`, `update_room_topic` and `delete_*` report absence with `None`/`false`.
 //! - A duplicate id on insert is `Conflict`.
 
+pub mod mongo;
 pub mod sqlite;
 
+pub use mongo::MongoStore;
 pub use sqlite::SqliteStore;
 
 use std::ops::Range;

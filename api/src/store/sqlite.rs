@@ -854,23 +854,8 @@ impl RoomStore for SqliteStore {
                     [to_millis(cutoff)],
                 )
                 .map_err(backend)?;
-            // Foreign keys make orphans impossible here, but a database written with
-            // them switched off (an old build, a hand edit) may still hold some.
-            tx.execute(
-                "DELETE FROM messages WHERE room_id NOT IN (SELECT id FROM rooms)",
-                [],
-            )
-            .map_err(backend)?;
-            tx.execute(
-                "DELETE FROM blobs WHERE room_id IS NOT NULL AND room_id NOT IN (SELECT id FROM rooms)",
-                [],
-            )
-            .map_err(backend)?;
-            tx.execute(
-                "DELETE FROM blob_chunks WHERE blob_id NOT IN (SELECT id FROM blobs)",
-                [],
-            )
-            .map_err(backend)?;
+            // Messages, blobs and chunks cascade. Orphans cannot exist here (foreign keys
+            // are always on), so unlike MongoDB there is nothing else to sweep.
             Ok(n as u64)
         })
         .await

@@ -3,10 +3,12 @@
 
 #![allow(dead_code)]
 
+pub mod secantus;
+
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use api::store::{SqliteStore, Store, new_id};
+use api::store::{MongoStore, SqliteStore, Store, new_id};
 
 /// A store under test plus whatever must live as long as it (temp dir, server).
 pub struct Fixture {
@@ -49,5 +51,24 @@ pub async fn sqlite_file() -> anyhow::Result<Fixture> {
     Ok(Fixture {
         store: Arc::new(store),
         _guard: Box::new(dir),
+    })
+}
+
+/// Room expiry for contract tests: long enough that the TTL monitor never races the
+/// explicit expiry test (which uses rooms 40 days idle).
+pub const LONG_ROOM_EXPIRY: std::time::Duration = std::time::Duration::from_secs(10 * 365 * 86_400);
+
+/// A MongoDB store on the shared SecantusDB server, in a database of its own.
+pub async fn mongo() -> anyhow::Result<Fixture> {
+    let server = secantus::shared();
+    let store = MongoStore::connect(
+        &server.uri(),
+        &format!("chorus_{}", new_id()),
+        LONG_ROOM_EXPIRY,
+    )
+    .await?;
+    Ok(Fixture {
+        store: Arc::new(store),
+        _guard: Box::new(()),
     })
 }

@@ -1,0 +1,1134 @@
+//! The MongoDB store (used when `MONGO_URI` is set), on the official `mongodb` driver.
+//!
+//! Owns the collection layout, the indexes, and the mapping between documents and the
+//! domain types:
+//! - `users` `{_id, phone, name, avatar, activated, createdAt}`, unique on `phone`;
+//! - `otps` `{_id: handleHash, phone, codeHash, expiresAt, attemptsLeft}` and
+//!   `refresh_tokens` `{_id: tokenHash, family, userId, expiresAt, used}`, each with a
+//!   TTL index on `expiresAt` as a backstop to the explicit purges (with a grace period,
+//!   so a purge still sees what it is asked to remove);
+//! - `rooms` `{_id, topic, roomType, ownerId, invited, inviteCode, createdAt,
+//!   lastActivity}` with a listing index and a TTL index on `lastActivity` whose
+//!   `expireAfterSeconds` is the configured room expiry (as in Chillout);
+//! - `messages` `{_id, roomId, authorId, authorName, type, text, attachment, createdAt}`
+//!   with the history index `(roomId, createdAt desc, _id desc)`;
+//! - GridFS buckets `voices`, `images`, `avatars` (one per [`BlobKind`]) whose files
+//!   carry `metadata: {roomId, contentType, kind, createdAt}`.
+//!
+//! Ids: documents use the trait's 24-hex strings as string `_id`s. GridFS files use
+//! ObjectId `_id`s (the same 24 hex digits), the shape GridFS tools and Chillout's
+//! existing buckets use; a `FileId` that is not 24 hex digits simply is not found.
+//!
+//! Atomicity comes from single-document operations (`find_one_and_update` with a
+//! guard in the filter, `delete_one` counts). Operations spanning collections (a room
+//! and its messages and files) are ordered so that an interruption only ever leaves
+//! orphans, which `expire_rooms` sweeps, never a room whose content is half gone.
+
+use std::ops::Range;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use futures::{AsyncWriteExt, TryStreamExt};
+use mongodb::bson::{Binary, Bson, DateTime, Document, doc, oid::ObjectId, spec::BinarySubtype};
+use mongodb::error::{ErrorKind, WriteFailure};
+use mongodb::gridfs::{FilesCollectionDocument, GridFsBucket};
+use mongodb::options::{ClientOptions, GridFsBucketOptions, IndexOptions, ReturnDocument};
+use mongodb::{Client, Collection, Database, IndexModel};
+use time::OffsetDateTime;
+
+use super::{
+    BlobKind, BlobMeta, BlobStore, ByteStream, ChunkPlan, FamilyId, FileId, Health, Message,
+    MessageCursor, MessageId, MessageStore, MessageType, OtpChallenge, OtpStore, RefreshToken,
+    Room, RoomId, RoomStore, RoomType, SessionStore, StoreError, StoreResult, User, UserId,
+    UserStore, from_millis, new_id, to_millis,
+};
+
+/// The database used when the connection string names none.
+pub const DEFAULT_DB_NAME: &str = "chorus";
+
+/// GridFS chunk size for new files (existing files keep the size they were written with).
+pub const GRIDFS_CHUNK_SIZE: u32 = 256 * 1024;
+
+/// How long after `expiresAt` the TTL monitor may remove an OTP or refresh token the
+/// explicit purges have not. Only a backstop: a purge normally gets there first.
+const EXPIRED_GRACE: Duration = Duration::from_secs(3600);
+
+/// How many GridFS chunks a range read asks the server for per round trip: bounds the
+/// memory a read holds to a few chunks.
+const CHUNK_BATCH: u32 = 2;
+
+const DUPLICATE_KEY: i32 = 11000;
+
+/// The MongoDB store. Cheap to clone (the driver's handles are reference-counted).
+#[derive(Clone, Debug)]
+pub struct MongoStore {
+    db: Database,
+    users: Collection<Document>,
+    otps: Collection<Document>,
+    tokens: Collection<Document>,
+    rooms: Collection<Document>,
+    messages: Collection<Document>,
+    voices: GridFsBucket,
+    images: GridFsBucket,
+    avatars: GridFsBucket,
+}
+
+impl MongoStore {
+    /// Connects, checks the server answers, and creates the indexes. `room_expiry` is
+    /// the idle time after which the TTL index deletes a room; a changed value updates
+    /// the existing index.
+    pub async fn connect(uri: &str, db_name: &str, room_expiry: Duration) -> StoreResult<Self> {
+        let options = ClientOptions::parse(uri).await.map_err(backend)?;
+        Self::connect_with(options, db_name, room_expiry).await
+    }
+
+    /// Like [`connect`](Self::connect), with the database named in the URI's path
+    /// (`mongodb://host/chillout` uses `chillout`), or [`DEFAULT_DB_NAME`] if it names none.
+    pub async fn connect_uri(uri: &str, room_expiry: Duration) -> StoreResult<Self> {
+        let options = ClientOptions::parse(uri).await.map_err(backend)?;
+        let db_name = options
+            .default_database
+            .clone()
+            .unwrap_or_else(|| DEFAULT_DB_NAME.to_owned());
+        Self::connect_with(options, &db_name, room_expiry).await
+    }
+
+    async fn connect_with(
+        options: ClientOptions,
+        db_name: &str,
+        room_expiry: Duration,
+    ) -> StoreResult<Self> {
+        let client = Client::with_options(options).map_err(backend)?;
+        let db = client.database(db_name);
+        let bucket = |name: &str| {
+            db.gridfs_bucket(
+                GridFsBucketOptions::builder()
+                    .bucket_name(name.to_owned())
+                    .chunk_size_bytes(GRIDFS_CHUNK_SIZE)
+                    .build(),
+            )
+        };
+        let store = Self {
+            users: db.collection("users"),
+            otps: db.collection("otps"),
+            tokens: db.collection("refresh_tokens"),
+            rooms: db.collection("rooms"),
+            messages: db.collection("messages"),
+            voices: bucket("voices"),
+            images: bucket("images"),
+            avatars: bucket("avatars"),
+            db,
+        };
+        store.ping().await?;
+        store.create_indexes(room_expiry).await?;
+        Ok(store)
+    }
+
+    async fn create_indexes(&self, room_expiry: Duration) -> StoreResult<()> {
+        let index = |keys: Document, opts: Option<IndexOptions>| {
+            IndexModel::builder().keys(keys).options(opts).build()
+        };
+        let named = |name: &str| IndexOptions::builder().name(name.to_owned());
+        self.users
+            .create_index(index(
+                doc! { "phone": 1 },
+                Some(named("phone_unique").unique(true).build()),
+            ))
+            .await
+            .map_err(backend)?;
+        for coll in [&self.otps, &self.tokens] {
+            coll.create_index(index(
+                doc! { "expiresAt": 1 },
+                Some(named("expires_ttl").expire_after(EXPIRED_GRACE).build()),
+            ))
+            .await
+            .map_err(backend)?;
+        }
+        self.tokens
+            .create_index(index(doc! { "family": 1 }, Some(named("family").build())))
+            .await
+            .map_err(backend)?;
+        self.rooms
+            .create_index(index(
+                doc! { "roomType": 1, "createdAt": -1, "_id": -1 },
+                Some(named("open_listing").build()),
+            ))
+            .await
+            .map_err(backend)?;
+        self.ensure_room_ttl(room_expiry).await?;
+        self.messages
+            .create_index(index(
+                doc! { "roomId": 1, "createdAt": -1, "_id": -1 },
+                Some(named("history").build()),
+            ))
+            .await
+            .map_err(backend)?;
+        for kind in [BlobKind::Voice, BlobKind::Image, BlobKind::Avatar] {
+            let name = bucket_name(kind);
+            // The indexes GridFS drivers create lazily on first upload, created here so
+            // range reads (files_id, n) are indexed from the start.
+            self.db
+                .collection::<Document>(&format!("{name}.chunks"))
+                .create_index(index(
+                    doc! { "files_id": 1, "n": 1 },
+                    Some(IndexOptions::builder().unique(true).build()),
+                ))
+                .await
+                .map_err(backend)?;
+            let files = self.db.collection::<Document>(&format!("{name}.files"));
+            files
+                .create_index(index(doc! { "filename": 1, "uploadDate": 1 }, None))
+                .await
+                .map_err(backend)?;
+            files
+                .create_index(index(
+                    doc! { "metadata.roomId": 1 },
+                    Some(named("room").build()),
+                ))
+                .await
+                .map_err(backend)?;
+        }
+        Ok(())
+    }
+
+    /// Creates the rooms TTL index, or changes its expiry if it exists with another one
+    /// (createIndexes refuses to change options; collMod can).
+    async fn ensure_room_ttl(&self, room_expiry: Duration) -> StoreResult<()> {
+        let secs = i64::try_from(room_expiry.as_secs()).unwrap_or(i64::MAX);
+        let model = IndexModel::builder()
+            .keys(doc! { "lastActivity": 1 })
+            .options(
+                IndexOptions::builder()
+                    .name("last_activity_ttl".to_owned())
+                    .expire_after(Duration::from_secs(secs as u64))
+                    .build(),
+            )
+            .build();
+        match self.rooms.create_index(model).await {
+            Ok(_) => Ok(()),
+            Err(e) if matches!(error_code(&e), Some(85) | Some(86)) => {
+                self.db
+                    .run_command(doc! {
+                        "collMod": "rooms",
+                        "index": { "name": "last_activity_ttl", "expireAfterSeconds": secs },
+                    })
+                    .await
+                    .map_err(backend)?;
+                Ok(())
+            }
+            Err(e) => Err(backend(e)),
+        }
+    }
+
+    fn bucket(&self, kind: BlobKind) -> &GridFsBucket {
+        match kind {
+            BlobKind::Voice => &self.voices,
+            BlobKind::Image => &self.images,
+            BlobKind::Avatar => &self.avatars,
+        }
+    }
+
+    fn chunks(&self, kind: BlobKind) -> Collection<Document> {
+        self.db.collection(&format!("{}.chunks", bucket_name(kind)))
+    }
+
+    /// Finds a file in whichever bucket holds it (the id alone does not say which).
+    async fn find_file(
+        &self,
+        id: &FileId,
+    ) -> StoreResult<Option<(BlobKind, FilesCollectionDocument)>> {
+        let Some(oid) = file_oid(id) else {
+            return Ok(None);
+        };
+        let lookups = [BlobKind::Voice, BlobKind::Image, BlobKind::Avatar].map(|kind| async move {
+            let found = self
+                .bucket(kind)
+                .find_one(doc! { "_id": oid })
+                .await
+                .map_err(backend)?;
+            Ok::<_, StoreError>(found.map(|f| (kind, f)))
+        });
+        let [a, b, c] = lookups;
+        let (a, b, c) = futures::try_join!(a, b, c)?;
+        Ok(a.or(b).or(c))
+    }
+
+    async fn room_exists(&self, id: &str) -> StoreResult<bool> {
+        Ok(self
+            .rooms
+            .find_one(doc! { "_id": id })
+            .projection(doc! { "_id": 1 })
+            .await
+            .map_err(backend)?
+            .is_some())
+    }
+
+    /// Deletes the messages and GridFS files of the given rooms.
+    async fn delete_room_content(&self, rooms: &[String]) -> StoreResult<()> {
+        if rooms.is_empty() {
+            return Ok(());
+        }
+        self.messages
+            .delete_many(doc! { "roomId": { "$in": rooms } })
+            .await
+            .map_err(backend)?;
+        for kind in [BlobKind::Voice, BlobKind::Image, BlobKind::Avatar] {
+            let files: Vec<FilesCollectionDocument> = self
+                .bucket(kind)
+                .find(doc! { "metadata.roomId": { "$in": rooms } })
+                .await
+                .map_err(backend)?
+                .try_collect()
+                .await
+                .map_err(backend)?;
+            for f in files {
+                self.delete_file(kind, f.id).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// GridFS delete that treats "already gone" as done (a concurrent delete won).
+    async fn delete_file(&self, kind: BlobKind, id: Bson) -> StoreResult<bool> {
+        match self.bucket(kind).delete(id).await {
+            Ok(()) => Ok(true),
+            Err(e) if matches!(*e.kind, ErrorKind::GridFs(_)) => Ok(false),
+            Err(e) => Err(backend(e)),
+        }
+    }
+
+    /// Room ids referenced by `field` of `coll` whose room document no longer exists.
+    async fn orphaned_rooms(
+        &self,
+        coll: &Collection<Document>,
+        field: &str,
+    ) -> StoreResult<Vec<String>> {
+        let referenced: Vec<String> = coll
+            .distinct(field, doc! {})
+            .await
+            .map_err(backend)?
+            .into_iter()
+            .filter_map(|b| match b {
+                Bson::String(s) => Some(s),
+                _ => None,
+            })
+            .collect();
+        let mut orphans = Vec::new();
+        for batch in referenced.chunks(1000) {
+            let existing: Vec<String> = self
+                .rooms
+                .distinct("_id", doc! { "_id": { "$in": batch } })
+                .await
+                .map_err(backend)?
+                .into_iter()
+                .filter_map(|b| match b {
+                    Bson::String(s) => Some(s),
+                    _ => None,
+                })
+                .collect();
+            orphans.extend(batch.iter().filter(|id| !existing.contains(id)).cloned());
+        }
+        Ok(orphans)
+    }
+}
+
+fn bucket_name(kind: BlobKind) -> &'static str {
+    match kind {
+        BlobKind::Voice => "voices",
+        BlobKind::Image => "images",
+        BlobKind::Avatar => "avatars",
+    }
+}
+
+fn file_oid(id: &FileId) -> Option<ObjectId> {
+    // ObjectId::parse_str accepts upper case too; FileIds are lower case, so refuse
+    // anything else rather than alias two spellings to one file.
+    if id.0.len() == 24 && id.0.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) {
+        ObjectId::parse_str(&id.0).ok()
+    } else {
+        None
+    }
+}
+
+fn backend(e: mongodb::error::Error) -> StoreError {
+    StoreError::Backend(format!("mongodb: {e}"))
+}
+
+fn error_code(e: &mongodb::error::Error) -> Option<i32> {
+    match e.kind.as_ref() {
+        ErrorKind::Command(c) => Some(c.code),
+        ErrorKind::Write(WriteFailure::WriteError(w)) => Some(w.code),
+        ErrorKind::InsertMany(m) => m
+            .write_errors
+            .as_ref()
+            .and_then(|errs| errs.first())
+            .map(|w| w.code),
+        _ => None,
+    }
+}
+
+/// Duplicate keys are Conflicts; everything else is a backend failure.
+fn map_write(e: mongodb::error::Error) -> StoreError {
+    if error_code(&e) == Some(DUPLICATE_KEY) {
+        StoreError::Conflict
+    } else {
+        backend(e)
+    }
+}
+
+fn bson_time(t: OffsetDateTime) -> DateTime {
+    DateTime::from_millis(to_millis(t))
+}
+
+fn bin(bytes: &[u8]) -> Binary {
+    Binary {
+        subtype: BinarySubtype::Generic,
+        bytes: bytes.to_vec(),
+    }
+}
+
+fn corrupt(what: &str) -> StoreError {
+    StoreError::Backend(format!("mongodb: malformed document: {what}"))
+}
+
+/// Typed reads from a document; a missing or mistyped required field is corruption.
+struct Fields<'a>(&'a Document);
+
+impl Fields<'_> {
+    fn str(&self, key: &str) -> StoreResult<String> {
+        self.0
+            .get_str(key)
+            .map(str::to_owned)
+            .map_err(|_| corrupt(key))
+    }
+
+    fn opt_str(&self, key: &str) -> StoreResult<Option<String>> {
+        match self.0.get(key) {
+            None | Some(Bson::Null) => Ok(None),
+            Some(Bson::String(s)) => Ok(Some(s.clone())),
+            Some(_) => Err(corrupt(key)),
+        }
+    }
+
+    fn bytes(&self, key: &str) -> StoreResult<Vec<u8>> {
+        self.0
+            .get_binary_generic(key)
+            .cloned()
+            .map_err(|_| corrupt(key))
+    }
+
+    fn time(&self, key: &str) -> StoreResult<OffsetDateTime> {
+        let t = self.0.get_datetime(key).map_err(|_| corrupt(key))?;
+        from_millis(t.timestamp_millis()).ok_or_else(|| corrupt(key))
+    }
+
+    fn bool(&self, key: &str) -> StoreResult<bool> {
+        match self.0.get(key) {
+            None | Some(Bson::Null) => Ok(false),
+            Some(Bson::Boolean(b)) => Ok(*b),
+            Some(_) => Err(corrupt(key)),
+        }
+    }
+
+    fn int(&self, key: &str) -> StoreResult<i64> {
+        match self.0.get(key) {
+            Some(Bson::Int32(n)) => Ok(i64::from(*n)),
+            Some(Bson::Int64(n)) => Ok(*n),
+            Some(Bson::Double(n)) if n.fract() == 0.0 => Ok(*n as i64),
+            _ => Err(corrupt(key)),
+        }
+    }
+}
+
+fn user_from(d: &Document) -> StoreResult<User> {
+    let f = Fields(d);
+    Ok(User {
+        id: UserId(f.str("_id")?),
+        phone: f.str("phone")?,
+        name: f.opt_str("name")?,
+        avatar: f.opt_str("avatar")?.map(FileId),
+        activated: f.bool("activated")?,
+        created_at: f.time("createdAt")?,
+    })
+}
+
+fn otp_from(d: &Document) -> StoreResult<OtpChallenge> {
+    let f = Fields(d);
+    Ok(OtpChallenge {
+        handle_hash: f.bytes("_id")?,
+        phone: f.str("phone")?,
+        code_hash: f.bytes("codeHash")?,
+        expires_at: f.time("expiresAt")?,
+        attempts_left: u32::try_from(f.int("attemptsLeft")?.max(0)).unwrap_or(0),
+    })
+}
+
+fn token_from(d: &Document) -> StoreResult<RefreshToken> {
+    let f = Fields(d);
+    Ok(RefreshToken {
+        token_hash: f.bytes("_id")?,
+        family: FamilyId(f.str("family")?),
+        user_id: UserId(f.str("userId")?),
+        expires_at: f.time("expiresAt")?,
+        used: f.bool("used")?,
+    })
+}
+
+fn room_from(d: &Document) -> StoreResult<Room> {
+    let f = Fields(d);
+    let invited = match d.get("invited") {
+        None | Some(Bson::Null) => Vec::new(),
+        Some(Bson::Array(a)) => a
+            .iter()
+            .map(|b| match b {
+                Bson::String(s) => Ok(UserId(s.clone())),
+                _ => Err(corrupt("invited")),
+            })
+            .collect::<StoreResult<_>>()?,
+        Some(_) => return Err(corrupt("invited")),
+    };
+    Ok(Room {
+        id: RoomId(f.str("_id")?),
+        topic: f.str("topic")?,
+        room_type: RoomType::parse(&f.str("roomType")?).ok_or_else(|| corrupt("roomType"))?,
+        owner_id: UserId(f.str("ownerId")?),
+        invited,
+        invite_code: f.opt_str("inviteCode")?,
+        created_at: f.time("createdAt")?,
+        last_activity: f.time("lastActivity")?,
+    })
+}
+
+fn room_doc(r: &Room) -> Document {
+    let invited: Vec<&str> = r.invited.iter().map(UserId::as_str).collect();
+    doc! {
+        "_id": r.id.as_str(),
+        "topic": &r.topic,
+        "roomType": r.room_type.as_str(),
+        "ownerId": r.owner_id.as_str(),
+        "invited": invited,
+        "inviteCode": r.invite_code.as_deref(),
+        "createdAt": bson_time(r.created_at),
+        "lastActivity": bson_time(r.last_activity),
+    }
+}
+
+fn message_from(d: &Document) -> StoreResult<Message> {
+    let f = Fields(d);
+    Ok(Message {
+        id: MessageId(f.str("_id")?),
+        room_id: RoomId(f.str("roomId")?),
+        author_id: UserId(f.str("authorId")?),
+        author_name: f.str("authorName")?,
+        kind: MessageType::parse(&f.str("type")?).ok_or_else(|| corrupt("type"))?,
+        text: f.str("text")?,
+        attachment: f.opt_str("attachment")?.map(FileId),
+        created_at: f.time("createdAt")?,
+    })
+}
+
+fn blob_from(kind: BlobKind, f: &FilesCollectionDocument) -> StoreResult<BlobMeta> {
+    let id = match &f.id {
+        Bson::ObjectId(oid) => FileId(oid.to_hex()),
+        Bson::String(s) => FileId(s.clone()),
+        _ => return Err(corrupt("files._id")),
+    };
+    let empty = Document::new();
+    let meta = Fields(f.metadata.as_ref().unwrap_or(&empty));
+    let created_at = meta
+        .time("createdAt")
+        .ok()
+        .or_else(|| from_millis(f.upload_date.timestamp_millis()))
+        .ok_or_else(|| corrupt("files.uploadDate"))?;
+    Ok(BlobMeta {
+        id,
+        kind,
+        // Files written by other tools may lack it; never guess a type to serve.
+        content_type: meta
+            .opt_str("contentType")?
+            .unwrap_or_else(|| "application/octet-stream".to_owned()),
+        len: f.length,
+        room_id: meta.opt_str("roomId")?.map(RoomId),
+        created_at,
+    })
+}
+
+async fn collect_docs<T>(
+    cursor: mongodb::Cursor<Document>,
+    convert: fn(&Document) -> StoreResult<T>,
+) -> StoreResult<Vec<T>> {
+    let docs: Vec<Document> = cursor.try_collect().await.map_err(backend)?;
+    docs.iter().map(convert).collect()
+}
+
+#[async_trait]
+impl UserStore for MongoStore {
+    async fn find_or_create_user(&self, phone: &str, now: OffsetDateTime) -> StoreResult<User> {
+        // Concurrent upserts of one new phone can both miss and both insert; the unique
+        // index refuses the loser, who then finds the winner's document.
+        for _ in 0..3 {
+            let res = self
+                .users
+                .find_one_and_update(
+                    doc! { "phone": phone },
+                    // `phone` comes from the filter's equality on insert.
+                    doc! { "$setOnInsert": {
+                        "_id": new_id(),
+                        "activated": false,
+                        "createdAt": bson_time(now),
+                    } },
+                )
+                .upsert(true)
+                .return_document(ReturnDocument::After)
+                .await;
+            match res {
+                Ok(Some(d)) => return user_from(&d),
+                Ok(None) => {}
+                Err(e) if error_code(&e) == Some(DUPLICATE_KEY) => {}
+                Err(e) => return Err(backend(e)),
+            }
+            if let Some(d) = self
+                .users
+                .find_one(doc! { "phone": phone })
+                .await
+                .map_err(backend)?
+            {
+                return user_from(&d);
+            }
+        }
+        Err(StoreError::Backend(
+            "mongodb: user upsert kept conflicting".into(),
+        ))
+    }
+
+    async fn get_user(&self, id: &UserId) -> StoreResult<Option<User>> {
+        self.users
+            .find_one(doc! { "_id": id.as_str() })
+            .await
+            .map_err(backend)?
+            .as_ref()
+            .map(user_from)
+            .transpose()
+    }
+
+    async fn get_users(&self, ids: &[UserId]) -> StoreResult<Vec<User>> {
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let ids: Vec<&str> = ids.iter().map(UserId::as_str).collect();
+        let cursor = self
+            .users
+            .find(doc! { "_id": { "$in": ids } })
+            .await
+            .map_err(backend)?;
+        collect_docs(cursor, user_from).await
+    }
+
+    async fn activate_user(
+        &self,
+        id: &UserId,
+        name: &str,
+        avatar: Option<FileId>,
+    ) -> StoreResult<User> {
+        let mut set = doc! { "name": name, "activated": true };
+        if let Some(a) = &avatar {
+            set.insert("avatar", a.as_str());
+        }
+        // Before-image: tells which avatar this update replaced, atomically.
+        let before = self
+            .users
+            .find_one_and_update(doc! { "_id": id.as_str() }, doc! { "$set": set })
+            .return_document(ReturnDocument::Before)
+            .await
+            .map_err(backend)?
+            .ok_or(StoreError::NotFound)?;
+        let before = user_from(&before)?;
+        if let (Some(old), Some(new)) = (&before.avatar, &avatar)
+            && old != new
+        {
+            self.delete_blob(old).await?;
+        }
+        Ok(User {
+            name: Some(name.to_owned()),
+            avatar: avatar.or(before.avatar),
+            activated: true,
+            ..before
+        })
+    }
+}
+
+#[async_trait]
+impl OtpStore for MongoStore {
+    async fn put_otp(&self, c: OtpChallenge) -> StoreResult<()> {
+        self.otps
+            .insert_one(doc! {
+                "_id": bin(&c.handle_hash),
+                "phone": &c.phone,
+                "codeHash": bin(&c.code_hash),
+                "expiresAt": bson_time(c.expires_at),
+                "attemptsLeft": i64::from(c.attempts_left),
+            })
+            .await
+            .map_err(map_write)?;
+        Ok(())
+    }
+
+    async fn get_otp(&self, handle_hash: &[u8]) -> StoreResult<Option<OtpChallenge>> {
+        self.otps
+            .find_one(doc! { "_id": bin(handle_hash) })
+            .await
+            .map_err(backend)?
+            .as_ref()
+            .map(otp_from)
+            .transpose()
+    }
+
+    async fn spend_otp_attempt(&self, handle_hash: &[u8]) -> StoreResult<Option<u32>> {
+        let after = self
+            .otps
+            .find_one_and_update(
+                doc! { "_id": bin(handle_hash), "attemptsLeft": { "$gt": 0 } },
+                doc! { "$inc": { "attemptsLeft": -1 } },
+            )
+            .return_document(ReturnDocument::After)
+            .await
+            .map_err(backend)?;
+        match after {
+            Some(d) => Ok(Some(otp_from(&d)?.attempts_left)),
+            None => Ok(None),
+        }
+    }
+
+    async fn consume_otp(&self, handle_hash: &[u8]) -> StoreResult<bool> {
+        let res = self
+            .otps
+            .delete_one(doc! { "_id": bin(handle_hash) })
+            .await
+            .map_err(backend)?;
+        Ok(res.deleted_count == 1)
+    }
+
+    async fn purge_expired_otps(&self, now: OffsetDateTime) -> StoreResult<u64> {
+        let res = self
+            .otps
+            .delete_many(doc! { "expiresAt": { "$lte": bson_time(now) } })
+            .await
+            .map_err(backend)?;
+        Ok(res.deleted_count)
+    }
+}
+
+#[async_trait]
+impl SessionStore for MongoStore {
+    async fn put_refresh_token(&self, t: RefreshToken) -> StoreResult<()> {
+        self.tokens
+            .insert_one(doc! {
+                "_id": bin(&t.token_hash),
+                "family": t.family.as_str(),
+                "userId": t.user_id.as_str(),
+                "expiresAt": bson_time(t.expires_at),
+                "used": t.used,
+            })
+            .await
+            .map_err(map_write)?;
+        Ok(())
+    }
+
+    async fn get_refresh_token(&self, token_hash: &[u8]) -> StoreResult<Option<RefreshToken>> {
+        self.tokens
+            .find_one(doc! { "_id": bin(token_hash) })
+            .await
+            .map_err(backend)?
+            .as_ref()
+            .map(token_from)
+            .transpose()
+    }
+
+    async fn mark_refresh_token_used(&self, token_hash: &[u8]) -> StoreResult<bool> {
+        let res = self
+            .tokens
+            .update_one(
+                doc! { "_id": bin(token_hash), "used": false },
+                doc! { "$set": { "used": true } },
+            )
+            .await
+            .map_err(backend)?;
+        Ok(res.modified_count == 1)
+    }
+
+    async fn revoke_family(&self, family: &FamilyId) -> StoreResult<()> {
+        self.tokens
+            .update_many(
+                doc! { "family": family.as_str() },
+                doc! { "$set": { "used": true } },
+            )
+            .await
+            .map_err(backend)?;
+        Ok(())
+    }
+
+    async fn purge_expired_refresh_tokens(&self, now: OffsetDateTime) -> StoreResult<u64> {
+        let res = self
+            .tokens
+            .delete_many(doc! { "expiresAt": { "$lte": bson_time(now) } })
+            .await
+            .map_err(backend)?;
+        Ok(res.deleted_count)
+    }
+}
+
+#[async_trait]
+impl RoomStore for MongoStore {
+    async fn create_room(&self, mut room: Room) -> StoreResult<()> {
+        room.invited.sort();
+        room.invited.dedup();
+        self.rooms
+            .insert_one(room_doc(&room))
+            .await
+            .map_err(map_write)?;
+        Ok(())
+    }
+
+    async fn get_room(&self, id: &RoomId) -> StoreResult<Option<Room>> {
+        self.rooms
+            .find_one(doc! { "_id": id.as_str() })
+            .await
+            .map_err(backend)?
+            .as_ref()
+            .map(room_from)
+            .transpose()
+    }
+
+    async fn list_open_rooms(&self, after: Option<&RoomId>, limit: u32) -> StoreResult<Vec<Room>> {
+        let open = RoomType::Open.as_str();
+        let filter = match after {
+            None => doc! { "roomType": open },
+            Some(after) => {
+                let Some(cursor) = self.get_room(after).await? else {
+                    return Ok(Vec::new());
+                };
+                let at = bson_time(cursor.created_at);
+                doc! {
+                    "roomType": open,
+                    "$or": [
+                        { "createdAt": { "$lt": at } },
+                        { "createdAt": at, "_id": { "$lt": after.as_str() } },
+                    ],
+                }
+            }
+        };
+        let cursor = self
+            .rooms
+            .find(filter)
+            .sort(doc! { "createdAt": -1, "_id": -1 })
+            .limit(i64::from(limit))
+            .await
+            .map_err(backend)?;
+        collect_docs(cursor, room_from).await
+    }
+
+    async fn update_room_topic(&self, id: &RoomId, topic: &str) -> StoreResult<Option<Room>> {
+        self.rooms
+            .find_one_and_update(
+                doc! { "_id": id.as_str() },
+                doc! { "$set": { "topic": topic } },
+            )
+            .return_document(ReturnDocument::After)
+            .await
+            .map_err(backend)?
+            .as_ref()
+            .map(room_from)
+            .transpose()
+    }
+
+    async fn add_room_invite(&self, id: &RoomId, user: &UserId) -> StoreResult<()> {
+        let res = self
+            .rooms
+            .update_one(
+                doc! { "_id": id.as_str() },
+                doc! { "$addToSet": { "invited": user.as_str() } },
+            )
+            .await
+            .map_err(backend)?;
+        if res.matched_count == 0 {
+            return Err(StoreError::NotFound);
+        }
+        Ok(())
+    }
+
+    async fn set_invite_code(&self, id: &RoomId, code: Option<&str>) -> StoreResult<()> {
+        let res = self
+            .rooms
+            .update_one(
+                doc! { "_id": id.as_str() },
+                doc! { "$set": { "inviteCode": code } },
+            )
+            .await
+            .map_err(backend)?;
+        if res.matched_count == 0 {
+            return Err(StoreError::NotFound);
+        }
+        Ok(())
+    }
+
+    async fn touch_room(&self, id: &RoomId, now: OffsetDateTime) -> StoreResult<()> {
+        // $max: a late, out-of-order touch never moves the clock back.
+        let res = self
+            .rooms
+            .update_one(
+                doc! { "_id": id.as_str() },
+                doc! { "$max": { "lastActivity": bson_time(now) } },
+            )
+            .await
+            .map_err(backend)?;
+        if res.matched_count == 0 {
+            return Err(StoreError::NotFound);
+        }
+        Ok(())
+    }
+
+    async fn delete_room(&self, id: &RoomId) -> StoreResult<bool> {
+        // Room first: from then on its content is an orphan the sweeper would also find.
+        let res = self
+            .rooms
+            .delete_one(doc! { "_id": id.as_str() })
+            .await
+            .map_err(backend)?;
+        self.delete_room_content(std::slice::from_ref(&id.0))
+            .await?;
+        Ok(res.deleted_count == 1)
+    }
+
+    async fn expire_rooms(&self, cutoff: OffsetDateTime) -> StoreResult<u64> {
+        let res = self
+            .rooms
+            .delete_many(doc! { "lastActivity": { "$lt": bson_time(cutoff) } })
+            .await
+            .map_err(backend)?;
+        // Whatever those rooms (or the TTL index, or an interrupted delete) left behind.
+        let mut orphans = self.orphaned_rooms(&self.messages, "roomId").await?;
+        for kind in [BlobKind::Voice, BlobKind::Image, BlobKind::Avatar] {
+            let files = self
+                .db
+                .collection::<Document>(&format!("{}.files", bucket_name(kind)));
+            orphans.extend(self.orphaned_rooms(&files, "metadata.roomId").await?);
+        }
+        orphans.sort();
+        orphans.dedup();
+        for batch in orphans.chunks(1000) {
+            self.delete_room_content(batch).await?;
+        }
+        Ok(res.deleted_count)
+    }
+}
+
+#[async_trait]
+impl MessageStore for MongoStore {
+    async fn insert_message(&self, m: Message) -> StoreResult<()> {
+        // Bumping the room's activity doubles as the existence check.
+        let res = self
+            .rooms
+            .update_one(
+                doc! { "_id": m.room_id.as_str() },
+                doc! { "$max": { "lastActivity": bson_time(m.created_at) } },
+            )
+            .await
+            .map_err(backend)?;
+        if res.matched_count == 0 {
+            return Err(StoreError::NotFound);
+        }
+        self.messages
+            .insert_one(doc! {
+                "_id": m.id.as_str(),
+                "roomId": m.room_id.as_str(),
+                "authorId": m.author_id.as_str(),
+                "authorName": &m.author_name,
+                "type": m.kind.as_str(),
+                "text": &m.text,
+                "attachment": m.attachment.as_ref().map(FileId::as_str),
+                "createdAt": bson_time(m.created_at),
+            })
+            .await
+            .map_err(map_write)?;
+        Ok(())
+    }
+
+    async fn get_message(&self, id: &MessageId) -> StoreResult<Option<Message>> {
+        self.messages
+            .find_one(doc! { "_id": id.as_str() })
+            .await
+            .map_err(backend)?
+            .as_ref()
+            .map(message_from)
+            .transpose()
+    }
+
+    async fn list_messages(
+        &self,
+        room: &RoomId,
+        before: Option<&MessageCursor>,
+        limit: u32,
+    ) -> StoreResult<Vec<Message>> {
+        let filter = match before {
+            None => doc! { "roomId": room.as_str() },
+            Some(c) => {
+                let at = bson_time(c.created_at);
+                doc! {
+                    "roomId": room.as_str(),
+                    "$or": [
+                        { "createdAt": { "$lt": at } },
+                        { "createdAt": at, "_id": { "$lt": c.id.as_str() } },
+                    ],
+                }
+            }
+        };
+        let cursor = self
+            .messages
+            .find(filter)
+            .sort(doc! { "createdAt": -1, "_id": -1 })
+            .limit(i64::from(limit))
+            .await
+            .map_err(backend)?;
+        collect_docs(cursor, message_from).await
+    }
+
+    async fn delete_message(&self, id: &MessageId) -> StoreResult<Option<Message>> {
+        let Some(d) = self
+            .messages
+            .find_one_and_delete(doc! { "_id": id.as_str() })
+            .await
+            .map_err(backend)?
+        else {
+            return Ok(None);
+        };
+        let msg = message_from(&d)?;
+        if let Some(file) = &msg.attachment {
+            self.delete_blob(file).await?;
+        }
+        Ok(Some(msg))
+    }
+}
+
+#[async_trait]
+impl BlobStore for MongoStore {
+    async fn put_blob(&self, meta: BlobMeta, bytes: Bytes) -> StoreResult<()> {
+        let oid = file_oid(&meta.id).ok_or_else(|| {
+            StoreError::Backend(format!(
+                "file id {:?} is not 24 lowercase hex digits",
+                meta.id.0
+            ))
+        })?;
+        if let Some(room) = &meta.room_id
+            && !self.room_exists(room.as_str()).await?
+        {
+            return Err(StoreError::NotFound);
+        }
+        // The driver cleans up a failed upload by deleting every chunk with this id,
+        // which would destroy an existing file's bytes: refuse a taken id up front.
+        if self.find_file(&meta.id).await?.is_some() {
+            return Err(StoreError::Conflict);
+        }
+        let metadata = doc! {
+            "roomId": meta.room_id.as_ref().map(RoomId::as_str),
+            "contentType": &meta.content_type,
+            "kind": meta.kind.as_str(),
+            "createdAt": bson_time(meta.created_at),
+        };
+        let mut upload = self
+            .bucket(meta.kind)
+            .open_upload_stream(meta.id.as_str())
+            .id(Bson::ObjectId(oid))
+            .metadata(metadata)
+            .await
+            .map_err(backend)?;
+        let written = async {
+            upload.write_all(&bytes).await?;
+            upload.close().await
+        }
+        .await;
+        if let Err(e) = written {
+            // A duplicate key here means another upload took the id between the check
+            // and now.
+            let duplicate = e
+                .get_ref()
+                .and_then(|inner| inner.downcast_ref::<mongodb::error::Error>())
+                .is_some_and(|me| error_code(me) == Some(DUPLICATE_KEY));
+            return Err(if duplicate {
+                StoreError::Conflict
+            } else {
+                StoreError::Backend(format!("mongodb: gridfs upload: {e}"))
+            });
+        }
+        Ok(())
+    }
+
+    async fn get_blob_meta(&self, id: &FileId) -> StoreResult<Option<BlobMeta>> {
+        match self.find_file(id).await? {
+            Some((kind, f)) => Ok(Some(blob_from(kind, &f)?)),
+            None => Ok(None),
+        }
+    }
+
+    async fn read_blob(&self, id: &FileId, range: Range<u64>) -> StoreResult<ByteStream> {
+        let (kind, file) = self.find_file(id).await?.ok_or(StoreError::NotFound)?;
+        let chunk_size = u64::from(file.chunk_size_bytes);
+        let plan = ChunkPlan::new(range.clone(), file.length, chunk_size)?;
+        if range.is_empty() {
+            return Ok(Box::pin(futures::stream::empty()));
+        }
+        let first = range.start / chunk_size;
+        let last = (range.end - 1) / chunk_size;
+        // One cursor over exactly the chunks the range touches, fetched a couple at a
+        // time: memory stays at a few chunks however large the file.
+        let cursor = self
+            .chunks(kind)
+            .find(doc! {
+                "files_id": file.id.clone(),
+                "n": { "$gte": first as i64, "$lte": last as i64 },
+            })
+            .sort(doc! { "n": 1 })
+            .batch_size(CHUNK_BATCH)
+            .await
+            .map_err(backend)?;
+        let stream =
+            futures::stream::try_unfold((cursor, plan), |(mut cursor, mut plan)| async move {
+                let Some((n, slice)) = plan.next_chunk() else {
+                    return Ok(None);
+                };
+                let chunk = cursor
+                    .try_next()
+                    .await
+                    .map_err(backend)?
+                    .ok_or_else(|| StoreError::Backend(format!("gridfs chunk {n} missing")))?;
+                let f = Fields(&chunk);
+                if u64::try_from(f.int("n")?).ok() != Some(n) {
+                    return Err(StoreError::Backend(format!("gridfs chunk {n} missing")));
+                }
+                let data = f.bytes("data")?;
+                let part = data
+                    .get(slice.start as usize..slice.end as usize)
+                    .ok_or_else(|| StoreError::Backend(format!("gridfs chunk {n} is too short")))?;
+                Ok(Some((Bytes::copy_from_slice(part), (cursor, plan))))
+            });
+        Ok(Box::pin(stream))
+    }
+
+    async fn delete_blob(&self, id: &FileId) -> StoreResult<bool> {
+        match self.find_file(id).await? {
+            Some((kind, f)) => self.delete_file(kind, f.id).await,
+            None => Ok(false),
+        }
+    }
+}
+
+#[async_trait]
+impl Health for MongoStore {
+    async fn ping(&self) -> StoreResult<()> {
+        self.db
+            .run_command(doc! { "ping": 1 })
+            .await
+            .map_err(backend)?;
+        Ok(())
+    }
+}
