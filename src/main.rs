@@ -8,8 +8,9 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use anyhow::Context;
+use api::ApiConfig;
 use api::AppState;
-use api::store::{SqliteStore, Store};
+use api::store::{MongoStore, SqliteStore, Store};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tracing_subscriber::EnvFilter;
@@ -65,8 +66,8 @@ fn init_tracing(format: LogFormat) {
 
 /// The control plane's state: store, settings, secrets, SMS sender.
 async fn control_plane(cfg: &Config) -> anyhow::Result<AppState> {
-    let store = open_store(cfg).await?;
     let api_config = cfg.api_config()?;
+    let store = open_store(cfg, &api_config).await?;
     if !api_config.secure_cookies {
         tracing::warn!("cookies are sent without Secure (INSECURE_COOKIES): development only");
     }
@@ -75,9 +76,12 @@ async fn control_plane(cfg: &Config) -> anyhow::Result<AppState> {
     Ok(AppState::new(store, api_config, secrets).with_sms(sms))
 }
 
-async fn open_store(cfg: &Config) -> anyhow::Result<Arc<dyn Store>> {
+async fn open_store(cfg: &Config, api_config: &ApiConfig) -> anyhow::Result<Arc<dyn Store>> {
     if let Some(uri) = &cfg.mongo_uri {
-        return open_mongo(uri).await;
+        // The TTL index on rooms' lastActivity uses the same expiry as the sweeper.
+        let expiry =
+            std::time::Duration::from_secs(api_config.room_expiry.whole_seconds().max(1) as u64);
+        return open_mongo(uri, expiry).await;
     }
     std::fs::create_dir_all(&cfg.data_dir)
         .with_context(|| format!("creating data dir {}", cfg.data_dir.display()))?;
@@ -89,9 +93,13 @@ async fn open_store(cfg: &Config) -> anyhow::Result<Arc<dyn Store>> {
     Ok(Arc::new(store))
 }
 
-async fn open_mongo(_uri: &str) -> anyhow::Result<Arc<dyn Store>> {
-    // Replaced by `MongoStore::connect` when the store branch's MongoDB store lands.
-    anyhow::bail!("this build has no MongoDB store yet; unset MONGO_URI to use SQLite")
+async fn open_mongo(uri: &str, room_expiry: std::time::Duration) -> anyhow::Result<Arc<dyn Store>> {
+    // The database is the one named in the URI's path (default "chorus").
+    let store = MongoStore::connect_uri(uri, room_expiry)
+        .await
+        .context("connecting to MongoDB (MONGO_URI)")?;
+    tracing::info!("using the MongoDB store");
+    Ok(Arc::new(store))
 }
 
 /// Completes on SIGINT (Ctrl-C) or SIGTERM (container stop) by cancelling `token`.
