@@ -148,3 +148,39 @@ async fn the_main_http_flows_work_on_mongodb() {
         StatusCode::OK
     );
 }
+
+#[tokio::test]
+async fn ready_is_503_when_the_database_is_gone() {
+    let server = support::secantus::SecantusServer::start(1.0).expect("own SecantusDB server");
+    let store = api::store::MongoStore::connect(
+        &format!("{}&serverSelectionTimeoutMS=500", server.uri()),
+        "chorus_ready",
+        support::LONG_ROOM_EXPIRY,
+    )
+    .await
+    .expect("connect");
+    let app = TestApp::with_store(test_config(), std::sync::Arc::new(store));
+    assert_eq!(
+        app.call(Method::GET, "/api/ready", None, None).await.status,
+        StatusCode::OK
+    );
+
+    // Dropping the handle stops the server (and waits for it to exit).
+    tokio::task::spawn_blocking(move || drop(server))
+        .await
+        .expect("server stops");
+    let r = tokio::time::timeout(
+        std::time::Duration::from_secs(20),
+        app.call(Method::GET, "/api/ready", None, None),
+    )
+    .await
+    .expect("readiness answers promptly even with the database down");
+    r.assert_error(StatusCode::SERVICE_UNAVAILABLE, "not_ready");
+    // Liveness does not depend on the database.
+    assert_eq!(
+        app.call(Method::GET, "/api/health", None, None)
+            .await
+            .status,
+        StatusCode::OK
+    );
+}
