@@ -75,7 +75,7 @@ pub async fn send_otp(
     ApiJson(req): ApiJson<SendOtpRequest>,
 ) -> ApiResult<Json<SendOtpResponse>> {
     let phone = otp::normalize_phone(req.phone.as_deref().unwrap_or("")).map_err(phone_error)?;
-    ratelimit::check(&state.limits.send_otp_ip, &ip.to_string())?;
+    ratelimit::check(&state.limits.send_otp_ip, &ratelimit::ip_key(ip))?;
     ratelimit::check(&state.limits.send_otp_phone, &phone)?;
 
     let code = otp::generate_code();
@@ -145,7 +145,7 @@ pub async fn verify_otp(
         ));
     };
     let phone = otp::normalize_phone(&phone).map_err(phone_error)?;
-    ratelimit::check(&state.limits.verify_otp_ip, &ip.to_string())?;
+    ratelimit::check(&state.limits.verify_otp_ip, &ratelimit::ip_key(ip))?;
     ratelimit::check(&state.limits.verify_otp_phone, &phone)?;
     if code.len() > 16 || handle.len() > 128 {
         return Err(otp_gone());

@@ -88,10 +88,21 @@ pub async fn activate(
             Some(id)
         }
     };
-    let user = state
+    let new_avatar = (avatar != user.avatar).then(|| avatar.clone()).flatten();
+    let user = match state
         .store
         .activate_user(&auth.user_id, &name, avatar)
-        .await?;
+        .await
+    {
+        Ok(u) => u,
+        Err(e) => {
+            // Do not leave the freshly stored avatar orphaned.
+            if let Some(id) = new_avatar {
+                let _ = state.store.delete_blob(&id).await;
+            }
+            return Err(e.into());
+        }
+    };
     Ok(Json(AuthResponse {
         user: Some(UserJson::own(&user, &state.config.base_url)),
         auth: true,
