@@ -352,3 +352,23 @@ async fn a_truncated_multipart_body_is_a_clear_400() {
         json!([])
     );
 }
+
+#[tokio::test]
+async fn uploads_larger_than_the_json_body_limit_are_accepted_up_to_their_own_limit() {
+    let app = TestApp::new().await;
+    let a = app.user("+14155550001", "Alice").await;
+    app.get("/api/room/lobby", &a.access).await;
+    let bytes = webm(2 * 1024 * 1024);
+    let r = upload(&app, &a, "lobby", "voice", "voice", &bytes).await;
+    assert_eq!(
+        r.status,
+        StatusCode::CREATED,
+        "{:?}",
+        String::from_utf8_lossy(&r.body)
+    );
+    let url = r.json()["url"].as_str().expect("url").to_owned();
+    let d = get_range(&app, &a, &url, None).await;
+    assert_eq!(d.header("content-length"), Some("2097152"));
+    assert_eq!(d.body.len(), bytes.len());
+    assert!(d.body.as_ref() == bytes.as_slice());
+}
