@@ -411,3 +411,65 @@ fn secret_or_persisted(
     tracing::warn!(path = %file.display(), "{var} not set: generated a random secret and saved it");
     Ok(secret.into_bytes())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn temp_dir() -> PathBuf {
+        let d = std::env::temp_dir().join(format!("chorus-config-{}", api::store::new_id()));
+        fs::create_dir_all(&d).expect("temp dir");
+        d
+    }
+
+    #[test]
+    fn a_generated_secret_is_persisted_and_reused() {
+        let dir = temp_dir();
+        let file = dir.join("nested").join("s.secret");
+        let first = secret_or_persisted(None, "X", &file).expect("generated");
+        assert!(first.len() >= 43, "256 bits, base64url");
+        let again = secret_or_persisted(Some("  "), "X", &file).expect("reused");
+        assert_eq!(first, again, "sessions survive a restart");
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = fs::metadata(&file).expect("meta").permissions().mode();
+            assert_eq!(mode & 0o077, 0, "secret file is private");
+        }
+        let configured = secret_or_persisted(Some("from-env"), "X", &file).expect("configured");
+        assert_eq!(configured, b"from-env");
+        let _ = fs::remove_dir_all(dir);
+    }
+
+    #[test]
+    fn flags_map_onto_the_api_settings() {
+        let cfg = Config::try_parse_from([
+            "chorus",
+            "--insecure-cookies",
+            "--frontend-url",
+            "http://a.example,http://b.example",
+            "--otp-ttl-secs",
+            "60",
+            "--room-expiry-days",
+            "7",
+        ])
+        .expect("parses");
+        let api = cfg.api_config().expect("valid");
+        assert!(!api.secure_cookies);
+        assert_eq!(api.cors_origins, ["http://a.example", "http://b.example"]);
+        assert_eq!(api.otp_ttl, time::Duration::seconds(60));
+        assert_eq!(api.room_expiry, time::Duration::days(7));
+        assert_eq!(api.otp_attempts, 5);
+
+        let bad = Config::try_parse_from(["chorus", "--otp-max-attempts", "0"]).expect("parses");
+        assert!(bad.api_config().is_err());
+    }
+
+    #[test]
+    fn sms_settings_must_come_together() {
+        let partial = Config::try_parse_from(["chorus", "--sms-sid", "AC1"]).expect("parses");
+        assert!(partial.sms_sender().is_err());
+        let none = Config::try_parse_from(["chorus"]).expect("parses");
+        assert!(none.sms_sender().expect("dev sender").is_development());
+    }
+}

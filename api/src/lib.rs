@@ -8,6 +8,7 @@
 pub mod access;
 pub mod auth;
 pub mod avatar;
+pub mod chat;
 pub mod clock;
 pub mod config;
 pub mod dto;
@@ -40,7 +41,7 @@ pub use error::ApiError;
 pub use live::{LiveRoomInfo, LiveRooms};
 pub use state::AppState;
 
-use handlers::{auth as h_auth, chat, health, profile, rooms};
+use handlers::{auth as h_auth, chat as h_chat, health, profile, rooms};
 
 /// Body limit of plain JSON endpoints.
 pub const JSON_BODY_LIMIT: usize = 64 * 1024;
@@ -108,19 +109,19 @@ fn documented_routes(config: &ApiConfig) -> OpenApiRouter<AppState> {
             rooms::delete_invite_code
         ))
         .routes(routes!(rooms::redeem_invite))
-        .routes(routes!(chat::get_chat_room))
-        .routes(routes!(chat::post_message))
-        .routes(routes!(chat::delete_message))
+        .routes(routes!(h_chat::get_chat_room))
+        .routes(routes!(h_chat::post_message))
+        .routes(routes!(h_chat::delete_message))
         .routes(with_limit(
-            routes!(chat::upload_voice),
+            routes!(h_chat::upload_voice),
             config.max_voice_bytes + MULTIPART_OVERHEAD,
         ))
         .routes(with_limit(
-            routes!(chat::upload_image),
+            routes!(h_chat::upload_image),
             config.max_image_bytes + MULTIPART_OVERHEAD,
         ))
-        .routes(routes!(chat::get_voice))
-        .routes(routes!(chat::get_image))
+        .routes(routes!(h_chat::get_voice))
+        .routes(routes!(h_chat::get_image))
         .routes(routes!(health::health))
         .routes(routes!(health::ready))
         .routes(routes!(openapi_json))
@@ -135,6 +136,10 @@ async fn route_not_found() -> ApiError {
     ApiError::NotFound("route")
 }
 
+async fn method_not_allowed() -> ApiError {
+    ApiError::MethodNotAllowed
+}
+
 /// Every control-plane route, with CORS, body limits and JSON errors. The binary merges
 /// it with the signaling and static routes and serves it with
 /// `into_make_service_with_connect_info::<SocketAddr>()` (rate limits key on the peer IP).
@@ -145,8 +150,10 @@ pub fn router(state: AppState) -> Router {
     let cors = cors_layer(&state.config.cors_origins);
     let router = routes
         .fallback(route_not_found)
+        .method_not_allowed_fallback(method_not_allowed)
         .layer(axum::Extension(OpenApiJson(std::sync::Arc::new(doc_json))))
         .layer(DefaultBodyLimit::max(JSON_BODY_LIMIT))
+        .layer(tower_http::trace::TraceLayer::new_for_http())
         .with_state(state);
     match cors {
         Some(c) => router.layer(c),

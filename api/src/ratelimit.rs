@@ -79,11 +79,35 @@ pub fn client_ip(parts: &Parts, trust_proxy: bool) -> IpAddr {
     {
         return ip;
     }
-    parts
-        .extensions
-        .get::<ConnectInfo<SocketAddr>>()
-        .map(|c| c.0.ip())
-        .unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED))
+    match parts.extensions.get::<ConnectInfo<SocketAddr>>() {
+        Some(c) => c.0.ip(),
+        None => {
+            // Served without `into_make_service_with_connect_info`: every client would
+            // share one per-IP bucket.
+            static WARN: std::sync::Once = std::sync::Once::new();
+            WARN.call_once(|| {
+                tracing::warn!(
+                    "no peer address on requests: serve with into_make_service_with_connect_info::<SocketAddr>()"
+                )
+            });
+            IpAddr::V4(Ipv4Addr::UNSPECIFIED)
+        }
+    }
+}
+
+/// The rate-limit key of an address: IPv6 clients usually hold a whole /64, so they are
+/// limited per /64 rather than per address.
+pub fn ip_key(ip: IpAddr) -> String {
+    match ip {
+        IpAddr::V4(v4) => v4.to_string(),
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => v4.to_string(),
+            None => {
+                let s = v6.segments();
+                format!("{:x}:{:x}:{:x}:{:x}::/64", s[0], s[1], s[2], s[3])
+            }
+        },
+    }
 }
 
 /// Extractor for the client IP, honouring the trust-proxy setting.
@@ -98,5 +122,22 @@ impl axum::extract::FromRequestParts<crate::state::AppState> for ClientIp {
         state: &crate::state::AppState,
     ) -> Result<Self, Self::Rejection> {
         Ok(ClientIp(client_ip(parts, state.config.trust_proxy)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ipv6_clients_share_a_key_per_64_and_mapped_ipv4_is_plain_ipv4() {
+        let a: IpAddr = "2001:db8:1:2:aaaa::1".parse().expect("ip");
+        let b: IpAddr = "2001:db8:1:2:bbbb::9".parse().expect("ip");
+        let c: IpAddr = "2001:db8:1:3::1".parse().expect("ip");
+        assert_eq!(ip_key(a), ip_key(b));
+        assert_ne!(ip_key(a), ip_key(c));
+        let mapped: IpAddr = "::ffff:192.0.2.7".parse().expect("ip");
+        assert_eq!(ip_key(mapped), "192.0.2.7");
+        assert_eq!(ip_key("192.0.2.7".parse().expect("ip")), "192.0.2.7");
     }
 }

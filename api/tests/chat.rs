@@ -268,3 +268,64 @@ async fn a_message_cannot_be_deleted_through_another_room() {
     .await
     .assert_error(StatusCode::NOT_FOUND, "not_found");
 }
+
+#[tokio::test]
+async fn the_chat_functions_for_signaling_apply_the_same_rules() {
+    use api::store::{MessageType, RoomId, UserId};
+    let app = TestApp::new().await;
+    let a = app.user("+14155550001", "Alice").await;
+    let b = app.user("+14155550002", "Bob").await;
+    let (ua, ub) = (UserId(a.user_id.clone()), UserId(b.user_id.clone()));
+    app.get("/api/room/lobby", &a.access).await;
+    let lobby = RoomId("lobby".into());
+
+    let m = api::chat::post_text(&app.state, &lobby, &ub, " over the socket ")
+        .await
+        .expect("stored");
+    assert_eq!(m.text, "over the socket");
+    assert_eq!(m.author_name, "Bob");
+    let err = api::chat::post_text(&app.state, &lobby, &ub, "")
+        .await
+        .expect_err("empty text");
+    assert_eq!(err.code(), "invalid_message");
+
+    app.clock.advance(time::Duration::milliseconds(1));
+    let notice = api::chat::post_system(
+        &app.state,
+        &lobby,
+        &ua,
+        MessageType::CallNotification,
+        "Alice joined the call",
+    )
+    .await
+    .expect("stored");
+    let hist = app.get("/api/room/lobby", &a.access).await.json();
+    assert_eq!(hist["messages"][1]["type"], "call_notification");
+    assert_eq!(hist["messages"][1]["id"], notice.id.as_str());
+    assert!(
+        api::chat::post_system(&app.state, &lobby, &ua, MessageType::Text, "x")
+            .await
+            .is_err()
+    );
+
+    let private = app.create_room(&a, "p", "private").await["id"]
+        .as_str()
+        .expect("id")
+        .to_owned();
+    let err = api::chat::post_text(&app.state, &RoomId(private), &ub, "hi")
+        .await
+        .expect_err("outsider");
+    assert_eq!(err.code(), "not_found");
+
+    let err = api::chat::delete_message(&app.state, &lobby, notice.id.as_str(), &ub)
+        .await
+        .expect_err("not the author");
+    assert_eq!(err.code(), "not_author");
+    api::chat::delete_message(&app.state, &lobby, m.id.as_str(), &ub)
+        .await
+        .expect("author deletes");
+    assert!(
+        app.live.created.lock().is_empty(),
+        "these functions leave broadcasting to the caller"
+    );
+}

@@ -253,3 +253,25 @@ async fn storage_serves_only_avatars() {
         .await
         .assert_error(StatusCode::NOT_FOUND, "not_found");
 }
+
+#[tokio::test]
+async fn an_avatar_larger_than_the_json_body_limit_is_accepted() {
+    let app = TestApp::new().await;
+    let s = app.login("+14155550001").await;
+    let avatar = noisy_png_data_url(300, 300);
+    assert!(avatar.len() > 200 * 1024, "{} bytes", avatar.len());
+    let r = app
+        .post(
+            "/api/activate",
+            &s.access,
+            json!({"name": "Big", "avatar": avatar}),
+        )
+        .await;
+    assert_eq!(
+        r.status,
+        StatusCode::OK,
+        "{:?}",
+        String::from_utf8_lossy(&r.body)
+    );
+    assert!(r.json()["user"]["avatar"].is_string());
+}

@@ -35,6 +35,8 @@ async fn unknown_routes_get_a_json_404() {
     let r = app.call(Method::GET, "/api/nope", None, None).await;
     r.assert_error(StatusCode::NOT_FOUND, "not_found");
     assert_eq!(r.json()["message"], "Route not found");
+    let r = app.call(Method::PUT, "/api/rooms", None, None).await;
+    r.assert_error(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed");
 }
 
 /// Every route in the document is served, and every route the issue names is documented.

@@ -326,3 +326,49 @@ async fn users_without_a_name_cannot_upload() {
         .await
         .assert_error(StatusCode::FORBIDDEN, "not_activated");
 }
+
+#[tokio::test]
+async fn a_truncated_multipart_body_is_a_clear_400() {
+    let app = TestApp::new().await;
+    let a = app.user("+14155550001", "Alice").await;
+    app.get("/api/room/lobby", &a.access).await;
+    let mut body = multipart_body("voice", &webm(100));
+    body.truncate(body.len() - 30);
+    let req = Request::builder()
+        .method(Method::POST)
+        .uri("/api/room/lobby/voice")
+        .header(header::AUTHORIZATION, format!("Bearer {}", a.access))
+        .header(
+            header::CONTENT_TYPE,
+            format!("multipart/form-data; boundary={BOUNDARY}"),
+        )
+        .body(Body::from(body))
+        .expect("request");
+    app.send(req)
+        .await
+        .assert_error(StatusCode::BAD_REQUEST, "invalid_multipart");
+    assert_eq!(
+        app.get("/api/room/lobby", &a.access).await.json()["messages"],
+        json!([])
+    );
+}
+
+#[tokio::test]
+async fn uploads_larger_than_the_json_body_limit_are_accepted_up_to_their_own_limit() {
+    let app = TestApp::new().await;
+    let a = app.user("+14155550001", "Alice").await;
+    app.get("/api/room/lobby", &a.access).await;
+    let bytes = webm(2 * 1024 * 1024);
+    let r = upload(&app, &a, "lobby", "voice", "voice", &bytes).await;
+    assert_eq!(
+        r.status,
+        StatusCode::CREATED,
+        "{:?}",
+        String::from_utf8_lossy(&r.body)
+    );
+    let url = r.json()["url"].as_str().expect("url").to_owned();
+    let d = get_range(&app, &a, &url, None).await;
+    assert_eq!(d.header("content-length"), Some("2097152"));
+    assert_eq!(d.body.len(), bytes.len());
+    assert!(d.body.as_ref() == bytes.as_slice());
+}

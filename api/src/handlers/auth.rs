@@ -75,7 +75,7 @@ pub async fn send_otp(
     ApiJson(req): ApiJson<SendOtpRequest>,
 ) -> ApiResult<Json<SendOtpResponse>> {
     let phone = otp::normalize_phone(req.phone.as_deref().unwrap_or("")).map_err(phone_error)?;
-    ratelimit::check(&state.limits.send_otp_ip, &ip.to_string())?;
+    ratelimit::check(&state.limits.send_otp_ip, &ratelimit::ip_key(ip))?;
     ratelimit::check(&state.limits.send_otp_phone, &phone)?;
 
     let code = otp::generate_code();
@@ -115,14 +115,22 @@ fn otp_hash(state: &AppState, handle: &str, phone: &str, code: &str) -> Vec<u8> 
 }
 
 fn invalid_otp() -> ApiError {
-    ApiError::bad_request("invalid_otp", "Invalid or expired code")
+    ApiError::bad_request("invalid_otp", "Wrong code")
+}
+
+/// The handle is unknown, or its challenge was used, exhausted or expired and removed.
+fn otp_gone() -> ApiError {
+    ApiError::bad_request(
+        "otp_not_found",
+        "This code is no longer valid, request a new one",
+    )
 }
 
 /// Checks the code; logs in (creating the user on first login) and sets the cookies.
 #[utoipa::path(post, path = "/api/verify-otp", tag = "auth", request_body = VerifyOtpRequest,
     responses(
         (status = 200, body = AuthResponse, description = "logged in; accessToken/refreshToken cookies set"),
-        (status = 400, body = ErrorBody, description = "invalid_otp, otp_expired, otp_attempts_exhausted, missing_fields"),
+        (status = 400, body = ErrorBody, description = "invalid_otp (wrong code), otp_expired, otp_attempts_exhausted, otp_not_found (unknown or already used handle), missing_fields"),
         (status = 429, body = ErrorBody),
     ))]
 pub async fn verify_otp(
@@ -137,15 +145,15 @@ pub async fn verify_otp(
         ));
     };
     let phone = otp::normalize_phone(&phone).map_err(phone_error)?;
-    ratelimit::check(&state.limits.verify_otp_ip, &ip.to_string())?;
+    ratelimit::check(&state.limits.verify_otp_ip, &ratelimit::ip_key(ip))?;
     ratelimit::check(&state.limits.verify_otp_phone, &phone)?;
     if code.len() > 16 || handle.len() > 128 {
-        return Err(invalid_otp());
+        return Err(otp_gone());
     }
 
     let handle_hash = otp::sha256(handle.as_bytes());
     let Some(challenge) = state.store.get_otp(&handle_hash).await? else {
-        return Err(invalid_otp());
+        return Err(otp_gone());
     };
     if state.now() >= challenge.expires_at {
         state.store.consume_otp(&handle_hash).await?;
@@ -181,7 +189,7 @@ pub async fn verify_otp(
     }
     // Single use: of two concurrent correct submissions only one consumes the challenge.
     if !state.store.consume_otp(&handle_hash).await? {
-        return Err(invalid_otp());
+        return Err(otp_gone());
     }
 
     let user = state.store.find_or_create_user(&phone, state.now()).await?;

@@ -3,8 +3,8 @@
 
 use axum::Json;
 use axum::body::Bytes;
+use axum::extract::State;
 use axum::extract::multipart::{Multipart, MultipartError, MultipartRejection};
-use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
 use bytes::BytesMut;
@@ -14,15 +14,16 @@ use utoipa::{IntoParams, ToSchema};
 
 use crate::access::is_valid_room_id;
 use crate::auth::AuthUser;
+use crate::chat;
 use crate::dto::{MessageJson, attachment_url};
-use crate::error::{ApiError, ApiJson, ApiQuery, ApiResult, ErrorBody};
+use crate::error::{ApiError, ApiJson, ApiPath, ApiQuery, ApiResult, ErrorBody};
 use crate::handlers::blobs::blob_response;
 use crate::handlers::rooms::visible_room;
 use crate::media::{sniff_audio, sniff_image};
 use crate::state::AppState;
 use crate::store::{
     BlobKind, BlobMeta, FileId, Message, MessageCursor, MessageId, MessageType, Room, RoomId,
-    RoomType, StoreError, User, UserId, new_id,
+    RoomType, StoreError, UserId, new_id,
 };
 
 pub const DEFAULT_HISTORY_PAGE: u32 = 50;
@@ -78,22 +79,6 @@ fn decode_cursor(s: &str) -> Option<MessageCursor> {
     })
 }
 
-/// Posting needs a display name (the message records its author's name).
-async fn author(state: &AppState, auth: &AuthUser) -> ApiResult<(User, String)> {
-    let user = state
-        .store
-        .get_user(&auth.user_id)
-        .await?
-        .ok_or_else(|| ApiError::unauthorized("invalid_token", "Unknown user"))?;
-    let name = user.name.clone().ok_or_else(|| {
-        ApiError::forbidden(
-            "not_activated",
-            "Set your name before posting (POST /api/activate)",
-        )
-    })?;
-    Ok((user, name))
-}
-
 /// Chat room by slug: its history, creating it (a `social` room owned by the caller) on
 /// first use. Slugs match `^[A-Za-z0-9_-]{1,64}$`.
 #[utoipa::path(get, path = "/api/room/{roomId}", tag = "chat",
@@ -107,7 +92,7 @@ async fn author(state: &AppState, auth: &AuthUser) -> ApiResult<(User, String)> 
 pub async fn get_chat_room(
     State(state): State<AppState>,
     auth: AuthUser,
-    Path(room_id): Path<String>,
+    ApiPath(room_id): ApiPath<String>,
     ApiQuery(q): ApiQuery<HistoryQuery>,
 ) -> ApiResult<Json<ChatRoomResponse>> {
     if !is_valid_room_id(&room_id) {
@@ -170,13 +155,6 @@ async fn get_or_create_chat_room(state: &AppState, slug: &str, user: &UserId) ->
     visible_room(state, slug, user).await
 }
 
-async fn store_message(state: &AppState, msg: Message) -> ApiResult<()> {
-    state.store.insert_message(msg.clone()).await?;
-    state.store.touch_room(&msg.room_id, msg.created_at).await?;
-    state.live.message_created(&msg);
-    Ok(())
-}
-
 /// Posts a text message.
 #[utoipa::path(post, path = "/api/room/{roomId}/messages", tag = "chat",
     params(("roomId" = String, Path)), request_body = PostMessageRequest,
@@ -189,30 +167,17 @@ async fn store_message(state: &AppState, msg: Message) -> ApiResult<()> {
 pub async fn post_message(
     State(state): State<AppState>,
     auth: AuthUser,
-    Path(room_id): Path<String>,
+    ApiPath(room_id): ApiPath<String>,
     ApiJson(req): ApiJson<PostMessageRequest>,
 ) -> ApiResult<(StatusCode, Json<MessageJson>)> {
-    let room = visible_room(&state, &room_id, &auth.user_id).await?;
-    let text = req.message.as_deref().unwrap_or("").trim().to_owned();
-    let max = state.config.max_message_chars;
-    if text.is_empty() || text.chars().count() > max {
-        return Err(ApiError::bad_request(
-            "invalid_message",
-            format!("Message must be 1 to {max} characters"),
-        ));
-    }
-    let (user, name) = author(&state, &auth).await?;
-    let msg = Message {
-        id: MessageId(new_id()),
-        room_id: room.id,
-        author_id: user.id,
-        author_name: name,
-        kind: MessageType::Text,
-        text,
-        attachment: None,
-        created_at: state.now(),
-    };
-    store_message(&state, msg.clone()).await?;
+    let msg = chat::post_text(
+        &state,
+        &RoomId(room_id),
+        &auth.user_id,
+        req.message.as_deref().unwrap_or(""),
+    )
+    .await?;
+    state.live.message_created(&msg);
     Ok((StatusCode::CREATED, Json(MessageJson::of(&msg))))
 }
 
@@ -227,26 +192,10 @@ pub async fn post_message(
 pub async fn delete_message(
     State(state): State<AppState>,
     auth: AuthUser,
-    Path((room_id, message_id)): Path<(String, String)>,
+    ApiPath((room_id, message_id)): ApiPath<(String, String)>,
 ) -> ApiResult<StatusCode> {
-    let room = visible_room(&state, &room_id, &auth.user_id).await?;
-    if !is_valid_room_id(&message_id) {
-        return Err(ApiError::NotFound("message"));
-    }
-    let msg = state
-        .store
-        .get_message(&MessageId(message_id))
-        .await?
-        .filter(|m| m.room_id == room.id)
-        .ok_or(ApiError::NotFound("message"))?;
-    if msg.author_id != auth.user_id && room.owner_id != auth.user_id {
-        return Err(ApiError::forbidden(
-            "not_author",
-            "Only the author or the room owner can delete this message",
-        ));
-    }
-    state.store.delete_message(&msg.id).await?;
-    state.live.message_deleted(&room.id, &msg.id);
+    let msg = chat::delete_message(&state, &RoomId(room_id), &message_id, &auth.user_id).await?;
+    state.live.message_deleted(&msg.room_id, &msg.id);
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -315,7 +264,7 @@ async fn upload(
     max: usize,
 ) -> ApiResult<(StatusCode, Json<UploadResponse>)> {
     let room = visible_room(&state, &room_id, &auth.user_id).await?;
-    let (user, name) = author(&state, &auth).await?;
+    let (user, name) = chat::author(&state, &auth.user_id).await?;
     let mp = mp.map_err(|r| ApiError::bad_request("invalid_multipart", r.body_text()))?;
     let bytes = read_file_field(mp, kind.field, max).await?;
     let content_type = (kind.sniff)(&bytes).ok_or_else(|| {
@@ -347,11 +296,12 @@ async fn upload(
         attachment: Some(file.clone()),
         created_at: now,
     };
-    if let Err(e) = store_message(&state, msg.clone()).await {
+    if let Err(e) = chat::store_message(&state, &msg).await {
         // Do not leave orphaned bytes behind.
         let _ = state.store.delete_blob(&file).await;
         return Err(e);
     }
+    state.live.message_created(&msg);
     Ok((
         StatusCode::CREATED,
         Json(UploadResponse {
@@ -375,7 +325,7 @@ async fn upload(
 pub async fn upload_voice(
     State(state): State<AppState>,
     auth: AuthUser,
-    Path(room_id): Path<String>,
+    ApiPath(room_id): ApiPath<String>,
     mp: Result<Multipart, MultipartRejection>,
 ) -> ApiResult<(StatusCode, Json<UploadResponse>)> {
     let max = state.config.max_voice_bytes;
@@ -396,7 +346,7 @@ pub async fn upload_voice(
 pub async fn upload_image(
     State(state): State<AppState>,
     auth: AuthUser,
-    Path(room_id): Path<String>,
+    ApiPath(room_id): ApiPath<String>,
     mp: Result<Multipart, MultipartRejection>,
 ) -> ApiResult<(StatusCode, Json<UploadResponse>)> {
     let max = state.config.max_image_bytes;
@@ -445,7 +395,7 @@ async fn download(
 pub async fn get_voice(
     State(state): State<AppState>,
     auth: AuthUser,
-    Path(file_id): Path<String>,
+    ApiPath(file_id): ApiPath<String>,
     headers: HeaderMap,
 ) -> ApiResult<Response> {
     download(state, auth, file_id, BlobKind::Voice, headers).await
@@ -464,7 +414,7 @@ pub async fn get_voice(
 pub async fn get_image(
     State(state): State<AppState>,
     auth: AuthUser,
-    Path(file_id): Path<String>,
+    ApiPath(file_id): ApiPath<String>,
     headers: HeaderMap,
 ) -> ApiResult<Response> {
     download(state, auth, file_id, BlobKind::Image, headers).await

@@ -9,6 +9,8 @@ use crate::dto::rfc3339;
 use crate::error::{ApiError, ApiResult, ErrorBody};
 use crate::state::AppState;
 
+const READY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(3);
+
 #[derive(Debug, Serialize, ToSchema)]
 pub struct HealthResponse {
     /// Always `ok` when the process answers.
@@ -36,9 +38,17 @@ pub async fn health(State(state): State<AppState>) -> Json<HealthResponse> {
         (status = 503, body = ErrorBody, description = "database unreachable"),
     ))]
 pub async fn ready(State(state): State<AppState>) -> ApiResult<Json<HealthResponse>> {
-    if let Err(e) = state.store.ping().await {
-        tracing::warn!(error = %e, "readiness check failed");
-        return Err(ApiError::Unavailable);
+    // A probe must answer quickly even when the database hangs.
+    match tokio::time::timeout(READY_TIMEOUT, state.store.ping()).await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => {
+            tracing::warn!(error = %e, "readiness check failed");
+            return Err(ApiError::Unavailable);
+        }
+        Err(_) => {
+            tracing::warn!("readiness check timed out");
+            return Err(ApiError::Unavailable);
+        }
     }
     Ok(Json(HealthResponse {
         status: "ready".into(),

@@ -2,7 +2,7 @@
 //! `/storage/{fileId}`.
 
 use axum::Json;
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::HeaderMap;
 use axum::response::Response;
 use serde::Deserialize;
@@ -12,7 +12,7 @@ use crate::access::is_valid_room_id;
 use crate::auth::AuthUser;
 use crate::avatar::{AvatarError, process_avatar};
 use crate::dto::{AuthResponse, UserJson};
-use crate::error::{ApiError, ApiJson, ApiResult, ErrorBody};
+use crate::error::{ApiError, ApiJson, ApiPath, ApiResult, ErrorBody};
 use crate::handlers::blobs::blob_response;
 use crate::state::AppState;
 use crate::store::{BlobKind, BlobMeta, FileId, new_id};
@@ -88,10 +88,21 @@ pub async fn activate(
             Some(id)
         }
     };
-    let user = state
+    let new_avatar = (avatar != user.avatar).then(|| avatar.clone()).flatten();
+    let user = match state
         .store
         .activate_user(&auth.user_id, &name, avatar)
-        .await?;
+        .await
+    {
+        Ok(u) => u,
+        Err(e) => {
+            // Do not leave the freshly stored avatar orphaned.
+            if let Some(id) = new_avatar {
+                let _ = state.store.delete_blob(&id).await;
+            }
+            return Err(e.into());
+        }
+    };
     Ok(Json(AuthResponse {
         user: Some(UserJson::own(&user, &state.config.base_url)),
         auth: true,
@@ -126,7 +137,7 @@ pub async fn me(State(state): State<AppState>, auth: AuthUser) -> ApiResult<Json
     ))]
 pub async fn storage(
     State(state): State<AppState>,
-    Path(file_id): Path<String>,
+    ApiPath(file_id): ApiPath<String>,
     headers: HeaderMap,
 ) -> ApiResult<Response> {
     if !is_valid_room_id(&file_id) {

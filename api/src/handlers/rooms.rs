@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 
 use axum::Json;
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::{HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
@@ -14,7 +14,7 @@ use utoipa::{IntoParams, ToSchema};
 use crate::access::{AccessError, can_join, is_valid_room_id};
 use crate::auth::{AuthUser, random_token};
 use crate::dto::{PublicUser, RoomJson};
-use crate::error::{ApiError, ApiJson, ApiQuery, ApiResult, ErrorBody};
+use crate::error::{ApiError, ApiJson, ApiPath, ApiQuery, ApiResult, ErrorBody};
 use crate::state::AppState;
 use crate::store::{Room, RoomId, RoomType, StoreError, UserId, new_id};
 
@@ -246,7 +246,7 @@ pub async fn list_rooms(
 pub async fn get_room(
     State(state): State<AppState>,
     auth: AuthUser,
-    Path(room_id): Path<String>,
+    ApiPath(room_id): ApiPath<String>,
 ) -> ApiResult<Json<RoomJson>> {
     let room = visible_room(&state, &room_id, &auth.user_id).await?;
     Ok(Json(render_room(&state, &room, &auth.user_id).await?))
@@ -264,7 +264,7 @@ pub async fn get_room(
 pub async fn update_room(
     State(state): State<AppState>,
     auth: AuthUser,
-    Path(room_id): Path<String>,
+    ApiPath(room_id): ApiPath<String>,
     ApiJson(req): ApiJson<UpdateRoomRequest>,
 ) -> ApiResult<Json<RoomJson>> {
     let room = visible_room(&state, &room_id, &auth.user_id).await?;
@@ -289,7 +289,7 @@ pub async fn update_room(
 pub async fn delete_room(
     State(state): State<AppState>,
     auth: AuthUser,
-    Path(room_id): Path<String>,
+    ApiPath(room_id): ApiPath<String>,
 ) -> ApiResult<StatusCode> {
     let room = visible_room(&state, &room_id, &auth.user_id).await?;
     require_owner(&room, &auth.user_id)?;
@@ -310,7 +310,7 @@ pub async fn delete_room(
 pub async fn invite_user(
     State(state): State<AppState>,
     auth: AuthUser,
-    Path(room_id): Path<String>,
+    ApiPath(room_id): ApiPath<String>,
     ApiJson(req): ApiJson<InviteRequest>,
 ) -> ApiResult<StatusCode> {
     let room = visible_room(&state, &room_id, &auth.user_id).await?;
@@ -338,7 +338,7 @@ pub async fn invite_user(
 pub async fn create_invite_code(
     State(state): State<AppState>,
     auth: AuthUser,
-    Path(room_id): Path<String>,
+    ApiPath(room_id): ApiPath<String>,
 ) -> ApiResult<Json<InviteCodeResponse>> {
     let room = visible_room(&state, &room_id, &auth.user_id).await?;
     require_owner(&room, &auth.user_id)?;
@@ -361,7 +361,7 @@ pub async fn create_invite_code(
 pub async fn delete_invite_code(
     State(state): State<AppState>,
     auth: AuthUser,
-    Path(room_id): Path<String>,
+    ApiPath(room_id): ApiPath<String>,
 ) -> ApiResult<StatusCode> {
     let room = visible_room(&state, &room_id, &auth.user_id).await?;
     require_owner(&room, &auth.user_id)?;
@@ -380,7 +380,7 @@ pub async fn delete_invite_code(
 pub async fn redeem_invite(
     State(state): State<AppState>,
     auth: AuthUser,
-    Path(room_id): Path<String>,
+    ApiPath(room_id): ApiPath<String>,
     ApiJson(req): ApiJson<RedeemRequest>,
 ) -> ApiResult<Json<RoomJson>> {
     if !is_valid_room_id(&room_id) {

@@ -9,7 +9,7 @@ use api::clock::ManualClock;
 use api::config::ApiConfig;
 use api::live::{LiveRoomInfo, LiveRooms};
 use api::sms::{SmsError, SmsSender};
-use api::store::{Message, MessageId, RoomId, SqliteStore, UserId};
+use api::store::{Message, MessageId, RoomId, SqliteStore, Store, UserId};
 use api::{AppState, JwtSecrets};
 use async_trait::async_trait;
 use axum::Router;
@@ -169,6 +169,11 @@ impl TestApp {
         let store = SqliteStore::open_in_memory()
             .await
             .expect("in-memory store opens");
+        Self::with_store(config, Arc::new(store))
+    }
+
+    /// The app over any store (the MongoDB run uses this).
+    pub fn with_store(config: ApiConfig, store: Arc<dyn Store>) -> Self {
         let clock = ManualClock::new();
         let sms = Arc::new(CapturingSms::default());
         let live = Arc::new(FakeLive::default());
@@ -176,7 +181,7 @@ impl TestApp {
             access: ACCESS_SECRET.to_vec(),
             refresh: b"test-refresh-secret-0123456789abcdef".to_vec(),
         };
-        let state = AppState::new(Arc::new(store), config, secrets)
+        let state = AppState::new(store, config, secrets)
             .with_clock(Arc::new(clock.clone()))
             .with_sms(sms.clone())
             .with_live_rooms(live.clone());
