@@ -1170,11 +1170,14 @@ mod tests {
                         let room = RoomKey(rnd(3));
                         let publ = rnd(2) == 0;
                         let res = r.add_participant(p(n), room, publ, n, now);
-                        if present.contains_key(&n) {
-                            assert_eq!(res, Err(RouterError::AlreadyPresent(p(n))));
-                        } else {
-                            res.unwrap();
-                            present.insert(n, (room, publ, false));
+                        match present.entry(n) {
+                            std::collections::btree_map::Entry::Occupied(_) => {
+                                assert_eq!(res, Err(RouterError::AlreadyPresent(p(n))));
+                            }
+                            std::collections::btree_map::Entry::Vacant(v) => {
+                                res.unwrap();
+                                v.insert((room, publ, false));
+                            }
                         }
                     }
                     3 => {
