@@ -376,6 +376,24 @@ impl<T: Copy> Router<T> {
         Ok(())
     }
 
+    /// Replaces the caller's handle for `pid` (e.g. its peer connection was recreated
+    /// under a new index) without touching its room, role, level or slot.
+    pub fn set_data(&mut self, pid: ParticipantId, data: T) -> Result<(), RouterError> {
+        let p = self
+            .participants
+            .get(&pid)
+            .ok_or(RouterError::UnknownParticipant(pid))?;
+        if let Some(room) = self.rooms.get_mut(&p.room) {
+            if let Some(m) = room.members.get_mut(p.member_index) {
+                m.data = data;
+            }
+            for d in room.spare_fanout.iter_mut().filter(|d| d.subscriber == pid) {
+                d.data = data;
+            }
+        }
+        Ok(())
+    }
+
     /// Per-packet routing decision for an RTP packet from `pid` (its parsed audio level,
     /// if the extension was present). Updates the publisher's level, then returns the
     /// receivers or why there are none.
@@ -1018,6 +1036,29 @@ mod tests {
     }
 
     #[test]
+    fn replaced_handles_are_what_the_fan_out_yields() {
+        let mut s = Sim::new(1);
+        s.join(1, true);
+        s.join(2, true);
+        s.join(3, false);
+        // 1 holds the slot, 2 is the spare (heard by 1)
+        s.r.set_data(p(1), 77).unwrap();
+        s.r.set_data(p(3), 99).unwrap();
+        let got = |r: &mut Router<u64>, from: u64| match r.on_packet(p(from), None, s.now) {
+            Route::Forward(f) => f.map(|d| (d.subscriber.0, d.data)).collect::<Vec<_>>(),
+            Route::Drop(reason) => panic!("{reason:?}"),
+        };
+        let mut a = got(&mut s.r, 1);
+        a.sort();
+        assert_eq!(a, vec![(2, 20), (3, 99)]);
+        assert_eq!(got(&mut s.r, 2), vec![(1, 77)]);
+        assert_eq!(
+            s.r.set_data(p(8), 1),
+            Err(RouterError::UnknownParticipant(p(8)))
+        );
+    }
+
+    #[test]
     fn rooms_are_independent() {
         let mut s = Sim::new(3);
         s.join(1, true);
@@ -1170,11 +1211,14 @@ mod tests {
                         let room = RoomKey(rnd(3));
                         let publ = rnd(2) == 0;
                         let res = r.add_participant(p(n), room, publ, n, now);
-                        if present.contains_key(&n) {
-                            assert_eq!(res, Err(RouterError::AlreadyPresent(p(n))));
-                        } else {
-                            res.unwrap();
-                            present.insert(n, (room, publ, false));
+                        match present.entry(n) {
+                            std::collections::btree_map::Entry::Occupied(_) => {
+                                assert_eq!(res, Err(RouterError::AlreadyPresent(p(n))));
+                            }
+                            std::collections::btree_map::Entry::Vacant(v) => {
+                                res.unwrap();
+                                v.insert((room, publ, false));
+                            }
                         }
                     }
                     3 => {
