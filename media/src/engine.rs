@@ -263,9 +263,13 @@ impl Engine {
         match self.by_addr.get(&from).copied() {
             Some(owner) if owner == idx => return,
             Some(owner) => {
-                // The address moved to another connection (a client restarted and reused it).
-                if let Some(p) = self.peer_mut(owner) {
-                    p.addrs.retain(|a| *a != from);
+                // An address moves to another connection only once its owner is no longer
+                // connected (a client restarted and reused the port): a spoofed STUN request
+                // naming another ufrag must not hijack a live participant's address.
+                match self.peer_mut(owner) {
+                    Some(p) if p.connected => return,
+                    Some(p) => p.addrs.retain(|a| *a != from),
+                    None => {}
                 }
             }
             None => {}
