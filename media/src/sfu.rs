@@ -32,8 +32,7 @@ impl Sfu {
     /// Binds the socket and starts the media thread. Events come out of the returned receiver.
     pub fn start(cfg: SfuConfig) -> Result<(Sfu, UnboundedReceiver<SfuEvent>), MediaError> {
         validate(&cfg)?;
-        let socket = StdUdpSocket::bind(cfg.bind).map_err(MediaError::Bind)?;
-        socket.set_nonblocking(true).map_err(MediaError::Bind)?;
+        let socket = bind_socket(cfg.bind).map_err(MediaError::Bind)?;
         let local_addr = socket.local_addr().map_err(MediaError::Bind)?;
         let announce_ips = if cfg.announce_ips.is_empty() {
             default_announce_ips(local_addr.ip())
@@ -164,6 +163,22 @@ impl Sfu {
             .map_err(|_| MediaError::Stopped)?;
         rx.await.map_err(|_| MediaError::Stopped)?
     }
+}
+
+/// Kernel socket buffers asked for (the kernel caps them at net.core.[rw]mem_max): every
+/// participant's traffic shares this one socket, so a burst (one packet fanned out to a
+/// large room) must fit in the send buffer, or the excess is dropped as would-block.
+const SOCKET_BUFFER: usize = 4 << 20;
+
+fn bind_socket(addr: SocketAddr) -> std::io::Result<StdUdpSocket> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
+    // Best effort: a smaller buffer still works, it only drops sooner under bursts.
+    let _ = socket.set_recv_buffer_size(SOCKET_BUFFER);
+    let _ = socket.set_send_buffer_size(SOCKET_BUFFER);
+    socket.bind(&addr.into())?;
+    socket.set_nonblocking(true)?;
+    Ok(socket.into())
 }
 
 fn validate(cfg: &SfuConfig) -> Result<(), MediaError> {
