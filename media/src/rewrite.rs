@@ -20,7 +20,10 @@
 //!   switch carries the marker bit, which tells the receiver's jitter buffer a new
 //!   talkspurt starts.
 //! - A jump of more than [`RESYNC_JUMP`] within one source (a restarted sender) is
-//!   treated like a switch rather than as loss or an ancient packet.
+//!   treated like a switch rather than as loss or an ancient packet, and so is a run of
+//!   [`RESYNC_OLD_STREAK`] consecutive packets all further back than the history (a
+//!   sender that restarted a little behind its old numbering): otherwise every packet
+//!   would be dropped as old until the new numbering caught up.
 
 use std::time::{Duration, Instant};
 
@@ -33,6 +36,8 @@ pub const OPUS_FRAME_TICKS: u32 = 960;
 /// Sequence jumps larger than this within one source re-anchor the stream. 3000
 /// packets is a minute of 20 ms audio: far beyond any reordering or loss burst.
 pub const RESYNC_JUMP: u16 = 3000;
+/// Consecutive packets further back than the history that re-anchor the stream.
+pub const RESYNC_OLD_STREAK: u8 = 3;
 /// How far back (in packets) duplicates and late packets are recognised.
 const HISTORY: u32 = 64;
 /// Upper bound of the timestamp advance on a switch: more than 2^31 would look like a
@@ -84,6 +89,8 @@ struct Source {
     /// How many sequence steps `highest_in` is past the first packet (saturating):
     /// anything further back predates the switch.
     advanced: u32,
+    /// Consecutive packets seen further back than the history.
+    old_streak: u8,
 }
 
 /// Rewrites one (subscriber, slot) leg. About 80 bytes; one per subscriber per slot.
@@ -181,7 +188,15 @@ impl SlotRewriter {
             self.high = Some((out.seq, out.ts, now));
         } else {
             let back = u32::from(diff.unsigned_abs());
-            if back > s.advanced || back >= HISTORY {
+            if back >= HISTORY {
+                s.old_streak = s.old_streak.saturating_add(1);
+                if s.old_streak >= RESYNC_OLD_STREAK {
+                    return Ok(self.switch_to(pkt, now));
+                }
+                self.source = Some(s);
+                return Err(RewriteDrop::TooOld);
+            }
+            if back > s.advanced {
                 return Err(RewriteDrop::TooOld);
             }
             let bit = 1u64 << back;
@@ -190,6 +205,7 @@ impl SlotRewriter {
             }
             s.seen |= bit;
         }
+        s.old_streak = 0;
         self.source = Some(s);
         self.forwarded += 1;
         Ok(out)
@@ -216,6 +232,7 @@ impl SlotRewriter {
             highest_in: pkt.seq,
             seen: 1,
             advanced: 0,
+            old_streak: 0,
         });
         self.high = Some((seq, ts, now));
         self.forwarded += 1;
@@ -359,6 +376,26 @@ mod tests {
         assert_eq!((o.seq, o.ts, o.marker), (30_001, 5960, true));
         let o = r.rewrite(pkt(1, 8, 123 + 960), t + FRAME * 2).unwrap();
         assert_eq!(o.seq, 30_002);
+    }
+
+    #[test]
+    fn a_source_restarting_a_little_behind_is_resynchronised_after_a_few_packets() {
+        let mut r = SlotRewriter::new(OUT);
+        let t = Instant::now();
+        for i in 0..200u16 {
+            r.rewrite(pkt(1, 1000 + i, u32::from(i) * 960), t).unwrap();
+        }
+        // restarts 500 packets behind: a lone straggler is dropped...
+        assert_eq!(r.rewrite(pkt(1, 700, 0), t), Err(RewriteDrop::TooOld));
+        // ...a forwarded packet in between resets the count...
+        r.rewrite(pkt(1, 1200, 200 * 960), t + FRAME).unwrap();
+        assert_eq!(r.rewrite(pkt(1, 701, 0), t), Err(RewriteDrop::TooOld));
+        assert_eq!(r.rewrite(pkt(1, 702, 960), t), Err(RewriteDrop::TooOld));
+        // ...and the third in a row re-anchors the stream
+        let o = r.rewrite(pkt(1, 703, 1920), t + FRAME * 2).unwrap();
+        assert_eq!((o.seq, o.marker), (1201, true));
+        let o = r.rewrite(pkt(1, 704, 2880), t + FRAME * 3).unwrap();
+        assert_eq!((o.seq, o.marker), (1202, false));
     }
 
     #[test]

@@ -376,6 +376,24 @@ impl<T: Copy> Router<T> {
         Ok(())
     }
 
+    /// Replaces the caller's handle for `pid` (e.g. its peer connection was recreated
+    /// under a new index) without touching its room, role, level or slot.
+    pub fn set_data(&mut self, pid: ParticipantId, data: T) -> Result<(), RouterError> {
+        let p = self
+            .participants
+            .get(&pid)
+            .ok_or(RouterError::UnknownParticipant(pid))?;
+        if let Some(room) = self.rooms.get_mut(&p.room) {
+            if let Some(m) = room.members.get_mut(p.member_index) {
+                m.data = data;
+            }
+            for d in room.spare_fanout.iter_mut().filter(|d| d.subscriber == pid) {
+                d.data = data;
+            }
+        }
+        Ok(())
+    }
+
     /// Per-packet routing decision for an RTP packet from `pid` (its parsed audio level,
     /// if the extension was present). Updates the publisher's level, then returns the
     /// receivers or why there are none.
@@ -1018,6 +1036,29 @@ mod tests {
     }
 
     #[test]
+    fn replaced_handles_are_what_the_fan_out_yields() {
+        let mut s = Sim::new(1);
+        s.join(1, true);
+        s.join(2, true);
+        s.join(3, false);
+        // 1 holds the slot, 2 is the spare (heard by 1)
+        s.r.set_data(p(1), 77).unwrap();
+        s.r.set_data(p(3), 99).unwrap();
+        let got = |r: &mut Router<u64>, from: u64| match r.on_packet(p(from), None, s.now) {
+            Route::Forward(f) => f.map(|d| (d.subscriber.0, d.data)).collect::<Vec<_>>(),
+            Route::Drop(reason) => panic!("{reason:?}"),
+        };
+        let mut a = got(&mut s.r, 1);
+        a.sort();
+        assert_eq!(a, vec![(2, 20), (3, 99)]);
+        assert_eq!(got(&mut s.r, 2), vec![(1, 77)]);
+        assert_eq!(
+            s.r.set_data(p(8), 1),
+            Err(RouterError::UnknownParticipant(p(8)))
+        );
+    }
+
+    #[test]
     fn rooms_are_independent() {
         let mut s = Sim::new(3);
         s.join(1, true);
@@ -1142,5 +1183,116 @@ mod tests {
             Route::Drop(r) => panic!("dropped: {r:?}"),
         }
         assert_eq!(s.r.level(p(1), s.now), Some(0.0));
+    }
+
+    /// Random joins, leaves, mutes, role changes, packets and ticks across a few rooms:
+    /// never panics, never routes anyone their own audio or across rooms, never puts two
+    /// sources in one slot of a subscriber, keeps the slot map consistent with
+    /// candidacy, and leaves nothing behind once everyone has left.
+    #[test]
+    fn random_operations_keep_the_routing_invariants() {
+        for seed in 1..=20u64 {
+            let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+            let mut rnd = move |n: u64| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                x % n
+            };
+            let mut now = Instant::now();
+            let mut r: Router<u64> =
+                Router::new(RouterConfig::new(2, Duration::from_millis(200)), now);
+            let mut present: BTreeMap<u64, (RoomKey, bool, bool)> = BTreeMap::new(); // room, pub, muted
+            for _ in 0..4000 {
+                now += Duration::from_millis(rnd(15));
+                let n = rnd(24);
+                match rnd(20) {
+                    0..=2 => {
+                        let room = RoomKey(rnd(3));
+                        let publ = rnd(2) == 0;
+                        let res = r.add_participant(p(n), room, publ, n, now);
+                        match present.entry(n) {
+                            std::collections::btree_map::Entry::Occupied(_) => {
+                                assert_eq!(res, Err(RouterError::AlreadyPresent(p(n))));
+                            }
+                            std::collections::btree_map::Entry::Vacant(v) => {
+                                res.unwrap();
+                                v.insert((room, publ, false));
+                            }
+                        }
+                    }
+                    3 => {
+                        assert_eq!(
+                            r.remove_participant(p(n), now),
+                            present.remove(&n).is_some()
+                        );
+                        assert!(!r.mentions(p(n)), "seed {seed}: {n} left state behind");
+                    }
+                    4 => {
+                        let m = rnd(2) == 0;
+                        if r.set_muted(p(n), m, now).is_ok() {
+                            present.get_mut(&n).unwrap().2 = m;
+                        } else {
+                            assert!(!present.contains_key(&n));
+                        }
+                    }
+                    5 => {
+                        let c = rnd(2) == 0;
+                        if r.set_can_publish(p(n), c, now).is_ok() {
+                            present.get_mut(&n).unwrap().1 = c;
+                        }
+                    }
+                    _ => {
+                        let level = Some(AudioLevel {
+                            dbov: rnd(128) as u8,
+                            voice: false,
+                        });
+                        match r.on_packet(p(n), level, now) {
+                            Route::Forward(f) => {
+                                let (room, publ, muted) = present[&n];
+                                assert!(publ && !muted, "seed {seed}: forwarded from {n}");
+                                let mut seen = std::collections::HashSet::new();
+                                let deliveries: Vec<_> = f.collect();
+                                for d in deliveries {
+                                    assert_ne!(d.subscriber, p(n), "seed {seed}: hears itself");
+                                    assert_eq!(d.data, d.subscriber.0);
+                                    assert_eq!(present[&d.subscriber.0].0, room, "crossed rooms");
+                                    assert!(seen.insert(d.subscriber), "delivered twice");
+                                    assert_eq!(r.source_for(d.subscriber, d.slot), Some(p(n)));
+                                }
+                            }
+                            Route::Drop(reason) => {
+                                let expect_known = reason != DropReason::UnknownParticipant;
+                                assert_eq!(present.contains_key(&n), expect_known);
+                            }
+                        }
+                    }
+                }
+                if now >= r.poll_timeout() {
+                    r.tick(now);
+                }
+                while r.poll_event().is_some() {}
+                // slot maps only hold unmuted publishers of that room, each at most once
+                for room in (0..3).map(RoomKey) {
+                    if let Some((slots, spare)) = r.slot_map(room) {
+                        let held: Vec<_> = slots.iter().flatten().chain(spare.iter()).collect();
+                        for (i, h) in held.iter().enumerate() {
+                            let (hr, publ, muted) = present[&h.0];
+                            assert!(hr == room && publ && !muted, "seed {seed}: stale holder");
+                            assert!(!held[i + 1..].contains(h), "seed {seed}: held twice");
+                        }
+                        let candidates = present
+                            .values()
+                            .filter(|(rr, publ, muted)| *rr == room && *publ && !*muted)
+                            .count();
+                        assert_eq!(held.len(), candidates.min(slots.len() + 1), "vacancy left");
+                    }
+                }
+            }
+            for n in present.keys() {
+                assert!(r.remove_participant(p(*n), now));
+            }
+            assert_eq!((r.participant_count(), r.room_count()), (0, 0));
+        }
     }
 }
