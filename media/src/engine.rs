@@ -144,6 +144,9 @@ impl Engine {
     /// Runs until every [`crate::Sfu`] handle is dropped.
     pub(crate) async fn run(mut self, mut commands: UnboundedReceiver<Command>) {
         let mut buf = vec![0u8; RECV_BUF];
+        // One timer entry re-armed per iteration rather than a new one per wakeup.
+        let sleep = tokio::time::sleep_until(Instant::now().into());
+        tokio::pin!(sleep);
         loop {
             let now = Instant::now();
             let tick = self.router.poll_timeout();
@@ -152,6 +155,7 @@ impl Engine {
                 .next_deadline()
                 .map_or(tick, |t| t.min(tick))
                 .max(now);
+            sleep.as_mut().reset(deadline.into());
             tokio::select! {
                 biased;
                 cmd = commands.recv() => match cmd {
@@ -163,7 +167,7 @@ impl Engine {
                         self.drain_socket(&mut buf);
                     }
                 }
-                _ = tokio::time::sleep_until(deadline.into()) => {}
+                _ = &mut sleep => {}
             }
             self.run_timers(Instant::now());
         }

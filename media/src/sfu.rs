@@ -245,6 +245,12 @@ mod tests {
     }
 
     #[test]
+    fn handle_is_shareable_across_tasks() {
+        fn assert_shareable<T: Send + Sync + Clone + 'static>() {}
+        assert_shareable::<Sfu>();
+    }
+
+    #[test]
     fn specific_bind_ip_is_announced() {
         let ip = IpAddr::V4(Ipv4Addr::LOCALHOST);
         assert_eq!(default_announce_ips(ip), vec![ip]);
