@@ -183,3 +183,32 @@ async fn every_listener_hears_every_speaker_at_the_right_pitch() -> Result<()> {
     let _ = Instant::now();
     Ok(())
 }
+
+/// Wildcard bind with announced addresses (the 1:1 NAT / multi-interface shape): the
+/// candidates carry the announced IPs and media flows through the one socket.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wildcard_bind_with_announced_ips_carries_media() -> Result<()> {
+    let cfg = media::SfuConfig {
+        bind: "0.0.0.0:0".parse()?,
+        announce_ips: vec!["127.0.0.1".parse()?, "127.0.0.2".parse()?],
+        ..test_config()
+    };
+    let (sfu, _rx) = Sfu::start(cfg)?;
+    let port = sfu.local_addr().port();
+    let offer = sfu.join(RoomKey(9), ParticipantId(1), true).await?;
+    ensure!(offer.sdp.contains(&format!("127.0.0.1 {port} typ host")));
+    ensure!(offer.sdp.contains(&format!("127.0.0.2 {port} typ host")));
+    let mut speaker = Client::new("speaker").await?;
+    let answer = speaker.answer(&offer.sdp, true).await?;
+    sfu.accept_answer(ParticipantId(1), answer).await?;
+    let mut listener = join(&sfu, RoomKey(9), ParticipantId(2), false, false, "listener").await?;
+    speaker.wait_connected(CONNECT).await?;
+    listener.wait_connected(CONNECT).await?;
+    speaker.start_tone(440.0, 10).await?;
+    wait_until(CONNECT, "audio through the wildcard socket", || {
+        listener.received_total() >= 25
+    })
+    .await?;
+    speaker.close().await?;
+    Ok(())
+}
