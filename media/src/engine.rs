@@ -74,7 +74,14 @@ pub(crate) enum Command {
     Leave {
         pid: ParticipantId,
     },
+    SlotMap {
+        room: RoomKey,
+        reply: Reply<Option<SlotMap>>,
+    },
 }
+
+/// A room's slot map and spare, as in `SfuEvent::SlotsChanged`.
+pub type SlotMap = (Vec<Option<ParticipantId>>, Option<ParticipantId>);
 
 pub(crate) struct Engine {
     cfg: SfuConfig,
@@ -626,6 +633,13 @@ impl Engine {
             Command::SetMuted { pid, muted } => {
                 let _ = self.router.set_muted(pid, muted, now);
                 self.forward_router_events();
+            }
+            Command::SlotMap { room, reply } => {
+                let map = self
+                    .router
+                    .slot_map(room)
+                    .map(|(slots, spare)| (slots.to_vec(), spare));
+                let _ = reply.send(Ok(map));
             }
             Command::Leave { pid } => {
                 if let Some(&idx) = self.by_pid.get(&pid) {

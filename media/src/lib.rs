@@ -34,6 +34,7 @@ mod timers;
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
+pub use engine::SlotMap;
 pub use ids::{ParticipantId, RoomKey};
 pub use sfu::Sfu;
 pub use stats::SfuStats;

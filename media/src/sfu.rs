@@ -12,7 +12,7 @@ use std::time::Duration;
 use tokio::sync::mpsc::{self, UnboundedReceiver, UnboundedSender};
 use tokio::sync::oneshot;
 
-use crate::engine::{Command, Engine, Reply};
+use crate::engine::{Command, Engine, Reply, SlotMap};
 use crate::stats::{Counters, SfuStats};
 use crate::{MediaError, Offer, ParticipantId, RoomKey, SfuConfig, SfuEvent};
 
@@ -148,6 +148,13 @@ impl Sfu {
     /// Removes the participant and everything it owns. Unknown ids are ignored.
     pub fn leave(&self, pid: ParticipantId) {
         let _ = self.inner.commands.send(Command::Leave { pid });
+    }
+
+    /// A room's current slot map and spare (what the last `SlotsChanged` said), e.g. for a
+    /// participant that just joined: a listener joining changes nothing, so no event is
+    /// emitted for it. `None` when the room has no participants.
+    pub async fn slot_map(&self, room: RoomKey) -> Result<Option<SlotMap>, MediaError> {
+        self.request(|reply| Command::SlotMap { room, reply }).await
     }
 
     /// Counters and gauges, read without stopping the loop.
