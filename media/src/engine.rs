@@ -74,7 +74,14 @@ pub(crate) enum Command {
     Leave {
         pid: ParticipantId,
     },
+    SlotMap {
+        room: RoomKey,
+        reply: Reply<Option<SlotMap>>,
+    },
 }
+
+/// A room's slot map and spare, as in `SfuEvent::SlotsChanged`.
+pub type SlotMap = (Vec<Option<ParticipantId>>, Option<ParticipantId>);
 
 pub(crate) struct Engine {
     cfg: SfuConfig,
@@ -144,6 +151,9 @@ impl Engine {
     /// Runs until every [`crate::Sfu`] handle is dropped.
     pub(crate) async fn run(mut self, mut commands: UnboundedReceiver<Command>) {
         let mut buf = vec![0u8; RECV_BUF];
+        // One timer entry re-armed per iteration rather than a new one per wakeup.
+        let sleep = tokio::time::sleep_until(Instant::now().into());
+        tokio::pin!(sleep);
         loop {
             let now = Instant::now();
             let tick = self.router.poll_timeout();
@@ -152,6 +162,7 @@ impl Engine {
                 .next_deadline()
                 .map_or(tick, |t| t.min(tick))
                 .max(now);
+            sleep.as_mut().reset(deadline.into());
             tokio::select! {
                 biased;
                 cmd = commands.recv() => match cmd {
@@ -163,7 +174,7 @@ impl Engine {
                         self.drain_socket(&mut buf);
                     }
                 }
-                _ = tokio::time::sleep_until(deadline.into()) => {}
+                _ = &mut sleep => {}
             }
             self.run_timers(Instant::now());
         }
@@ -263,9 +274,13 @@ impl Engine {
         match self.by_addr.get(&from).copied() {
             Some(owner) if owner == idx => return,
             Some(owner) => {
-                // The address moved to another connection (a client restarted and reused it).
-                if let Some(p) = self.peer_mut(owner) {
-                    p.addrs.retain(|a| *a != from);
+                // An address moves to another connection only once its owner is no longer
+                // connected (a client restarted and reused the port): a spoofed STUN request
+                // naming another ufrag must not hijack a live participant's address.
+                match self.peer_mut(owner) {
+                    Some(p) if p.connected => return,
+                    Some(p) => p.addrs.retain(|a| *a != from),
+                    None => {}
                 }
             }
             None => {}
@@ -618,6 +633,13 @@ impl Engine {
             Command::SetMuted { pid, muted } => {
                 let _ = self.router.set_muted(pid, muted, now);
                 self.forward_router_events();
+            }
+            Command::SlotMap { room, reply } => {
+                let map = self
+                    .router
+                    .slot_map(room)
+                    .map(|(slots, spare)| (slots.to_vec(), spare));
+                let _ = reply.send(Ok(map));
             }
             Command::Leave { pid } => {
                 if let Some(&idx) = self.by_pid.get(&pid) {

@@ -34,6 +34,7 @@ mod timers;
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
+pub use engine::SlotMap;
 pub use ids::{ParticipantId, RoomKey};
 pub use sfu::Sfu;
 pub use stats::SfuStats;
@@ -43,9 +44,11 @@ pub use stats::SfuStats;
 pub struct SfuConfig {
     /// The one shared UDP socket; default `0.0.0.0:7882`, tests use `127.0.0.1:0`.
     pub bind: SocketAddr,
-    /// Host candidate IPs put in the SDP (1:1 NAT public IPs, or the interfaces to use).
-    /// Empty: the bound IP if it is not unspecified, else the machine's non-loopback
-    /// interface addresses (falls back to loopback if none can be found).
+    /// Host candidate IPs put in the SDP (1:1 NAT public IPs, or the interfaces to use),
+    /// one candidate each, all on the one socket's port. Empty: the bound IP if it is not
+    /// unspecified, else the address of the interface that routes outwards (127.0.0.1, with
+    /// a warning, if there is none). The first one is what `rtc` sees as the local address
+    /// of every datagram, so list the primary address first and keep to one IP family.
     pub announce_ips: Vec<IpAddr>,
     /// Outgoing audio slots per subscriber, default 3 (1..=16).
     pub slots: usize,

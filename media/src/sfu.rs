@@ -12,7 +12,7 @@ use std::time::Duration;
 use tokio::sync::mpsc::{self, UnboundedReceiver, UnboundedSender};
 use tokio::sync::oneshot;
 
-use crate::engine::{Command, Engine, Reply};
+use crate::engine::{Command, Engine, Reply, SlotMap};
 use crate::stats::{Counters, SfuStats};
 use crate::{MediaError, Offer, ParticipantId, RoomKey, SfuConfig, SfuEvent};
 
@@ -32,8 +32,7 @@ impl Sfu {
     /// Binds the socket and starts the media thread. Events come out of the returned receiver.
     pub fn start(cfg: SfuConfig) -> Result<(Sfu, UnboundedReceiver<SfuEvent>), MediaError> {
         validate(&cfg)?;
-        let socket = StdUdpSocket::bind(cfg.bind).map_err(MediaError::Bind)?;
-        socket.set_nonblocking(true).map_err(MediaError::Bind)?;
+        let socket = bind_socket(cfg.bind).map_err(MediaError::Bind)?;
         let local_addr = socket.local_addr().map_err(MediaError::Bind)?;
         let announce_ips = if cfg.announce_ips.is_empty() {
             default_announce_ips(local_addr.ip())
@@ -151,6 +150,13 @@ impl Sfu {
         let _ = self.inner.commands.send(Command::Leave { pid });
     }
 
+    /// A room's current slot map and spare (what the last `SlotsChanged` said), e.g. for a
+    /// participant that just joined: a listener joining changes nothing, so no event is
+    /// emitted for it. `None` when the room has no participants.
+    pub async fn slot_map(&self, room: RoomKey) -> Result<Option<SlotMap>, MediaError> {
+        self.request(|reply| Command::SlotMap { room, reply }).await
+    }
+
     /// Counters and gauges, read without stopping the loop.
     pub fn stats(&self) -> SfuStats {
         self.inner.counters.snapshot()
@@ -164,6 +170,22 @@ impl Sfu {
             .map_err(|_| MediaError::Stopped)?;
         rx.await.map_err(|_| MediaError::Stopped)?
     }
+}
+
+/// Kernel socket buffers asked for (the kernel caps them at net.core.[rw]mem_max): every
+/// participant's traffic shares this one socket, so a burst (one packet fanned out to a
+/// large room) must fit in the send buffer, or the excess is dropped as would-block.
+const SOCKET_BUFFER: usize = 4 << 20;
+
+fn bind_socket(addr: SocketAddr) -> std::io::Result<StdUdpSocket> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
+    // Best effort: a smaller buffer still works, it only drops sooner under bursts.
+    let _ = socket.set_recv_buffer_size(SOCKET_BUFFER);
+    let _ = socket.set_send_buffer_size(SOCKET_BUFFER);
+    socket.bind(&addr.into())?;
+    socket.set_nonblocking(true)?;
+    Ok(socket.into())
 }
 
 fn validate(cfg: &SfuConfig) -> Result<(), MediaError> {
@@ -227,6 +249,12 @@ mod tests {
             ..SfuConfig::default()
         };
         assert!(matches!(validate(&bad), Err(MediaError::Config(_))));
+    }
+
+    #[test]
+    fn handle_is_shareable_across_tasks() {
+        fn assert_shareable<T: Send + Sync + Clone + 'static>() {}
+        assert_shareable::<Sfu>();
     }
 
     #[test]

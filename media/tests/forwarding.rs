@@ -13,6 +13,22 @@ const CONNECT: Duration = Duration::from_secs(15);
 const TONES: [f64; 3] = [440.0, 660.0, 990.0];
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_taken_port_is_a_bind_error_and_bad_config_is_refused() -> Result<()> {
+    let (sfu, _rx) = Sfu::start(test_config())?;
+    let taken = media::SfuConfig {
+        bind: sfu.local_addr(),
+        ..test_config()
+    };
+    assert!(matches!(Sfu::start(taken), Err(media::MediaError::Bind(_))));
+    let bad = media::SfuConfig {
+        slots: 0,
+        ..test_config()
+    };
+    assert!(matches!(Sfu::start(bad), Err(media::MediaError::Config(_))));
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn offer_has_the_fixed_audio_layout() -> Result<()> {
     let (sfu, _rx) = Sfu::start(test_config())?;
     let offer = sfu.join(RoomKey(1), ParticipantId(1), true).await?;
@@ -47,7 +63,7 @@ async fn offer_has_the_fixed_audio_layout() -> Result<()> {
     Ok(())
 }
 
-/// 3 speakers, 5 pure listeners: every listener (and every speaker, for the two others)
+/// 3 speakers, 10 pure listeners: every listener (and every speaker, for the two others)
 /// receives >= 98% of each speaker's packets and decodes each to its speaker's tone.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_listener_hears_every_speaker_at_the_right_pitch() -> Result<()> {
@@ -60,15 +76,15 @@ async fn every_listener_hears_every_speaker_at_the_right_pitch() -> Result<()> {
         speakers.push(join(&sfu, room, pid, true, true, &format!("speaker{i}")).await?);
     }
     let mut listeners = Vec::new();
-    for i in 0..5u64 {
+    for i in 0..10u64 {
         let pid = ParticipantId(100 + i);
         listeners.push(join(&sfu, room, pid, false, false, &format!("listener{i}")).await?);
     }
     for c in speakers.iter_mut().chain(listeners.iter_mut()) {
         c.wait_connected(CONNECT).await?;
     }
-    wait_until(CONNECT, "8 Connected events", || {
-        events.count(|e| matches!(e, SfuEvent::Connected { .. })) == 8
+    wait_until(CONNECT, "13 Connected events", || {
+        events.count(|e| matches!(e, SfuEvent::Connected { .. })) == 13
     })
     .await?;
 
@@ -156,7 +172,8 @@ async fn every_listener_hears_every_speaker_at_the_right_pitch() -> Result<()> {
         }
     }
     let stats = sfu.stats();
-    let expected_forwards: u64 = sent.iter().map(|n| n * 7 * 98 / 100).sum();
+    // Each speaker's packets go to 10 listeners and the 2 other speakers.
+    let expected_forwards: u64 = sent.iter().map(|n| n * 12 * 98 / 100).sum();
     assert!(stats.rtp_forwarded >= expected_forwards, "{stats:?}");
     assert_eq!(stats.malformed, 0);
     assert!(
@@ -164,5 +181,34 @@ async fn every_listener_hears_every_speaker_at_the_right_pitch() -> Result<()> {
         "receiver/sender reports flow: {stats:?}"
     );
     let _ = Instant::now();
+    Ok(())
+}
+
+/// Wildcard bind with announced addresses (the 1:1 NAT / multi-interface shape): the
+/// candidates carry the announced IPs and media flows through the one socket.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wildcard_bind_with_announced_ips_carries_media() -> Result<()> {
+    let cfg = media::SfuConfig {
+        bind: "0.0.0.0:0".parse()?,
+        announce_ips: vec!["127.0.0.1".parse()?, "127.0.0.2".parse()?],
+        ..test_config()
+    };
+    let (sfu, _rx) = Sfu::start(cfg)?;
+    let port = sfu.local_addr().port();
+    let offer = sfu.join(RoomKey(9), ParticipantId(1), true).await?;
+    ensure!(offer.sdp.contains(&format!("127.0.0.1 {port} typ host")));
+    ensure!(offer.sdp.contains(&format!("127.0.0.2 {port} typ host")));
+    let mut speaker = Client::new("speaker").await?;
+    let answer = speaker.answer(&offer.sdp, true).await?;
+    sfu.accept_answer(ParticipantId(1), answer).await?;
+    let mut listener = join(&sfu, RoomKey(9), ParticipantId(2), false, false, "listener").await?;
+    speaker.wait_connected(CONNECT).await?;
+    listener.wait_connected(CONNECT).await?;
+    speaker.start_tone(440.0, 10).await?;
+    wait_until(CONNECT, "audio through the wildcard socket", || {
+        listener.received_total() >= 25
+    })
+    .await?;
+    speaker.close().await?;
     Ok(())
 }

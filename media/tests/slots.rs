@@ -73,6 +73,17 @@ async fn five_speakers_three_slots_loudest_heard_and_switch_is_seamless() -> Res
         3,
         "three slots, three streams"
     );
+    let (slots, spare) = sfu.slot_map(room).await?.expect("room exists");
+    assert_eq!(slots.iter().flatten().count(), 3);
+    assert!(
+        slots.iter().flatten().all(|p| p.0 <= 3),
+        "the loud three hold the slots: {slots:?}"
+    );
+    assert!(
+        spare.is_some_and(|p| p.0 >= 4),
+        "a quiet one is the spare: {spare:?}"
+    );
+    assert_eq!(sfu.slot_map(RoomKey(404)).await?, None);
     wait_until(
         Duration::from_secs(10),
         "active speakers: the loud three",

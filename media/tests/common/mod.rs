@@ -64,13 +64,16 @@ impl StreamRecord {
         })
     }
 
-    fn record(&mut self, packet: &rtp::Packet, level_id: Option<u8>) {
+    fn record(&mut self, packet: &rtp::Packet, level_id: Option<u8>, decode: bool) {
         self.packets += 1;
         self.seqs.push(packet.header.sequence_number);
         self.timestamps.push(packet.header.timestamp);
         self.arrivals.push(Instant::now());
         if level_id.is_some_and(|id| packet.header.get_extension(id).is_some()) {
             self.audio_levels += 1;
+        }
+        if !decode {
+            return;
         }
         let mut out = [0i16; FRAME * 6];
         match self.decoder.decode(&packet.payload, &mut out, false) {
@@ -93,6 +96,8 @@ impl StreamRecord {
 
 #[derive(Default)]
 struct Shared {
+    /// Skip Opus decoding (load measurements only count packets).
+    no_decode: AtomicBool,
     streams: Mutex<HashMap<String, StreamRecord>>,
     /// Audio-level extension id negotiated for incoming streams (same offer for all slots).
     incoming_level_id: Mutex<Option<u8>>,
@@ -118,6 +123,7 @@ impl PeerConnectionEventHandler for Handler {
                 match event {
                     TrackRemoteEvent::OnRtpPacket(packet) => {
                         let level_id = *lock(&shared.incoming_level_id);
+                        let decode = !shared.no_decode.load(Ordering::Relaxed);
                         let mut streams = lock(&shared.streams);
                         let record = match streams.get_mut(&track_id) {
                             Some(r) => r,
@@ -129,7 +135,7 @@ impl PeerConnectionEventHandler for Handler {
                                 streams.entry(track_id.clone()).or_insert(r)
                             }
                         };
-                        record.record(&packet, level_id);
+                        record.record(&packet, level_id, decode);
                     }
                     TrackRemoteEvent::OnEnded => break,
                     _ => {}
@@ -341,6 +347,11 @@ impl Client {
             task,
         });
         Ok(())
+    }
+
+    /// Stop decoding received audio (only count it), for load measurements.
+    pub fn skip_decoding(&self) {
+        self.shared.no_decode.store(true, Ordering::Relaxed);
     }
 
     pub fn tone_sent(&self) -> u64 {
