@@ -200,6 +200,9 @@ impl Inner {
         };
         if part.call != CallPhase::Idle {
             self.ports.media.leave(pid);
+        }
+        // Only a completed join was announced; a join still in flight is not.
+        if part.call == CallPhase::InCall {
             let inner = self.clone();
             let (room_id, user) = (part.room_id.clone(), part.user.clone());
             tokio::spawn(async move {

@@ -225,10 +225,19 @@ impl Session {
             deadline = Instant::now() + timeout;
             match msg {
                 Message::Text(text) => self.on_text(text.as_str()).await,
-                Message::Binary(_) => self.refuse(Refusal::new(
-                    ErrorCode::BadMessage,
-                    "binary frames are not part of the protocol; send JSON text",
-                )),
+                Message::Binary(_) => {
+                    if !self.bucket.try_take(std::time::Instant::now()) {
+                        self.refuse(Refusal::new(
+                            ErrorCode::RateLimited,
+                            "too many messages; slow down",
+                        ));
+                    } else {
+                        self.refuse(Refusal::new(
+                            ErrorCode::BadMessage,
+                            "binary frames are not part of the protocol; send JSON text",
+                        ));
+                    }
+                }
                 Message::Ping(_) | Message::Pong(_) => {}
                 Message::Close(_) => break,
             }
@@ -553,7 +562,7 @@ impl Session {
                 return Err(Refusal::internal("starting audio", &e));
             }
         };
-        let (muted, can_publish_now) = {
+        let can_publish_now = {
             let mut st = self.inner.state.lock();
             let Some(part) = st.parts.get_mut(&pid) else {
                 // Removed while media was setting up.
@@ -563,9 +572,10 @@ impl Session {
             };
             part.call = CallPhase::InCall;
             part.info.in_call = true;
-            (part.info.muted, part.info.role.can_publish())
+            // Under the lock, like every mute change, so media sees them in order.
+            self.inner.ports.media.set_muted(pid, part.info.muted);
+            part.info.role.can_publish()
         };
-        self.inner.ports.media.set_muted(pid, muted);
         // A moderator may have changed the role while media was setting up.
         let offer = if can_publish_now != can_publish {
             match self
@@ -671,24 +681,29 @@ impl Session {
         &self,
         pid: ParticipantId,
         change: impl FnOnce(&mut Part) -> Handled,
-    ) -> Result<CallPhase, Refusal> {
+    ) -> Handled {
         let mut st = self.inner.state.lock();
         let Some(part) = st.parts.get_mut(&pid) else {
             return Err(Refusal::new(ErrorCode::NotFound, "no such participant"));
         };
+        let was_muted = part.info.muted;
         change(part)?;
-        let (info, room_id, call) = (part.info.clone(), part.room_id.clone(), part.call);
+        if part.info.muted != was_muted && part.call == CallPhase::InCall {
+            // Under the lock so concurrent mute changes reach media in state order.
+            self.inner.ports.media.set_muted(pid, part.info.muted);
+        }
+        let (info, room_id) = (part.info.clone(), part.room_id.clone());
         st.broadcast(
             &room_id,
             &ServerMessage::ParticipantUpdated { participant: info },
             None,
         );
-        Ok(call)
+        Ok(())
     }
 
     fn set_self_muted(&mut self, muted: bool) -> Handled {
         let (pid, _) = self.current()?;
-        let call = self.update_and_broadcast(pid, |p| {
+        self.update_and_broadcast(pid, |p| {
             if !muted && !p.info.role.can_publish() {
                 return Err(Refusal::new(
                     ErrorCode::Forbidden,
@@ -698,9 +713,6 @@ impl Session {
             p.info.muted = muted;
             Ok(())
         })?;
-        if call == CallPhase::InCall {
-            self.inner.ports.media.set_muted(pid, muted);
-        }
         Ok(())
     }
 
@@ -767,9 +779,6 @@ impl Session {
             return Ok(());
         }
         let media = &self.inner.ports.media;
-        if !role.can_publish() {
-            media.set_muted(target, true);
-        }
         match media.set_can_publish(target, role.can_publish()).await {
             Ok(offer) => {
                 self.inner
@@ -793,8 +802,12 @@ impl Session {
         let Some(part) = st.parts.get_mut(&pid) else {
             return Err(Refusal::new(ErrorCode::NotFound, "no such participant"));
         };
+        let was_muted = part.info.muted;
         if !change(part)? {
             return Ok(part.call);
+        }
+        if part.info.muted != was_muted && part.call == CallPhase::InCall {
+            self.inner.ports.media.set_muted(pid, part.info.muted);
         }
         let (info, room_id, call) = (part.info.clone(), part.room_id.clone(), part.call);
         st.broadcast(
@@ -807,13 +820,10 @@ impl Session {
 
     fn mute_participant(&mut self, target: ParticipantId) -> Handled {
         self.moderate(target)?;
-        let call = self.update_and_broadcast(target, |p| {
+        self.update_and_broadcast(target, |p| {
             p.info.muted = true;
             Ok(())
         })?;
-        if call == CallPhase::InCall {
-            self.inner.ports.media.set_muted(target, true);
-        }
         Ok(())
     }
 
