@@ -173,3 +173,91 @@ async fn over_webrtc_a_listener_is_refused_until_promoted_then_heard_until_muted
     bob.close().await?;
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn over_webrtc_a_resumed_participant_keeps_its_audio_and_can_restart_ice_or_rejoin()
+-> Result<()> {
+    let (h, _sfu) = start_real().await?;
+    let (mut alice_ws, _) = h.join("alice", "open").await?;
+    let mut alice = join_call(&mut alice_ws, "alice", true).await?;
+    alice.start_tone(440.0, 5).await?;
+
+    let mut bob_ws = h.connect("bob").await?;
+    bob_ws
+        .send(&ClientMessage::JoinRoom {
+            room_id: "open".into(),
+            resume_token: None,
+        })
+        .await?;
+    let ServerMessage::Joined {
+        you, resume_token, ..
+    } = bob_ws
+        .expect("joined", |m| matches!(m, ServerMessage::Joined { .. }))
+        .await?
+    else {
+        unreachable!()
+    };
+    let mut bob = join_call(&mut bob_ws, "bob", false).await?;
+    wait_until(CONNECT, "bob hears alice", || hears(&bob, 440.0)).await?;
+
+    // Everything about bob's first arrival has reached alice.
+    alice_ws.sync().await?;
+
+    // The WebSocket drops; the peer connection does not.
+    bob_ws.drop_connection();
+    let mut bob_ws = h.connect("bob").await?;
+    bob_ws
+        .send(&ClientMessage::JoinRoom {
+            room_id: "open".into(),
+            resume_token: Some(resume_token),
+        })
+        .await?;
+    let ServerMessage::Joined {
+        you: again,
+        resumed,
+        ..
+    } = bob_ws
+        .expect("joined", |m| matches!(m, ServerMessage::Joined { .. }))
+        .await?
+    else {
+        unreachable!()
+    };
+    ensure!(resumed && again.participant_id == you.participant_id && again.in_call);
+    let before = bob.received_total();
+    wait_until(CONNECT, "audio kept flowing across the resume", || {
+        bob.received_total() >= before + 25
+    })
+    .await?;
+
+    // Network change: an ICE restart over the new socket.
+    bob_ws.send(&ClientMessage::RestartIce).await?;
+    let offer = next_offer(&mut bob_ws).await?;
+    let answer = bob.answer(&offer, false).await?;
+    bob_ws.send(&ClientMessage::Answer { sdp: answer }).await?;
+    let before = bob.received_total();
+    wait_until(CONNECT, "audio after the ICE restart", || {
+        bob.received_total() >= before + 25
+    })
+    .await?;
+
+    // Page reload: a brand-new peer connection; join_call replaces the old one.
+    bob.close().await?;
+    let fresh = join_call(&mut bob_ws, "bob-reloaded", false).await?;
+    wait_until(CONNECT, "the reloaded page hears alice", || {
+        hears(&fresh, 440.0)
+    })
+    .await?;
+    let alice_saw = alice_ws.sync().await?;
+    ensure!(
+        !alice_saw.iter().any(|m| matches!(
+            m,
+            ServerMessage::ParticipantLeft { .. }
+                | ServerMessage::ParticipantJoined { .. }
+                | ServerMessage::CallNotification { .. }
+        )),
+        "alice saw bob leave or join: {alice_saw:?}"
+    );
+    alice.close().await?;
+    fresh.close().await?;
+    Ok(())
+}
