@@ -3,6 +3,7 @@
 //! connection's bounded outgoing queue and sends keepalive pings.
 
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use axum::body::Bytes;
@@ -101,6 +102,8 @@ pub(crate) async fn run(
         }
     };
 
+    inner.open_connections.fetch_add(1, Ordering::Relaxed);
+    let _count = ConnectionCount(&inner);
     let (tx, rx) = mpsc::channel(inner.cfg.outgoing_queue.max(1));
     let cancel = inner.shutdown.child_token();
     let conn = Conn {
@@ -132,6 +135,15 @@ pub(crate) async fn run(
         inner.socket_gone(pid, session.conn.id);
     }
     let _ = writer.await;
+}
+
+/// Decrements the open-connection count however the session ends.
+struct ConnectionCount<'a>(&'a Inner);
+
+impl Drop for ConnectionCount<'_> {
+    fn drop(&mut self) {
+        self.0.open_connections.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 async fn write_loop(

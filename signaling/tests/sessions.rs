@@ -1021,3 +1021,33 @@ async fn a_client_that_does_not_read_is_disconnected_instead_of_stalling_the_roo
     tokio::time::timeout(DEADLINE * 3, reader).await???;
     Ok(())
 }
+
+#[tokio::test]
+async fn stats_count_connections_rooms_roles_and_calls() -> R {
+    let h = start(test_config()).await?;
+    let (mut alice, _) = h.join("alice", "open").await?;
+    let (_bob, _) = h.join("bob", "open").await?;
+    let (_carol, _) = h.join("carol", "open2").await?;
+    let _idle = h.connect("dave").await?;
+    alice.join_call().await?;
+    let deadline = tokio::time::Instant::now() + DEADLINE;
+    let expected = signaling::SignalingStats {
+        connections: 4,
+        rooms: 2,
+        moderators: 1,
+        speakers: 0,
+        listeners: 2,
+        in_call: 1,
+        reconnecting: 0,
+    };
+    // The idle connection is counted once its upgrade completed on the server.
+    while h.signaling.stats() != expected {
+        anyhow::ensure!(
+            tokio::time::Instant::now() < deadline,
+            "stats {:?}",
+            h.signaling.stats()
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    Ok(())
+}
