@@ -1051,3 +1051,24 @@ async fn stats_count_connections_rooms_roles_and_calls() -> R {
     }
     Ok(())
 }
+
+#[tokio::test]
+async fn a_frame_far_over_the_limit_closes_the_connection() -> R {
+    let cfg = signaling::SignalingConfig {
+        max_frame_bytes: 4096,
+        ..test_config()
+    };
+    let h = start(cfg).await?;
+    let (mut alice, _) = h.join("alice", "open").await?;
+    let (mut bob, bob_id) = h.join("bob", "open").await?;
+    // Over 4x the limit: the WebSocket layer refuses to buffer it at all.
+    bob.send_raw(&"x".repeat(4096 * 4 + 1)).await?;
+    bob.expect_closed().await?;
+    // Bob's place is kept for the resume grace, then he leaves.
+    alice
+        .expect("bob left", |m| {
+            matches!(m, ServerMessage::ParticipantLeft { participant_id } if *participant_id == bob_id)
+        })
+        .await?;
+    Ok(())
+}
