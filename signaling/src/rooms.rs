@@ -6,7 +6,7 @@
 //! ref-counted `Utf8Bytes`) to every recipient's bounded queue; a recipient whose
 //! queue is full is disconnected instead of stalling the room.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap, HashSet};
 
 use axum::extract::ws::Utf8Bytes;
 use tokio::sync::mpsc;
@@ -112,6 +112,9 @@ pub(crate) struct Room {
     pub(crate) slots: Vec<Option<ParticipantId>>,
     pub(crate) spare: Option<ParticipantId>,
     pub(crate) speakers: Vec<SpeakerLevel>,
+    /// Users a moderator removed: refused until the live room empties (lasting bans
+    /// are the control plane's business).
+    pub(crate) removed_users: HashSet<String>,
 }
 
 /// All live rooms and participants of this server.

@@ -430,6 +430,16 @@ impl Session {
             if st
                 .rooms
                 .get(&room_id)
+                .is_some_and(|r| r.removed_users.contains(&self.user.user_id))
+            {
+                return Err(Refusal::fatal(
+                    ErrorCode::Forbidden,
+                    "a moderator removed you from this room",
+                ));
+            }
+            if st
+                .rooms
+                .get(&room_id)
                 .is_some_and(|r| r.members.len() >= cfg.max_participants)
             {
                 return Err(Refusal::fatal(ErrorCode::RoomFull, "the room is full"));
@@ -463,6 +473,7 @@ impl Session {
                         slots: vec![None; cfg.slot_count],
                         spare: None,
                         speakers: Vec::new(),
+                        removed_users: Default::default(),
                     },
                 );
             }
@@ -847,8 +858,13 @@ impl Session {
                 "use leave_room to leave",
             ));
         }
-        {
-            let st = self.inner.state.lock();
+        // The person is removed, not just one tab: every connection of that user in
+        // the room goes, and the user may not come back while the room is live (a
+        // client that reconnects automatically would otherwise walk straight back in).
+        let victims: Vec<ParticipantId> = {
+            let mut guard = self.inner.state.lock();
+            // A plain `&mut State` so rooms and parts can be borrowed separately.
+            let st = &mut *guard;
             let Some(t) = st.parts.get(&target) else {
                 return Err(Refusal::new(ErrorCode::NotFound, "no such participant"));
             };
@@ -858,14 +874,30 @@ impl Session {
                     "a moderator cannot be removed",
                 ));
             }
-            if let Some(conn) = &t.conn {
-                conn.send(&ServerMessage::Removed {
-                    reason: "removed by a moderator".into(),
-                });
-                conn.close(CLOSE_POLICY, "removed");
+            let (user_id, room_id) = (t.user.user_id.clone(), t.room_id.clone());
+            let Some(room) = st.rooms.get_mut(&room_id) else {
+                return Err(Refusal::new(ErrorCode::NotFound, "no such participant"));
+            };
+            room.removed_users.insert(user_id.clone());
+            let victims: Vec<ParticipantId> = room
+                .members
+                .iter()
+                .copied()
+                .filter(|pid| st.parts.get(pid).is_some_and(|p| p.user.user_id == user_id))
+                .collect();
+            for pid in &victims {
+                if let Some(conn) = st.parts.get(pid).and_then(|p| p.conn.as_ref()) {
+                    conn.send(&ServerMessage::Removed {
+                        reason: "removed by a moderator".into(),
+                    });
+                    conn.close(CLOSE_POLICY, "removed");
+                }
             }
+            victims
+        };
+        for pid in victims {
+            self.inner.remove_participant(pid);
         }
-        self.inner.remove_participant(target);
         Ok(())
     }
 

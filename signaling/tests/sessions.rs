@@ -1072,3 +1072,56 @@ async fn a_frame_far_over_the_limit_closes_the_connection() -> R {
         .await?;
     Ok(())
 }
+
+#[tokio::test]
+async fn a_removed_user_loses_every_tab_and_cannot_rejoin_while_the_room_is_live() -> R {
+    let h = start(test_config()).await?;
+    let (mut alice, _) = h.join("alice", "open").await?;
+    let (mut tab1, p1) = h.join("bob", "open").await?;
+    let (mut tab2, p2) = h.join("bob", "open").await?;
+    alice
+        .send(&ClientMessage::RemoveParticipant { participant_id: p1 })
+        .await?;
+    for tab in [&mut tab1, &mut tab2] {
+        tab.expect("removed", |m| matches!(m, ServerMessage::Removed { .. }))
+            .await?;
+        tab.expect_closed().await?;
+    }
+    for pid in [p1, p2] {
+        alice
+            .expect("tab left", |m| {
+                matches!(m, ServerMessage::ParticipantLeft { participant_id } if *participant_id == pid)
+            })
+            .await?;
+    }
+    let mut back = h.connect("bob").await?;
+    back.send(&ClientMessage::JoinRoom {
+        room_id: "open".into(),
+        resume_token: None,
+    })
+    .await?;
+    let (_, fatal) = back.expect_error(ErrorCode::Forbidden).await?;
+    assert!(fatal);
+    back.expect_closed().await?;
+    // Other rooms are not affected.
+    h.join("bob", "open2").await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_moderator_cannot_be_removed() -> R {
+    let h = start(test_config()).await?;
+    let (mut alice, _) = h.join("alice", "open").await?;
+    let (_alice_tab2, tab2_id) = h.join("alice", "open").await?;
+    alice
+        .send(&ClientMessage::RemoveParticipant {
+            participant_id: tab2_id,
+        })
+        .await?;
+    alice.expect_error(ErrorCode::Forbidden).await?;
+    assert_eq!(
+        h.signaling.room_snapshot("open").map(|s| s.total_people),
+        Some(2)
+    );
+    Ok(())
+}
