@@ -128,6 +128,7 @@ pub(crate) async fn run(
         conn,
         pid: None,
         bucket,
+        closing: false,
     };
     session.read_loop(stream, &cancel).await;
     cancel.cancel();
@@ -199,6 +200,8 @@ struct Session {
     /// The participant this connection carries, once it joined a room.
     pid: Option<ParticipantId>,
     bucket: TokenBucket,
+    /// A fatal error was sent: later input is ignored while the close goes out.
+    closing: bool,
 }
 
 fn new_resume_token() -> String {
@@ -235,6 +238,10 @@ impl Session {
                 None => break,
             };
             deadline = Instant::now() + timeout;
+            if self.closing {
+                // A fatal error is being flushed; the writer closes the socket next.
+                continue;
+            }
             match msg {
                 Message::Text(text) => self.on_text(text.as_str()).await,
                 Message::Binary(_) => {
@@ -256,13 +263,14 @@ impl Session {
         }
     }
 
-    fn refuse(&self, r: Refusal) {
+    fn refuse(&mut self, r: Refusal) {
         self.conn.send(&ServerMessage::Error {
             code: r.code,
             message: r.message,
             fatal: r.fatal,
         });
         if r.fatal {
+            self.closing = true;
             self.conn.close(CLOSE_POLICY, "refused");
         }
     }

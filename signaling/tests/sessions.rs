@@ -368,9 +368,21 @@ async fn a_full_room_refuses_the_next_participant_with_room_full() -> R {
         resume_token: None,
     })
     .await?;
+    // Sent before the refusal arrives: must be ignored, not served.
+    c.send(&ClientMessage::JoinRoom {
+        room_id: "open2".into(),
+        resume_token: None,
+    })
+    .await?;
     let (_, fatal) = c.expect_error(ErrorCode::RoomFull).await?;
     assert!(fatal);
     c.expect_closed().await?;
+    assert!(
+        !c.seen.iter().any(is_joined),
+        "input after a fatal error was handled: {:?}",
+        c.seen
+    );
+    assert_eq!(h.signaling.room_snapshot("open2"), None);
     // Another room is unaffected.
     h.join("carol", "open2").await?;
     Ok(())
