@@ -13,7 +13,7 @@ pub struct SignalingConfig {
     /// Participants (connections, including those inside their resume grace) per room.
     pub max_participants: usize,
     /// Largest text frame processed; bigger ones get `too_large` (up to 4x this the
-    /// connection survives, beyond that the WebSocket layer closes it with 1009).
+    /// connection survives, beyond that the WebSocket layer drops the connection).
     pub max_frame_bytes: usize,
     /// Longest chat message, in Unicode scalar values.
     pub max_chat_chars: usize,

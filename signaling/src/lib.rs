@@ -35,7 +35,7 @@ pub use ports::{
     MediaEvent, MediaEvents, MediaOffer, RoomAccess, RoomDirectory, RoomKey,
 };
 #[cfg(feature = "server")]
-pub use rooms::RoomSnapshot;
+pub use rooms::{RoomSnapshot, SignalingStats};
 #[cfg(feature = "server")]
 pub use server::{ACCESS_COOKIE, Signaling, SignalingPorts};
 #[cfg(feature = "server")]

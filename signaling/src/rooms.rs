@@ -6,7 +6,7 @@
 //! ref-counted `Utf8Bytes`) to every recipient's bounded queue; a recipient whose
 //! queue is full is disconnected instead of stalling the room.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap, HashSet};
 
 use axum::extract::ws::Utf8Bytes;
 use tokio::sync::mpsc;
@@ -112,6 +112,9 @@ pub(crate) struct Room {
     pub(crate) slots: Vec<Option<ParticipantId>>,
     pub(crate) spare: Option<ParticipantId>,
     pub(crate) speakers: Vec<SpeakerLevel>,
+    /// Users a moderator removed: refused until the live room empties (lasting bans
+    /// are the control plane's business).
+    pub(crate) removed_users: HashSet<String>,
 }
 
 /// All live rooms and participants of this server.
@@ -135,7 +138,45 @@ pub struct RoomSnapshot {
     pub reconnecting: usize,
 }
 
+/// Live counts for metrics (bounded: no room or user ids).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SignalingStats {
+    /// Open, authenticated WebSocket connections.
+    pub connections: u64,
+    /// Rooms with at least one participant.
+    pub rooms: u64,
+    pub moderators: u64,
+    pub speakers: u64,
+    pub listeners: u64,
+    /// Participants in the call (with a peer connection).
+    pub in_call: u64,
+    /// Participants whose socket dropped and who may still resume.
+    pub reconnecting: u64,
+}
+
 impl State {
+    /// Counts for `Signaling::stats` (connections are filled in by the caller).
+    pub(crate) fn stats(&self) -> SignalingStats {
+        let mut s = SignalingStats {
+            rooms: self.rooms.len() as u64,
+            ..SignalingStats::default()
+        };
+        for p in self.parts.values() {
+            match p.info.role {
+                crate::protocol::Role::Moderator => s.moderators += 1,
+                crate::protocol::Role::Speaker => s.speakers += 1,
+                crate::protocol::Role::Listener => s.listeners += 1,
+            }
+            if p.call == CallPhase::InCall {
+                s.in_call += 1;
+            }
+            if p.conn.is_none() {
+                s.reconnecting += 1;
+            }
+        }
+        s
+    }
+
     /// Sends `msg` to every connected member of `room_id` except `except`, serialising
     /// it once.
     pub(crate) fn broadcast(

@@ -23,7 +23,7 @@ use crate::ports::{
     RoomDirectory, RoomKey,
 };
 use crate::protocol::{ErrorCode, ParticipantId, ServerMessage, SpeakerLevel};
-use crate::rooms::{CallPhase, Part, RoomSnapshot, State};
+use crate::rooms::{CallPhase, Part, RoomSnapshot, SignalingStats, State};
 use crate::session;
 
 /// Name of the access-token cookie set by the control plane.
@@ -52,6 +52,8 @@ pub(crate) struct Inner {
     next_pid: AtomicU64,
     next_room: AtomicU64,
     next_conn: AtomicU64,
+    /// Authenticated sockets currently open (for metrics).
+    pub(crate) open_connections: AtomicU64,
     /// Parent of every connection's cancellation token: `shutdown()` closes all.
     pub(crate) shutdown: CancellationToken,
 }
@@ -67,6 +69,7 @@ impl Signaling {
             next_pid: AtomicU64::new(1),
             next_room: AtomicU64::new(1),
             next_conn: AtomicU64::new(1),
+            open_connections: AtomicU64::new(0),
             shutdown: CancellationToken::new(),
         });
         tokio::spawn(media_pump(Arc::downgrade(&inner), media_events));
@@ -86,6 +89,14 @@ impl Signaling {
     /// Only takes a short lock: no awaits, nothing on the media thread.
     pub fn room_snapshot(&self, room_id: &str) -> Option<RoomSnapshot> {
         self.inner.state.lock().snapshot(room_id)
+    }
+
+    /// Live counts for metrics. Walks the participants under the state lock: call it
+    /// at scrape time, not per packet.
+    pub fn stats(&self) -> SignalingStats {
+        let mut s = self.inner.state.lock().stats();
+        s.connections = self.inner.open_connections.load(Ordering::Relaxed);
+        s
     }
 
     /// Closes every WebSocket (close code 1001) and stops accepting work on them.
@@ -200,6 +211,9 @@ impl Inner {
         };
         if part.call != CallPhase::Idle {
             self.ports.media.leave(pid);
+        }
+        // Only a completed join was announced; a join still in flight is not.
+        if part.call == CallPhase::InCall {
             let inner = self.clone();
             let (room_id, user) = (part.room_id.clone(), part.user.clone());
             tokio::spawn(async move {

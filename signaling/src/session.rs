@@ -3,6 +3,7 @@
 //! connection's bounded outgoing queue and sends keepalive pings.
 
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use axum::body::Bytes;
@@ -101,6 +102,8 @@ pub(crate) async fn run(
         }
     };
 
+    inner.open_connections.fetch_add(1, Ordering::Relaxed);
+    let _count = ConnectionCount(&inner);
     let (tx, rx) = mpsc::channel(inner.cfg.outgoing_queue.max(1));
     let cancel = inner.shutdown.child_token();
     let conn = Conn {
@@ -125,6 +128,7 @@ pub(crate) async fn run(
         conn,
         pid: None,
         bucket,
+        closing: false,
     };
     session.read_loop(stream, &cancel).await;
     cancel.cancel();
@@ -132,6 +136,15 @@ pub(crate) async fn run(
         inner.socket_gone(pid, session.conn.id);
     }
     let _ = writer.await;
+}
+
+/// Decrements the open-connection count however the session ends.
+struct ConnectionCount<'a>(&'a Inner);
+
+impl Drop for ConnectionCount<'_> {
+    fn drop(&mut self) {
+        self.0.open_connections.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 async fn write_loop(
@@ -187,6 +200,8 @@ struct Session {
     /// The participant this connection carries, once it joined a room.
     pid: Option<ParticipantId>,
     bucket: TokenBucket,
+    /// A fatal error was sent: later input is ignored while the close goes out.
+    closing: bool,
 }
 
 fn new_resume_token() -> String {
@@ -223,25 +238,39 @@ impl Session {
                 None => break,
             };
             deadline = Instant::now() + timeout;
+            if self.closing {
+                // A fatal error is being flushed; the writer closes the socket next.
+                continue;
+            }
             match msg {
                 Message::Text(text) => self.on_text(text.as_str()).await,
-                Message::Binary(_) => self.refuse(Refusal::new(
-                    ErrorCode::BadMessage,
-                    "binary frames are not part of the protocol; send JSON text",
-                )),
+                Message::Binary(_) => {
+                    if !self.bucket.try_take(std::time::Instant::now()) {
+                        self.refuse(Refusal::new(
+                            ErrorCode::RateLimited,
+                            "too many messages; slow down",
+                        ));
+                    } else {
+                        self.refuse(Refusal::new(
+                            ErrorCode::BadMessage,
+                            "binary frames are not part of the protocol; send JSON text",
+                        ));
+                    }
+                }
                 Message::Ping(_) | Message::Pong(_) => {}
                 Message::Close(_) => break,
             }
         }
     }
 
-    fn refuse(&self, r: Refusal) {
+    fn refuse(&mut self, r: Refusal) {
         self.conn.send(&ServerMessage::Error {
             code: r.code,
             message: r.message,
             fatal: r.fatal,
         });
         if r.fatal {
+            self.closing = true;
             self.conn.close(CLOSE_POLICY, "refused");
         }
     }
@@ -409,6 +438,16 @@ impl Session {
             if st
                 .rooms
                 .get(&room_id)
+                .is_some_and(|r| r.removed_users.contains(&self.user.user_id))
+            {
+                return Err(Refusal::fatal(
+                    ErrorCode::Forbidden,
+                    "a moderator removed you from this room",
+                ));
+            }
+            if st
+                .rooms
+                .get(&room_id)
                 .is_some_and(|r| r.members.len() >= cfg.max_participants)
             {
                 return Err(Refusal::fatal(ErrorCode::RoomFull, "the room is full"));
@@ -442,6 +481,7 @@ impl Session {
                         slots: vec![None; cfg.slot_count],
                         spare: None,
                         speakers: Vec::new(),
+                        removed_users: Default::default(),
                     },
                 );
             }
@@ -553,7 +593,7 @@ impl Session {
                 return Err(Refusal::internal("starting audio", &e));
             }
         };
-        let (muted, can_publish_now) = {
+        let can_publish_now = {
             let mut st = self.inner.state.lock();
             let Some(part) = st.parts.get_mut(&pid) else {
                 // Removed while media was setting up.
@@ -563,9 +603,10 @@ impl Session {
             };
             part.call = CallPhase::InCall;
             part.info.in_call = true;
-            (part.info.muted, part.info.role.can_publish())
+            // Under the lock, like every mute change, so media sees them in order.
+            self.inner.ports.media.set_muted(pid, part.info.muted);
+            part.info.role.can_publish()
         };
-        self.inner.ports.media.set_muted(pid, muted);
         // A moderator may have changed the role while media was setting up.
         let offer = if can_publish_now != can_publish {
             match self
@@ -671,24 +712,29 @@ impl Session {
         &self,
         pid: ParticipantId,
         change: impl FnOnce(&mut Part) -> Handled,
-    ) -> Result<CallPhase, Refusal> {
+    ) -> Handled {
         let mut st = self.inner.state.lock();
         let Some(part) = st.parts.get_mut(&pid) else {
             return Err(Refusal::new(ErrorCode::NotFound, "no such participant"));
         };
+        let was_muted = part.info.muted;
         change(part)?;
-        let (info, room_id, call) = (part.info.clone(), part.room_id.clone(), part.call);
+        if part.info.muted != was_muted && part.call == CallPhase::InCall {
+            // Under the lock so concurrent mute changes reach media in state order.
+            self.inner.ports.media.set_muted(pid, part.info.muted);
+        }
+        let (info, room_id) = (part.info.clone(), part.room_id.clone());
         st.broadcast(
             &room_id,
             &ServerMessage::ParticipantUpdated { participant: info },
             None,
         );
-        Ok(call)
+        Ok(())
     }
 
     fn set_self_muted(&mut self, muted: bool) -> Handled {
         let (pid, _) = self.current()?;
-        let call = self.update_and_broadcast(pid, |p| {
+        self.update_and_broadcast(pid, |p| {
             if !muted && !p.info.role.can_publish() {
                 return Err(Refusal::new(
                     ErrorCode::Forbidden,
@@ -698,9 +744,6 @@ impl Session {
             p.info.muted = muted;
             Ok(())
         })?;
-        if call == CallPhase::InCall {
-            self.inner.ports.media.set_muted(pid, muted);
-        }
         Ok(())
     }
 
@@ -767,9 +810,6 @@ impl Session {
             return Ok(());
         }
         let media = &self.inner.ports.media;
-        if !role.can_publish() {
-            media.set_muted(target, true);
-        }
         match media.set_can_publish(target, role.can_publish()).await {
             Ok(offer) => {
                 self.inner
@@ -793,8 +833,12 @@ impl Session {
         let Some(part) = st.parts.get_mut(&pid) else {
             return Err(Refusal::new(ErrorCode::NotFound, "no such participant"));
         };
+        let was_muted = part.info.muted;
         if !change(part)? {
             return Ok(part.call);
+        }
+        if part.info.muted != was_muted && part.call == CallPhase::InCall {
+            self.inner.ports.media.set_muted(pid, part.info.muted);
         }
         let (info, room_id, call) = (part.info.clone(), part.room_id.clone(), part.call);
         st.broadcast(
@@ -807,13 +851,10 @@ impl Session {
 
     fn mute_participant(&mut self, target: ParticipantId) -> Handled {
         self.moderate(target)?;
-        let call = self.update_and_broadcast(target, |p| {
+        self.update_and_broadcast(target, |p| {
             p.info.muted = true;
             Ok(())
         })?;
-        if call == CallPhase::InCall {
-            self.inner.ports.media.set_muted(target, true);
-        }
         Ok(())
     }
 
@@ -825,8 +866,13 @@ impl Session {
                 "use leave_room to leave",
             ));
         }
-        {
-            let st = self.inner.state.lock();
+        // The person is removed, not just one tab: every connection of that user in
+        // the room goes, and the user may not come back while the room is live (a
+        // client that reconnects automatically would otherwise walk straight back in).
+        let victims: Vec<ParticipantId> = {
+            let mut guard = self.inner.state.lock();
+            // A plain `&mut State` so rooms and parts can be borrowed separately.
+            let st = &mut *guard;
             let Some(t) = st.parts.get(&target) else {
                 return Err(Refusal::new(ErrorCode::NotFound, "no such participant"));
             };
@@ -836,14 +882,30 @@ impl Session {
                     "a moderator cannot be removed",
                 ));
             }
-            if let Some(conn) = &t.conn {
-                conn.send(&ServerMessage::Removed {
-                    reason: "removed by a moderator".into(),
-                });
-                conn.close(CLOSE_POLICY, "removed");
+            let (user_id, room_id) = (t.user.user_id.clone(), t.room_id.clone());
+            let Some(room) = st.rooms.get_mut(&room_id) else {
+                return Err(Refusal::new(ErrorCode::NotFound, "no such participant"));
+            };
+            room.removed_users.insert(user_id.clone());
+            let victims: Vec<ParticipantId> = room
+                .members
+                .iter()
+                .copied()
+                .filter(|pid| st.parts.get(pid).is_some_and(|p| p.user.user_id == user_id))
+                .collect();
+            for pid in &victims {
+                if let Some(conn) = st.parts.get(pid).and_then(|p| p.conn.as_ref()) {
+                    conn.send(&ServerMessage::Removed {
+                        reason: "removed by a moderator".into(),
+                    });
+                    conn.close(CLOSE_POLICY, "removed");
+                }
             }
+            victims
+        };
+        for pid in victims {
+            self.inner.remove_participant(pid);
         }
-        self.inner.remove_participant(target);
         Ok(())
     }
 

@@ -368,9 +368,21 @@ async fn a_full_room_refuses_the_next_participant_with_room_full() -> R {
         resume_token: None,
     })
     .await?;
+    // Sent before the refusal arrives: must be ignored, not served.
+    c.send(&ClientMessage::JoinRoom {
+        room_id: "open2".into(),
+        resume_token: None,
+    })
+    .await?;
     let (_, fatal) = c.expect_error(ErrorCode::RoomFull).await?;
     assert!(fatal);
     c.expect_closed().await?;
+    assert!(
+        !c.seen.iter().any(is_joined),
+        "input after a fatal error was handled: {:?}",
+        c.seen
+    );
+    assert_eq!(h.signaling.room_snapshot("open2"), None);
     // Another room is unaffected.
     h.join("carol", "open2").await?;
     Ok(())
@@ -1019,5 +1031,109 @@ async fn a_client_that_does_not_read_is_disconnected_instead_of_stalling_the_roo
         tokio::task::yield_now().await;
     }
     tokio::time::timeout(DEADLINE * 3, reader).await???;
+    Ok(())
+}
+
+#[tokio::test]
+async fn stats_count_connections_rooms_roles_and_calls() -> R {
+    let h = start(test_config()).await?;
+    let (mut alice, _) = h.join("alice", "open").await?;
+    let (_bob, _) = h.join("bob", "open").await?;
+    let (_carol, _) = h.join("carol", "open2").await?;
+    let _idle = h.connect("dave").await?;
+    alice.join_call().await?;
+    let deadline = tokio::time::Instant::now() + DEADLINE;
+    let expected = signaling::SignalingStats {
+        connections: 4,
+        rooms: 2,
+        moderators: 1,
+        speakers: 0,
+        listeners: 2,
+        in_call: 1,
+        reconnecting: 0,
+    };
+    // The idle connection is counted once its upgrade completed on the server.
+    while h.signaling.stats() != expected {
+        anyhow::ensure!(
+            tokio::time::Instant::now() < deadline,
+            "stats {:?}",
+            h.signaling.stats()
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_frame_far_over_the_limit_closes_the_connection() -> R {
+    let cfg = signaling::SignalingConfig {
+        max_frame_bytes: 4096,
+        ..test_config()
+    };
+    let h = start(cfg).await?;
+    let (mut alice, _) = h.join("alice", "open").await?;
+    let (mut bob, bob_id) = h.join("bob", "open").await?;
+    // Over 4x the limit: the WebSocket layer refuses to buffer it at all.
+    bob.send_raw(&"x".repeat(4096 * 4 + 1)).await?;
+    bob.expect_closed().await?;
+    // Bob's place is kept for the resume grace, then he leaves.
+    alice
+        .expect("bob left", |m| {
+            matches!(m, ServerMessage::ParticipantLeft { participant_id } if *participant_id == bob_id)
+        })
+        .await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_removed_user_loses_every_tab_and_cannot_rejoin_while_the_room_is_live() -> R {
+    let h = start(test_config()).await?;
+    let (mut alice, _) = h.join("alice", "open").await?;
+    let (mut tab1, p1) = h.join("bob", "open").await?;
+    let (mut tab2, p2) = h.join("bob", "open").await?;
+    alice
+        .send(&ClientMessage::RemoveParticipant { participant_id: p1 })
+        .await?;
+    for tab in [&mut tab1, &mut tab2] {
+        tab.expect("removed", |m| matches!(m, ServerMessage::Removed { .. }))
+            .await?;
+        tab.expect_closed().await?;
+    }
+    for pid in [p1, p2] {
+        alice
+            .expect("tab left", |m| {
+                matches!(m, ServerMessage::ParticipantLeft { participant_id } if *participant_id == pid)
+            })
+            .await?;
+    }
+    let mut back = h.connect("bob").await?;
+    back.send(&ClientMessage::JoinRoom {
+        room_id: "open".into(),
+        resume_token: None,
+    })
+    .await?;
+    let (_, fatal) = back.expect_error(ErrorCode::Forbidden).await?;
+    assert!(fatal);
+    back.expect_closed().await?;
+    // Other rooms are not affected.
+    h.join("bob", "open2").await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_moderator_cannot_be_removed() -> R {
+    let h = start(test_config()).await?;
+    let (mut alice, _) = h.join("alice", "open").await?;
+    let (_alice_tab2, tab2_id) = h.join("alice", "open").await?;
+    alice
+        .send(&ClientMessage::RemoveParticipant {
+            participant_id: tab2_id,
+        })
+        .await?;
+    alice.expect_error(ErrorCode::Forbidden).await?;
+    assert_eq!(
+        h.signaling.room_snapshot("open").map(|s| s.total_people),
+        Some(2)
+    );
     Ok(())
 }
