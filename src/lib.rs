@@ -100,6 +100,7 @@ pub async fn start(cfg: Config) -> anyhow::Result<Server> {
         ports,
         signaling::sfu_events(sfu_events),
     );
+    telemetry.register_signaling(signaling.clone())?;
     let state = state.with_live_rooms(Arc::new(wiring::SignalingLiveRooms {
         signaling: signaling.clone(),
     }));

@@ -237,6 +237,52 @@ impl Telemetry {
         Ok(())
     }
 
+    /// Exposes signaling's live counts (connections, rooms, participants by role).
+    pub fn register_signaling(&self, signaling: signaling::Signaling) -> prometheus::Result<()> {
+        let gauge = |name: &str, help: &str| -> prometheus::Result<IntGauge> {
+            let g = IntGauge::new(name, help)?;
+            self.registry.register(Box::new(g.clone()))?;
+            Ok(g)
+        };
+        let connections = gauge(
+            "chorus_ws_connections",
+            "Open, authenticated WebSocket connections",
+        )?;
+        let rooms = gauge("chorus_rooms", "Rooms with at least one participant")?;
+        let in_call = gauge(
+            "chorus_participants_in_call",
+            "Participants with an audio connection",
+        )?;
+        let reconnecting = gauge(
+            "chorus_participants_reconnecting",
+            "Participants whose socket dropped and who may still resume",
+        )?;
+        let by_role = self.gauge_vec(
+            "chorus_participants",
+            "Participants in rooms, by role",
+            &["role"],
+        )?;
+        let refresh = move || {
+            let s = signaling.stats();
+            let as_i64 = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
+            connections.set(as_i64(s.connections));
+            rooms.set(as_i64(s.rooms));
+            in_call.set(as_i64(s.in_call));
+            reconnecting.set(as_i64(s.reconnecting));
+            by_role
+                .with_label_values(&["moderator"])
+                .set(as_i64(s.moderators));
+            by_role
+                .with_label_values(&["speaker"])
+                .set(as_i64(s.speakers));
+            by_role
+                .with_label_values(&["listener"])
+                .set(as_i64(s.listeners));
+        };
+        self.refreshers.lock().push(Box::new(refresh));
+        Ok(())
+    }
+
     /// A gauge vector in the shared registry (for other crates' live counts).
     pub fn gauge_vec(
         &self,
