@@ -101,7 +101,9 @@ async fn stand_in_receives_the_clients_tone_with_the_audio_level_extension() -> 
     standin.accept_answer(answer).await?;
     client.wait_connected(T).await?;
     let params = client.send_params().expect("mic negotiated for sending");
-    assert!(params.audio_level_id.is_some());
+    // The stand-in's numbering, not the client's defaults (111 / 1).
+    assert_eq!(params.payload_type, 109);
+    assert_eq!(params.audio_level_id, Some(2));
 
     client
         .start_publishing(boxed(Tone::new(440.0, 0.5)), None)
