@@ -102,7 +102,9 @@ fn standin_media_engine() -> Result<webrtc::peer_connection::MediaEngine> {
         loadtest::peer::AUDIO_LEVEL_URI,
     ] {
         me.register_header_extension(
-            rtc::rtp_transceiver::rtp_sender::RTCRtpHeaderExtensionCapability { uri: uri.to_owned() },
+            rtc::rtp_transceiver::rtp_sender::RTCRtpHeaderExtensionCapability {
+                uri: uri.to_owned(),
+            },
             RtpCodecKind::Audio,
             None,
         )?;
