@@ -10,10 +10,12 @@
 //! - [`signal`]: the WebSocket client speaking `signaling::protocol`.
 //! - [`peer`]: the WebRTC peer that answers the server's offers, publishes and receives.
 //! - [`session`]: the glue (connect, join room, join call, answer, publish, listen).
+//! - [`scenario`]: many sessions at a bounded join rate, measured into a [`scenario::Report`].
 
 pub mod audio;
 pub mod peer;
 pub mod registry;
+pub mod scenario;
 pub mod session;
 pub mod signal;
 pub mod stats;
