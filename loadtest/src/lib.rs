@@ -19,6 +19,7 @@ pub mod scenario;
 pub mod session;
 pub mod signal;
 pub mod stats;
+pub mod tokens;
 
 pub use signaling::protocol;
 
