@@ -793,6 +793,18 @@ impl ClientPeer {
         }
     }
 
+    /// Forgets the latency samples kept so far (slots and sources), so that a
+    /// measurement window excludes the join phase.
+    pub fn clear_latency(&self) {
+        let mut rx = self.shared.rx.lock();
+        for s in &mut rx.slots {
+            s.stats.clear_latency();
+        }
+        for s in rx.sources.values_mut() {
+            s.stats.clear_latency();
+        }
+    }
+
     /// Packets received from `source` so far.
     pub fn packets_from(&self, source: ParticipantId) -> u64 {
         self.shared
