@@ -498,11 +498,6 @@ impl ClientPeer {
         if layout.slot_mids.contains(&layout.publish_mid) {
             return Err(Error::Protocol("publishMid is also a slot mid".into()));
         }
-        *self.shared.layout.lock() = Some(layout.clone());
-        {
-            let mut rx = self.shared.rx.lock();
-            rx.slot_map.resize(layout.slot_mids.len(), None);
-        }
         let offer = RTCSessionDescription::offer(sdp.to_owned())?;
         let offered = media_direction(sdp, &layout.publish_mid).ok_or_else(|| {
             Error::Protocol(format!(
@@ -520,7 +515,17 @@ impl ClientPeer {
         // The server lets this participant publish only on a recvonly (or sendrecv) mic line.
         let may_send = matches!(offered, "recvonly" | "sendrecv");
         let mut mic = self.mic.lock().await;
-        self.pc.set_remote_description(offer).await?;
+        // Tracks may open as soon as the offer is applied, so the layout goes first;
+        // it is restored if the stack refuses the offer.
+        let previous = self.shared.layout.lock().replace(layout.clone());
+        if let Err(e) = self.pc.set_remote_description(offer).await {
+            *self.shared.layout.lock() = previous;
+            return Err(e.into());
+        }
+        {
+            let mut rx = self.shared.rx.lock();
+            rx.slot_map.resize(layout.slot_mids.len(), None);
+        }
         add_inactive_section_candidates(self.pc.as_ref(), sdp).await;
         let attach = may_send || self.cfg.ignore_publish_refusal;
         if publish && attach && mic.sender.is_none() {
