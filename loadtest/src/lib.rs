@@ -10,13 +10,56 @@
 //! - [`signal`]: the WebSocket client speaking `signaling::protocol`.
 //! - [`peer`]: the WebRTC peer that answers the server's offers, publishes and receives.
 //! - [`session`]: the glue (connect, join room, join call, answer, publish, listen).
+//! - [`scenario`]: many sessions at a bounded join rate, measured into a [`scenario::Report`].
+
+//!
+//! A speaker and a listener against a running server (base URL + access tokens):
+//!
+//! ```no_run
+//! use loadtest::audio::Tone;
+//! use loadtest::peer::PeerConfig;
+//! use loadtest::registry::SendRegistry;
+//! use loadtest::session::{DEFAULT_WS_PATH, Session, SessionConfig, ws_url};
+//! use std::{sync::Arc, time::Duration};
+//!
+//! # async fn demo(owner_token: String, listener_token: String) -> loadtest::Result<()> {
+//! let url = ws_url("http://127.0.0.1:5500", DEFAULT_WS_PATH);
+//! // One registry per process: listeners get latency and exact speaker attribution.
+//! let registry = Arc::new(SendRegistry::default());
+//! let peer = PeerConfig { decode: true, registry: Some(registry), ..Default::default() };
+//!
+//! // The room owner joins as a moderator, unmuted: it talks once media is connected.
+//! let mut cfg = SessionConfig::new(&url, owner_token, "room-id").speaking(Tone::new(440.0, 0.5));
+//! cfg.peer = peer.clone();
+//! let speaker = Session::connect(cfg).await?;
+//! let speaker_id = speaker.participant_id().expect("joined");
+//!
+//! let mut cfg = SessionConfig::new(&url, listener_token, "room-id");
+//! cfg.peer = peer;
+//! let listener = Session::connect(cfg).await?;
+//! let join_time = listener.wait_first_audio(Duration::from_secs(10)).await?;
+//! let rx = listener.peer().expect("in the call");
+//! rx.wait_until(Duration::from_secs(10), "a second of audio", |s| {
+//!     s.sources.get(&speaker_id).is_some_and(|st| st.packets >= 50)
+//! })
+//! .await?;
+//! let heard = rx.source_frequency(speaker_id); // Some(~440.0)
+//! let stats = &rx.snapshot().sources[&speaker_id]; // loss, jitter, latency, ...
+//! # let _ = (join_time, heard, stats);
+//! listener.leave().await;
+//! speaker.leave().await;
+//! # Ok(())
+//! # }
+//! ```
 
 pub mod audio;
 pub mod peer;
 pub mod registry;
+pub mod scenario;
 pub mod session;
 pub mod signal;
 pub mod stats;
+pub mod tokens;
 
 pub use signaling::protocol;
 

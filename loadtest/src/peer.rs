@@ -65,6 +65,11 @@ pub struct PeerConfig {
     pub registry: Option<Arc<SendRegistry>>,
     /// Bound on waiting for local ICE candidates before an answer goes out.
     pub gather_timeout: Duration,
+    /// Misbehave on purpose: when the server offers the microphone m-line inactive
+    /// (a listener), answer it `sendonly` anyway (invalid per RFC 3264) and send
+    /// microphone RTP, to test that the server refuses a listener's media. (rtc has no
+    /// usable sender on a line that is answered inactive, so the answer must lie.)
+    pub ignore_publish_refusal: bool,
 }
 
 impl Default for PeerConfig {
@@ -77,6 +82,7 @@ impl Default for PeerConfig {
             pcm_keep: Duration::from_secs(2),
             registry: None,
             gather_timeout: Duration::from_secs(5),
+            ignore_publish_refusal: false,
         }
     }
 }
@@ -492,11 +498,6 @@ impl ClientPeer {
         if layout.slot_mids.contains(&layout.publish_mid) {
             return Err(Error::Protocol("publishMid is also a slot mid".into()));
         }
-        *self.shared.layout.lock() = Some(layout.clone());
-        {
-            let mut rx = self.shared.rx.lock();
-            rx.slot_map.resize(layout.slot_mids.len(), None);
-        }
         let offer = RTCSessionDescription::offer(sdp.to_owned())?;
         let offered = media_direction(sdp, &layout.publish_mid).ok_or_else(|| {
             Error::Protocol(format!(
@@ -514,9 +515,20 @@ impl ClientPeer {
         // The server lets this participant publish only on a recvonly (or sendrecv) mic line.
         let may_send = matches!(offered, "recvonly" | "sendrecv");
         let mut mic = self.mic.lock().await;
-        self.pc.set_remote_description(offer).await?;
+        // Tracks may open as soon as the offer is applied, so the layout goes first;
+        // it is restored if the stack refuses the offer.
+        let previous = self.shared.layout.lock().replace(layout.clone());
+        if let Err(e) = self.pc.set_remote_description(offer).await {
+            *self.shared.layout.lock() = previous;
+            return Err(e.into());
+        }
+        {
+            let mut rx = self.shared.rx.lock();
+            rx.slot_map.resize(layout.slot_mids.len(), None);
+        }
         add_inactive_section_candidates(self.pc.as_ref(), sdp).await;
-        if publish && may_send && mic.sender.is_none() {
+        let attach = may_send || self.cfg.ignore_publish_refusal;
+        if publish && attach && mic.sender.is_none() {
             let track: Arc<dyn TrackLocal> = mic.track.clone();
             let sender = self.pc.add_track(track).await?;
             let tid: usize = sender.id().into();
@@ -532,7 +544,7 @@ impl ClientPeer {
         }
         // rtc answers an inactive m-line with whatever the local transceiver wants
         // (even sendrecv); pin the microphone line to what RFC 3264 allows.
-        let mic_dir = if may_send && mic.sender.is_some() {
+        let mic_dir = if attach && mic.sender.is_some() {
             RTCRtpTransceiverDirection::Sendonly
         } else {
             RTCRtpTransceiverDirection::Inactive
@@ -545,7 +557,10 @@ impl ClientPeer {
 
         // Read back what was negotiated for sending.
         let params = match &mic.sender {
-            Some(sender) if self.mic_can_send(&layout.publish_mid).await => {
+            Some(sender)
+                if self.cfg.ignore_publish_refusal
+                    || self.mic_can_send(&layout.publish_mid).await =>
+            {
                 let p = sender.get_parameters().await?;
                 let (pt, level) = negotiated(&p.rtp_parameters);
                 pt.map(|payload_type| SendParams {
@@ -783,6 +798,18 @@ impl ClientPeer {
         }
     }
 
+    /// Forgets the latency samples kept so far (slots and sources), so that a
+    /// measurement window excludes the join phase.
+    pub fn clear_latency(&self) {
+        let mut rx = self.shared.rx.lock();
+        for s in &mut rx.slots {
+            s.stats.clear_latency();
+        }
+        for s in rx.sources.values_mut() {
+            s.stats.clear_latency();
+        }
+    }
+
     /// Packets received from `source` so far.
     pub fn packets_from(&self, source: ParticipantId) -> u64 {
         self.shared
@@ -867,6 +894,24 @@ impl ClientPeer {
     pub async fn close(&self) {
         self.stop_publishing();
         let _ = tokio::time::timeout(Duration::from_secs(3), self.pc.close()).await;
+    }
+
+    /// RTP packets the WebRTC stack reports as sent (its outbound-rtp `packetsSent`),
+    /// as opposed to [`SendCounters`] (packets handed to the stack).
+    pub async fn outbound_packets_sent(&self) -> u64 {
+        let report = self
+            .pc
+            .get_stats(Instant::now(), webrtc::peer_connection::StatsSelector::None)
+            .await;
+        report
+            .iter()
+            .map(|e| match e {
+                webrtc::peer_connection::RTCStatsReportEntry::OutboundRtp(o) => {
+                    o.sent_rtp_stream_stats.packets_sent
+                }
+                _ => 0,
+            })
+            .sum()
     }
 
     /// The underlying connection, for tests that need more.

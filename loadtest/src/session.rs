@@ -462,12 +462,15 @@ impl Inner {
         result
     }
 
-    /// Starts the pending signal once the mic is negotiated for sending.
+    /// Starts the pending signal once the mic is negotiated for sending and media is
+    /// connected (earlier packets would be dropped before SRTP is ready).
     async fn maybe_start_publishing(&self) -> Result<()> {
         let Some(peer) = &self.peer else {
             return Ok(());
         };
-        if peer.send_params().is_none() {
+        if peer.send_params().is_none()
+            || peer.connection_state() != webrtc::peer_connection::RTCPeerConnectionState::Connected
+        {
             return Ok(());
         }
         let Some(source) = self.pending_publish.lock().take() else {

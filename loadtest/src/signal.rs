@@ -455,6 +455,22 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn oversized_server_frame_ends_the_connection_with_an_error() {
+        let (url, _seen) = serve(vec!["x".repeat(MAX_FRAME + 1)]).await;
+        let mut c = SignalClient::connect(&url, &Auth::None, Duration::from_secs(5))
+            .await
+            .expect("connect");
+        let r = c.recv(Duration::from_secs(5)).await;
+        assert!(matches!(r, Err(Error::Closed)), "{r:?}");
+        assert!(c.receiver.closed().is_some());
+        // Stays closed; no hang, no panic.
+        assert!(matches!(
+            c.recv(Duration::from_secs(1)).await,
+            Err(Error::Closed)
+        ));
+    }
+
+    #[tokio::test]
     async fn connecting_to_nothing_fails_fast_with_an_error() {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("addr");

@@ -204,6 +204,12 @@ impl StreamStats {
         }
     }
 
+    /// Forgets latency samples (e.g. to measure only a steady-state window).
+    pub fn clear_latency(&mut self) {
+        self.latency_us.clear();
+        self.latency_seen = 0;
+    }
+
     /// RFC 3550 jitter in seconds.
     pub fn jitter(&self) -> Duration {
         Duration::from_secs_f64((self.jitter / f64::from(self.clock_rate)).max(0.0))

@@ -101,7 +101,9 @@ async fn stand_in_receives_the_clients_tone_with_the_audio_level_extension() -> 
     standin.accept_answer(answer).await?;
     client.wait_connected(T).await?;
     let params = client.send_params().expect("mic negotiated for sending");
-    assert!(params.audio_level_id.is_some());
+    // The stand-in's numbering, not the client's defaults (111 / 1).
+    assert_eq!(params.payload_type, 109);
+    assert_eq!(params.audio_level_id, Some(2));
 
     client
         .start_publishing(boxed(Tone::new(440.0, 0.5)), None)
@@ -218,6 +220,42 @@ async fn offer_with_publish_mid_among_slots_is_refused_not_panicked() -> anyhow:
     assert!(client.answer_offer(&sdp, &layout, true).await.is_err());
     let (_, layout) = standin.offer(false).await?;
     assert!(client.answer_offer("not sdp", &layout, true).await.is_err());
+    client.close().await;
+    standin.close().await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn misbehaving_listener_sends_rtp_although_its_mic_line_is_inactive() -> anyhow::Result<()> {
+    let standin = StandIn::new(1, false).await?;
+    let client = ClientPeer::new(PeerConfig {
+        ignore_publish_refusal: true,
+        ..Default::default()
+    })
+    .await?;
+    let (sdp, layout) = standin.offer(false).await?;
+    let answer = client.answer_offer(&sdp, &layout, true).await?;
+    // The lie the server must see through.
+    assert_eq!(
+        media_direction(&answer, &layout.publish_mid),
+        Some("sendonly")
+    );
+    standin.accept_answer(answer).await?;
+    client.wait_connected(T).await?;
+    assert!(client.send_params().is_some());
+    client
+        .start_publishing(boxed(Tone::new(440.0, 0.5)), None)
+        .await?;
+    let c = client.send_counters();
+    eventually(T, "RTP handed to the connection", || {
+        c.packets.load(std::sync::atomic::Ordering::Relaxed) >= 20
+    })
+    .await?;
+    assert_eq!(c.write_errors.load(std::sync::atomic::Ordering::Relaxed), 0);
+    // The stack accepted and counted them as sent (outbound-rtp packetsSent). The
+    // stand-in, being rtc too, drops media on its inactive line, so it cannot confirm.
+    let sent = client.outbound_packets_sent().await;
+    assert!(sent >= 20, "outbound-rtp packetsSent {sent}");
     client.close().await;
     standin.close().await;
     Ok(())

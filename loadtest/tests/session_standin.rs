@@ -159,6 +159,15 @@ async fn fake_chorus(speaker: bool, tone_hz: f64) -> (String, Shared) {
                         },
                     ]
                 }
+                // Misbehaviour on demand: an offer that is not SDP, then a pong.
+                ClientMessage::Ping => vec![
+                    ServerMessage::Offer {
+                        sdp: "this is not sdp".into(),
+                        publish_mid: "0".into(),
+                        slot_mids: vec!["1".into(), "2".into()],
+                    },
+                    ServerMessage::Pong,
+                ],
                 ClientMessage::RestartIce => {
                     let Some(s) = standin else { continue };
                     let (sdp, layout) = s.offer(true).await.expect("offer");
@@ -324,5 +333,29 @@ async fn refusals_come_back_as_server_errors() -> anyhow::Result<()> {
         "{:?}",
         r.err()
     );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bad_renegotiation_offer_is_reported_not_fatal() -> anyhow::Result<()> {
+    let (url, _shared) = fake_chorus(false, 300.0).await;
+    let mut session = Session::connect(SessionConfig::new(url, TOKEN, "room1")).await?;
+    session.send(&ClientMessage::Ping).await?;
+    session
+        .wait_event(T, |m| (*m == ServerMessage::Pong).then_some(()))
+        .await?;
+    eventually(T, "the bad offer to be reported", || {
+        session.last_error().is_some()
+    })
+    .await?;
+    assert_eq!(session.offers_answered(), 1);
+    // Media from the first negotiation keeps flowing.
+    let peer = session.peer().expect("in call");
+    let before = peer.packets_from(OTHER);
+    eventually(T, "audio after the bad offer", || {
+        peer.packets_from(OTHER) > before + 10
+    })
+    .await?;
+    session.leave().await;
     Ok(())
 }

@@ -9,7 +9,7 @@
 use anyhow::{Context, Result, anyhow};
 use bytes::Bytes;
 use loadtest::audio::{self, OpusDecoder, OpusEncoder, PcmRing, SignalSource, Tone};
-use loadtest::peer::{OfferLayout, audio_media_engine, negotiated, opus_codec};
+use loadtest::peer::{OfferLayout, negotiated, opus_codec};
 use parking_lot::Mutex;
 use rtc::media_stream::MediaStreamTrack;
 use rtc::peer_connection::configuration::RTCOfferOptions;
@@ -85,6 +85,33 @@ impl Drop for StandIn {
     }
 }
 
+/// Deliberately unlike the client's own engine (Opus on 109 instead of 111, the
+/// audio-level extension on id 2 instead of 1), so tests prove the client sends
+/// with what was negotiated rather than with its own defaults.
+fn standin_media_engine() -> Result<webrtc::peer_connection::MediaEngine> {
+    let mut me = webrtc::peer_connection::MediaEngine::default();
+    me.register_codec(
+        rtc::rtp_transceiver::rtp_sender::RTCRtpCodecParameters {
+            rtp_codec: opus_codec(),
+            payload_type: 109,
+        },
+        RtpCodecKind::Audio,
+    )?;
+    for uri in [
+        "http://www.webrtc.org/experiments/rtp-hdrext/abs-send-time",
+        loadtest::peer::AUDIO_LEVEL_URI,
+    ] {
+        me.register_header_extension(
+            rtc::rtp_transceiver::rtp_sender::RTCRtpHeaderExtensionCapability {
+                uri: uri.to_owned(),
+            },
+            RtpCodecKind::Audio,
+            None,
+        )?;
+    }
+    Ok(me)
+}
+
 /// Logs to the test output when RUST_LOG is set (rtc logs through `log`).
 pub fn init_logs() {
     if std::env::var_os("RUST_LOG").is_some() {
@@ -110,7 +137,7 @@ impl StandIn {
             .with_include_loopback_candidate(true)
             .build();
         let pc = PeerConnectionBuilder::new()
-            .with_media_engine(audio_media_engine()?)
+            .with_media_engine(standin_media_engine()?)
             .with_setting_engine(settings)
             .with_handler(Arc::new(Handler(shared.clone())))
             .with_udp_addrs(vec!["127.0.0.1:0".to_owned()])
