@@ -8,7 +8,7 @@
 
 mod support;
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
@@ -353,6 +353,421 @@ async fn five_speakers_three_slots_hear_the_loudest_and_switch_cleanly_when_a_qu
             assert_eq!(slot.decode_errors, 0, "listener {i} slot {k}: undecodable");
         }
     }
+    s.stop().await;
+    Ok(())
+}
+
+/// Waits (by the sender's own clock) while `speaker` sends `n` packets and returns how
+/// many more of them `listener` heard from `from` meanwhile.
+async fn heard_while(
+    listener: &Session,
+    from: ParticipantId,
+    speaker_sent: impl Fn() -> u64,
+    n: u64,
+) -> anyhow::Result<u64> {
+    let before = heard(listener, from);
+    let start = speaker_sent();
+    eventually(STEP, "the speaker to send more audio", || {
+        (speaker_sent() >= start + n).then_some(())
+    })
+    .await?;
+    Ok(heard(listener, from) - before)
+}
+
+/// After the server acted on a mute (the sync point), at most a few packets already on
+/// their way arrive; in the following second, none.
+async fn assert_silenced(
+    listener: &Session,
+    from: ParticipantId,
+    speaker_sent: impl Fn() -> u64 + Copy,
+    what: &str,
+) -> anyhow::Result<()> {
+    let trailing = heard_while(listener, from, speaker_sent, 25).await?;
+    assert!(
+        trailing <= 5,
+        "{what}: {trailing} packets after the server acted"
+    );
+    let later = heard_while(listener, from, speaker_sent, 50).await?;
+    assert_eq!(later, 0, "{what}: packets kept arriving");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_muted_speakers_packets_stop_and_resume_on_unmute_self_and_by_moderator()
+-> anyhow::Result<()> {
+    let _serial = MEDIA.lock().await;
+    let s = TestServer::start(&[]).await?;
+    let room = s.create_room("mute-owner", "open").await?;
+    let owner = s.joiner("mute-owner", &room).no_call().connect().await?;
+    let a = join_speaker(&s, &owner, &room, "mute-speaker", Tone::new(440.0, 0.5)).await?;
+    let a_id = pid(&a)?;
+    let ls = join_listeners(&s, &room, "mute-listener", 1).await?;
+    let l = &ls[0];
+    let a_sent = || sent(&a);
+    assert!(
+        heard_while(l, a_id, a_sent, 50).await? >= 45,
+        "not hearing the speaker"
+    );
+
+    // Self mute: the client keeps sending; the server stops forwarding.
+    let dropped0 = s.server().sfu.stats().dropped_muted;
+    a.mute().await?;
+    eventually(STEP, "the mute to take effect", || {
+        a.me().is_some_and(|me| me.muted).then_some(())
+    })
+    .await?;
+    assert_silenced(l, a_id, a_sent, "self-muted").await?;
+    assert!(s.server().sfu.stats().dropped_muted >= dropped0 + 50);
+    eventually(STEP, "the listener to see the speaker muted", || {
+        l.participants()
+            .iter()
+            .any(|p| p.participant_id == a_id && p.muted)
+            .then_some(())
+    })
+    .await?;
+
+    a.unmute().await?;
+    eventually(STEP, "audio to resume after unmute", || {
+        (heard(l, a_id) > 0 && a.me().is_some_and(|me| !me.muted)).then_some(())
+    })
+    .await?;
+    assert!(
+        heard_while(l, a_id, a_sent, 50).await? >= 45,
+        "not resumed after unmute"
+    );
+
+    // A moderator mutes the speaker; the speaker may unmute again.
+    owner
+        .send(&ClientMessage::MuteParticipant {
+            participant_id: a_id,
+        })
+        .await?;
+    eventually(STEP, "the moderator's mute to take effect", || {
+        a.me().is_some_and(|me| me.muted).then_some(())
+    })
+    .await?;
+    assert_silenced(l, a_id, a_sent, "muted by the moderator").await?;
+    a.unmute().await?;
+    eventually(STEP, "the speaker to unmute", || {
+        a.me().is_some_and(|me| !me.muted).then_some(())
+    })
+    .await?;
+    assert!(
+        heard_while(l, a_id, a_sent, 50).await? >= 40,
+        "not resumed after the moderator's mute was lifted"
+    );
+    assert_frequency(
+        l.peer().context("peer")?.source_frequency(a_id),
+        440.0,
+        "after unmute",
+    );
+    s.stop().await;
+    Ok(())
+}
+
+/// A client that answers offers only when told to, so it can ignore a demotion and go
+/// on sending: what a modified client could do.
+struct RogueClient {
+    id: ParticipantId,
+    sender: loadtest::signal::SignalSender,
+    receiver: loadtest::signal::SignalReceiver,
+    peer: ClientPeer,
+}
+
+impl RogueClient {
+    async fn join(s: &TestServer, user: &str, room: &str) -> anyhow::Result<Self> {
+        let SignalClient {
+            sender,
+            mut receiver,
+        } = SignalClient::connect(&s.ws, &Auth::Bearer(s.token(user)), STEP).await?;
+        sender
+            .send(&ClientMessage::JoinRoom {
+                room_id: room.to_owned(),
+                resume_token: None,
+            })
+            .await?;
+        let id = receiver
+            .wait_for(STEP, |m| match m {
+                ServerMessage::Joined { you, .. } => Some(you.participant_id),
+                _ => None,
+            })
+            .await?;
+        let peer = ClientPeer::new(PeerConfig::default()).await?;
+        sender.send(&ClientMessage::JoinCall).await?;
+        let mut me = Self {
+            id,
+            sender,
+            receiver,
+            peer,
+        };
+        me.answer_next_offer().await?;
+        me.peer.wait_connected(STEP).await?;
+        Ok(me)
+    }
+
+    async fn next_offer(&mut self) -> anyhow::Result<(String, OfferLayout)> {
+        Ok(self
+            .receiver
+            .wait_for(STEP, |m| match m {
+                ServerMessage::Offer {
+                    sdp,
+                    publish_mid,
+                    slot_mids,
+                } => Some((
+                    sdp.clone(),
+                    OfferLayout {
+                        publish_mid: publish_mid.clone(),
+                        slot_mids: slot_mids.clone(),
+                    },
+                )),
+                _ => None,
+            })
+            .await?)
+    }
+
+    async fn answer_next_offer(&mut self) -> anyhow::Result<()> {
+        let (sdp, layout) = self.next_offer().await?;
+        let answer = self.peer.answer_offer(&sdp, &layout, true).await?;
+        self.sender
+            .send(&ClientMessage::Answer { sdp: answer })
+            .await?;
+        Ok(())
+    }
+
+    fn sent(&self) -> u64 {
+        self.peer.send_counters().packets.load(Ordering::Relaxed)
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_listener_cannot_publish_until_promoted_and_a_demoted_client_that_keeps_sending_is_dropped()
+-> anyhow::Result<()> {
+    let _serial = MEDIA.lock().await;
+    let s = TestServer::start(&[]).await?;
+    let room = s.create_room("role-owner", "open").await?;
+    let owner = s.joiner("role-owner", &room).no_call().connect().await?;
+    let ls = join_listeners(&s, &room, "role-listener", 1).await?;
+    let m = &ls[0];
+
+    // A listener who wants to speak: its mic line is not negotiated for sending, and
+    // unmuting is refused.
+    let mut hopeful = s
+        .joiner("role-hopeful", &room)
+        .speaking(Tone::new(350.0, 0.5))
+        .connect()
+        .await?;
+    let hopeful_id = pid(&hopeful)?;
+    assert!(hopeful.peer().context("peer")?.send_params().is_none());
+    hopeful.unmute().await?;
+    let code = expect_event(
+        &mut hopeful,
+        "the refusal of a listener's unmute",
+        |m| match m {
+            ServerMessage::Error { code, .. } => Some(*code),
+            _ => None,
+        },
+    )
+    .await?;
+    assert_eq!(code, ErrorCode::Forbidden);
+
+    // Promotion renegotiates; the new speaker publishes and is heard.
+    let offers = hopeful.offers_answered();
+    promote(&owner, &hopeful).await?;
+    assert!(
+        hopeful.offers_answered() > offers,
+        "promotion did not renegotiate"
+    );
+    let hopeful_sent = || sent(&hopeful);
+    assert!(heard_while(m, hopeful_id, hopeful_sent, 50).await? >= 45);
+    assert_frequency(
+        m.peer().context("peer")?.source_frequency(hopeful_id),
+        350.0,
+        "the promoted speaker",
+    );
+
+    // A client that publishes, is demoted, ignores the new offer and keeps sending.
+    let mut rogue = RogueClient::join(&s, "role-rogue", &room).await?;
+    owner
+        .send(&ClientMessage::SetRole {
+            participant_id: rogue.id,
+            role: Role::Speaker,
+        })
+        .await?;
+    rogue.answer_next_offer().await?;
+    rogue.sender.send(&ClientMessage::Unmute).await?;
+    let rogue_id = rogue.id;
+    rogue
+        .receiver
+        .wait_for(STEP, |m| match m {
+            ServerMessage::ParticipantUpdated { participant }
+                if participant.participant_id == rogue_id && !participant.muted =>
+            {
+                Some(())
+            }
+            _ => None,
+        })
+        .await?;
+    rogue
+        .peer
+        .start_publishing(Box::new(Tone::new(900.0, 0.5)), Some(rogue_id))
+        .await?;
+    assert!(heard_while(m, rogue_id, || rogue.sent(), 50).await? >= 45);
+
+    let metric_before = metric(
+        &s.metrics().await?,
+        "chorus_media_packets_dropped_total{reason=\"not_publisher\"}",
+    );
+    owner
+        .send(&ClientMessage::SetRole {
+            participant_id: rogue_id,
+            role: Role::Listener,
+        })
+        .await?;
+    // The demotion's offer is the sync point: the SFU already refuses this client's media.
+    let _ignored = rogue.next_offer().await?;
+    assert!(
+        rogue.peer.send_params().is_some(),
+        "the rogue should still send"
+    );
+    assert_silenced(m, rogue_id, || rogue.sent(), "demoted client").await?;
+    // The server tells the client, once, why its media is dropped.
+    let refusal = rogue
+        .receiver
+        .wait_for(STEP, |m| match m {
+            ServerMessage::Error { code, .. } => Some(*code),
+            _ => None,
+        })
+        .await?;
+    assert_eq!(refusal, ErrorCode::Forbidden);
+    assert!(s.server().sfu.stats().dropped_not_publisher >= 50);
+    let metric_after = metric(
+        &s.metrics().await?,
+        "chorus_media_packets_dropped_total{reason=\"not_publisher\"}",
+    );
+    assert!(
+        metric_after >= metric_before + 50.0,
+        "not_publisher drops in /metrics: {metric_before} -> {metric_after}"
+    );
+    // The honest speaker is still heard.
+    assert!(heard_while(m, hopeful_id, hopeful_sent, 25).await? >= 20);
+    s.stop().await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_removed_participant_is_gone_for_everyone_with_its_socket_and_audio() -> anyhow::Result<()>
+{
+    let _serial = MEDIA.lock().await;
+    let s = TestServer::start(&[]).await?;
+    let room = s.create_room("rm-owner", "open").await?;
+    let mut owner = s.joiner("rm-owner", &room).no_call().connect().await?;
+    let mut a = join_speaker(&s, &owner, &room, "rm-speaker-a", Tone::new(300.0, 0.5)).await?;
+    let b = join_speaker(&s, &owner, &room, "rm-speaker-b", Tone::new(600.0, 0.5)).await?;
+    let (a_id, b_id) = (pid(&a)?, pid(&b)?);
+    let mut ls = join_listeners(&s, &room, "rm-listener", 2).await?;
+    for l in &ls {
+        assert!(heard_while(l, a_id, || sent(&a), 50).await? >= 45);
+    }
+    assert_eq!(s.server().sfu.stats().participants, 4);
+
+    owner
+        .send(&ClientMessage::RemoveParticipant {
+            participant_id: a_id,
+        })
+        .await?;
+    let reason = expect_event(&mut a, "removed", |m| match m {
+        ServerMessage::Removed { reason } => Some(reason.clone()),
+        _ => None,
+    })
+    .await?;
+    assert!(!reason.is_empty());
+    eventually(STEP, "the removed participant's socket to close", || {
+        a.is_closed().then_some(())
+    })
+    .await?;
+    for (i, l) in ls.iter_mut().enumerate() {
+        expect_event(l, &format!("participant_left at listener {i}"), |m| {
+            matches!(m, ServerMessage::ParticipantLeft { participant_id } if *participant_id == a_id)
+                .then_some(())
+        })
+        .await?;
+        assert!(l.participants().iter().all(|p| p.participant_id != a_id));
+    }
+    expect_event(&mut owner, "participant_left at the moderator", |m| {
+        matches!(m, ServerMessage::ParticipantLeft { participant_id } if *participant_id == a_id)
+            .then_some(())
+    })
+    .await?;
+    eventually(STEP, "the SFU to forget the removed participant", || {
+        (s.server().sfu.stats().participants == 3).then_some(())
+    })
+    .await?;
+    // Its audio is gone while the other speaker goes on being heard.
+    for l in &ls {
+        let a_before = heard(l, a_id);
+        assert!(heard_while(l, b_id, || sent(&b), 50).await? >= 45);
+        assert_eq!(heard(l, a_id), a_before, "removed speaker still heard");
+    }
+    let snap = s
+        .server()
+        .signaling
+        .room_snapshot(&room)
+        .context("room snapshot")?;
+    assert_eq!(snap.total_people, 4, "owner, speaker b and two listeners");
+    drop(a);
+    s.stop().await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_client_is_cleaned_up_after_the_resume_grace() -> anyhow::Result<()> {
+    let _serial = MEDIA.lock().await;
+    let s = TestServer::start(&["--resume-grace-secs", "2", "--peer-timeout-secs", "2"]).await?;
+    let room = s.create_room("kill-owner", "open").await?;
+    let owner = s.joiner("kill-owner", &room).no_call().connect().await?;
+    let a = join_speaker(&s, &owner, &room, "kill-speaker-a", Tone::new(300.0, 0.5)).await?;
+    let b = join_speaker(&s, &owner, &room, "kill-speaker-b", Tone::new(600.0, 0.5)).await?;
+    let (a_id, b_id) = (pid(&a)?, pid(&b)?);
+    let mut ls = join_listeners(&s, &room, "kill-listener", 1).await?;
+    assert!(heard_while(&ls[0], a_id, || sent(&a), 50).await? >= 45);
+    let stats = s.server().sfu.stats();
+    assert_eq!((stats.participants, stats.publishers), (3, 2));
+
+    // No leave_call, no leave_room: the tasks and sockets just go.
+    let killed_at = Instant::now();
+    a.kill().await;
+    let l = &mut ls[0];
+    expect_event(l, "participant_left for the killed client", |m| {
+        matches!(m, ServerMessage::ParticipantLeft { participant_id } if *participant_id == a_id)
+            .then_some(())
+    })
+    .await?;
+    let after = killed_at.elapsed();
+    assert!(
+        after >= Duration::from_millis(1500),
+        "left after {after:?}: the resume grace (2 s) was not honoured"
+    );
+    eventually(
+        STEP,
+        "the SFU to drop the killed client's media state",
+        || {
+            let st = s.server().sfu.stats();
+            (st.participants == 2 && st.publishers == 1 && st.remote_addrs == 2 && st.ufrags == 2)
+                .then_some(())
+        },
+    )
+    .await
+    .with_context(|| format!("{:?}", s.server().sfu.stats()))?;
+    let snap = s
+        .server()
+        .signaling
+        .room_snapshot(&room)
+        .context("room snapshot")?;
+    assert_eq!((snap.total_people, snap.reconnecting), (3, 0));
+    assert!(l.participants().iter().all(|p| p.participant_id != a_id));
+    // The room goes on.
+    let l = &ls[0];
+    assert!(heard_while(l, b_id, || sent(&b), 50).await? >= 45);
     s.stop().await;
     Ok(())
 }
