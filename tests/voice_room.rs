@@ -589,7 +589,6 @@ async fn a_listener_cannot_publish_until_promoted_and_a_demoted_client_that_keep
         hopeful.offers_answered() > offers,
         "promotion did not renegotiate"
     );
-    let hopeful_sent = || sent(&hopeful);
     hears(m, hopeful_id, 45).await.context("audio flows")?;
     assert_frequency(
         m.peer().context("peer")?.source_frequency(hopeful_id),
@@ -780,6 +779,63 @@ async fn a_killed_client_is_cleaned_up_after_the_resume_grace() -> anyhow::Resul
     // The room goes on.
     let l = &ls[0];
     hears(l, b_id, 45).await.context("audio flows")?;
+    s.stop().await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_whose_media_vanishes_is_dropped_from_the_call_after_the_peer_timeout()
+-> anyhow::Result<()> {
+    let _serial = MEDIA.lock().await;
+    let s = TestServer::start(&["--peer-timeout-secs", "2"]).await?;
+    let room = s.create_room("vanish-owner", "open").await?;
+    let mut owner = s.joiner("vanish-owner", &room).no_call().connect().await?;
+    let rogue = RogueClient::join(&s, "vanish-client", &room).await?;
+    let id = rogue.id;
+    eventually(STEP, "the client's media to connect", || {
+        (s.server().sfu.stats().connected == 1).then_some(())
+    })
+    .await?;
+    let disconnects = s.server().sfu.stats().disconnects;
+
+    // The WebRTC side disappears without a goodbye; the WebSocket stays up.
+    let RogueClient {
+        sender,
+        mut receiver,
+        peer,
+        ..
+    } = rogue;
+    drop(peer);
+    let vanished_at = Instant::now();
+    receiver
+        .wait_for(STEP, |m| {
+            matches!(m, ServerMessage::CallState { connected: false }).then_some(())
+        })
+        .await
+        .context("call_state connected=false")?;
+    let after = vanished_at.elapsed();
+    eventually(STEP, "the SFU to drop the vanished peer", || {
+        let st = s.server().sfu.stats();
+        (st.participants == 0 && st.remote_addrs == 0 && st.ufrags == 0).then_some(())
+    })
+    .await
+    .with_context(|| format!("{:?}", s.server().sfu.stats()))?;
+    assert!(
+        s.server().sfu.stats().disconnects > disconnects,
+        "removed by the SFU's timeout, not by a goodbye"
+    );
+    assert!(after >= Duration::from_secs(1), "dropped after {after:?}");
+    // Still in the room, out of the call, for everyone.
+    expect_event(&mut owner, "the participant shown out of the call", |m| {
+        matches!(m, ServerMessage::ParticipantUpdated { participant }
+            if participant.participant_id == id && !participant.in_call)
+        .then_some(())
+    })
+    .await?;
+    sender.send(&ClientMessage::Ping).await?;
+    receiver
+        .wait_for(STEP, |m| matches!(m, ServerMessage::Pong).then_some(()))
+        .await?;
     s.stop().await;
     Ok(())
 }
