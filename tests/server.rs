@@ -1,0 +1,315 @@
+//! The whole Chorus server in-process on loopback, without audio: HTTP smoke checks,
+//! `/metrics`, chat over the WebSocket (persisted and broadcast), and the protocol's
+//! refusals (malformed input, no token, private rooms).
+
+mod support;
+
+use std::time::Duration;
+
+use loadtest::Error;
+use loadtest::protocol::{ClientMessage, ErrorCode, ServerMessage};
+use loadtest::signal::{Auth, SignalClient};
+use support::*;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_web_client_and_metrics_with_route_templates_are_served() -> anyhow::Result<()> {
+    let s = TestServer::start(&[]).await?;
+
+    let health = s.http("GET", "/api/health", None, None).await?;
+    assert_eq!(health.status, 200, "{}", health.body);
+    let body = health.json()?;
+    assert_eq!(body["status"], "ok");
+    assert!(body["timestamp"].is_string(), "{body}");
+
+    let index = s.http("GET", "/", None, None).await?;
+    assert_eq!(index.status, 200);
+    assert!(
+        index
+            .header("content-type")
+            .is_some_and(|v| v.starts_with("text/html")),
+        "{:?}",
+        index.headers
+    );
+    assert!(
+        index.body.to_lowercase().contains("<!doctype html"),
+        "{}",
+        &index.body[..index.body.len().min(200)]
+    );
+
+    // A request to a parameterised route, so its label can be checked.
+    let room = s.create_room("metrics-owner", "open").await?;
+    let got = s
+        .http(
+            "GET",
+            &format!("/api/rooms/{room}"),
+            Some(&s.token("metrics-owner")),
+            None,
+        )
+        .await?;
+    assert_eq!(got.status, 200, "{}", got.body);
+
+    let m = s.metrics().await?;
+    let http_lines: Vec<&str> = m
+        .lines()
+        .filter(|l| l.starts_with("chorus_http_requests_total{"))
+        .collect();
+    assert!(
+        http_lines
+            .iter()
+            .any(|l| l.contains("route=\"/api/health\"") && l.contains("status=\"200\"")),
+        "{http_lines:#?}"
+    );
+    assert!(
+        http_lines
+            .iter()
+            .any(|l| l.contains("route=\"/api/rooms/{roomId}\"")
+                || l.contains("route=\"/api/rooms/:roomId\"")),
+        "route template label for /api/rooms/:roomId: {http_lines:#?}"
+    );
+    assert!(
+        !m.contains(&room),
+        "a room id leaked into a metric label:\n{m}"
+    );
+    for name in [
+        "chorus_media_participants",
+        "chorus_media_packets_total",
+        "chorus_media_packets_dropped_total",
+        "chorus_http_request_duration_seconds_bucket",
+    ] {
+        assert!(m.contains(name), "{name} missing from /metrics:\n{m}");
+    }
+    s.stop().await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chat_over_the_socket_is_persisted_broadcast_and_deletable_only_by_its_author()
+-> anyhow::Result<()> {
+    let s = TestServer::start(&[]).await?;
+    let room = s.create_room("chat-owner", "open").await?;
+    let mut alice = s.joiner("chat-alice", &room).no_call().connect().await?;
+    let mut bob = s.joiner("chat-bob", &room).no_call().connect().await?;
+    let mut owner = s.joiner("chat-owner", &room).no_call().connect().await?;
+
+    alice
+        .send(&ClientMessage::SendMessage {
+            message: "hello from alice".into(),
+        })
+        .await?;
+    let mut ids = Vec::new();
+    for (who, sess) in [
+        ("alice", &mut alice),
+        ("bob", &mut bob),
+        ("owner", &mut owner),
+    ] {
+        let m = expect_event(sess, &format!("receive_message at {who}"), |m| match m {
+            ServerMessage::ReceiveMessage { message } => Some(message.clone()),
+            _ => None,
+        })
+        .await?;
+        assert_eq!(m.message, "hello from alice");
+        assert_eq!(m.user_id, "chat-alice");
+        assert_eq!(m.room_id, room);
+        ids.push(m.id);
+    }
+    assert!(ids.windows(2).all(|w| w[0] == w[1]), "{ids:?}");
+    let id = ids[0].clone();
+
+    // Persisted: the HTTP history has it.
+    let hist = s
+        .http(
+            "GET",
+            &format!("/api/room/{room}"),
+            Some(&s.token("chat-bob")),
+            None,
+        )
+        .await?;
+    assert_eq!(hist.status, 200, "{}", hist.body);
+    let hist = hist.json()?;
+    let msgs = hist["messages"].as_array().cloned().unwrap_or_default();
+    assert!(
+        msgs.iter()
+            .any(|m| m["id"] == id.as_str() && m["message"] == "hello from alice"),
+        "{hist}"
+    );
+
+    // Bob may not delete Alice's message; the socket stays usable.
+    bob.send(&ClientMessage::DeleteMessage {
+        message_id: id.clone(),
+    })
+    .await?;
+    let code = expect_event(&mut bob, "bob's refusal", |m| match m {
+        ServerMessage::Error { code, fatal, .. } => Some((*code, *fatal)),
+        ServerMessage::MessageDeleted { .. } => Some((ErrorCode::Internal, true)),
+        _ => None,
+    })
+    .await?;
+    assert_eq!(code, (ErrorCode::Forbidden, false));
+    let still = s
+        .http(
+            "GET",
+            &format!("/api/room/{room}"),
+            Some(&s.token("chat-bob")),
+            None,
+        )
+        .await?
+        .json()?;
+    assert!(
+        still["messages"]
+            .as_array()
+            .is_some_and(|a| a.iter().any(|m| m["id"] == id.as_str())),
+        "refused delete removed the message: {still}"
+    );
+
+    // Alice may; everyone hears of it and the history no longer has it.
+    alice
+        .send(&ClientMessage::DeleteMessage {
+            message_id: id.clone(),
+        })
+        .await?;
+    for (who, sess) in [
+        ("alice", &mut alice),
+        ("bob", &mut bob),
+        ("owner", &mut owner),
+    ] {
+        let gone = expect_event(sess, &format!("message_deleted at {who}"), |m| match m {
+            ServerMessage::MessageDeleted { message_id } => Some(message_id.clone()),
+            _ => None,
+        })
+        .await?;
+        assert_eq!(gone, id);
+    }
+    let after = s
+        .http(
+            "GET",
+            &format!("/api/room/{room}"),
+            Some(&s.token("chat-bob")),
+            None,
+        )
+        .await?
+        .json()?;
+    assert!(
+        !after["messages"]
+            .as_array()
+            .is_some_and(|a| a.iter().any(|m| m["id"] == id.as_str())),
+        "deleted message still in history: {after}"
+    );
+    // Bob's connection still works after his refusal.
+    bob.send(&ClientMessage::SendMessage {
+        message: "bob still here".into(),
+    })
+    .await?;
+    let m = expect_event(&mut alice, "bob's message", |m| match m {
+        ServerMessage::ReceiveMessage { message } => Some(message.clone()),
+        _ => None,
+    })
+    .await?;
+    assert_eq!(m.message, "bob still here");
+    s.stop().await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_and_unknown_messages_get_bad_message_and_the_socket_stays_usable()
+-> anyhow::Result<()> {
+    let s = TestServer::start(&[]).await?;
+    let room = s.create_room("bad-owner", "open").await?;
+    let mut c = s.joiner("bad-client", &room).no_call().connect().await?;
+    for raw in [
+        "{not json",
+        r#"{"type":"no_such_message"}"#,
+        r#"{"type":"send_message"}"#,
+        "[1,2,3]",
+    ] {
+        c.send_raw(raw).await?;
+        let (code, fatal) = expect_event(&mut c, &format!("error for {raw}"), |m| match m {
+            ServerMessage::Error { code, fatal, .. } => Some((*code, *fatal)),
+            _ => None,
+        })
+        .await?;
+        assert_eq!(code, ErrorCode::BadMessage, "for {raw}");
+        assert!(
+            !fatal,
+            "a malformed message must not end the connection ({raw})"
+        );
+    }
+    // Still usable: a ping is answered.
+    c.send(&ClientMessage::Ping).await?;
+    expect_event(&mut c, "pong", |m| {
+        matches!(m, ServerMessage::Pong).then_some(())
+    })
+    .await?;
+    assert!(!c.is_closed());
+    s.stop().await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_socket_without_a_valid_token_gets_unauthorized_and_is_closed() -> anyhow::Result<()> {
+    let s = TestServer::start(&[]).await?;
+    let room = s.create_room("auth-owner", "open").await?;
+    for auth in [
+        Auth::None,
+        Auth::Bearer("not-a-jwt".into()),
+        // Signed with another secret.
+        Auth::Bearer(
+            "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiJ4IiwiaWF0IjowLCJleHAiOjQxMDI0NDQ4MDAsInR5cCI6ImFjY2VzcyJ9.AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA"
+                .into(),
+        ),
+    ] {
+        let SignalClient {
+            sender,
+            mut receiver,
+        } = SignalClient::connect(&s.ws, &auth, STEP).await?;
+        // Whatever the client says, the answer is an unauthorized error, then the close.
+        let _ = sender
+            .send(&ClientMessage::JoinRoom {
+                room_id: room.clone(),
+                resume_token: None,
+            })
+            .await;
+        let first = receiver.recv(STEP).await?;
+        match first {
+            ServerMessage::Error { code, fatal, .. } => {
+                assert_eq!(code, ErrorCode::Unauthorized, "{auth:?}");
+                assert!(fatal, "{auth:?}");
+            }
+            other => panic!("expected an unauthorized error for {auth:?}, got {other:?}"),
+        }
+        let end = receiver.recv(STEP).await;
+        assert!(
+            matches!(end, Err(Error::Closed)),
+            "socket not closed after unauthorized: {end:?}"
+        );
+    }
+    s.stop().await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_private_room_refuses_an_uninvited_user_but_admits_its_owner() -> anyhow::Result<()> {
+    let s = TestServer::start(&[]).await?;
+    let room = s.create_room("private-owner", "private").await?;
+    let refused = s.joiner("stranger", &room).no_call().connect().await;
+    match refused {
+        Err(e) => match e.downcast_ref::<Error>() {
+            Some(Error::Server { code, fatal, .. }) => {
+                // Reported like a missing room so private ids cannot be probed.
+                assert!(
+                    matches!(code, ErrorCode::NotFound | ErrorCode::Forbidden),
+                    "{code:?}"
+                );
+                assert!(*fatal);
+            }
+            other => panic!("expected a server refusal, got {other:?} ({e:#})"),
+        },
+        Ok(_) => panic!("an uninvited user joined a private room"),
+    }
+    let owner = s.joiner("private-owner", &room).no_call().connect().await?;
+    assert!(owner.me().is_some());
+    s.stop().await;
+    Ok(())
+}
+
+/// Keeps `Duration` in use when some tests are compiled out.
+const _: Duration = STEP;
