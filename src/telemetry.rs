@@ -22,6 +22,9 @@ use prometheus::{
     TextEncoder,
 };
 
+/// Copies one source's current values into its metrics, just before a scrape.
+type Refresher = Box<dyn FnMut() + Send>;
+
 /// The registry and the metrics the binary itself records (HTTP). Library crates
 /// register theirs into the same registry at startup.
 #[derive(Clone)]
@@ -34,7 +37,7 @@ pub struct Telemetry {
     http_duration: HistogramVec,
     /// Sources read at scrape time (the SFU keeps plain atomics on its hot path and
     /// knows nothing of Prometheus).
-    refreshers: Arc<Mutex<Vec<Box<dyn FnMut() + Send>>>>,
+    refreshers: Arc<Mutex<Vec<Refresher>>>,
 }
 
 impl Telemetry {
