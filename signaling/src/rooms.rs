@@ -235,6 +235,38 @@ impl State {
         Some(part)
     }
 
+    /// Empties and drops a live room at once: queues `farewell` (serialised once) and
+    /// then a close on every connected member, and removes every member, connected or
+    /// waiting to resume, so none can resume into it. Returns the removed entries.
+    pub(crate) fn close_room(
+        &mut self,
+        room_id: &str,
+        farewell: &ServerMessage,
+        close_code: u16,
+        close_reason: &'static str,
+    ) -> Vec<Part> {
+        let Some(room) = self.rooms.remove(room_id) else {
+            return Vec::new();
+        };
+        self.room_by_key.remove(&room.key);
+        let bytes = encode(farewell);
+        let mut removed = Vec::with_capacity(room.members.len());
+        for pid in room.members {
+            let Some(part) = self.parts.remove(&pid) else {
+                continue;
+            };
+            self.resume.remove(&part.resume_token);
+            if let Some(conn) = &part.conn {
+                if let Some(bytes) = &bytes {
+                    conn.push(bytes.clone());
+                }
+                conn.close(close_code, close_reason);
+            }
+            removed.push(part);
+        }
+        removed
+    }
+
     pub(crate) fn snapshot(&self, room_id: &str) -> Option<RoomSnapshot> {
         let room = self.rooms.get(room_id)?;
         let mut speakers: Vec<String> = Vec::new();
