@@ -34,8 +34,11 @@ pub struct Telemetry {
     http_duration: HistogramVec,
     /// Sources read at scrape time (the SFU keeps plain atomics on its hot path and
     /// knows nothing of Prometheus).
-    refreshers: Arc<Mutex<Vec<Box<dyn FnMut() + Send>>>>,
+    refreshers: Arc<Mutex<Vec<Refresher>>>,
 }
+
+/// Copies one source's current values into its metrics, at scrape time.
+type Refresher = Box<dyn FnMut() + Send>;
 
 impl Telemetry {
     pub fn new() -> anyhow::Result<Self> {
