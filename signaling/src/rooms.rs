@@ -124,6 +124,10 @@ pub(crate) struct State {
     pub(crate) room_by_key: HashMap<RoomKey, String>,
     pub(crate) parts: HashMap<ParticipantId, Part>,
     pub(crate) resume: HashMap<String, ParticipantId>,
+    /// Bumped by every `close_room`, live or not: a join that asked the directory
+    /// before a close and arrives after it asks again, so a room deleted meanwhile
+    /// is not re-created by a join it had allowed a moment earlier.
+    pub(crate) closures: u64,
 }
 
 /// Cheap live view of a room for the control plane's listings.
@@ -245,6 +249,7 @@ impl State {
         close_code: u16,
         close_reason: &'static str,
     ) -> Vec<Part> {
+        self.closures = self.closures.wrapping_add(1);
         let Some(room) = self.rooms.remove(room_id) else {
             return Vec::new();
         };

@@ -1,15 +1,20 @@
 //! Changes made outside a room's sockets (the control plane's HTTP API: messages
 //! posted, uploaded or deleted, rooms deleted) reach the room's participants live
-//! through `Signaling::{broadcast_message, broadcast_message_deleted, close_room}`.
+//! through `Signaling::{broadcast_message, broadcast_message_deleted, close_room}`,
+//! and a join racing a room's deletion does not bring the room back.
 
 #![cfg(feature = "server")]
 
 mod common;
 
+use std::sync::Arc;
 use std::time::Duration;
 
+use async_trait::async_trait;
 use common::*;
-use signaling::protocol::{ChatMessage, ClientMessage, ServerMessage};
+use signaling::protocol::{ChatMessage, ClientMessage, ErrorCode, ServerMessage};
+use signaling::{AuthUser, RoomAccess, RoomDirectory, SignalingError};
+use tokio::sync::{Notify, Semaphore};
 
 type R = anyhow::Result<()>;
 
@@ -217,5 +222,80 @@ async fn closing_a_room_removes_everyone_closes_their_sockets_and_leaves_other_r
         unreachable!()
     };
     assert_eq!(participants, vec![you], "nobody from before is left");
+    Ok(())
+}
+
+/// The fake directory, except that rooms can be deleted and each answer, once
+/// decided, is held at a gate: it reaches the join only when the test lets it.
+struct GatedDirectory {
+    gate: Arc<Semaphore>,
+    entered: Notify,
+    deleted: parking_lot::Mutex<Vec<String>>,
+}
+
+impl GatedDirectory {
+    fn new() -> Self {
+        GatedDirectory {
+            gate: Arc::new(Semaphore::new(0)),
+            entered: Notify::new(),
+            deleted: Default::default(),
+        }
+    }
+}
+
+#[async_trait]
+impl RoomDirectory for GatedDirectory {
+    async fn check_join(
+        &self,
+        room_id: &str,
+        user: &AuthUser,
+    ) -> Result<RoomAccess, SignalingError> {
+        let answer = if self.deleted.lock().iter().any(|d| d == room_id) {
+            Err(SignalingError::RoomNotFound)
+        } else {
+            FakeDirectory.check_join(room_id, user).await
+        };
+        self.entered.notify_one();
+        let permit = self
+            .gate
+            .acquire()
+            .await
+            .map_err(|e| SignalingError::Backend(e.to_string()))?;
+        permit.forget();
+        answer
+    }
+}
+
+#[tokio::test]
+async fn a_join_allowed_just_before_its_room_was_deleted_does_not_bring_the_room_back() -> R {
+    let directory = Arc::new(GatedDirectory::new());
+    let h = start_with(test_config(), directory.clone()).await?;
+    let mut bob = h.connect("bob").await?;
+    let entered = directory.entered.notified();
+    bob.send(&ClientMessage::JoinRoom {
+        room_id: "open".into(),
+        resume_token: None,
+    })
+    .await?;
+    // The directory has allowed the join (the room still exists), but before its
+    // answer arrives the room is deleted and closed.
+    tokio::time::timeout(DEADLINE, entered).await?;
+    directory.deleted.lock().push("open".into());
+    assert_eq!(h.signaling.close_room("open", "room deleted"), 0);
+    let entered_again = directory.entered.notified();
+    directory.gate.add_permits(1);
+    // The join must ask again, and now hears that the room is gone.
+    tokio::time::timeout(DEADLINE, entered_again)
+        .await
+        .map_err(|_| anyhow::anyhow!("the join did not ask the directory again"))?;
+    directory.gate.add_permits(1);
+    let (_, fatal) = bob.expect_error(ErrorCode::NotFound).await?;
+    assert!(fatal);
+    assert!(h.signaling.room_snapshot("open").is_none());
+
+    // A room that is not closed meanwhile is joined after a single check.
+    directory.gate.add_permits(1);
+    let (_carol, _) = h.join("carol", "open2").await?;
+    assert_eq!(directory.gate.available_permits(), 0);
     Ok(())
 }
