@@ -224,7 +224,10 @@ impl ChatStore for ApiChatStore {
     }
 }
 
-/// Room listings read live counts and speakers from signaling.
+/// Room listings read live counts and speakers from signaling, and changes made over
+/// HTTP (messages posted, uploaded or deleted; rooms deleted) reach the room's
+/// sockets live. Every hook only takes signaling's state lock briefly: they run
+/// inside HTTP handlers.
 pub struct SignalingLiveRooms {
     pub signaling: Signaling,
 }
@@ -237,6 +240,23 @@ impl LiveRooms for SignalingLiveRooms {
                 speakers: s.speakers.into_iter().map(UserId).collect(),
             },
             None => LiveRoomInfo::default(),
+        }
+    }
+
+    fn message_created(&self, message: &Message) {
+        self.signaling
+            .broadcast_message(message.room_id.as_str(), chat_message(message));
+    }
+
+    fn message_deleted(&self, room: &RoomId, message: &MessageId) {
+        self.signaling
+            .broadcast_message_deleted(room.as_str(), message.as_str());
+    }
+
+    fn room_deleted(&self, room: &RoomId) {
+        let removed = self.signaling.close_room(room.as_str(), "room deleted");
+        if removed > 0 {
+            tracing::info!(participants = removed, "deleted room closed live");
         }
     }
 }

@@ -124,6 +124,10 @@ pub(crate) struct State {
     pub(crate) room_by_key: HashMap<RoomKey, String>,
     pub(crate) parts: HashMap<ParticipantId, Part>,
     pub(crate) resume: HashMap<String, ParticipantId>,
+    /// Bumped by every `close_room`, live or not: a join that asked the directory
+    /// before a close and arrives after it asks again, so a room deleted meanwhile
+    /// is not re-created by a join it had allowed a moment earlier.
+    pub(crate) closures: u64,
 }
 
 /// Cheap live view of a room for the control plane's listings.
@@ -233,6 +237,39 @@ impl State {
             self.room_by_key.remove(&room.key);
         }
         Some(part)
+    }
+
+    /// Empties and drops a live room at once: queues `farewell` (serialised once) and
+    /// then a close on every connected member, and removes every member, connected or
+    /// waiting to resume, so none can resume into it. Returns the removed entries.
+    pub(crate) fn close_room(
+        &mut self,
+        room_id: &str,
+        farewell: &ServerMessage,
+        close_code: u16,
+        close_reason: &'static str,
+    ) -> Vec<Part> {
+        self.closures = self.closures.wrapping_add(1);
+        let Some(room) = self.rooms.remove(room_id) else {
+            return Vec::new();
+        };
+        self.room_by_key.remove(&room.key);
+        let bytes = encode(farewell);
+        let mut removed = Vec::with_capacity(room.members.len());
+        for pid in room.members {
+            let Some(part) = self.parts.remove(&pid) else {
+                continue;
+            };
+            self.resume.remove(&part.resume_token);
+            if let Some(conn) = &part.conn {
+                if let Some(bytes) = &bytes {
+                    conn.push(bytes.clone());
+                }
+                conn.close(close_code, close_reason);
+            }
+            removed.push(part);
+        }
+        removed
     }
 
     pub(crate) fn snapshot(&self, room_id: &str) -> Option<RoomSnapshot> {

@@ -22,9 +22,13 @@ use crate::ports::{
     AuthUser, Authenticator, CallEvent, ChatStore, MediaControl, MediaEvent, MediaEvents,
     RoomDirectory, RoomKey,
 };
-use crate::protocol::{ErrorCode, ParticipantId, ServerMessage, SpeakerLevel};
+use crate::protocol::{ChatMessage, ErrorCode, ParticipantId, ServerMessage, SpeakerLevel};
 use crate::rooms::{CallPhase, Part, RoomSnapshot, SignalingStats, State};
 use crate::session;
+
+/// Close code for a room that ended: the connection did its job and is not to be
+/// resumed (the client learns why from the `removed` message before it).
+const CLOSE_NORMAL: u16 = 1000;
 
 /// Name of the access-token cookie set by the control plane.
 pub const ACCESS_COOKIE: &str = "accessToken";
@@ -89,6 +93,51 @@ impl Signaling {
     /// Only takes a short lock: no awaits, nothing on the media thread.
     pub fn room_snapshot(&self, room_id: &str) -> Option<RoomSnapshot> {
         self.inner.state.lock().snapshot(room_id)
+    }
+
+    /// Sends a message stored elsewhere (e.g. posted or uploaded over HTTP) to everyone
+    /// in the room as `receive_message`, serialised once. Never waits: a slow client's
+    /// full queue disconnects it, as for any broadcast. A room nobody is in is a no-op.
+    pub fn broadcast_message(&self, room_id: &str, message: ChatMessage) {
+        self.inner.state.lock().broadcast(
+            room_id,
+            &ServerMessage::ReceiveMessage { message },
+            None,
+        );
+    }
+
+    /// Tells everyone in the room that a message was deleted elsewhere (e.g. over HTTP).
+    pub fn broadcast_message_deleted(&self, room_id: &str, message_id: &str) {
+        self.inner.state.lock().broadcast(
+            room_id,
+            &ServerMessage::MessageDeleted {
+                message_id: message_id.to_owned(),
+            },
+            None,
+        );
+    }
+
+    /// Ends a live room (e.g. it was deleted): each participant gets `removed` with
+    /// `reason` and its socket is closed; every participant, including those waiting
+    /// to resume, leaves the room and the call. Nothing is stored: the room is gone,
+    /// so no call-left notices are written for it. Never waits. Returns how many
+    /// participants were removed (0 when nobody was in the room).
+    pub fn close_room(&self, room_id: &str, reason: &str) -> usize {
+        let removed = self.inner.state.lock().close_room(
+            room_id,
+            &ServerMessage::Removed {
+                reason: reason.to_owned(),
+            },
+            CLOSE_NORMAL,
+            "room closed",
+        );
+        // Outside the state lock: `leave` only queues a command for the media thread.
+        for part in &removed {
+            if part.call != CallPhase::Idle {
+                self.inner.ports.media.leave(part.info.participant_id);
+            }
+        }
+        removed.len()
     }
 
     /// Live counts for metrics. Walks the participants under the state lock: call it

@@ -16,7 +16,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::error::SignalingError;
-use crate::ports::{AuthUser, CallEvent, DeleteOutcome, MediaOffer};
+use crate::ports::{AuthUser, CallEvent, DeleteOutcome, MediaOffer, RoomAccess};
 use crate::protocol::{ClientMessage, ErrorCode, Participant, ParticipantId, Role, ServerMessage};
 use crate::rate::TokenBucket;
 use crate::rooms::{CallPhase, Conn, Outgoing, Part, Room, encode};
@@ -28,6 +28,8 @@ const CLOSE_POLICY: u16 = 1008;
 const CLOSE_GOING_AWAY: u16 = 1001;
 /// Error texts quote at most this much of what the client sent.
 const MAX_ERROR_DETAIL: usize = 200;
+/// How often a join asks the directory again because a room closed meanwhile.
+const MAX_JOIN_RECHECKS: u32 = 3;
 
 /// Why a client message was refused; becomes an `error` message.
 #[derive(Debug)]
@@ -358,6 +360,33 @@ impl Session {
         }
     }
 
+    /// The directory's verdict on joining `room_id`; a refusal when it says no.
+    async fn check_join(&self, room_id: &str) -> Result<RoomAccess, Refusal> {
+        match self
+            .inner
+            .ports
+            .directory
+            .check_join(room_id, &self.user)
+            .await
+        {
+            Ok(a) => Ok(a),
+            Err(SignalingError::RoomNotFound) => {
+                Err(Refusal::fatal(ErrorCode::NotFound, "room not found"))
+            }
+            Err(SignalingError::Forbidden(why)) => {
+                tracing::debug!(reason = %why, "join refused");
+                Err(Refusal::fatal(
+                    ErrorCode::Forbidden,
+                    "you may not join this room",
+                ))
+            }
+            Err(SignalingError::Unauthorized) => {
+                Err(Refusal::fatal(ErrorCode::Unauthorized, "session expired"))
+            }
+            Err(e) => Err(Refusal::internal("room lookup", &e)),
+        }
+    }
+
     async fn join_room(&mut self, room_id: String, resume_token: Option<String>) -> Handled {
         if self.current().is_ok() {
             return Err(Refusal::new(
@@ -368,41 +397,28 @@ impl Session {
         if room_id.is_empty() || room_id.len() > self.inner.cfg.max_room_id_len {
             return Err(Refusal::new(ErrorCode::BadMessage, "invalid roomId"));
         }
-        let access = match self
-            .inner
-            .ports
-            .directory
-            .check_join(&room_id, &self.user)
-            .await
-        {
-            Ok(a) => a,
-            Err(SignalingError::RoomNotFound) => {
-                return Err(Refusal::fatal(ErrorCode::NotFound, "room not found"));
-            }
-            Err(SignalingError::Forbidden(why)) => {
-                tracing::debug!(reason = %why, "join refused");
-                return Err(Refusal::fatal(
-                    ErrorCode::Forbidden,
-                    "you may not join this room",
-                ));
-            }
-            Err(SignalingError::Unauthorized) => {
-                return Err(Refusal::fatal(ErrorCode::Unauthorized, "session expired"));
-            }
-            Err(e) => return Err(Refusal::internal("room lookup", &e)),
-        };
-        let cfg = &self.inner.cfg;
-        {
+        let mut rechecks = 0;
+        loop {
+            let closures_seen = self.inner.state.lock().closures;
+            let access = self.check_join(&room_id).await?;
+            let cfg = &self.inner.cfg;
             let mut st = self.inner.state.lock();
-            if let Some(token) = resume_token
-                && let Some(pid) = st.resume.get(&token).copied()
+            // A room was closed (deleted) while the directory was asked: ask again,
+            // so this join cannot re-create a room deleted in the meantime. Bounded:
+            // under a storm of closures elsewhere the last answer stands.
+            if st.closures != closures_seen && rechecks < MAX_JOIN_RECHECKS {
+                rechecks += 1;
+                continue;
+            }
+            if let Some(token) = resume_token.as_deref()
+                && let Some(pid) = st.resume.get(token).copied()
                 && st
                     .parts
                     .get(&pid)
                     .is_some_and(|p| p.user.user_id == self.user.user_id && p.room_id == room_id)
             {
                 let new_token = new_resume_token();
-                st.resume.remove(&token);
+                st.resume.remove(token);
                 st.resume.insert(new_token.clone(), pid);
                 let Some(part) = st.parts.get_mut(&pid) else {
                     return Err(Refusal::new(ErrorCode::Internal, "resume failed"));
@@ -528,6 +544,7 @@ impl Session {
                 &ServerMessage::ParticipantJoined { participant: info },
                 Some(pid),
             );
+            break;
         }
         if let Err(e) = self.inner.ports.chat.touch_room(&room_id).await {
             tracing::warn!(error = %e, "failed to record room activity");

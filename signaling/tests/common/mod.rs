@@ -312,6 +312,14 @@ pub fn test_config() -> SignalingConfig {
 }
 
 pub async fn start(cfg: SignalingConfig) -> anyhow::Result<Harness> {
+    start_with(cfg, Arc::new(FakeDirectory)).await
+}
+
+/// `start` with another room directory (e.g. one that holds joins at a gate).
+pub async fn start_with(
+    cfg: SignalingConfig,
+    directory: Arc<dyn RoomDirectory>,
+) -> anyhow::Result<Harness> {
     let chat = Arc::new(FakeChat::default());
     let media = Arc::new(FakeMedia::default());
     let (events, rx) = mpsc::unbounded_channel();
@@ -322,7 +330,7 @@ pub async fn start(cfg: SignalingConfig) -> anyhow::Result<Harness> {
         cfg,
         SignalingPorts {
             auth: Arc::new(FakeAuth),
-            directory: Arc::new(FakeDirectory),
+            directory,
             chat: chat.clone(),
             media: media.clone(),
         },

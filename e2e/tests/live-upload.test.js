@@ -1,8 +1,7 @@
-// Waiting on the server: a voice note uploaded over HTTP must reach the other
-// people in the room live (receive_message), like a text message sent on the
-// socket does. Today the binary's LiveRooms adapter (src/wiring.rs) does not
-// implement message_created / message_deleted, so HTTP-made messages are only
-// seen after a reload. Kept out of `npm test` until that lands.
+// Changes made over HTTP reach the others in the room live: a voice note uploaded
+// by one person appears for the others as receive_message, and its deletion over
+// HTTP (DELETE /api/room/{id}/messages/{mid}) removes it for them as
+// message_deleted, with no reload (the server's LiveRooms hooks, src/wiring.rs).
 
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
