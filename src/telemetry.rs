@@ -40,9 +40,6 @@ pub struct Telemetry {
     refreshers: Arc<Mutex<Vec<Refresher>>>,
 }
 
-/// Copies one source's current values into its metrics, at scrape time.
-type Refresher = Box<dyn FnMut() + Send>;
-
 impl Telemetry {
     pub fn new() -> anyhow::Result<Self> {
         let registry = Registry::new();
