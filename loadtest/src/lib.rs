@@ -10,8 +10,11 @@
 //! - [`signal`]: the WebSocket client speaking `signaling::protocol`.
 //! - [`peer`]: the WebRTC peer that answers the server's offers, publishes and receives.
 //! - [`session`]: the glue (connect, join room, join call, answer, publish, listen).
+//! - [`harness`]: the load-test harness (scenarios, runner, report) behind
+//!   `chorus-loadtest`.
 
 pub mod audio;
+pub mod harness;
 pub mod peer;
 pub mod registry;
 pub mod session;
