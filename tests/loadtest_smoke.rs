@@ -98,6 +98,11 @@ async fn smoke_scenario_delivers_at_least_99_percent_through_the_real_server() {
     )
     .await
     .unwrap_or_else(|e| panic!("{e}"));
+    // Same machine: the server's CPU is read from /proc with 10 ms resolution.
+    let target = Target {
+        server_pid: Some(server.child.id()),
+        ..target
+    };
     let sc = Scenario::smoke();
     let report = tokio::time::timeout(Duration::from_secs(180), run_scenario(&target, &sc, &NoProgress))
         .await
@@ -116,7 +121,12 @@ async fn smoke_scenario_delivers_at_least_99_percent_through_the_real_server() {
     // The server's own figures were read from /metrics.
     let fwd = step.server.packets_forwarded.unwrap_or(0.0);
     assert!(fwd >= step.received as f64 * 0.9, "server forwarded {fwd}, listeners got {}", step.received);
-    assert!(step.server.cpu_us_per_forwarded_packet.is_some());
+    assert_eq!(step.server.cpu_source, "proc");
+    assert!(
+        step.server.cpu_us_per_forwarded_packet.is_some_and(|us| us > 0.0),
+        "{:?}",
+        step.server
+    );
     assert!(step.harness_cpu_seconds.is_some());
 }
 

@@ -53,6 +53,8 @@ pub struct JoinStats {
 /// The server's own figures over the window.
 #[derive(Clone, Copy, Debug, Default, Serialize)]
 pub struct ServerFigures {
+    /// "metrics" (whole seconds, from /metrics) or "proc" (/proc/<pid>, 10 ms).
+    pub cpu_source: &'static str,
     pub cpu_seconds: Option<f64>,
     /// Of one core.
     pub cpu_percent: Option<f64>,
@@ -89,6 +91,7 @@ impl ServerFigures {
             _ => None,
         };
         Self {
+            cpu_source: a.cpu_source,
             cpu_seconds: cpu,
             cpu_percent: cpu.map(|c| c / window_secs * 100.0),
             packets_forwarded: fwd,
@@ -110,6 +113,8 @@ pub struct StepReport {
     pub listeners_live: usize,
     pub participants: usize,
     pub window_secs: f64,
+    /// Packets each speaker sent during the window (rooms in order, owner first).
+    pub speaker_packets_sent: Vec<u64>,
     /// Packets the speakers sent while in a listener's slots, summed over listeners.
     pub expected: u64,
     pub received: u64,
@@ -233,6 +238,13 @@ pub fn render_table(r: &ScenarioReport) -> String {
         let _ = writeln!(out, "ramp capacity: {c} listeners with delivery and p99 within limits");
     } else if sc.ramp.is_some() {
         let _ = writeln!(out, "ramp capacity: not reached at the first step");
+    }
+    if r.steps.iter().any(|s| s.server.cpu_source == "metrics") {
+        let _ = writeln!(
+            out,
+            "note: server CPU read from /metrics, which counts whole seconds: pass --server-pid \
+             for 10 ms resolution when the server runs on this machine"
+        );
     }
     for s in &r.steps {
         for e in &s.joins.errors {

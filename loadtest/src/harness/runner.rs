@@ -51,6 +51,10 @@ pub struct Target {
     pub tokens: Arc<Tokens>,
     /// Bound on each network step of a join.
     pub step_timeout: Duration,
+    /// The server's process id when it runs on this machine: its CPU and memory are
+    /// then read from `/proc/<pid>` (10 ms resolution) instead of `/metrics`, whose
+    /// `process_cpu_seconds_total` counts whole seconds.
+    pub server_pid: Option<u32>,
 }
 
 impl Target {
@@ -69,12 +73,25 @@ impl Target {
             addr,
             metrics_path: "/metrics".to_owned(),
             step_timeout: Duration::from_secs(15),
+            server_pid: None,
         })
     }
 
     async fn scrape(&self) -> Option<ServerSnapshot> {
         match metrics::scrape(self.addr, &self.base.host, &self.metrics_path).await {
-            Ok(s) => Some(s),
+            Ok(mut s) => {
+                if let Some(pid) = self.server_pid {
+                    let pid = pid.to_string();
+                    if let (Some(cpu), Some(rss)) =
+                        (metrics::proc_cpu_seconds(&pid), metrics::proc_rss_bytes(&pid))
+                    {
+                        s.cpu_seconds = Some(cpu);
+                        s.rss_bytes = Some(rss);
+                        s.cpu_source = "proc";
+                    }
+                }
+                Some(s)
+            }
             Err(e) => {
                 tracing::warn!(error = %e, "cannot read the server's /metrics");
                 None
@@ -407,6 +424,21 @@ impl Run<'_> {
                     }
                     tokio::time::sleep(Duration::from_millis(20)).await;
                 }
+                // A listener joins muted and a promotion keeps it so (the server's
+                // rule): the promoted speaker unmutes itself, as a person would.
+                if sp.session.me().is_some_and(|m| m.muted) {
+                    sp.session.unmute().await.map_err(|e| {
+                        HarnessError::Setup(format!("speaker {s} of room {r} cannot unmute: {e}"))
+                    })?;
+                }
+                while sp.session.me().is_none_or(|m| m.muted) {
+                    if tokio::time::Instant::now() >= deadline {
+                        return Err(HarnessError::Setup(format!(
+                            "speaker {s} of room {r} is still muted after unmuting"
+                        )));
+                    }
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
             }
         }
         if let Some(turns) = sc.turns {
@@ -497,6 +529,7 @@ impl Run<'_> {
     async fn measure(&mut self, per_room: usize, baseline: Option<ServerSnapshot>) -> StepReport {
         let sc = self.sc;
         let marks = self.marks();
+        let sent_before = self.sent_counts();
         let harvest_from = self.harvests.lock().len();
         let server_before = self.target.scrape().await;
         let own_before = metrics::own_cpu_seconds();
@@ -532,6 +565,12 @@ impl Run<'_> {
             let _ = c.await;
         }
         let window = started.elapsed().as_secs_f64();
+        let sent_after = self.sent_counts();
+        let speaker_packets_sent: Vec<u64> = sent_after
+            .iter()
+            .zip(&sent_before)
+            .map(|(a, b)| a.saturating_sub(*b))
+            .collect();
         let own_after = metrics::own_cpu_seconds();
         let server_after = self.target.scrape().await;
 
@@ -603,6 +642,7 @@ impl Run<'_> {
             listeners_live: live,
             participants,
             window_secs: window,
+            speaker_packets_sent,
             expected: state.expected,
             received: state.received,
             delivered: state.delivered(),
@@ -615,6 +655,15 @@ impl Run<'_> {
             harness_cpu_percent: harness_cpu.map(|c| c / window * 100.0),
             harness_rss_bytes: metrics::own_rss_bytes(),
         }
+    }
+
+    /// Packets each speaker has sent so far (room by room, speaker by speaker).
+    fn sent_counts(&self) -> Vec<u64> {
+        self.speakers
+            .iter()
+            .flatten()
+            .map(|s| self.registry.sent_count(s.pid))
+            .collect()
     }
 
     /// Where every live listener's counters stand now.
