@@ -104,26 +104,50 @@ async fn smoke_scenario_delivers_at_least_99_percent_through_the_real_server() {
         ..target
     };
     let sc = Scenario::smoke();
-    let report = tokio::time::timeout(Duration::from_secs(180), run_scenario(&target, &sc, &NoProgress))
-        .await
-        .unwrap_or_else(|_| panic!("smoke run did not finish in 3 minutes"))
-        .unwrap_or_else(|e| panic!("smoke run failed: {e}"));
+    let report = tokio::time::timeout(
+        Duration::from_secs(180),
+        run_scenario(&target, &sc, &NoProgress),
+    )
+    .await
+    .unwrap_or_else(|_| panic!("smoke run did not finish in 3 minutes"))
+    .unwrap_or_else(|e| panic!("smoke run failed: {e}"));
     println!("{}", loadtest::harness::render_table(&report));
-    let step = report.steps.first().unwrap_or_else(|| panic!("no step measured"));
-    assert_eq!(step.joins.failures, 0, "join errors: {:?}", step.joins.errors);
+    let step = report
+        .steps
+        .first()
+        .unwrap_or_else(|| panic!("no step measured"));
+    assert_eq!(
+        step.joins.failures, 0,
+        "join errors: {:?}",
+        step.joins.errors
+    );
     assert_eq!(step.listeners_live, 10);
     // 10 listeners x 2 speakers x 50 packets/s x 10 s is 10,000; allow for the sampler's edges.
-    assert!(step.expected >= 8_000, "only {} packets expected", step.expected);
+    assert!(
+        step.expected >= 8_000,
+        "only {} packets expected",
+        step.expected
+    );
     let delivered = step.delivered.unwrap_or(0.0);
-    assert!(delivered >= 0.99, "delivered {:.3}% < 99%", delivered * 100.0);
+    assert!(
+        delivered >= 0.99,
+        "delivered {:.3}% < 99%",
+        delivered * 100.0
+    );
     assert!(step.latency_ms.p50.is_some(), "no latency measured");
     assert_eq!(step.joins.count, 10, "every listener must have heard audio");
     // The server's own figures were read from /metrics.
     let fwd = step.server.packets_forwarded.unwrap_or(0.0);
-    assert!(fwd >= step.received as f64 * 0.9, "server forwarded {fwd}, listeners got {}", step.received);
+    assert!(
+        fwd >= step.received as f64 * 0.9,
+        "server forwarded {fwd}, listeners got {}",
+        step.received
+    );
     assert_eq!(step.server.cpu_source, "proc");
     assert!(
-        step.server.cpu_us_per_forwarded_packet.is_some_and(|us| us > 0.0),
+        step.server
+            .cpu_us_per_forwarded_packet
+            .is_some_and(|us| us > 0.0),
         "{:?}",
         step.server
     );
@@ -151,10 +175,13 @@ async fn phone_login_tokens_come_from_the_code_in_the_server_log() {
         settle: Duration::from_millis(500),
         ..Scenario::smoke()
     };
-    let report = tokio::time::timeout(Duration::from_secs(120), run_scenario(&target, &sc, &NoProgress))
-        .await
-        .unwrap_or_else(|_| panic!("login run did not finish"))
-        .unwrap_or_else(|e| panic!("login run failed: {e}"));
+    let report = tokio::time::timeout(
+        Duration::from_secs(120),
+        run_scenario(&target, &sc, &NoProgress),
+    )
+    .await
+    .unwrap_or_else(|_| panic!("login run did not finish"))
+    .unwrap_or_else(|e| panic!("login run failed: {e}"));
     let step = report.steps.first().unwrap_or_else(|| panic!("no step"));
     assert_eq!(step.joins.failures, 0, "{:?}", step.joins.errors);
     assert_eq!(step.listeners_live, 2);

@@ -223,14 +223,18 @@ impl Progress for Bar {
 }
 
 fn main() -> std::process::ExitCode {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn,rtc=error,rtc_ice=error,webrtc=error"));
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
+        tracing_subscriber::EnvFilter::new("warn,rtc=error,rtc_ice=error,webrtc=error")
+    });
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .init();
     let cli = Cli::parse();
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(r) => r,
         Err(e) => {
             eprintln!("error: cannot start the runtime: {e}");
@@ -250,7 +254,10 @@ fn main() -> std::process::ExitCode {
 /// Runs every scenario; Ok(false) when `--min-delivery` was missed.
 async fn run(cli: Cli) -> anyhow::Result<bool> {
     if let Some(m) = cli.min_delivery {
-        anyhow::ensure!((0.0..=1.0).contains(&m), "--min-delivery must be within 0..=1");
+        anyhow::ensure!(
+            (0.0..=1.0).contains(&m),
+            "--min-delivery must be within 0..=1"
+        );
     }
     let scenarios = cli.scenarios()?;
     let target = Target::new(&cli.url, cli.allow_remote, cli.token_source()?).await?;
@@ -299,10 +306,8 @@ async fn run(cli: Cli) -> anyhow::Result<bool> {
             } else {
                 report.steps.iter().collect()
             };
-            let ok = !judged.is_empty()
-                && judged
-                    .iter()
-                    .all(|s| s.delivered.is_some_and(|d| d >= min));
+            let ok =
+                !judged.is_empty() && judged.iter().all(|s| s.delivered.is_some_and(|d| d >= min));
             if !ok {
                 eprintln!(
                     "FAIL: scenario {} delivered below {:.2}%",

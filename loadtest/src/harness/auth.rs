@@ -31,7 +31,11 @@ struct AccessClaims {
 }
 
 /// Mints an access token for `user_id` valid for `ttl`.
-pub fn mint_access_token(secret: &[u8], user_id: &str, ttl: Duration) -> Result<String, HarnessError> {
+pub fn mint_access_token(
+    secret: &[u8],
+    user_id: &str,
+    ttl: Duration,
+) -> Result<String, HarnessError> {
     let now = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_err(|e| HarnessError::Config(format!("system clock before 1970: {e}")))?
@@ -268,7 +272,10 @@ mod tests {
         assert_eq!(find_code(text, "+15550000002"), None);
         let json = r#"{"level":"WARN","fields":{"to":"+15550000001","body":"Your Chorus code is 654321. It expires in 2 min."}}"#;
         assert_eq!(find_code(json, "+15550000001").as_deref(), Some("654321"));
-        assert_eq!(find_code("Your Chorus code is 12. +15550000001", "+15550000001"), None);
+        assert_eq!(
+            find_code("Your Chorus code is 12. +15550000001", "+15550000001"),
+            None
+        );
     }
 
     #[tokio::test]
@@ -291,7 +298,8 @@ mod tests {
             .unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(code, "222222");
         let _ = writer.await;
-        let missing = wait_for_code(&path, offset + 1000, "+1555", Duration::from_millis(200)).await;
+        let missing =
+            wait_for_code(&path, offset + 1000, "+1555", Duration::from_millis(200)).await;
         assert!(missing.is_err());
         let _ = std::fs::remove_dir_all(&dir);
     }

@@ -197,7 +197,9 @@ pub fn parse_response(raw: &[u8]) -> Result<Response, HarnessError> {
         dechunk(rest).ok_or_else(|| bad("broken chunked body"))?
     } else if let Some(len) = get("content-length") {
         let len: usize = len.parse().map_err(|_| bad("bad content-length"))?;
-        rest.get(..len).ok_or_else(|| bad("body shorter than content-length"))?.to_vec()
+        rest.get(..len)
+            .ok_or_else(|| bad("body shorter than content-length"))?
+            .to_vec()
     } else {
         rest.to_vec()
     };
@@ -236,7 +238,10 @@ mod tests {
                 port: 5500
             })
         );
-        assert_eq!(BaseUrl::parse("http://localhost").ok().map(|b| b.port), Some(80));
+        assert_eq!(
+            BaseUrl::parse("http://localhost").ok().map(|b| b.port),
+            Some(80)
+        );
         assert_eq!(
             BaseUrl::parse("http://[::1]:8080").ok().map(|b| b.host),
             Some("::1".to_owned())

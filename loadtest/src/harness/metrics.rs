@@ -157,7 +157,11 @@ impl ServerSnapshot {
 }
 
 /// Scrapes `path` (normally `/metrics`) at `addr`.
-pub async fn scrape(addr: SocketAddr, host: &str, path: &str) -> Result<ServerSnapshot, HarnessError> {
+pub async fn scrape(
+    addr: SocketAddr,
+    host: &str,
+    path: &str,
+) -> Result<ServerSnapshot, HarnessError> {
     let r = http::request(addr, host, "GET", path, None, None, Duration::from_secs(10)).await?;
     if r.status != 200 {
         return Err(HarnessError::Http(format!("GET {path}: HTTP {}", r.status)));
@@ -198,6 +202,18 @@ pub fn proc_rss_bytes(pid: &str) -> Option<f64> {
     Some(kb * 1024.0)
 }
 
+/// The kernel's UDP receive-buffer overflow count (`RcvbufErrors` in
+/// `/proc/net/snmp`): machine-wide, so on loopback it counts datagrams dropped because
+/// a socket (the server's or a client's) was not read fast enough.
+pub fn udp_rcvbuf_errors() -> Option<u64> {
+    let snmp = std::fs::read_to_string("/proc/net/snmp").ok()?;
+    let mut udp = snmp.lines().filter(|l| l.starts_with("Udp:"));
+    let names: Vec<&str> = udp.next()?.split_whitespace().collect();
+    let values: Vec<&str> = udp.next()?.split_whitespace().collect();
+    let i = names.iter().position(|n| *n == "RcvbufErrors")?;
+    values.get(i)?.parse().ok()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -226,7 +242,11 @@ broken{line
         assert_eq!(s.participants, Some(12.0));
         let samples = parse(PAGE);
         assert_eq!(
-            sum(&samples, "chorus_http_requests_total", &[("route", "/api/rooms/{room_id}")]),
+            sum(
+                &samples,
+                "chorus_http_requests_total",
+                &[("route", "/api/rooms/{room_id}")]
+            ),
             Some(7.0)
         );
         assert_eq!(sum(&samples, "absent", &[]), None);
@@ -252,5 +272,6 @@ broken{line
         let me = std::process::id().to_string();
         assert!(proc_cpu_seconds(&me).is_some_and(|c| c >= after - 0.01));
         assert!(proc_cpu_seconds("999999999").is_none());
+        assert!(udp_rcvbuf_errors().is_some());
     }
 }

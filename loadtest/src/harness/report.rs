@@ -132,6 +132,9 @@ pub struct StepReport {
     /// Of one core.
     pub harness_cpu_percent: Option<f64>,
     pub harness_rss_bytes: Option<f64>,
+    /// Datagrams the kernel dropped for full UDP receive buffers during the window
+    /// (machine-wide, `/proc/net/snmp`).
+    pub udp_rcvbuf_errors: Option<u64>,
 }
 
 /// Everything one invocation ran.
@@ -235,9 +238,21 @@ pub fn render_table(r: &ScenarioReport) -> String {
         );
     }
     if let Some(c) = r.capacity_listeners {
-        let _ = writeln!(out, "ramp capacity: {c} listeners with delivery and p99 within limits");
+        let _ = writeln!(
+            out,
+            "ramp capacity: {c} listeners with delivery and p99 within limits"
+        );
     } else if sc.ramp.is_some() {
         let _ = writeln!(out, "ramp capacity: not reached at the first step");
+    }
+    for s in &r.steps {
+        if let Some(n) = s.udp_rcvbuf_errors.filter(|n| *n > 0) {
+            let _ = writeln!(
+                out,
+                "{} listeners: the kernel dropped {n} UDP datagrams for full receive buffers",
+                s.listeners_per_room * sc.rooms
+            );
+        }
     }
     if r.steps.iter().any(|s| s.server.cpu_source == "metrics") {
         let _ = writeln!(
@@ -268,7 +283,10 @@ mod tests {
         let v: Vec<f64> = (1..=100).map(f64::from).chain([f64::NAN]).collect();
         let s = summarize_ms(&v);
         assert_eq!(s.count, 100);
-        assert_eq!((s.p50, s.p95, s.p99, s.max), (Some(50.0), Some(95.0), Some(99.0), Some(100.0)));
+        assert_eq!(
+            (s.p50, s.p95, s.p99, s.max),
+            (Some(50.0), Some(95.0), Some(99.0), Some(100.0))
+        );
         assert_eq!(s.mean, Some(50.5));
         assert_eq!(summarize_ms(&[]), Summary::default());
     }

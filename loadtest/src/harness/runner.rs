@@ -82,9 +82,10 @@ impl Target {
             Ok(mut s) => {
                 if let Some(pid) = self.server_pid {
                     let pid = pid.to_string();
-                    if let (Some(cpu), Some(rss)) =
-                        (metrics::proc_cpu_seconds(&pid), metrics::proc_rss_bytes(&pid))
-                    {
+                    if let (Some(cpu), Some(rss)) = (
+                        metrics::proc_cpu_seconds(&pid),
+                        metrics::proc_rss_bytes(&pid),
+                    ) {
                         s.cpu_seconds = Some(cpu);
                         s.rss_bytes = Some(rss);
                         s.cpu_source = "proc";
@@ -294,7 +295,10 @@ impl Run<'_> {
         cfg
     }
 
-    async fn go(&mut self, baseline: Option<ServerSnapshot>) -> Result<ScenarioReport, HarnessError> {
+    async fn go(
+        &mut self,
+        baseline: Option<ServerSnapshot>,
+    ) -> Result<ScenarioReport, HarnessError> {
         let sc = self.sc;
         self.setup_rooms_and_speakers().await?;
         let steps: Vec<usize> = match sc.ramp {
@@ -364,9 +368,7 @@ impl Run<'_> {
                 } else {
                     self.target.tokens.token().await?
                 };
-                let active = Arc::new(AtomicBool::new(
-                    sc.turns.is_none_or(|t| s < t.count),
-                ));
+                let active = Arc::new(AtomicBool::new(sc.turns.is_none_or(|t| s < t.count)));
                 let voice = VoiceLike::new(
                     220.0 + 55.0 * s as f64,
                     0.5,
@@ -380,13 +382,13 @@ impl Run<'_> {
                 let session = Session::connect(cfg).await.map_err(|e| {
                     HarnessError::Setup(format!("speaker {s} of room {r} could not join: {e}"))
                 })?;
-                let pid = session.participant_id().ok_or_else(|| {
-                    HarnessError::Setup("server sent no participant id".into())
-                })?;
+                let pid = session
+                    .participant_id()
+                    .ok_or_else(|| HarnessError::Setup("server sent no participant id".into()))?;
                 if s > 0 {
-                    let owner: &SpeakerRun = speakers.first().ok_or_else(|| {
-                        HarnessError::Setup("room has no owner session".into())
-                    })?;
+                    let owner: &SpeakerRun = speakers
+                        .first()
+                        .ok_or_else(|| HarnessError::Setup("room has no owner session".into()))?;
                     owner
                         .session
                         .send(&ClientMessage::SetRole {
@@ -533,6 +535,7 @@ impl Run<'_> {
         let harvest_from = self.harvests.lock().len();
         let server_before = self.target.scrape().await;
         let own_before = metrics::own_cpu_seconds();
+        let udp_before = metrics::udp_rcvbuf_errors();
         let started = Instant::now();
         let stop = Arc::new(AtomicBool::new(false));
 
@@ -543,7 +546,8 @@ impl Run<'_> {
         };
 
         // The delivery sampler.
-        self.progress.phase("measuring", sc.duration.as_secs().max(1));
+        self.progress
+            .phase("measuring", sc.duration.as_secs().max(1));
         let mut state = SamplerState::default();
         let mut tick = tokio::time::interval(SAMPLE_EVERY);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -551,7 +555,9 @@ impl Run<'_> {
             tick.tick().await;
             self.sample(&mut state);
             let el = started.elapsed();
-            let d = state.delivered().map_or("-".to_owned(), |d| format!("{:.2}%", d * 100.0));
+            let d = state
+                .delivered()
+                .map_or("-".to_owned(), |d| format!("{:.2}%", d * 100.0));
             self.progress.set(
                 el.as_secs(),
                 &format!("delivered {d}, {} listeners", self.listeners.len()),
@@ -572,32 +578,34 @@ impl Run<'_> {
             .map(|(a, b)| a.saturating_sub(*b))
             .collect();
         let own_after = metrics::own_cpu_seconds();
+        let udp_after = metrics::udp_rcvbuf_errors();
         let server_after = self.target.scrape().await;
 
         // Stream statistics within the window.
         let mut lat: Vec<f64> = Vec::new();
         let mut jitters: Vec<f64> = Vec::new();
         let (mut lost, mut seq_expected) = (0i64, 0u64);
-        let mut account = |pos: usize, generation: u64, sources: &HashMap<ParticipantId, StreamStats>| {
-            for (pid, st) in sources {
-                let m = marks
-                    .get(&(pos, generation, *pid))
-                    .copied()
-                    .unwrap_or_default();
-                let samples = st.latency_samples_us();
-                let from = if m.latency_samples <= samples.len() && samples.len() < 20_000 {
-                    m.latency_samples
-                } else {
-                    0
-                };
-                lat.extend(samples[from..].iter().map(|us| f64::from(*us) / 1e3));
-                lost += st.lost - m.lost;
-                seq_expected += st.expected().saturating_sub(m.expected);
-                if st.packets > 0 {
-                    jitters.push(st.jitter().as_secs_f64() * 1e3);
+        let mut account =
+            |pos: usize, generation: u64, sources: &HashMap<ParticipantId, StreamStats>| {
+                for (pid, st) in sources {
+                    let m = marks
+                        .get(&(pos, generation, *pid))
+                        .copied()
+                        .unwrap_or_default();
+                    let samples = st.latency_samples_us();
+                    let from = if m.latency_samples <= samples.len() && samples.len() < 20_000 {
+                        m.latency_samples
+                    } else {
+                        0
+                    };
+                    lat.extend(samples[from..].iter().map(|us| f64::from(*us) / 1e3));
+                    lost += st.lost - m.lost;
+                    seq_expected += st.expected().saturating_sub(m.expected);
+                    if st.packets > 0 {
+                        jitters.push(st.jitter().as_secs_f64() * 1e3);
+                    }
                 }
-            }
-        };
+            };
         for h in self.harvests.lock()[harvest_from..].iter() {
             account(h.pos, h.generation, &h.sources);
         }
@@ -654,6 +662,10 @@ impl Run<'_> {
             harness_cpu_seconds: harness_cpu,
             harness_cpu_percent: harness_cpu.map(|c| c / window * 100.0),
             harness_rss_bytes: metrics::own_rss_bytes(),
+            udp_rcvbuf_errors: match (udp_before, udp_after) {
+                (Some(a), Some(b)) => Some(b.saturating_sub(a)),
+                _ => None,
+            },
         }
     }
 
@@ -701,7 +713,10 @@ impl Run<'_> {
             let sample = s.and_then(|s| {
                 let p = s.peer()?;
                 let in_slots: Vec<ParticipantId> = s.slots().into_iter().flatten().collect();
-                let recv = in_slots.iter().map(|pid| (*pid, p.packets_from(*pid))).collect();
+                let recv = in_slots
+                    .iter()
+                    .map(|pid| (*pid, p.packets_from(*pid)))
+                    .collect();
                 Some(ListenerSample {
                     generation: l.generation.load(Ordering::Relaxed),
                     recv,
@@ -770,7 +785,9 @@ impl Run<'_> {
                 let taken = pos.session.lock().take();
                 pos.generation.fetch_add(1, Ordering::Relaxed);
                 if let Some(s) = taken {
-                    if let (Some(p), Some(&i)) = (s.peer(), index.get(&(Arc::as_ptr(&pos) as usize))) {
+                    if let (Some(p), Some(&i)) =
+                        (s.peer(), index.get(&(Arc::as_ptr(&pos) as usize)))
+                    {
                         harvests.lock().push(Harvest {
                             pos: i,
                             generation: pos.generation.load(Ordering::Relaxed) - 1,

@@ -56,7 +56,10 @@ pub struct Scenario {
 }
 
 mod secs {
-    pub fn serialize<S: serde::Serializer>(d: &std::time::Duration, s: S) -> Result<S::Ok, S::Error> {
+    pub fn serialize<S: serde::Serializer>(
+        d: &std::time::Duration,
+        s: S,
+    ) -> Result<S::Ok, S::Error> {
         s.serialize_f64(d.as_secs_f64())
     }
 }
@@ -152,13 +155,19 @@ impl Scenario {
             return bad(format!("speakers must be 1..=1000, got {}", self.speakers));
         }
         if self.listeners > 100_000 {
-            return bad(format!("listeners must be at most 100000, got {}", self.listeners));
+            return bad(format!(
+                "listeners must be at most 100000, got {}",
+                self.listeners
+            ));
         }
         if self.duration.is_zero() || self.duration > Duration::from_secs(24 * 3600) {
             return bad("duration must be between 1 s and 24 h".into());
         }
         if !(self.join_rate > 0.0 && self.join_rate <= 10_000.0) {
-            return bad(format!("join rate must be in (0, 10000], got {}", self.join_rate));
+            return bad(format!(
+                "join rate must be in (0, 10000], got {}",
+                self.join_rate
+            ));
         }
         if !(0.0..=1.0).contains(&self.churn) {
             return bad(format!("churn must be within 0..=1, got {}", self.churn));
@@ -203,8 +212,10 @@ mod tests {
         assert_eq!((b.rooms, b.speakers, b.listeners), (1, 10, 100));
         let ramp = Scenario::ramp();
         assert_eq!((ramp.rooms, ramp.speakers), (1, 1));
-        assert!(ramp.ramp.is_some_and(|r| r.min_delivery == 0.99
-            && r.max_p99 == Duration::from_millis(100)));
+        assert!(
+            ramp.ramp
+                .is_some_and(|r| r.min_delivery == 0.99 && r.max_p99 == Duration::from_millis(100))
+        );
         for name in ["smoke", "ramp", "rooms", "big", "custom"] {
             let p = Scenario::preset(name).unwrap_or_else(|e| panic!("{e}"));
             assert!(p.validate().is_ok(), "{name}");
@@ -216,17 +227,41 @@ mod tests {
     fn nonsense_scenarios_are_refused() {
         let ok = Scenario::smoke();
         for broken in [
-            Scenario { rooms: 0, ..ok.clone() },
-            Scenario { speakers: 0, ..ok.clone() },
-            Scenario { join_rate: 0.0, ..ok.clone() },
-            Scenario { join_rate: f64::NAN, ..ok.clone() },
-            Scenario { churn: 1.5, ..ok.clone() },
-            Scenario { duration: Duration::ZERO, ..ok.clone() },
             Scenario {
-                turns: Some(Turns { count: 0, period: Duration::from_secs(1) }),
+                rooms: 0,
                 ..ok.clone()
             },
-            Scenario { rooms: 2, ..Scenario::ramp() },
+            Scenario {
+                speakers: 0,
+                ..ok.clone()
+            },
+            Scenario {
+                join_rate: 0.0,
+                ..ok.clone()
+            },
+            Scenario {
+                join_rate: f64::NAN,
+                ..ok.clone()
+            },
+            Scenario {
+                churn: 1.5,
+                ..ok.clone()
+            },
+            Scenario {
+                duration: Duration::ZERO,
+                ..ok.clone()
+            },
+            Scenario {
+                turns: Some(Turns {
+                    count: 0,
+                    period: Duration::from_secs(1),
+                }),
+                ..ok.clone()
+            },
+            Scenario {
+                rooms: 2,
+                ..Scenario::ramp()
+            },
         ] {
             assert!(broken.validate().is_err(), "{broken:?}");
         }
