@@ -224,7 +224,7 @@ impl Progress for Bar {
 
 fn main() -> std::process::ExitCode {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
-        tracing_subscriber::EnvFilter::new("warn,rtc=error,rtc_ice=error,webrtc=error")
+        tracing_subscriber::EnvFilter::new("warn,rtc=error,rtc_ice=error,webrtc=off")
     });
     tracing_subscriber::fmt()
         .with_env_filter(filter)

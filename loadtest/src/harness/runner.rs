@@ -170,11 +170,13 @@ impl Pacer {
 struct Turned {
     voice: VoiceLike,
     active: Arc<AtomicBool>,
+    /// Set by the runner around measurement edges: every speaker falls silent.
+    quiet: Arc<AtomicBool>,
 }
 
 impl SignalSource for Turned {
     fn fill(&mut self, out: &mut [i16]) {
-        if self.active.load(Ordering::Relaxed) {
+        if self.active.load(Ordering::Relaxed) && !self.quiet.load(Ordering::Relaxed) {
             self.voice.fill(out);
         } else {
             out.fill(0);
@@ -239,6 +241,7 @@ struct Run<'a> {
     listeners: Vec<Arc<ListenerPos>>,
     harvests: Arc<Mutex<Vec<Harvest>>>,
     joins: Arc<Mutex<JoinLog>>,
+    quiet: Arc<AtomicBool>,
 }
 
 /// The result of a scenario: one step (a ramp has several).
@@ -272,6 +275,7 @@ pub async fn run_scenario(
         listeners: Vec::new(),
         harvests: Arc::default(),
         joins: Arc::default(),
+        quiet: Arc::default(),
     };
     let result = run.go(baseline).await;
     run.teardown().await;
@@ -378,6 +382,7 @@ impl Run<'_> {
                 let cfg = self.session_config(token, r).speaking(Turned {
                     voice,
                     active: active.clone(),
+                    quiet: self.quiet.clone(),
                 });
                 let session = Session::connect(cfg).await.map_err(|e| {
                     HarnessError::Setup(format!("speaker {s} of room {r} could not join: {e}"))
@@ -549,6 +554,11 @@ impl Run<'_> {
         self.progress
             .phase("measuring", sc.duration.as_secs().max(1));
         let mut state = SamplerState::default();
+        // The first and last samples are taken with every speaker silent and nothing
+        // in flight, so packets crossing the window's edges cannot skew delivery.
+        self.quiesce().await;
+        self.sample(&mut state);
+        self.quiet.store(false, Ordering::Relaxed);
         let mut tick = tokio::time::interval(SAMPLE_EVERY);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -570,6 +580,9 @@ impl Run<'_> {
         if let Some(c) = churn {
             let _ = c.await;
         }
+        self.quiesce().await;
+        self.sample(&mut state);
+        self.quiet.store(false, Ordering::Relaxed);
         let window = started.elapsed().as_secs_f64();
         let sent_after = self.sent_counts();
         let speaker_packets_sent: Vec<u64> = sent_after
@@ -666,6 +679,25 @@ impl Run<'_> {
                 (Some(a), Some(b)) => Some(b.saturating_sub(a)),
                 _ => None,
             },
+        }
+    }
+
+    /// Silences every speaker and waits until nothing is being sent (Opus DTX takes a
+    /// few frames) and what was sent has had time to arrive. Bounded.
+    async fn quiesce(&self) {
+        self.quiet.store(true, Ordering::Relaxed);
+        let end = tokio::time::Instant::now() + Duration::from_secs(3);
+        let mut last = self.sent_counts();
+        let mut stable_since = tokio::time::Instant::now();
+        while tokio::time::Instant::now() < end {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            let now = self.sent_counts();
+            if now != last {
+                last = now;
+                stable_since = tokio::time::Instant::now();
+            } else if stable_since.elapsed() >= Duration::from_millis(300) {
+                break;
+            }
         }
     }
 
