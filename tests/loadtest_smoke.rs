@@ -11,6 +11,9 @@ use loadtest::harness::{NoProgress, Scenario, Target, TokenSource, run_scenario}
 
 const SECRET: &str = "loadtest-smoke-secret-0123456789abcdef";
 
+/// One load run at a time: on a 2-core machine concurrent runs would measure each other.
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 /// A `chorus` process with its log in a file; killed on drop.
 struct Spawned {
     child: Child,
@@ -87,6 +90,7 @@ fn spawn_server(extra_env: &[(&str, &str)]) -> Spawned {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn smoke_scenario_delivers_at_least_99_percent_through_the_real_server() {
+    let _serial = SERIAL.lock().await;
     let server = spawn_server(&[]);
     let target = Target::new(
         &server.url,
@@ -156,6 +160,7 @@ async fn smoke_scenario_delivers_at_least_99_percent_through_the_real_server() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn phone_login_tokens_come_from_the_code_in_the_server_log() {
+    let _serial = SERIAL.lock().await;
     let server = spawn_server(&[]);
     let target = Target::new(
         &server.url,
@@ -189,4 +194,64 @@ async fn phone_login_tokens_come_from_the_code_in_the_server_log() {
     // Real users were created by verify-otp: the log shows three codes sent.
     let log = std::fs::read_to_string(&server.log).unwrap_or_default();
     assert_eq!(log.matches("Your Chorus code is").count(), 3, "{log}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn speaker_turns_and_listener_churn_keep_delivery_with_more_speakers_than_slots() {
+    let _serial = SERIAL.lock().await;
+    let server = spawn_server(&[]);
+    let target = Target::new(
+        &server.url,
+        false,
+        TokenSource::Mint {
+            secret: SECRET.as_bytes().to_vec(),
+            ttl: Duration::from_secs(600),
+        },
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{e}"));
+    // 4 speakers, 3 slots: only 2 talk at a time, rotating every 2 s; half the
+    // listeners leave and rejoin during the window.
+    let sc = Scenario {
+        name: "turns-churn".into(),
+        speakers: 4,
+        listeners: 6,
+        duration: Duration::from_secs(8),
+        settle: Duration::from_secs(1),
+        turns: Some(loadtest::harness::Turns {
+            count: 2,
+            period: Duration::from_secs(2),
+        }),
+        churn: 0.5,
+        ..Scenario::smoke()
+    };
+    let report = tokio::time::timeout(
+        Duration::from_secs(180),
+        run_scenario(&target, &sc, &NoProgress),
+    )
+    .await
+    .unwrap_or_else(|_| panic!("run did not finish"))
+    .unwrap_or_else(|e| panic!("run failed: {e}"));
+    println!("{}", loadtest::harness::render_table(&report));
+    let step = report
+        .steps
+        .first()
+        .unwrap_or_else(|| panic!("no step measured"));
+    assert_eq!(step.joins.failures, 0, "{:?}", step.joins.errors);
+    // 6 initial joins + 3 rejoins, every one of them heard audio.
+    assert_eq!(step.joins.count, 9, "{:?}", step.joins);
+    assert_eq!(step.listeners_live, 6);
+    let delivered = step.delivered.unwrap_or(0.0);
+    assert!(delivered >= 0.99, "delivered {:.3}%", delivered * 100.0);
+    assert!(step.expected >= 1_000, "only {} expected", step.expected);
+    // Turns: every speaker talked at some point, but together they sent clearly less
+    // than four nonstop speakers would have.
+    let sent = &step.speaker_packets_sent;
+    assert_eq!(sent.len(), 4);
+    assert!(sent.iter().all(|n| *n > 0), "{sent:?}");
+    let nonstop = 4.0 * 50.0 * step.window_secs;
+    assert!(
+        (sent.iter().sum::<u64>() as f64) < 0.75 * nonstop,
+        "{sent:?} vs {nonstop}"
+    );
 }
