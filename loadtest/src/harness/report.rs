@@ -47,7 +47,18 @@ pub struct JoinStats {
     /// Joined but no audio packet within the wait.
     pub no_audio: u64,
     pub ms: Summary,
+    /// Where the join time goes (median ms after the join started).
+    pub phases_p50_ms: JoinPhases,
     pub errors: Vec<String>,
+}
+
+/// Median milestones of a join, ms after it started (token in hand).
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct JoinPhases {
+    pub ws_connected: Option<f64>,
+    pub joined_room: Option<f64>,
+    pub offer_received: Option<f64>,
+    pub media_connected: Option<f64>,
 }
 
 /// The server's own figures over the window.
@@ -246,6 +257,18 @@ pub fn render_table(r: &ScenarioReport) -> String {
         let _ = writeln!(out, "ramp capacity: not reached at the first step");
     }
     for s in &r.steps {
+        let p = &s.joins.phases_p50_ms;
+        let _ = writeln!(
+            out,
+            "{} listeners: join p50 phases: websocket {} ms, joined {} ms, offer {} ms, \
+             media connected {} ms, first audio {} ms",
+            s.listeners_per_room * sc.rooms,
+            opt(p.ws_connected, 0),
+            opt(p.joined_room, 0),
+            opt(p.offer_received, 0),
+            opt(p.media_connected, 0),
+            opt(s.joins.ms.p50, 0),
+        );
         if let Some(n) = s.udp_rcvbuf_errors.filter(|n| *n > 0) {
             let _ = writeln!(
                 out,

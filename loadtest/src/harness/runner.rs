@@ -17,7 +17,7 @@ use super::HarnessError;
 use super::auth::Tokens;
 use super::http::{self, BaseUrl};
 use super::metrics::{self, ServerSnapshot};
-use super::report::{JoinStats, ServerFigures, StepReport, summarize_ms};
+use super::report::{JoinPhases, JoinStats, ServerFigures, StepReport, summarize_ms};
 use super::scenario::Scenario;
 use crate::audio::{SignalSource, VoiceLike};
 use crate::peer::PeerConfig;
@@ -216,6 +216,9 @@ struct Mark {
 #[derive(Default)]
 struct JoinLog {
     times_ms: Vec<f64>,
+    /// Milestones of each successful join, ms after its start: WebSocket open, `joined`,
+    /// first `offer`, media connected.
+    phases_ms: [Vec<f64>; 4],
     failures: u64,
     no_audio: u64,
     errors: Vec<String>,
@@ -642,6 +645,12 @@ impl Run<'_> {
                 failures: j.failures,
                 no_audio: j.no_audio,
                 ms: summarize_ms(&j.times_ms),
+                phases_p50_ms: JoinPhases {
+                    ws_connected: summarize_ms(&j.phases_ms[0]).p50,
+                    joined_room: summarize_ms(&j.phases_ms[1]).p50,
+                    offer_received: summarize_ms(&j.phases_ms[2]).p50,
+                    media_connected: summarize_ms(&j.phases_ms[3]).p50,
+                },
                 errors: j.errors.clone(),
             }
         };
@@ -917,7 +926,25 @@ impl JoinCtx {
         *pos.session.lock() = Some(session.clone());
         pos.generation.fetch_add(1, Ordering::Relaxed);
         match session.wait_first_audio(FIRST_AUDIO_WAIT).await {
-            Ok(t) => self.joins.lock().times_ms.push(t.as_secs_f64() * 1e3),
+            Ok(t) => {
+                let tm = session.timings();
+                let since = |i: Option<Instant>| {
+                    i.map(|i| i.saturating_duration_since(tm.started).as_secs_f64() * 1e3)
+                };
+                let mut j = self.joins.lock();
+                j.times_ms.push(t.as_secs_f64() * 1e3);
+                let phases = [
+                    tm.ws_connected,
+                    tm.joined_room,
+                    tm.offer_received,
+                    tm.media_connected,
+                ];
+                for (k, p) in phases.into_iter().enumerate() {
+                    if let Some(ms) = since(p) {
+                        j.phases_ms[k].push(ms);
+                    }
+                }
+            }
             Err(_) => self.joins.lock().no_audio += 1,
         }
     }
