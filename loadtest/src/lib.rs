@@ -11,7 +11,8 @@
 //! - [`peer`]: the WebRTC peer that answers the server's offers, publishes and receives.
 //! - [`session`]: the glue (connect, join room, join call, answer, publish, listen).
 //! - [`scenario`]: many sessions at a bounded join rate, measured into a [`scenario::Report`].
-
+//! - [`harness`]: the load-test harness (scenarios, runner, report) behind
+//!   `chorus-loadtest`.
 //!
 //! A speaker and a listener against a running server (base URL + access tokens):
 //!
@@ -51,8 +52,11 @@
 //! # Ok(())
 //! # }
 //! ```
+//! - [`harness`]: the load-test harness (scenarios, runner, report) behind
+//!   `chorus-loadtest`.
 
 pub mod audio;
+pub mod harness;
 pub mod peer;
 pub mod registry;
 pub mod scenario;

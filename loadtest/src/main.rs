@@ -1,180 +1,337 @@
-//! `chorus-loadtest`: runs one scenario against a Chorus server over the wire and
-//! prints a table (or JSON) report. A first cut: tokens come from a template or are
-//! minted with the server's JWT secret; rooms must exist and their owner's user id be
-//! known (`--owner`). Refuses non-loopback targets unless `--allow-remote`.
+//! `chorus-loadtest`: loads a running Chorus server over the wire (HTTP, WebSocket,
+//! WebRTC) and reports delivery, latency, joins and the server's CPU per forwarded
+//! packet and memory per participant. See `chorus-loadtest --help` and
+//! loadtest/README.md.
 
-use anyhow::{Context, Result, bail};
+use anyhow::Context;
 use clap::Parser;
-use loadtest::scenario::{RoomPlan, Scenario, run};
-use loadtest::session::{DEFAULT_WS_PATH, ws_url};
-use loadtest::tokens::{from_template, mint_access_token};
-use std::net::{IpAddr, ToSocketAddrs};
+use indicatif::{ProgressBar, ProgressStyle};
+use loadtest::harness::{
+    NoProgress, Progress, RunReport, Scenario, Target, TokenSource, Turns, render_table,
+    run_scenario,
+};
+use std::path::PathBuf;
 use std::time::Duration;
 
-#[derive(Parser, Debug)]
+#[derive(Debug, Parser)]
 #[command(
     name = "chorus-loadtest",
-    about = "Load test a Chorus server over the wire"
+    version,
+    about = "Load-test a Chorus server over the wire: real WebSocket signaling and WebRTC audio",
+    after_help = "Presets: smoke (1 room, 2 speakers, 10 listeners, 10 s), \
+ramp (1 room, 1 speaker, +50 listeners per 10 s step until delivery < 99% or p99 > 100 ms), \
+rooms (10 rooms x 2 speakers x 20 listeners, 30 s), big (1 room, 10 speakers, 100 listeners, 30 s). \
+Scenario flags override the preset's values.\n\n\
+Tokens: --jwt-secret (or --jwt-secret-file DATA_DIR/jwt_access_token.secret) mints access \
+tokens like the server does; --login --otp-from-log FILE logs in by phone, reading each code \
+from the server's development log (raise the server's OTP_* rate limits for more than a few \
+participants)."
 )]
-struct Args {
-    /// Server base URL (http://host:port).
+struct Cli {
+    /// Server base URL (plain HTTP).
     #[arg(long, env = "CHORUS_URL", default_value = "http://127.0.0.1:5500")]
     url: String,
-    /// WebSocket path on the server.
-    #[arg(long, default_value = DEFAULT_WS_PATH)]
-    ws_path: String,
-    /// Existing room ids, one per room (repeat the flag); the scenario uses all of them.
-    #[arg(long = "room", required = true)]
-    rooms: Vec<String>,
-    /// User id of each room's owner; `{room}` is replaced by the room id. The owner is
-    /// the first speaker (a moderator); the others are promoted by it.
-    #[arg(long, default_value = "owner-{room}")]
-    owner: String,
-    /// Speakers per room (owner included).
-    #[arg(long, default_value_t = 1)]
-    speakers: usize,
-    /// Listeners per room.
-    #[arg(long, default_value_t = 10)]
-    listeners: usize,
-    /// Measurement window in seconds, once everyone has joined.
-    #[arg(long, default_value_t = 10.0)]
-    duration: f64,
-    /// Joins per second.
-    #[arg(long, default_value_t = 20.0)]
-    join_rate: f64,
-    /// 0 = steady tones; otherwise the fraction of time speakers pause (DTX).
-    #[arg(long, default_value_t = 0.0)]
-    pause_ratio: f64,
-    /// Access-token template, `{user}` replaced by the user id (e.g. `tok-{user}`).
-    #[arg(long, conflicts_with = "jwt_secret")]
-    token_template: Option<String>,
-    /// Mint access tokens with the server's JWT access secret.
-    #[arg(long, env = "JWT_ACCESS_TOKEN_SECRET", hide_env_values = true)]
-    jwt_secret: Option<String>,
-    /// Listeners decode the audio (CPU heavy).
-    #[arg(long)]
-    decode: bool,
-    /// Disable NACK/RTCP interceptors on the simulated clients (cheaper).
-    #[arg(long)]
-    no_interceptors: bool,
-    /// Print the report as JSON.
-    #[arg(long)]
-    json: bool,
-    /// Exit with status 2 when delivery is below this percentage.
-    #[arg(long)]
-    min_delivered: Option<f64>,
     /// Allow a target that is not a loopback address.
     #[arg(long)]
     allow_remote: bool,
+    /// Scenario preset(s) to run, in order: smoke, ramp, rooms, big, custom.
+    #[arg(long = "preset", value_name = "NAME")]
+    presets: Vec<String>,
+
+    /// Rooms.
+    #[arg(long)]
+    rooms: Option<usize>,
+    /// Speakers per room (the first is the room's owner; the others are promoted).
+    #[arg(long)]
+    speakers: Option<usize>,
+    /// Listeners per room (a ramp's first step).
+    #[arg(long)]
+    listeners: Option<usize>,
+    /// Measured window (per ramp step), seconds.
+    #[arg(long, value_name = "SECS")]
+    duration: Option<f64>,
+    /// Joins per second (token bucket over the whole run).
+    #[arg(long, value_name = "PER_SEC")]
+    join_rate: Option<f64>,
+    /// Pause after the last join before measuring, seconds.
+    #[arg(long, value_name = "SECS")]
+    settle: Option<f64>,
+    /// Only this many speakers per room talk at a time (others silent: DTX).
+    #[arg(long, value_name = "N")]
+    speaker_turns: Option<usize>,
+    /// How often the talking speakers rotate, seconds (with --speaker-turns).
+    #[arg(long, value_name = "SECS", default_value_t = 5.0)]
+    turn_period: f64,
+    /// Fraction of listeners that leave and rejoin during the window (0..=1).
+    #[arg(long)]
+    churn: Option<f64>,
+    /// Fraction of time each speaker pauses (0 = talks nonstop, max 0.9).
+    #[arg(long)]
+    pause_ratio: Option<f64>,
+    /// Ramp: listeners added per step.
+    #[arg(long)]
+    ramp_step: Option<usize>,
+    /// Ramp: stop after this many listeners.
+    #[arg(long)]
+    ramp_max: Option<usize>,
+    /// Run NACK and RTCP-report interceptors in every client, as browsers do (more harness CPU).
+    #[arg(long)]
+    interceptors: bool,
+
+    /// The server's JWT_ACCESS_TOKEN_SECRET, to mint access tokens.
+    #[arg(long, env = "CHORUS_JWT_SECRET", hide_env_values = true)]
+    jwt_secret: Option<String>,
+    /// File holding the secret (the server keeps a generated one in DATA_DIR/jwt_access_token.secret).
+    #[arg(long, value_name = "PATH")]
+    jwt_secret_file: Option<PathBuf>,
+    /// Log in by phone (send-otp / verify-otp) instead of minting tokens.
+    #[arg(long, requires = "otp_from_log")]
+    login: bool,
+    /// The server's log file, where the development SMS sender writes the codes.
+    #[arg(long, value_name = "FILE")]
+    otp_from_log: Option<PathBuf>,
+    /// First phone number used by --login (E.164 digits without '+'); one per participant.
+    #[arg(long, default_value_t = 15_550_100_000)]
+    phone_base: u64,
+    /// Access-token lifetime when minting, seconds.
+    #[arg(long, default_value_t = 3600)]
+    token_ttl: u64,
+
+    /// The server's process id, when it runs on this machine: its CPU and RSS are then
+    /// read from /proc/<pid> (10 ms resolution; /metrics reports CPU in whole seconds).
+    #[arg(long, value_name = "PID")]
+    server_pid: Option<u32>,
+    /// Path of the server's Prometheus page.
+    #[arg(long, default_value = "/metrics")]
+    metrics_path: String,
+    /// Write the JSON report to FILE, or to stdout with no FILE (the table goes to stderr then).
+    #[arg(long, value_name = "FILE", num_args = 0..=1, default_missing_value = "-")]
+    json: Option<String>,
+    /// Exit with status 2 if any scenario delivers less than this fraction (e.g. 0.99).
+    #[arg(long)]
+    min_delivery: Option<f64>,
+    /// No progress bar.
+    #[arg(long, short)]
+    quiet: bool,
 }
 
-fn is_loopback(url: &str) -> Result<bool> {
-    let rest = url
-        .split_once("://")
-        .map(|(_, r)| r)
-        .context("URL needs a scheme")?;
-    let hostport = rest.split('/').next().unwrap_or(rest);
-    let with_port = if hostport.contains(':') && !hostport.ends_with(']') {
-        hostport.to_owned()
-    } else {
-        format!("{hostport}:80")
-    };
-    let addrs: Vec<IpAddr> = with_port
-        .to_socket_addrs()
-        .with_context(|| format!("cannot resolve {hostport}"))?
-        .map(|a| a.ip())
-        .collect();
-    Ok(!addrs.is_empty() && addrs.iter().all(IpAddr::is_loopback))
+impl Cli {
+    fn scenarios(&self) -> anyhow::Result<Vec<Scenario>> {
+        let names = if self.presets.is_empty() {
+            vec!["custom".to_owned()]
+        } else {
+            self.presets.clone()
+        };
+        let secs = |v: f64, what: &str| -> anyhow::Result<Duration> {
+            Duration::try_from_secs_f64(v).map_err(|_| anyhow::anyhow!("{what}: bad duration {v}"))
+        };
+        names
+            .iter()
+            .map(|n| {
+                let mut s = Scenario::preset(n)?;
+                if let Some(v) = self.rooms {
+                    s.rooms = v;
+                }
+                if let Some(v) = self.speakers {
+                    s.speakers = v;
+                }
+                if let Some(v) = self.listeners {
+                    s.listeners = v;
+                    if let Some(r) = s.ramp.as_mut() {
+                        r.start = v;
+                    }
+                }
+                if let Some(v) = self.duration {
+                    s.duration = secs(v, "--duration")?;
+                }
+                if let Some(v) = self.join_rate {
+                    s.join_rate = v;
+                }
+                if let Some(v) = self.settle {
+                    s.settle = secs(v, "--settle")?;
+                }
+                if let Some(n) = self.speaker_turns {
+                    s.turns = Some(Turns {
+                        count: n,
+                        period: secs(self.turn_period, "--turn-period")?,
+                    });
+                }
+                if let Some(v) = self.churn {
+                    s.churn = v;
+                }
+                if let Some(v) = self.pause_ratio {
+                    s.pause_ratio = v;
+                }
+                if let Some(r) = s.ramp.as_mut() {
+                    if let Some(v) = self.ramp_step {
+                        r.step = v;
+                    }
+                    if let Some(v) = self.ramp_max {
+                        r.max = v;
+                    }
+                }
+                s.interceptors |= self.interceptors;
+                s.validate()?;
+                Ok(s)
+            })
+            .collect()
+    }
+
+    fn token_source(&self) -> anyhow::Result<TokenSource> {
+        if self.login {
+            let log = self
+                .otp_from_log
+                .clone()
+                .context("--login needs --otp-from-log FILE")?;
+            return Ok(TokenSource::Login {
+                otp_log: log,
+                phone_base: self.phone_base,
+            });
+        }
+        let secret = match (&self.jwt_secret, &self.jwt_secret_file) {
+            (Some(s), _) => s.trim().to_owned(),
+            (None, Some(p)) => std::fs::read_to_string(p)
+                .with_context(|| format!("reading {}", p.display()))?
+                .trim()
+                .to_owned(),
+            (None, None) => anyhow::bail!(
+                "no way to get tokens: pass --jwt-secret (the server's JWT_ACCESS_TOKEN_SECRET), \
+                 --jwt-secret-file, or --login --otp-from-log FILE"
+            ),
+        };
+        anyhow::ensure!(!secret.is_empty(), "the JWT secret is empty");
+        Ok(TokenSource::Mint {
+            secret: secret.into_bytes(),
+            ttl: Duration::from_secs(self.token_ttl.max(60)),
+        })
+    }
 }
 
-#[tokio::main]
-async fn main() -> Result<()> {
-    let args = Args::parse();
+/// The progress bar (stderr; hidden when stderr is not a terminal).
+struct Bar(ProgressBar);
+
+impl Progress for Bar {
+    fn phase(&self, what: &str, total: u64) {
+        self.0.set_length(total);
+        self.0.set_position(0);
+        self.0.set_prefix(what.to_owned());
+    }
+    fn set(&self, done: u64, message: &str) {
+        self.0.set_position(done);
+        self.0.set_message(message.to_owned());
+    }
+}
+
+fn main() -> std::process::ExitCode {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
+        tracing_subscriber::EnvFilter::new("warn,rtc=error,rtc_ice=error,webrtc=off")
+    });
     tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
-                tracing_subscriber::EnvFilter::new("warn,rtc=error,rtc_ice=error")
-            }),
-        )
+        .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .init();
-    if !args.allow_remote && !is_loopback(&args.url)? {
-        bail!(
-            "{} is not a loopback address; pass --allow-remote to load it anyway",
-            args.url
-        );
-    }
-    if args.speakers == 0 {
-        bail!("--speakers must be at least 1 (the room owner)");
-    }
-    let token = |user: &str| -> Result<String> {
-        match (&args.token_template, &args.jwt_secret) {
-            (Some(t), _) => Ok(from_template(t, user)),
-            (None, Some(secret)) => Ok(mint_access_token(
-                secret.as_bytes(),
-                user,
-                Duration::from_secs(3600),
-            )?),
-            (None, None) => bail!("give --token-template or --jwt-secret"),
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: cannot start the runtime: {e}");
+            return std::process::ExitCode::from(1);
         }
     };
-    let mut plans = Vec::new();
-    for (r, room) in args.rooms.iter().enumerate() {
-        let mut speakers = vec![token(&args.owner.replace("{room}", room))?];
-        for i in 1..args.speakers {
-            speakers.push(token(&format!("lts{r}x{i}"))?);
+    match runtime.block_on(run(cli)) {
+        Ok(true) => std::process::ExitCode::SUCCESS,
+        Ok(false) => std::process::ExitCode::from(2),
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::from(1)
         }
-        let listeners = (0..args.listeners)
-            .map(|i| token(&format!("ltl{r}x{i}")))
-            .collect::<Result<Vec<_>>>()?;
-        plans.push(RoomPlan {
-            room_id: room.clone(),
-            speakers,
-            listeners,
-        });
     }
-    let mut sc = Scenario::new(
-        ws_url(&args.url, &args.ws_path),
-        plans,
-        Duration::from_secs_f64(args.duration.clamp(0.1, 24.0 * 3600.0)),
-    );
-    sc.join_rate = args.join_rate;
-    sc.pause_ratio = args.pause_ratio;
-    sc.decode = args.decode;
-    sc.interceptors = !args.no_interceptors;
-    eprintln!(
-        "chorus-loadtest: {} room(s) x ({} speakers + {} listeners), {:.0}s window, {} joins/s",
-        args.rooms.len(),
-        args.speakers,
-        args.listeners,
-        args.duration,
-        args.join_rate
-    );
-    let report = run(&sc).await?;
-    if args.json {
-        println!("{}", serde_json::to_string_pretty(&report)?);
-    } else {
-        println!("{}", report.table());
-    }
-    if let Some(min) = args.min_delivered
-        && report.delivered_pct < min
-    {
-        eprintln!("delivery {:.2}% is below {min}%", report.delivered_pct);
-        std::process::exit(2);
-    }
-    Ok(())
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn only_loopback_targets_pass_the_guard() {
-        assert!(is_loopback("http://127.0.0.1:5500").expect("parse"));
-        assert!(is_loopback("http://localhost:5500/x").expect("parse"));
-        assert!(is_loopback("http://[::1]:5500").expect("parse"));
-        assert!(!is_loopback("http://10.1.2.3:5500").expect("parse"));
-        assert!(is_loopback("no-scheme").is_err());
+/// Runs every scenario; Ok(false) when `--min-delivery` was missed.
+async fn run(cli: Cli) -> anyhow::Result<bool> {
+    if let Some(m) = cli.min_delivery {
+        anyhow::ensure!(
+            (0.0..=1.0).contains(&m),
+            "--min-delivery must be within 0..=1"
+        );
     }
+    let scenarios = cli.scenarios()?;
+    let target = Target::new(&cli.url, cli.allow_remote, cli.token_source()?).await?;
+    let target = Target {
+        metrics_path: cli.metrics_path.clone(),
+        server_pid: cli.server_pid,
+        ..target
+    };
+    let json_to_stdout = cli.json.as_deref() == Some("-");
+    let mut reports = Vec::new();
+    let mut passed = true;
+    for sc in scenarios {
+        let bar = if cli.quiet {
+            None
+        } else {
+            let b = ProgressBar::new(0);
+            b.set_style(
+                ProgressStyle::with_template(
+                    "{spinner} [{elapsed_precise}] {prefix:>18} {wide_bar} {pos}/{len} {msg}",
+                )
+                .unwrap_or_else(|_| ProgressStyle::default_bar()),
+            );
+            b.enable_steady_tick(Duration::from_millis(200));
+            Some(Bar(b))
+        };
+        let progress: &dyn Progress = match &bar {
+            Some(b) => b,
+            None => &NoProgress,
+        };
+        let report = run_scenario(&target, &sc, progress)
+            .await
+            .with_context(|| format!("scenario {}", sc.name))?;
+        if let Some(b) = &bar {
+            b.0.finish_and_clear();
+        }
+        let table = render_table(&report);
+        if json_to_stdout {
+            eprint!("{table}");
+        } else {
+            print!("{table}");
+        }
+        if let Some(min) = cli.min_delivery {
+            // A ramp is meant to find its limit: judge its first step only.
+            let judged = if sc.ramp.is_some() {
+                report.steps.first().into_iter().collect::<Vec<_>>()
+            } else {
+                report.steps.iter().collect()
+            };
+            let ok =
+                !judged.is_empty() && judged.iter().all(|s| s.delivered.is_some_and(|d| d >= min));
+            if !ok {
+                eprintln!(
+                    "FAIL: scenario {} delivered below {:.2}%",
+                    sc.name,
+                    min * 100.0
+                );
+                passed = false;
+            }
+        }
+        reports.push(report);
+    }
+    let full = RunReport {
+        url: cli.url.clone(),
+        scenarios: reports,
+        min_delivery: cli.min_delivery,
+        passed,
+    };
+    if let Some(dest) = &cli.json {
+        let json = serde_json::to_string_pretty(&full)?;
+        if dest == "-" {
+            println!("{json}");
+        } else {
+            std::fs::write(dest, json).with_context(|| format!("writing {dest}"))?;
+        }
+    }
+    Ok(passed)
 }

@@ -1,0 +1,277 @@
+//! The server's own figures, read from its Prometheus `/metrics` page before and after
+//! a measurement window, and the harness's own CPU and memory from `/proc/self`.
+
+use super::HarnessError;
+use super::http;
+use serde::Serialize;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+/// One sample line: `name{labels} value`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Sample {
+    pub name: String,
+    pub labels: Vec<(String, String)>,
+    pub value: f64,
+}
+
+/// Parses the Prometheus text exposition format (comments and malformed lines skipped).
+pub fn parse(text: &str) -> Vec<Sample> {
+    let mut out = Vec::new();
+    for line in text.lines() {
+        let line = line.trim();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let (name, labels, rest) = match line.find('{') {
+            Some(open) => {
+                let Some(close) = closing_brace(line, open) else {
+                    continue;
+                };
+                (
+                    &line[..open],
+                    parse_labels(&line[open + 1..close]),
+                    &line[close + 1..],
+                )
+            }
+            None => match line.split_once(char::is_whitespace) {
+                Some((n, r)) => (n, Vec::new(), r),
+                None => continue,
+            },
+        };
+        let Some(value) = rest
+            .split_whitespace()
+            .next()
+            .and_then(|v| v.parse::<f64>().ok())
+        else {
+            continue;
+        };
+        out.push(Sample {
+            name: name.trim().to_owned(),
+            labels,
+            value,
+        });
+    }
+    out
+}
+
+/// Index of the `}` closing the label set opened at `open`, skipping quoted values
+/// (which may contain braces, e.g. route templates).
+fn closing_brace(line: &str, open: usize) -> Option<usize> {
+    let mut in_quotes = false;
+    let mut escaped = false;
+    for (i, c) in line[open..].char_indices() {
+        match c {
+            _ if escaped => escaped = false,
+            '\\' if in_quotes => escaped = true,
+            '"' => in_quotes = !in_quotes,
+            '}' if !in_quotes => return Some(open + i),
+            _ => {}
+        }
+    }
+    None
+}
+
+fn parse_labels(s: &str) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    let mut rest = s;
+    while let Some(eq) = rest.find('=') {
+        let key = rest[..eq].trim().trim_start_matches(',').trim().to_owned();
+        let after = &rest[eq + 1..];
+        let Some(stripped) = after.strip_prefix('"') else {
+            break;
+        };
+        let mut val = String::new();
+        let mut chars = stripped.char_indices();
+        let mut end = stripped.len();
+        while let Some((i, c)) = chars.next() {
+            match c {
+                '\\' => {
+                    if let Some((_, n)) = chars.next() {
+                        val.push(if n == 'n' { '\n' } else { n });
+                    }
+                }
+                '"' => {
+                    end = i + 1;
+                    break;
+                }
+                c => val.push(c),
+            }
+        }
+        out.push((key, val));
+        rest = &stripped[end.min(stripped.len())..];
+    }
+    out
+}
+
+/// Sum of every sample named `name` whose labels include all of `labels`.
+pub fn sum(samples: &[Sample], name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    let mut found = false;
+    let mut total = 0.0;
+    for s in samples.iter().filter(|s| s.name == name) {
+        if labels
+            .iter()
+            .all(|(k, v)| s.labels.iter().any(|(lk, lv)| lk == k && lv == v))
+        {
+            found = true;
+            total += s.value;
+        }
+    }
+    found.then_some(total)
+}
+
+/// The server figures the report needs.
+#[derive(Clone, Copy, Debug, Default, Serialize, PartialEq)]
+pub struct ServerSnapshot {
+    pub cpu_seconds: Option<f64>,
+    pub rss_bytes: Option<f64>,
+    pub packets_forwarded: Option<f64>,
+    pub packets_received: Option<f64>,
+    pub packets_dropped: Option<f64>,
+    pub participants: Option<f64>,
+    /// Where `cpu_seconds` and `rss_bytes` came from: "metrics" or "proc" (`--server-pid`).
+    pub cpu_source: &'static str,
+}
+
+impl ServerSnapshot {
+    pub fn from_text(text: &str) -> Self {
+        let s = parse(text);
+        Self {
+            cpu_seconds: sum(&s, "process_cpu_seconds_total", &[]),
+            rss_bytes: sum(&s, "process_resident_memory_bytes", &[]),
+            packets_forwarded: sum(
+                &s,
+                "chorus_media_packets_total",
+                &[("direction", "forwarded")],
+            ),
+            packets_received: sum(
+                &s,
+                "chorus_media_packets_total",
+                &[("direction", "received")],
+            ),
+            packets_dropped: sum(&s, "chorus_media_packets_dropped_total", &[]),
+            participants: sum(&s, "chorus_media_participants", &[]),
+            cpu_source: "metrics",
+        }
+    }
+}
+
+/// Scrapes `path` (normally `/metrics`) at `addr`.
+pub async fn scrape(
+    addr: SocketAddr,
+    host: &str,
+    path: &str,
+) -> Result<ServerSnapshot, HarnessError> {
+    let r = http::request(addr, host, "GET", path, None, None, Duration::from_secs(10)).await?;
+    if r.status != 200 {
+        return Err(HarnessError::Http(format!("GET {path}: HTTP {}", r.status)));
+    }
+    Ok(ServerSnapshot::from_text(&r.text()))
+}
+
+/// CPU seconds (user + system) this process has used, from `/proc/self/stat`.
+pub fn own_cpu_seconds() -> Option<f64> {
+    proc_cpu_seconds("self")
+}
+
+/// CPU seconds of process `pid` ("self" or a number), from `/proc/<pid>/stat`
+/// (10 ms resolution, unlike the whole seconds of prometheus 0.14's
+/// `process_cpu_seconds_total`).
+pub fn proc_cpu_seconds(pid: &str) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the command name (which is in parentheses and may contain spaces).
+    let after = &stat[stat.rfind(')')? + 2..];
+    let f: Vec<&str> = after.split_whitespace().collect();
+    // utime and stime are fields 14 and 15 of the whole line: 11 and 12 after the name.
+    let utime: f64 = f.get(11)?.parse().ok()?;
+    let stime: f64 = f.get(12)?.parse().ok()?;
+    // USER_HZ is 100 on every Linux ABI the harness runs on.
+    Some((utime + stime) / 100.0)
+}
+
+/// Resident memory of this process, bytes, from `/proc/self/status`.
+pub fn own_rss_bytes() -> Option<f64> {
+    proc_rss_bytes("self")
+}
+
+/// Resident memory of process `pid` ("self" or a number), bytes.
+pub fn proc_rss_bytes(pid: &str) -> Option<f64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+    let kb: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb * 1024.0)
+}
+
+/// The kernel's UDP receive-buffer overflow count (`RcvbufErrors` in
+/// `/proc/net/snmp`): machine-wide, so on loopback it counts datagrams dropped because
+/// a socket (the server's or a client's) was not read fast enough.
+pub fn udp_rcvbuf_errors() -> Option<u64> {
+    let snmp = std::fs::read_to_string("/proc/net/snmp").ok()?;
+    let mut udp = snmp.lines().filter(|l| l.starts_with("Udp:"));
+    let names: Vec<&str> = udp.next()?.split_whitespace().collect();
+    let values: Vec<&str> = udp.next()?.split_whitespace().collect();
+    let i = names.iter().position(|n| *n == "RcvbufErrors")?;
+    values.get(i)?.parse().ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const PAGE: &str = r#"# HELP process_cpu_seconds_total Total user and system CPU time spent in seconds.
+# TYPE process_cpu_seconds_total counter
+process_cpu_seconds_total 12.5
+process_resident_memory_bytes 5.24288e7
+chorus_media_packets_total{direction="forwarded"} 1000
+chorus_media_packets_total{direction="received"} 250
+chorus_media_packets_dropped_total{reason="muted"} 3
+chorus_media_packets_dropped_total{reason="congestion"} 4
+chorus_http_requests_total{route="/api/rooms/{room_id}",method="GET",status="200"} 7
+chorus_media_participants 12
+broken{line
+"#;
+
+    #[test]
+    fn metrics_page_yields_the_server_figures() {
+        let s = ServerSnapshot::from_text(PAGE);
+        assert_eq!(s.cpu_seconds, Some(12.5));
+        assert_eq!(s.rss_bytes, Some(52_428_800.0));
+        assert_eq!(s.packets_forwarded, Some(1000.0));
+        assert_eq!(s.packets_received, Some(250.0));
+        assert_eq!(s.packets_dropped, Some(7.0));
+        assert_eq!(s.participants, Some(12.0));
+        let samples = parse(PAGE);
+        assert_eq!(
+            sum(
+                &samples,
+                "chorus_http_requests_total",
+                &[("route", "/api/rooms/{room_id}")]
+            ),
+            Some(7.0)
+        );
+        assert_eq!(sum(&samples, "absent", &[]), None);
+        assert_eq!(ServerSnapshot::from_text("").cpu_seconds, None);
+    }
+
+    #[test]
+    fn own_cpu_and_memory_are_readable_and_cpu_grows_with_work() {
+        let before = own_cpu_seconds().unwrap_or_else(|| panic!("no /proc/self/stat"));
+        // Spin until the counter moves (bounded): on a busy machine wall time says little.
+        let t = std::time::Instant::now();
+        let mut x = 0u64;
+        let mut after = before;
+        while after - before < 0.05 && t.elapsed() < Duration::from_secs(20) {
+            for _ in 0..1_000_000 {
+                x = x.wrapping_mul(6364136223846793005).wrapping_add(1);
+            }
+            after = own_cpu_seconds().unwrap_or(before);
+        }
+        std::hint::black_box(x);
+        assert!(after - before >= 0.05, "{before} -> {after}");
+        assert!(own_rss_bytes().is_some_and(|r| r > 1e6));
+        let me = std::process::id().to_string();
+        assert!(proc_cpu_seconds(&me).is_some_and(|c| c >= after - 0.01));
+        assert!(proc_cpu_seconds("999999999").is_none());
+        assert!(udp_rcvbuf_errors().is_some());
+    }
+}
