@@ -92,6 +92,7 @@ pub async fn start(cfg: Config) -> anyhow::Result<Server> {
         chat: Arc::new(wiring::ApiChatStore {
             store: store.clone(),
             clock: state.clock.clone(),
+            state: state.clone(),
         }),
         media: Arc::new(sfu.clone()),
     };

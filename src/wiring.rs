@@ -105,6 +105,8 @@ impl RoomDirectory for ApiRoomDirectory {
 pub struct ApiChatStore {
     pub store: Arc<dyn Store>,
     pub clock: Arc<dyn Clock>,
+    /// For the control plane's own chat rules (deletes).
+    pub state: api::AppState,
 }
 
 impl ApiChatStore {
@@ -168,33 +170,20 @@ impl ChatStore for ApiChatStore {
         message_id: &str,
         user_id: &str,
     ) -> Result<DeleteOutcome, SignalingError> {
-        if !api::access::is_valid_room_id(message_id) {
-            return Ok(DeleteOutcome::NotFound);
-        }
-        let Some(msg) = self
-            .store
-            .get_message(&MessageId(message_id.to_owned()))
-            .await
-            .map_err(backend)?
-            .filter(|m| m.room_id.0 == room_id)
-        else {
-            return Ok(DeleteOutcome::NotFound);
-        };
-        let owner = self
-            .store
-            .get_room(&msg.room_id)
-            .await
-            .map_err(backend)?
-            .map(|r| r.owner_id);
-        if msg.author_id.0 != user_id && owner.as_ref().map(|o| o.0.as_str()) != Some(user_id) {
-            return Ok(DeleteOutcome::Forbidden);
-        }
-        Ok(
-            match self.store.delete_message(&msg.id).await.map_err(backend)? {
-                Some(_) => DeleteOutcome::Deleted,
-                None => DeleteOutcome::NotFound,
-            },
+        // The same rule and checks as `DELETE /api/room/{roomId}/messages/{id}`.
+        let deleted = api::chat::delete_message(
+            &self.state,
+            &RoomId(room_id.to_owned()),
+            message_id,
+            &UserId(user_id.to_owned()),
         )
+        .await;
+        match deleted {
+            Ok(_) => Ok(DeleteOutcome::Deleted),
+            Err(api::ApiError::NotFound(_)) => Ok(DeleteOutcome::NotFound),
+            Err(api::ApiError::Forbidden { .. }) => Ok(DeleteOutcome::Forbidden),
+            Err(e) => Err(backend(e)),
+        }
     }
 
     async fn store_call_event(
