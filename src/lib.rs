@@ -66,7 +66,10 @@ pub async fn start(cfg: Config) -> anyhow::Result<Server> {
     let shutdown = CancellationToken::new();
     let telemetry = Telemetry::new()?;
 
-    let store = open_store(&cfg).await?;
+    let store: Arc<dyn Store> = Arc::new(api::store::Timed::new(
+        open_store(&cfg).await?,
+        telemetry.store_observer(),
+    ));
     let api_config = cfg.api_config()?;
     if !api_config.secure_cookies {
         tracing::warn!("cookies are sent without Secure (INSECURE_COOKIES): development only");

@@ -5,7 +5,7 @@
 //! never with a concrete path, room or user id.
 
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
 
@@ -17,9 +17,10 @@ use axum::{
     response::{IntoResponse, Response},
     routing::get,
 };
+use prometheus::core::{Collector, Desc};
 use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
-    TextEncoder,
+    Counter, Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry, TextEncoder, proto,
 };
 
 /// Copies one source's current values into its metrics, just before a scrape.
@@ -35,9 +36,89 @@ pub struct Telemetry {
     http_requests: IntCounterVec,
     /// Latency by route template and method.
     http_duration: HistogramVec,
+    /// Store operation latency and failures.
+    store: Arc<StoreMetrics>,
     /// Sources read at scrape time (the SFU keeps plain atomics on its hot path and
     /// knows nothing of Prometheus).
     refreshers: Arc<Mutex<Vec<Refresher>>>,
+}
+
+struct StoreMetrics {
+    duration: HistogramVec,
+    errors: IntCounterVec,
+}
+
+impl api::store::StoreObserver for StoreMetrics {
+    fn observe(&self, op: &'static str, took: Duration, ok: bool) {
+        self.duration
+            .with_label_values(&[op])
+            .observe(took.as_secs_f64());
+        if !ok {
+            self.errors.with_label_values(&[op]).inc();
+        }
+    }
+}
+
+/// User + system CPU seconds of this process from `getrusage` (microsecond resolution).
+fn process_cpu_seconds() -> Option<f64> {
+    let u = nix::sys::resource::getrusage(nix::sys::resource::UsageWho::RUSAGE_SELF).ok()?;
+    let secs = |t: nix::sys::time::TimeVal| t.tv_sec() as f64 + t.tv_usec() as f64 / 1e6;
+    Some(secs(u.user_time()) + secs(u.system_time()))
+}
+
+/// The SFU's join-latency histogram (kept in the media thread's atomics), exposed as a
+/// Prometheus histogram at scrape time.
+struct JoinLatencyCollector {
+    sfu: media::Sfu,
+    desc: Desc,
+}
+
+impl JoinLatencyCollector {
+    const NAME: &str = "chorus_join_duration_seconds";
+    const HELP: &str = "Time from the server creating a participant's peer connection \
+                        (its offer) to ICE and DTLS connected";
+
+    fn new(sfu: media::Sfu) -> prometheus::Result<Self> {
+        let desc = Desc::new(
+            Self::NAME.into(),
+            Self::HELP.into(),
+            Vec::new(),
+            Default::default(),
+        )?;
+        Ok(Self { sfu, desc })
+    }
+}
+
+impl Collector for JoinLatencyCollector {
+    fn desc(&self) -> Vec<&Desc> {
+        vec![&self.desc]
+    }
+
+    fn collect(&self) -> Vec<proto::MetricFamily> {
+        let snap = self.sfu.join_latency();
+        let mut h = proto::Histogram::default();
+        h.set_sample_count(snap.count);
+        h.set_sample_sum(snap.sum_seconds);
+        h.set_bucket(
+            snap.buckets
+                .iter()
+                .map(|&(le, n)| {
+                    let mut b = proto::Bucket::default();
+                    b.set_upper_bound(le);
+                    b.set_cumulative_count(n);
+                    b
+                })
+                .collect(),
+        );
+        let mut m = proto::Metric::default();
+        m.set_histogram(h);
+        let mut mf = proto::MetricFamily::default();
+        mf.set_name(Self::NAME.into());
+        mf.set_help(Self::HELP.into());
+        mf.set_field_type(proto::MetricType::HISTOGRAM);
+        mf.set_metric(vec![m]);
+        vec![mf]
+    }
 }
 
 impl Telemetry {
@@ -66,12 +147,54 @@ impl Telemetry {
         )?;
         registry.register(Box::new(http_requests.clone()))?;
         registry.register(Box::new(http_duration.clone()))?;
-        Ok(Self {
+        let store_duration = HistogramVec::new(
+            HistogramOpts::new(
+                "chorus_store_operation_duration_seconds",
+                "Database operation latency by store operation",
+            )
+            .buckets(vec![
+                0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0,
+            ]),
+            &["op"],
+        )?;
+        let store_errors = IntCounterVec::new(
+            Opts::new(
+                "chorus_store_errors_total",
+                "Database operations that failed (not-found answers included), by operation",
+            ),
+            &["op"],
+        )?;
+        registry.register(Box::new(store_duration.clone()))?;
+        registry.register(Box::new(store_errors.clone()))?;
+        let cpu = Counter::new(
+            "chorus_process_cpu_seconds_total",
+            "User and system CPU time of the whole process, microsecond resolution \
+             (process_cpu_seconds_total counts whole seconds)",
+        )?;
+        registry.register(Box::new(cpu.clone()))?;
+        let telemetry = Self {
             registry,
             http_requests,
             http_duration,
+            store: Arc::new(StoreMetrics {
+                duration: store_duration,
+                errors: store_errors,
+            }),
             refreshers: Arc::default(),
-        })
+        };
+        let mut last_cpu = 0.0;
+        telemetry.refreshers.lock().push(Box::new(move || {
+            if let Some(now) = process_cpu_seconds() {
+                cpu.inc_by((now - last_cpu).max(0.0));
+                last_cpu = now;
+            }
+        }));
+        Ok(telemetry)
+    }
+
+    /// What the store decorator reports to ([`api::store::Timed`]).
+    pub fn store_observer(&self) -> Arc<dyn api::store::StoreObserver> {
+        self.store.clone()
     }
 
     /// Exposes the SFU's counters, read from its atomics at each scrape.
@@ -100,6 +223,12 @@ impl Telemetry {
             "chorus_media_rooms",
             "Rooms with at least one peer connection",
         )?;
+        let subscriptions = gauge(
+            "chorus_media_subscriptions",
+            "Audio tracks routed to subscribers (each participant's slots carrying someone else)",
+        )?;
+        self.registry
+            .register(Box::new(JoinLatencyCollector::new(sfu.clone())?))?;
         let packets = counter(
             "chorus_media_packets_total",
             "RTP packets by direction",
@@ -143,6 +272,7 @@ impl Telemetry {
             connected.set(as_i64(s.connected));
             publishers.set(as_i64(s.publishers));
             rooms.set(as_i64(s.rooms));
+            subscriptions.set(as_i64(s.subscriptions));
             // Counters only move forward: add what changed since the last scrape.
             let add = |c: &IntCounterVec, labels: &[&str], now: u64, before: u64| {
                 c.with_label_values(labels)

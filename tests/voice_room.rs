@@ -839,3 +839,88 @@ async fn a_client_whose_media_vanishes_is_dropped_from_the_call_after_the_peer_t
     s.stop().await;
     Ok(())
 }
+
+/// Every `chorus_*` metric family the server exposes, from the `# TYPE` lines.
+fn metric_families(text: &str) -> Vec<String> {
+    text.lines()
+        .filter_map(|l| l.strip_prefix("# TYPE "))
+        .filter_map(|l| l.split_whitespace().next())
+        .filter(|n| n.starts_with("chorus_"))
+        .map(str::to_owned)
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_follow_a_live_call_and_every_family_is_documented() -> anyhow::Result<()> {
+    let _serial = MEDIA.lock().await;
+    let s = TestServer::start(&[]).await?;
+    let room = s.create_room("metrics-owner", "open").await?;
+    let owner = s
+        .joiner("metrics-owner", &room)
+        .speaking(Tone::new(440.0, 0.5))
+        .connect()
+        .await?;
+    let speaker = pid(&owner)?;
+    let listeners = join_listeners(&s, &room, "metrics-listener", 2).await?;
+    for l in &listeners {
+        hears(l, speaker, 25).await?;
+    }
+
+    let m = s.metrics().await?;
+    let v = |series: &str| metric(&m, series);
+    // Three peer connections joined: three join latencies, each well under the
+    // connect timeout, in a cumulative histogram.
+    let joins = v("chorus_join_duration_seconds_count");
+    assert_eq!(joins, 3.0, "join count:\n{m}");
+    assert_eq!(v("chorus_join_duration_seconds_bucket{le=\"+Inf\"}"), joins);
+    let sum = v("chorus_join_duration_seconds_sum");
+    assert!(sum > 0.0 && sum < 3.0 * 15.0, "join sum {sum}");
+    assert!(
+        v("chorus_join_duration_seconds_bucket{le=\"5\"}") >= joins - 0.5,
+        "a loopback join took over 5 s:\n{m}"
+    );
+    // One publisher heard by two listeners (the owner hears nobody: nobody hears themself).
+    assert_eq!(v("chorus_media_publishers"), 1.0);
+    assert_eq!(v("chorus_media_subscriptions"), 2.0, "subscriptions:\n{m}");
+    assert_eq!(v("chorus_participants{role=\"listener\"}"), 2.0);
+    assert_eq!(v("chorus_participants{role=\"moderator\"}"), 1.0);
+    assert_eq!(v("chorus_ws_connections"), 3.0);
+    assert!(v("chorus_media_packets_total{direction=\"forwarded\"}") >= 50.0);
+    assert!(v("chorus_media_bytes_total{direction=\"received\"}") > 0.0);
+    // The store was timed: the room was created and looked up for each join.
+    assert!(v("chorus_store_operation_duration_seconds_count{op=\"create_room\"}") >= 1.0);
+    assert!(v("chorus_store_operation_duration_seconds_count{op=\"get_room\"}") >= 3.0);
+    // CPU with sub-second resolution, agreeing with the whole-second counter.
+    let precise = v("chorus_process_cpu_seconds_total");
+    let coarse = v("process_cpu_seconds_total");
+    assert!(precise > 0.0 && precise.fract() != 0.0, "cpu {precise}");
+    assert!((precise - coarse).abs() < 2.0, "cpu {precise} vs {coarse}");
+    assert!(!m.contains(&room), "a room id leaked into a label");
+
+    // Operators read the README's table: every family must be in it.
+    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md"))?;
+    let families = metric_families(&m);
+    assert!(families.len() >= 20, "{families:?}");
+    for f in &families {
+        assert!(
+            readme.contains(&format!("`{f}")),
+            "{f} is exposed but not documented in README.md"
+        );
+    }
+
+    // Everyone leaves: the gauges return to zero.
+    for l in listeners {
+        l.leave().await;
+    }
+    owner.leave().await;
+    eventually_async(STEP, "media gauges back to zero", || async {
+        let m = s.metrics().await.ok()?;
+        (metric(&m, "chorus_media_subscriptions") == 0.0
+            && metric(&m, "chorus_media_participants") == 0.0
+            && metric(&m, "chorus_media_publishers") == 0.0)
+            .then_some(())
+    })
+    .await?;
+    s.stop().await;
+    Ok(())
+}

@@ -859,6 +859,7 @@ macro_rules! contract_suite {
 
 contract_suite!(sqlite_memory, crate::support::sqlite_memory);
 contract_suite!(sqlite_file, crate::support::sqlite_file);
+contract_suite!(timed_sqlite, crate::support::timed_sqlite);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sqlite_file_data_survives_reopen() -> Result<()> {

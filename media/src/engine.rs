@@ -304,7 +304,7 @@ impl Engine {
     /// Drains everything a connection produced after an input, then reschedules its timer.
     fn after_io(&mut self, idx: u32, now: Instant) {
         self.flush(idx);
-        self.drain_events(idx);
+        self.drain_events(idx, now);
         self.drain_reads(idx, now);
         self.flush(idx);
         self.reschedule(idx, now);
@@ -319,7 +319,7 @@ impl Engine {
         }
     }
 
-    fn drain_events(&mut self, idx: u32) {
+    fn drain_events(&mut self, idx: u32, now: Instant) {
         let Some(peer) = self.peers.get_mut(idx as usize).and_then(Option::as_mut) else {
             return;
         };
@@ -334,6 +334,9 @@ impl Engine {
                         peer.refresh_mic_params();
                         if !peer.ever_connected {
                             peer.ever_connected = true;
+                            self.counters
+                                .join
+                                .observe(now.saturating_duration_since(peer.created));
                             let _ = self.events.send(SfuEvent::Connected { pid: peer.pid });
                         }
                     }
@@ -590,6 +593,9 @@ impl Engine {
         if now >= self.router.poll_timeout() {
             self.router.tick(now);
             self.forward_router_events();
+            self.counters
+                .subscriptions
+                .store(self.router.subscription_count() as u64, Relaxed);
         }
     }
 
@@ -811,6 +817,8 @@ impl Engine {
         c.ufrags.store(self.by_ufrag.len() as u64, Relaxed);
         c.timer_entries.store(self.timers.len() as u64, Relaxed);
         c.connected.store(self.connected, Relaxed);
+        c.subscriptions
+            .store(self.router.subscription_count() as u64, Relaxed);
     }
 }
 

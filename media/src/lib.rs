@@ -37,7 +37,7 @@ use std::time::Duration;
 pub use engine::SlotMap;
 pub use ids::{ParticipantId, RoomKey};
 pub use sfu::Sfu;
-pub use stats::SfuStats;
+pub use stats::{JOIN_BUCKETS, JoinLatency, SfuStats};
 
 /// Configuration of the media plane.
 #[derive(Clone, Debug)]

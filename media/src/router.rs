@@ -554,6 +554,24 @@ impl<T: Copy> Router<T> {
         self.rooms.len()
     }
 
+    /// Audio tracks routed to subscribers in all rooms: for every participant, each slot
+    /// that carries someone else (what [`Router::source_for`] answers `Some` for). O(rooms).
+    pub fn subscription_count(&self) -> usize {
+        self.rooms
+            .values()
+            .map(|r| {
+                let occupied = r.allocator.slots().iter().flatten().count();
+                let members = r.members.len() * occupied;
+                // A slot holder hears the spare in its own slot, or nothing without one.
+                if r.allocator.spare().is_some() {
+                    members
+                } else {
+                    members - occupied
+                }
+            })
+            .sum()
+    }
+
     /// Members of a room (0 for an unknown room).
     pub fn room_size(&self, room: RoomKey) -> usize {
         self.rooms.get(&room).map_or(0, |r| r.members.len())
@@ -1288,6 +1306,17 @@ mod tests {
                         assert_eq!(held.len(), candidates.min(slots.len() + 1), "vacancy left");
                     }
                 }
+                // the subscriptions gauge agrees with asking every participant's every slot
+                let slots = r.config().slots.slots;
+                let brute = present
+                    .keys()
+                    .map(|&n| {
+                        (0..slots)
+                            .filter(|&j| r.source_for(p(n), j).is_some())
+                            .count()
+                    })
+                    .sum::<usize>();
+                assert_eq!(r.subscription_count(), brute, "seed {seed}: subscriptions");
             }
             for n in present.keys() {
                 assert!(r.remove_participant(p(*n), now));

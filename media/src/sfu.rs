@@ -13,7 +13,7 @@ use tokio::sync::mpsc::{self, UnboundedReceiver, UnboundedSender};
 use tokio::sync::oneshot;
 
 use crate::engine::{Command, Engine, Reply, SlotMap};
-use crate::stats::{Counters, SfuStats};
+use crate::stats::{Counters, JoinLatency, SfuStats};
 use crate::{MediaError, Offer, ParticipantId, RoomKey, SfuConfig, SfuEvent};
 
 /// Handle to the running SFU. Cheap to clone; the loop runs on its own OS thread.
@@ -158,6 +158,11 @@ impl Sfu {
     }
 
     /// Counters and gauges, read without stopping the loop.
+    /// Join latency so far: peer connection created to first ICE+DTLS connection.
+    pub fn join_latency(&self) -> JoinLatency {
+        self.inner.counters.join.snapshot()
+    }
+
     pub fn stats(&self) -> SfuStats {
         self.inner.counters.snapshot()
     }

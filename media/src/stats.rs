@@ -10,6 +10,9 @@ macro_rules! counters {
         #[derive(Default, Debug)]
         pub(crate) struct Counters {
             $(pub(crate) $name: AtomicU64,)*
+            /// Time from a participant's peer connection being created to its first
+            /// ICE+DTLS connection.
+            pub(crate) join: JoinHistogram,
         }
 
         /// A snapshot of the media plane's counters and gauges.
@@ -33,6 +36,9 @@ counters! {
     publishers,
     /// Gauge: participants whose ICE+DTLS is up.
     connected,
+    /// Gauge: audio tracks routed to subscribers: for every participant, each audio slot
+    /// that carries someone else's voice.
+    subscriptions,
     /// Gauge: rooms with at least one participant.
     rooms,
     /// Gauge: remote addresses known to the demultiplexer.
@@ -89,9 +95,79 @@ counters! {
     disconnects,
 }
 
+/// Upper bounds (seconds) of the join-latency histogram's buckets; a last, unbounded
+/// bucket catches the rest. Loopback joins take ~0.4 s; a join over 2 s is one a user
+/// notices.
+pub const JOIN_BUCKETS: [f64; 12] = [0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0];
+
+/// A fixed-bucket histogram on relaxed atomics: the media thread records, a scraper reads.
+#[derive(Default, Debug)]
+pub(crate) struct JoinHistogram {
+    /// Per-bucket (not cumulative) counts; the last entry is the +Inf bucket.
+    buckets: [AtomicU64; JOIN_BUCKETS.len() + 1],
+    sum_micros: AtomicU64,
+}
+
+impl JoinHistogram {
+    pub(crate) fn observe(&self, took: std::time::Duration) {
+        let secs = took.as_secs_f64();
+        let i = JOIN_BUCKETS
+            .iter()
+            .position(|&le| secs <= le)
+            .unwrap_or(JOIN_BUCKETS.len());
+        self.buckets[i].fetch_add(1, Relaxed);
+        let micros = u64::try_from(took.as_micros()).unwrap_or(u64::MAX);
+        self.sum_micros.fetch_add(micros, Relaxed);
+    }
+
+    pub(crate) fn snapshot(&self) -> JoinLatency {
+        let mut cumulative = 0;
+        let mut buckets = Vec::with_capacity(JOIN_BUCKETS.len());
+        for (le, b) in JOIN_BUCKETS.iter().zip(&self.buckets) {
+            cumulative += b.load(Relaxed);
+            buckets.push((*le, cumulative));
+        }
+        let count = cumulative + self.buckets[JOIN_BUCKETS.len()].load(Relaxed);
+        JoinLatency {
+            buckets,
+            count,
+            sum_seconds: self.sum_micros.load(Relaxed) as f64 / 1e6,
+        }
+    }
+}
+
+/// A snapshot of the join-latency histogram, in the Prometheus histogram's shape.
+#[derive(Debug, Clone, PartialEq)]
+pub struct JoinLatency {
+    /// `(upper bound in seconds, cumulative count)` for each bound of [`JOIN_BUCKETS`].
+    pub buckets: Vec<(f64, u64)>,
+    /// All observations (the +Inf bucket).
+    pub count: u64,
+    pub sum_seconds: f64,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn join_histogram_is_cumulative_with_an_unbounded_last_bucket() {
+        let h = JoinHistogram::default();
+        h.observe(Duration::from_millis(30));
+        h.observe(Duration::from_millis(350));
+        h.observe(Duration::from_millis(400));
+        h.observe(Duration::from_secs(60));
+        let s = h.snapshot();
+        assert_eq!(s.count, 4);
+        assert!((s.sum_seconds - 60.78).abs() < 1e-6, "{}", s.sum_seconds);
+        let at = |le: f64| s.buckets.iter().find(|b| b.0 == le).map(|b| b.1);
+        assert_eq!(at(0.05), Some(1));
+        assert_eq!(at(0.3), Some(1));
+        assert_eq!(at(0.4), Some(3), "bounds are inclusive");
+        assert_eq!(at(5.0), Some(3), "60 s only in +Inf");
+        assert!(s.buckets.windows(2).all(|w| w[0].1 <= w[1].1));
+    }
 
     #[test]
     fn snapshot_reads_current_values() {

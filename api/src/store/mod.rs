@@ -16,9 +16,11 @@
 
 pub mod mongo;
 pub mod sqlite;
+pub mod timed;
 
 pub use mongo::MongoStore;
 pub use sqlite::SqliteStore;
+pub use timed::{StoreObserver, Timed};
 
 use std::ops::Range;
 use std::pin::Pin;

@@ -44,6 +44,22 @@ pub async fn sqlite_memory() -> anyhow::Result<Fixture> {
     })
 }
 
+/// The in-memory SQLite store behind the timing decorator the server uses for metrics:
+/// the decorator must forward every operation unchanged.
+pub async fn timed_sqlite() -> anyhow::Result<Fixture> {
+    struct Discard;
+    impl api::store::StoreObserver for Discard {
+        fn observe(&self, _op: &'static str, _took: std::time::Duration, _ok: bool) {}
+    }
+    Ok(Fixture {
+        store: Arc::new(api::store::Timed::new(
+            Arc::new(SqliteStore::open_in_memory().await?),
+            Arc::new(Discard),
+        )),
+        _guard: Box::new(()),
+    })
+}
+
 /// An on-disk database in a nested directory that does not exist yet (open creates it).
 pub async fn sqlite_file() -> anyhow::Result<Fixture> {
     let dir = TempDir::new("chorus-sqlite")?;
