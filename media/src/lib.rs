@@ -19,6 +19,7 @@
 //!   receives what (audio levels, slot allocation with hysteresis, per-slot RTP rewriting),
 //!   tested on virtual time.
 
+mod batch;
 mod engine;
 pub mod ids;
 pub mod level;
