@@ -57,6 +57,7 @@ async fn main() -> Result<()> {
     let (sfu, _events) = Sfu::start(test_config())?;
     // Memory of a peer connection as the server holds it before the client connects.
     let rss0 = rss_kb()?;
+    let cpu0 = thread_ticks("chorus-media")?;
     const DUMMIES: u64 = 300;
     for i in 0..DUMMIES {
         let _offer = sfu
@@ -64,10 +65,13 @@ async fn main() -> Result<()> {
             .await?;
     }
     let rss1 = rss_kb()?;
+    let cpu1 = thread_ticks("chorus-media")?;
     println!(
-        "memory: {:.0} KB RSS per joined (not yet connected) participant with {} slots",
+        "memory: {:.0} KB RSS per joined (not yet connected) participant with {} slots; \
+         {:.2} ms of media-thread CPU per join (peer connection + offer)",
         (rss1 - rss0) as f64 / DUMMIES as f64,
-        test_config().slots
+        test_config().slots,
+        (cpu1 - cpu0) as f64 * 10.0 / DUMMIES as f64
     );
     for i in 0..DUMMIES {
         sfu.leave(ParticipantId(1_000_000 + i));

@@ -66,8 +66,8 @@ fn send_chunk(socket: &UdpSocket, chunk: &[(BytesMut, SocketAddr)], out: &mut Fl
             .iter()
             .map(|(_, a)| Some(SockaddrStorage::from(*a)))
             .collect();
-        let result = sendmmsg(fd, &mut headers, &slices, &addrs, [], MsgFlags::empty())
-            .map(Iterator::count);
+        let result =
+            sendmmsg(fd, &mut headers, &slices, &addrs, [], MsgFlags::empty()).map(Iterator::count);
         match result {
             Ok(n) if n > 0 => {
                 out.sent += n as u64;
@@ -129,10 +129,11 @@ mod tests {
         let mut buf = [0u8; 64];
         for (sock, first) in [(&a, 0), (&b, 1)] {
             for i in (first..n).step_by(2) {
-                let (len, from) = tokio::time::timeout(Duration::from_secs(5), sock.recv_from(&mut buf))
-                    .await
-                    .expect("datagram in time")
-                    .expect("recv");
+                let (len, from) =
+                    tokio::time::timeout(Duration::from_secs(5), sock.recv_from(&mut buf))
+                        .await
+                        .expect("datagram in time")
+                        .expect("recv");
                 assert_eq!(from, tx.local_addr().expect("addr"));
                 assert_eq!(&buf[..len], format!("datagram {i}").as_bytes());
             }
@@ -145,7 +146,10 @@ mod tests {
         let rx = UdpSocket::bind("127.0.0.1:0").await.expect("bind");
         let mut batch = SendBatch::default();
         // Port 0 is not a valid destination: the kernel refuses that one datagram.
-        batch.push(BytesMut::from(&b"lost"[..]), "127.0.0.1:0".parse().expect("addr"));
+        batch.push(
+            BytesMut::from(&b"lost"[..]),
+            "127.0.0.1:0".parse().expect("addr"),
+        );
         batch.push(BytesMut::from(&b"kept"[..]), rx.local_addr().expect("addr"));
         let done = batch.flush(&tx);
         assert_eq!((done.sent, done.errors), (1, 1), "{done:?}");

@@ -14,6 +14,7 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
+use rtc::peer_connection::certificate::RTCCertificate;
 use rtc::peer_connection::event::{RTCPeerConnectionEvent, RTCTrackEvent};
 use rtc::peer_connection::message::{RTCMessage, TaggedRTCMessage};
 use rtc::peer_connection::state::RTCPeerConnectionState;
@@ -108,6 +109,8 @@ pub(crate) struct Engine {
     rtp_scratch: Vec<rtp::Packet>,
     /// Datagrams of one fan-out, sent together.
     batch: SendBatch,
+    /// The DTLS certificate every connection presents.
+    certificate: RTCCertificate,
     removals: Vec<(u32, DisconnectReason)>,
     publishers: u64,
     connected: u64,
@@ -146,6 +149,7 @@ impl Engine {
             events,
             rtp_scratch: Vec::new(),
             batch: SendBatch::default(),
+            certificate: crate::peer::dtls_certificate()?,
             removals: Vec::new(),
             publishers: 0,
             connected: 0,
@@ -493,8 +497,7 @@ impl Engine {
         let c = &self.counters;
         c.datagrams_sent.fetch_add(flushed.sent, Relaxed);
         c.bytes_sent.fetch_add(flushed.bytes, Relaxed);
-        c.send_would_block
-            .fetch_add(flushed.would_block, Relaxed);
+        c.send_would_block.fetch_add(flushed.would_block, Relaxed);
         c.send_errors.fetch_add(flushed.errors, Relaxed);
         // The batch may hold a few RTCP datagrams too; a failed send is charged to the
         // forwarded packets either way.
@@ -700,6 +703,7 @@ impl Engine {
             return Err(MediaError::Full);
         }
         let params = PeerParams {
+            certificate: &self.certificate,
             announce_ips: &self.announce_ips,
             port: self.ice_local_addr.port(),
             slots: self.cfg.slots,

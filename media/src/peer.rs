@@ -11,6 +11,7 @@ use std::time::Instant;
 
 use rtc::interceptor::Registry;
 use rtc::media_stream::MediaStreamTrack;
+use rtc::peer_connection::certificate::{CertificateParams, RTCCertificate};
 use rtc::peer_connection::configuration::RTCConfigurationBuilder;
 use rtc::peer_connection::configuration::interceptor_registry::configure_rtcp_reports;
 use rtc::peer_connection::configuration::media_engine::{MIME_TYPE_OPUS, MediaEngine};
@@ -59,6 +60,9 @@ pub(crate) struct SlotLeg {
 
 /// Per-connection facts every new connection needs.
 pub(crate) struct PeerParams<'a> {
+    /// The SFU's one DTLS certificate, shared by every connection (generating a key pair
+    /// and certificate per join costs CPU and memory for nothing).
+    pub(crate) certificate: &'a RTCCertificate,
     pub(crate) announce_ips: &'a [IpAddr],
     pub(crate) port: u16,
     pub(crate) slots: usize,
@@ -117,6 +121,19 @@ fn media_engine() -> Result<MediaEngine, MediaError> {
     Ok(me)
 }
 
+/// A self-signed ECDSA P-256 certificate for DTLS, the kind `rtc` would generate for
+/// each connection.
+pub(crate) fn dtls_certificate() -> Result<RTCCertificate, MediaError> {
+    let provider = rtc::crypto::default_provider().map_err(rtc_err)?;
+    let params = CertificateParams::new(vec!["chorus-sfu".to_owned()]).map_err(rtc_err)?;
+    RTCCertificate::generate(
+        provider.crypto(),
+        rtc::crypto::SignatureScheme::EcdsaP256Sha256,
+        params,
+    )
+    .map_err(rtc_err)
+}
+
 fn opus_codec() -> RTCRtpCodec {
     RTCRtpCodec {
         mime_type: MIME_TYPE_OPUS.to_owned(),
@@ -149,7 +166,11 @@ impl Peer {
         // read back from the local description for demultiplexing.
         let setting_engine = SettingEngineBuilder::new().with_lite(true).build();
         let mut pc = RTCPeerConnectionBuilder::new()
-            .with_configuration(RTCConfigurationBuilder::new().build())
+            .with_configuration(
+                RTCConfigurationBuilder::new()
+                    .with_certificates(vec![params.certificate.clone()])
+                    .build(),
+            )
             .with_media_engine(media_engine)
             .with_setting_engine(setting_engine)
             .with_interceptor_registry(registry)

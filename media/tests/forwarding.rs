@@ -48,6 +48,17 @@ async fn offer_has_the_fixed_audio_layout() -> Result<()> {
         listener.sdp.matches("a=inactive").count() == 1,
         "listener mic is inactive"
     );
+    // One DTLS certificate for the whole SFU: both offers carry the same fingerprint.
+    let fingerprint = |sdp: &str| {
+        sdp.lines()
+            .find(|l| l.starts_with("a=fingerprint:sha-256 "))
+            .map(str::to_owned)
+    };
+    ensure!(fingerprint(sdp).is_some(), "no sha-256 fingerprint: {sdp}");
+    ensure!(
+        fingerprint(sdp) == fingerprint(&listener.sdp),
+        "certificate per peer"
+    );
     assert!(matches!(
         sfu.join(RoomKey(1), ParticipantId(2), false).await,
         Err(media::MediaError::AlreadyJoined(_))
