@@ -17,7 +17,7 @@ use bytes::BytesMut;
 use rtc::peer_connection::certificate::RTCCertificate;
 use rtc::peer_connection::event::{RTCPeerConnectionEvent, RTCTrackEvent};
 use rtc::peer_connection::message::{RTCMessage, TaggedRTCMessage};
-use rtc::peer_connection::state::RTCPeerConnectionState;
+use rtc::peer_connection::state::{RTCIceConnectionState, RTCPeerConnectionState};
 use rtc::rtcp::transport_feedbacks::transport_layer_nack::TransportLayerNack;
 use rtc::rtp;
 use rtc::sansio::Protocol;
@@ -312,7 +312,16 @@ impl Engine {
     /// Drains everything a connection produced after an input, then reschedules its timer.
     fn after_io(&mut self, idx: u32, now: Instant) {
         self.flush(idx);
-        self.drain_events(idx, now);
+        if self.drain_events(idx, now) {
+            // ICE just connected. `rtc` queues the DTLS ClientHello when the candidate pair
+            // is selected but only sends it from `handle_timeout`, whose next deadline is up
+            // to 200 ms away: run it now, so the handshake starts at once.
+            if let Some(peer) = self.peer_mut(idx) {
+                let _ = peer.pc.handle_timeout(now);
+            }
+            self.flush(idx);
+            self.drain_events(idx, now);
+        }
         self.drain_reads(idx, now);
         self.flush(idx);
         self.reschedule(idx, now);
@@ -327,12 +336,17 @@ impl Engine {
         }
     }
 
-    fn drain_events(&mut self, idx: u32, now: Instant) {
+    /// Handles a connection's events; returns whether its ICE transport just connected.
+    fn drain_events(&mut self, idx: u32, now: Instant) -> bool {
         let Some(peer) = self.peers.get_mut(idx as usize).and_then(Option::as_mut) else {
-            return;
+            return false;
         };
+        let mut ice_connected = false;
         while let Some(event) = peer.pc.poll_event() {
             match event {
+                RTCPeerConnectionEvent::OnIceConnectionStateChangeEvent(
+                    RTCIceConnectionState::Connected,
+                ) => ice_connected = true,
                 RTCPeerConnectionEvent::OnConnectionStateChangeEvent(state) => match state {
                     RTCPeerConnectionState::Connected => {
                         if !peer.connected {
@@ -369,6 +383,7 @@ impl Engine {
                 _ => {}
             }
         }
+        ice_connected
     }
 
     fn drain_reads(&mut self, idx: u32, now: Instant) {

@@ -194,6 +194,9 @@ fn token_from(headers: &HeaderMap, query: Option<String>) -> Option<String> {
         .filter(|t| !t.is_empty())
 }
 
+/// Initial read buffer of each WebSocket connection.
+const WS_READ_BUFFER: usize = 4 * 1024;
+
 /// Authenticates before upgrading, but always upgrades: a browser cannot read an HTTP
 /// 401 on a WebSocket, so a refused client gets `error{unauthorized, fatal}` and a
 /// close frame instead.
@@ -211,8 +214,11 @@ async fn ws_upgrade(
     // Frames between the configured limit and 4x it are read and answered with
     // `too_large`; anything bigger is cut off by the WebSocket layer itself.
     let hard_limit = inner.cfg.max_frame_bytes.saturating_mul(4).max(4096);
+    // Signaling frames are small and rare: a 4 KiB read buffer per connection instead of
+    // tungstenite's 128 KiB default (it grows for the occasional bigger frame).
     ws.max_message_size(hard_limit)
         .max_frame_size(hard_limit)
+        .read_buffer_size(WS_READ_BUFFER)
         .on_upgrade(move |socket| session::run(inner, socket, auth))
 }
 
