@@ -248,4 +248,12 @@ impl LiveRooms for SignalingLiveRooms {
             tracing::info!(participants = removed, "deleted room closed live");
         }
     }
+
+    fn occupied_rooms(&self) -> Vec<RoomId> {
+        self.signaling
+            .occupied_rooms()
+            .into_iter()
+            .map(RoomId)
+            .collect()
+    }
 }

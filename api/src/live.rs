@@ -23,8 +23,15 @@ pub trait LiveRooms: Send + Sync + 'static {
     /// A message was deleted through HTTP; tell the room.
     fn message_deleted(&self, _room: &RoomId, _message: &MessageId) {}
 
-    /// The room was deleted (by its owner or by expiry); disconnect its participants.
+    /// The room was deleted by its owner; disconnect its participants.
     fn room_deleted(&self, _room: &RoomId) {}
+
+    /// Rooms with someone in them right now. The sweeper counts being occupied as
+    /// activity, so a room never expires (nor is dropped by a MongoDB TTL index) while
+    /// people are in it, however quiet they are.
+    fn occupied_rooms(&self) -> Vec<RoomId> {
+        Vec::new()
+    }
 }
 
 /// No live state at all (tests, or a control plane run without the media side).

@@ -1,6 +1,7 @@
 //! Periodic housekeeping: deletes rooms idle past the expiry (with their messages and
 //! bytes, including what a MongoDB TTL index left behind), expired login codes and refresh
-//! tokens, and idle rate-limiter keys.
+//! tokens, and idle rate-limiter keys. A room with people in it is active by definition:
+//! each pass first marks the occupied rooms as active.
 
 use std::future::Future;
 
@@ -19,6 +20,13 @@ pub struct SweepReport {
 /// One pass, with the state's clock: rooms idle since before `now - room_expiry` go.
 pub async fn sweep_once(state: &AppState) -> Result<SweepReport, StoreError> {
     let now = state.now();
+    for room in state.live.occupied_rooms() {
+        match state.store.touch_room(&room, now).await {
+            // Deleted meanwhile (its owner, or a TTL index): nothing to keep alive.
+            Ok(()) | Err(StoreError::NotFound) => {}
+            Err(e) => return Err(e),
+        }
+    }
     let cutoff = now - state.config.room_expiry;
     let report = SweepReport {
         rooms_expired: state.store.expire_rooms(cutoff).await?,

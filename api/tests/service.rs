@@ -3,6 +3,7 @@
 
 mod common;
 
+use api::live::LiveRoomInfo;
 use axum::body::Body;
 use axum::http::{Method, Request, StatusCode, header};
 use common::TestApp;
@@ -165,10 +166,39 @@ async fn the_sweeper_deletes_rooms_idle_past_the_expiry_and_keeps_active_ones() 
 
     let report = api::sweeper::sweep_once(&app.state).await.expect("sweep");
     assert_eq!(report.rooms_expired, 1);
+
     let a = app.login("+14155550001").await;
     app.get(&format!("/api/rooms/{idle}"), &a.access)
         .await
         .assert_error(StatusCode::NOT_FOUND, "not_found");
     let active = app.get("/api/room/active", &a.access).await.json();
     assert_eq!(active["messages"][0]["message"], "still here");
+
+    // A room people sit in silently for longer than the expiry is still active.
+    let a = app.login("+14155550001").await;
+    let quiet = app.create_room(&a, "quiet but occupied", "open").await["id"]
+        .as_str()
+        .expect("id")
+        .to_owned();
+    app.live.rooms.lock().insert(
+        api::store::RoomId(quiet.clone()),
+        LiveRoomInfo {
+            total_people: 2,
+            speakers: vec![],
+        },
+    );
+    app.clock.advance(time::Duration::days(31));
+    let report = api::sweeper::sweep_once(&app.state).await.expect("sweep");
+    assert_eq!(
+        report.rooms_expired, 1,
+        "only the chat room, idle for 31 days"
+    );
+    let a = app.login("+14155550001").await;
+    let r = app.get(&format!("/api/rooms/{quiet}"), &a.access).await;
+    assert_eq!(r.status, StatusCode::OK, "an occupied room expired");
+    // Once everyone left, it expires like any other.
+    app.live.rooms.lock().clear();
+    app.clock.advance(time::Duration::days(31));
+    let report = api::sweeper::sweep_once(&app.state).await.expect("sweep");
+    assert_eq!(report.rooms_expired, 1);
 }

@@ -95,6 +95,11 @@ impl Signaling {
         self.inner.state.lock().snapshot(room_id)
     }
 
+    /// Ids of the rooms with at least one participant (waiting-to-resume ones included).
+    pub fn occupied_rooms(&self) -> Vec<String> {
+        self.inner.state.lock().rooms.keys().cloned().collect()
+    }
+
     /// Sends a message stored elsewhere (e.g. posted or uploaded over HTTP) to everyone
     /// in the room as `receive_message`, serialised once. Never waits: a slow client's
     /// full queue disconnects it, as for any broadcast. A room nobody is in is a no-op.

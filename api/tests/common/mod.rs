@@ -72,6 +72,14 @@ impl LiveRooms for FakeLive {
     fn room_deleted(&self, room: &RoomId) {
         self.rooms_deleted.lock().push(room.clone());
     }
+    fn occupied_rooms(&self) -> Vec<RoomId> {
+        self.rooms
+            .lock()
+            .iter()
+            .filter(|(_, info)| info.total_people > 0)
+            .map(|(id, _)| id.clone())
+            .collect()
+    }
 }
 
 pub struct TestApp {
