@@ -92,7 +92,8 @@ pub(crate) struct Engine {
     /// (rtc matches inbound traffic to a local candidate by this address).
     ice_local_addr: SocketAddr,
     announce_ips: Vec<IpAddr>,
-    peers: Vec<Option<Peer>>,
+    /// Boxed: an `rtc` connection is ~9 KB inline, so slack in a Vec of them would be costly.
+    peers: Vec<Option<Box<Peer>>>,
     free: Vec<u32>,
     by_pid: HashMap<ParticipantId, u32>,
     by_addr: HashMap<SocketAddr, u32>,
@@ -306,7 +307,7 @@ impl Engine {
     }
 
     fn peer_mut(&mut self, idx: u32) -> Option<&mut Peer> {
-        self.peers.get_mut(idx as usize).and_then(Option::as_mut)
+        self.peers.get_mut(idx as usize).and_then(Option::as_deref_mut)
     }
 
     /// Drains everything a connection produced after an input, then reschedules its timer.
@@ -751,7 +752,7 @@ impl Engine {
         if can_publish {
             self.publishers += 1;
         }
-        self.peers[idx as usize] = Some(peer);
+        self.peers[idx as usize] = Some(Box::new(peer));
         self.forward_router_events();
         self.after_io(idx, now);
         self.update_gauges();
