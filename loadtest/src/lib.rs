@@ -57,7 +57,9 @@
 
 pub mod audio;
 pub mod harness;
+pub mod listener;
 pub mod peer;
+pub mod reception;
 pub mod registry;
 pub mod scenario;
 pub mod session;

@@ -208,6 +208,7 @@ struct Harvest {
 /// Per listener and source, where the counters stood when a window began.
 #[derive(Clone, Copy, Default)]
 struct Mark {
+    packets: u64,
     latency_samples: usize,
     lost: i64,
     expected: u64,
@@ -286,7 +287,8 @@ pub async fn run_scenario(
 }
 
 impl Run<'_> {
-    fn session_config(&self, token: String, room: usize) -> SessionConfig {
+    /// How a speaker (`listener` false) or a listener joins room `room`.
+    fn session_config(&self, token: String, room: usize, listener: bool) -> SessionConfig {
         let mut cfg = SessionConfig::new(&self.target.ws_url, token, &self.room_ids[room]);
         cfg.auth = Auth::Bearer(match &cfg.auth {
             Auth::Bearer(t) => t.clone(),
@@ -299,6 +301,9 @@ impl Run<'_> {
             decode: false,
             ..PeerConfig::default()
         };
+        if listener {
+            cfg.engine = self.sc.listener_engine;
+        }
         cfg
     }
 
@@ -382,7 +387,7 @@ impl Run<'_> {
                     (r * 1000 + s) as u64 + 1,
                     sc.pause_ratio,
                 );
-                let cfg = self.session_config(token, r).speaking(Turned {
+                let cfg = self.session_config(token, r, false).speaking(Turned {
                     voice,
                     active: active.clone(),
                     quiet: self.quiet.clone(),
@@ -514,7 +519,7 @@ impl Run<'_> {
                 pacer: self.pacer.clone(),
                 joins: self.joins.clone(),
             };
-            let session_cfg = self.session_config(String::new(), pos.room);
+            let session_cfg = self.session_config(String::new(), pos.room, true);
             let tokens_fut = self.target.tokens.token();
             self.pacer.wait().await;
             let token = tokens_fut.await;
@@ -600,7 +605,7 @@ impl Run<'_> {
         // Stream statistics within the window.
         let mut lat: Vec<f64> = Vec::new();
         let mut jitters: Vec<f64> = Vec::new();
-        let (mut lost, mut seq_expected) = (0i64, 0u64);
+        let (mut lost, mut seq_expected, mut rx_packets) = (0i64, 0u64, 0u64);
         let mut account =
             |pos: usize, generation: u64, sources: &HashMap<ParticipantId, StreamStats>| {
                 for (pid, st) in sources {
@@ -616,6 +621,7 @@ impl Run<'_> {
                     };
                     lat.extend(samples[from..].iter().map(|us| f64::from(*us) / 1e3));
                     lost += st.lost - m.lost;
+                    rx_packets += st.packets.saturating_sub(m.packets);
                     seq_expected += st.expected().saturating_sub(m.expected);
                     if st.packets > 0 {
                         jitters.push(st.jitter().as_secs_f64() * 1e3);
@@ -629,7 +635,7 @@ impl Run<'_> {
         for (i, l) in self.listeners.iter().enumerate() {
             let s = l.session.lock().clone();
             if let Some(s) = s
-                && let Some(p) = s.peer()
+                && let Some(p) = s.media()
             {
                 live += 1;
                 let g = l.generation.load(Ordering::Relaxed);
@@ -683,6 +689,10 @@ impl Run<'_> {
             server,
             harness_cpu_seconds: harness_cpu,
             harness_cpu_percent: harness_cpu.map(|c| c / window * 100.0),
+            harness_packets_received: rx_packets,
+            harness_cpu_us_per_received_packet: harness_cpu
+                .filter(|_| rx_packets > 0)
+                .map(|c| c * 1e6 / rx_packets as f64),
             harness_rss_bytes: metrics::own_rss_bytes(),
             udp_rcvbuf_errors: match (udp_before, udp_after) {
                 (Some(a), Some(b)) => Some(b.saturating_sub(a)),
@@ -725,12 +735,13 @@ impl Run<'_> {
         for (i, l) in self.listeners.iter().enumerate() {
             let s = l.session.lock().clone();
             let Some(s) = s else { continue };
-            let Some(p) = s.peer() else { continue };
+            let Some(p) = s.media() else { continue };
             let g = l.generation.load(Ordering::Relaxed);
             for (pid, st) in p.snapshot().sources {
                 out.insert(
                     (i, g, pid),
                     Mark {
+                        packets: st.packets,
                         latency_samples: st.latency_samples_us().len(),
                         lost: st.lost,
                         expected: st.expected(),
@@ -752,7 +763,7 @@ impl Run<'_> {
         for l in &self.listeners {
             let s = l.session.lock().clone();
             let sample = s.and_then(|s| {
-                let p = s.peer()?;
+                let p = s.media()?;
                 let in_slots: Vec<ParticipantId> = s.slots().into_iter().flatten().collect();
                 let recv = in_slots
                     .iter()
@@ -804,7 +815,7 @@ impl Run<'_> {
         let configs: Vec<SessionConfig> = order
             .iter()
             .take(n)
-            .map(|p| self.session_config(String::new(), p.room))
+            .map(|p| self.session_config(String::new(), p.room, true))
             .collect();
         let index: HashMap<usize, usize> = self
             .listeners
@@ -827,7 +838,7 @@ impl Run<'_> {
                 pos.generation.fetch_add(1, Ordering::Relaxed);
                 if let Some(s) = taken {
                     if let (Some(p), Some(&i)) =
-                        (s.peer(), index.get(&(Arc::as_ptr(&pos) as usize)))
+                        (s.media(), index.get(&(Arc::as_ptr(&pos) as usize)))
                     {
                         harvests.lock().push(Harvest {
                             pos: i,
