@@ -147,10 +147,18 @@ struct Pacer {
 }
 
 impl Pacer {
+    /// Nonsense rates (zero, negative, NaN) fall back to one join per second rather
+    /// than panicking; `Scenario::validate` refuses them before a run anyway.
     fn new(rate: f64) -> Self {
+        let interval =
+            Duration::try_from_secs_f64(1.0 / rate).unwrap_or_else(|_| Duration::from_secs(1));
         Self {
             next: Mutex::new(tokio::time::Instant::now()),
-            interval: Duration::from_secs_f64(1.0 / rate),
+            interval: if interval.is_zero() {
+                Duration::from_secs(1)
+            } else {
+                interval
+            },
         }
     }
 
@@ -957,6 +965,30 @@ impl JoinCtx {
                 }
             }
             Err(_) => self.joins.lock().no_audio += 1,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn pacer_spaces_joins_at_the_rate() {
+        let p = Pacer::new(50.0);
+        let t0 = tokio::time::Instant::now();
+        for _ in 0..5 {
+            p.wait().await;
+        }
+        // The first join is immediate, the next four 20 ms apart; timers never fire
+        // early, and the upper bound only guards against a busy machine's worst case.
+        let e = t0.elapsed();
+        assert!(
+            e >= Duration::from_millis(80) && e < Duration::from_secs(2),
+            "{e:?}"
+        );
+        for rate in [0.0, -3.0, f64::NAN, f64::INFINITY] {
+            assert_eq!(Pacer::new(rate).interval, Duration::from_secs(1), "{rate}");
         }
     }
 }
