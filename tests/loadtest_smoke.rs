@@ -255,3 +255,177 @@ async fn speaker_turns_and_listener_churn_keep_delivery_with_more_speakers_than_
         "{sent:?} vs {nonstop}"
     );
 }
+
+/// Polls `cond` every 20 ms until it holds or `within` passes.
+async fn until(within: Duration, what: &str, mut cond: impl FnMut() -> bool) -> anyhow::Result<()> {
+    let end = tokio::time::Instant::now() + within;
+    while !cond() {
+        anyhow::ensure!(
+            tokio::time::Instant::now() < end,
+            "timed out after {within:?} waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    Ok(())
+}
+
+/// The rtc listener without the send-time registry, so every packet is attributed by the
+/// slot map alone: with one audio slot, the slot switches from the first speaker (440 Hz)
+/// to the second (660 Hz); each speaker's decoded audio must be its own tone, and the
+/// listener must keep hearing after an ICE restart it answers itself.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rtc_listener_follows_a_slot_switch_by_the_slot_map_and_survives_an_ice_restart()
+-> anyhow::Result<()> {
+    use loadtest::audio::{SAMPLE_RATE, Tone, dominant_frequency};
+    use loadtest::peer::PeerConfig;
+    use loadtest::protocol::{ClientMessage, Role};
+    use loadtest::registry::SendRegistry;
+    use loadtest::session::{Engine, Session, SessionConfig};
+    use std::sync::Arc;
+
+    const WAIT: Duration = Duration::from_secs(20);
+    let _serial = SERIAL.lock().await;
+    let server = spawn_server(&[("AUDIO_SLOTS", "1")]);
+    let target = Target::new(
+        &server.url,
+        false,
+        TokenSource::Mint {
+            secret: SECRET.as_bytes().to_vec(),
+            ttl: Duration::from_secs(600),
+        },
+    )
+    .await?;
+    let owner_token = target.tokens.token().await?;
+    let created = loadtest::harness::http::request(
+        target.addr,
+        &target.base.host,
+        "POST",
+        "/api/rooms",
+        Some(&owner_token),
+        Some(&serde_json::json!({ "topic": "rtc listener", "roomType": "open" })),
+        Duration::from_secs(10),
+    )
+    .await?;
+    anyhow::ensure!(created.status == 201, "create room: {}", created.text());
+    let room = created.json::<serde_json::Value>()?["id"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+
+    // Speakers record what they send (for their own counts); the listener does not
+    // look at the registry.
+    let registry = Arc::new(SendRegistry::default());
+    let speaker_peer = PeerConfig {
+        registry: Some(registry.clone()),
+        ..PeerConfig::default()
+    };
+    let mut cfg =
+        SessionConfig::new(&target.ws_url, owner_token, &room).speaking(Tone::new(440.0, 0.5));
+    cfg.peer = speaker_peer.clone();
+    let a = Session::connect(cfg).await?;
+    let a_id = a.participant_id().ok_or_else(|| anyhow::anyhow!("no id"))?;
+
+    let mut cfg = SessionConfig::new(&target.ws_url, target.tokens.token().await?, &room);
+    cfg.peer = speaker_peer;
+    let b = Session::connect(cfg).await?;
+    let b_id = b.participant_id().ok_or_else(|| anyhow::anyhow!("no id"))?;
+    a.send(&ClientMessage::SetRole {
+        participant_id: b_id,
+        role: Role::Speaker,
+    })
+    .await?;
+    until(WAIT, "the promotion", || {
+        b.me().is_some_and(|m| m.role == Role::Speaker)
+            && b.peer().is_some_and(|p| p.send_params().is_some())
+    })
+    .await?;
+    b.unmute().await?;
+
+    let mut cfg = SessionConfig::new(&target.ws_url, target.tokens.token().await?, &room);
+    cfg.engine = Engine::Rtc;
+    cfg.peer = PeerConfig {
+        registry: None,
+        decode: true,
+        ..PeerConfig::default()
+    };
+    let l = Session::connect(cfg).await?;
+    let media = l
+        .media()
+        .ok_or_else(|| anyhow::anyhow!("listener not in the call"))?;
+    let rx = media
+        .rtc()
+        .ok_or_else(|| anyhow::anyhow!("not the rtc engine"))?;
+    assert!(l.peer().is_none());
+
+    // The first speaker fills the only slot.
+    until(WAIT, "a second of the first speaker", || {
+        l.slots() == vec![Some(a_id)] && rx.packets_from(a_id) >= 50
+    })
+    .await?;
+    let f = dominant_frequency(&rx.source_pcm(a_id), SAMPLE_RATE);
+    assert!(
+        f.is_some_and(|f| (f - 440.0).abs() < 15.0),
+        "first speaker heard at {f:?}"
+    );
+
+    // The first speaker falls silent, the second talks: the slot switches.
+    a.stop_publishing();
+    b.start_publishing(Box::new(Tone::new(660.0, 0.5))).await?;
+    until(WAIT, "the slot to switch to the second speaker", || {
+        l.slots() == vec![Some(b_id)] && rx.packets_from(b_id) >= 100
+    })
+    .await?;
+    let f = dominant_frequency(&rx.source_pcm(b_id), SAMPLE_RATE);
+    assert!(
+        f.is_some_and(|f| (f - 660.0).abs() < 15.0),
+        "second speaker heard at {f:?}"
+    );
+    let snap = rx.snapshot();
+    assert_eq!(snap.slots.len(), 1, "{:?}", snap.slots);
+    assert_eq!(snap.slots[0].source, Some(b_id));
+    assert_eq!(snap.unknown_mid_packets, 0);
+    // One slot, one SSRC: the switch is not a sequence gap.
+    let slot = &snap.slots[0].stats;
+    assert!(slot.lost <= 2, "slot lost {} packets", slot.lost);
+
+    // Delivery of the second speaker over a window, by the slot map alone.
+    let (sent0, got0) = (registry.sent_count(b_id), rx.packets_from(b_id));
+    until(WAIT, "two more seconds of the second speaker", || {
+        registry.sent_count(b_id) >= sent0 + 100
+    })
+    .await?;
+    let sent1 = registry.sent_count(b_id);
+    until(Duration::from_secs(2), "packets in flight", || {
+        rx.packets_from(b_id) - got0 >= (sent1 - sent0) * 99 / 100
+    })
+    .await?;
+
+    // ICE restart: the server offers new credentials, the rtc listener answers.
+    let answered = l.offers_answered();
+    l.restart_ice().await?;
+    until(WAIT, "the ICE restart to be answered", || {
+        l.offers_answered() > answered
+    })
+    .await?;
+    let got = rx.packets_from(b_id);
+    until(WAIT, "audio after the ICE restart", || {
+        rx.packets_from(b_id) >= got + 100
+    })
+    .await?;
+    assert_eq!(l.last_error(), None);
+    assert_eq!(
+        rx.connection_state(),
+        loadtest::listener::RTCPeerConnectionState::Connected
+    );
+    assert_eq!(
+        rx.counters()
+            .read_errors
+            .load(std::sync::atomic::Ordering::Relaxed),
+        0
+    );
+
+    l.leave().await;
+    b.leave().await;
+    a.leave().await;
+    Ok(())
+}

@@ -10,8 +10,10 @@
 //! - [`signal`]: the WebSocket client speaking `signaling::protocol`.
 //! - [`peer`]: the WebRTC peer that answers the server's offers, publishes and receives.
 //! - [`session`]: the glue (connect, join room, join call, answer, publish, listen).
-//! - [`scenario`]: many sessions at a bounded join rate, measured into a [`scenario::Report`].
-//! - [`harness`]: the load-test harness (scenarios, runner, report) behind
+//! - [`listener`]: the receive-only client on the sans-I/O `rtc` core that load runs
+//!   use for listeners (a fraction of the CPU per packet of [`peer`]).
+//! - [`reception`]: per-slot and per-speaker receive accounting shared by both clients.
+//! - [`harness`]: the load-test harness (scenarios, tokens, runner, report) behind
 //!   `chorus-loadtest`.
 //!
 //! A speaker and a listener against a running server (base URL + access tokens):
@@ -52,18 +54,19 @@
 //! # Ok(())
 //! # }
 //! ```
-//! - [`harness`]: the load-test harness (scenarios, runner, report) behind
-//!   `chorus-loadtest`.
+//!
+//! A listener on the `rtc` engine: `cfg.engine = loadtest::session::Engine::Rtc`, then
+//! [`session::Session::media`] gives the same snapshots.
 
 pub mod audio;
 pub mod harness;
+pub mod listener;
 pub mod peer;
+pub mod reception;
 pub mod registry;
-pub mod scenario;
 pub mod session;
 pub mod signal;
 pub mod stats;
-pub mod tokens;
 
 pub use signaling::protocol;
 

@@ -77,6 +77,11 @@ struct Cli {
     /// Run NACK and RTCP-report interceptors in every client, as browsers do (more harness CPU).
     #[arg(long)]
     interceptors: bool,
+    /// Client the listeners run on: rtc (the sans-I/O core, one task and socket per
+    /// listener, a fraction of the CPU per packet) or webrtc (the async API, as the
+    /// speakers use). Speakers always run on webrtc.
+    #[arg(long, value_name = "ENGINE", default_value = "rtc")]
+    listener_engine: loadtest::session::Engine,
 
     /// The server's JWT_ACCESS_TOKEN_SECRET, to mint access tokens.
     #[arg(long, env = "CHORUS_JWT_SECRET", hide_env_values = true)]
@@ -171,6 +176,7 @@ impl Cli {
                     }
                 }
                 s.interceptors |= self.interceptors;
+                s.listener_engine = self.listener_engine;
                 s.validate()?;
                 Ok(s)
             })

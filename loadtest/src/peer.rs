@@ -13,10 +13,10 @@
 //! silently after `write_rtp` returns Ok, so those are read back from the sender's
 //! parameters after every negotiation.
 
-use crate::audio::{self, OpusDecoder, OpusEncoder, PcmRing, SignalSource};
+use crate::audio::{self, OpusEncoder, SignalSource};
 use crate::protocol::{IceServer, ParticipantId};
+use crate::reception::Reception;
 use crate::registry::SendRegistry;
-use crate::stats::StreamStats;
 use crate::{Error, Result, within};
 use bytes::Bytes;
 use parking_lot::Mutex;
@@ -26,7 +26,6 @@ use rtc::rtp_transceiver::rtp_sender::{
     RTCRtpCodec, RTCRtpCodecParameters, RTCRtpCodingParameters, RTCRtpEncodingParameters,
     RTCRtpHeaderExtensionCapability, RTCRtpParameters, RtpCodecKind,
 };
-use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
@@ -116,176 +115,30 @@ pub struct SendCounters {
     pub write_errors: AtomicU64,
 }
 
-/// Receive statistics of one slot (the raw stream the SFU sends on that m-line).
-#[derive(Clone, Debug)]
-pub struct SlotSnapshot {
-    pub mid: String,
-    pub stats: StreamStats,
-    /// Who the `slots` message says is in this slot now.
-    pub source: Option<ParticipantId>,
-    pub decode_errors: u64,
-}
-
-/// Everything received so far (without PCM; see [`ClientPeer::source_pcm`]).
-#[derive(Clone, Debug, Default)]
-pub struct RxSnapshot {
-    pub slots: Vec<SlotSnapshot>,
-    /// Per speaker, attributed by the registry when present, else by the slot map.
-    pub sources: HashMap<ParticipantId, StreamStats>,
-    /// Packets whose speaker could not be determined.
-    pub unattributed: u64,
-    /// Packets on an m-line that is not a slot (a server bug).
-    pub unknown_mid_packets: u64,
-    /// Packets where the slot map and the registry disagreed about the speaker
-    /// (normal for a few packets around a switch; many means stale `slots` messages).
-    pub attribution_mismatches: u64,
-    pub first_packet_at: Option<Instant>,
-}
-
-struct SlotRx {
-    mid: String,
-    stats: StreamStats,
-    decoder: Option<OpusDecoder>,
-    pcm: PcmRing,
-    decode_errors: u64,
-    last_source: Option<ParticipantId>,
-}
-
-struct SourceRx {
-    stats: StreamStats,
-    pcm: PcmRing,
-    last_slot: Option<usize>,
-}
-
-#[derive(Default)]
-struct RxState {
-    slot_map: Vec<Option<ParticipantId>>,
-    slots: Vec<SlotRx>,
-    sources: HashMap<ParticipantId, SourceRx>,
-    unattributed: u64,
-    unknown_mid_packets: u64,
-    attribution_mismatches: u64,
-    first_packet_at: Option<Instant>,
-}
+pub use crate::reception::{RxSnapshot, SlotSnapshot};
 
 struct Shared {
-    rx: Mutex<RxState>,
+    rx: Mutex<Reception>,
     layout: Mutex<Option<OfferLayout>>,
     conn: watch::Sender<RTCPeerConnectionState>,
     gathering: watch::Sender<RTCIceGatheringState>,
     tracks: mpsc::UnboundedSender<Arc<dyn TrackRemote>>,
     send_params: Mutex<Option<SendParams>>,
     counters: SendCounters,
-    decode: bool,
-    pcm_samples: usize,
-    registry: Option<Arc<SendRegistry>>,
     first_packet: watch::Sender<Option<Instant>>,
 }
 
 impl Shared {
     fn on_rtp(&self, slot: Option<usize>, level_id: Option<u8>, pkt: &rtp::Packet, now: Instant) {
-        let mut rx = self.rx.lock();
-        let Some(slot) = slot else {
-            rx.unknown_mid_packets += 1;
-            return;
-        };
-        if rx.first_packet_at.is_none() {
-            rx.first_packet_at = Some(now);
-            self.first_packet.send_replace(Some(now));
-        }
-        let rx = &mut *rx;
-        while rx.slots.len() <= slot {
-            let mid = self
-                .layout
+        let slot_mid = |i: usize| {
+            self.layout
                 .lock()
                 .as_ref()
-                .and_then(|l| l.slot_mids.get(rx.slots.len()).cloned())
-                .unwrap_or_default();
-            rx.slots.push(SlotRx {
-                mid,
-                stats: StreamStats::new(audio::SAMPLE_RATE),
-                decoder: None,
-                pcm: PcmRing::new(self.pcm_samples),
-                decode_errors: 0,
-                last_source: None,
-            });
-        }
-        let h = &pkt.header;
-        let level = level_id
-            .and_then(|id| h.get_extension(id))
-            .and_then(|b| audio::parse_audio_level(&b));
-        let registered = self.registry.as_ref().and_then(|r| r.lookup(&pkt.payload));
-        let by_slot = rx.slot_map.get(slot).copied().flatten();
-        if let (Some((a, _)), Some(b)) = (registered, by_slot)
-            && a != b
-        {
-            rx.attribution_mismatches += 1;
-        }
-        let source = registered.map(|(p, _)| p).or(by_slot);
-        let latency = registered.map(|(_, sent)| now.saturating_duration_since(sent));
-
-        let s = &mut rx.slots[slot];
-        s.stats.on_packet(
-            h.ssrc,
-            h.sequence_number,
-            h.timestamp,
-            pkt.payload.len(),
-            now,
-        );
-        if let Some((lvl, _)) = level {
-            s.stats.on_audio_level(lvl);
-        }
-        if let Some(l) = latency {
-            s.stats.on_latency(l);
-        }
-        let switched = s.last_source != source;
-        s.last_source = source;
-        let mut pcm: Option<Vec<i16>> = None;
-        if self.decode && !pkt.payload.is_empty() {
-            if s.decoder.is_none() {
-                s.decoder = OpusDecoder::new().ok();
-            }
-            if let Some(d) = s.decoder.as_mut() {
-                match d.decode(&pkt.payload) {
-                    Ok(p) => {
-                        s.pcm.push(p);
-                        pcm = Some(p.to_vec());
-                    }
-                    Err(_) => s.decode_errors += 1,
-                }
-            }
-        }
-        let Some(source) = source else {
-            rx.unattributed += 1;
-            return;
+                .and_then(|l| l.slot_mids.get(i).cloned())
+                .unwrap_or_default()
         };
-        let pcm_samples = self.pcm_samples;
-        let src = rx.sources.entry(source).or_insert_with(|| SourceRx {
-            stats: StreamStats::new(audio::SAMPLE_RATE),
-            pcm: PcmRing::new(pcm_samples),
-            last_slot: None,
-        });
-        // The slot's sequence space is shared by whoever occupies it: when this source
-        // (re)enters a slot its numbering legitimately jumps, which is not loss.
-        if src.last_slot.is_some() && (src.last_slot != Some(slot) || switched) {
-            src.stats.reset_sequence_base();
-        }
-        src.last_slot = Some(slot);
-        src.stats.on_packet(
-            h.ssrc,
-            h.sequence_number,
-            h.timestamp,
-            pkt.payload.len(),
-            now,
-        );
-        if let Some((lvl, _)) = level {
-            src.stats.on_audio_level(lvl);
-        }
-        if let Some(l) = latency {
-            src.stats.on_latency(l);
-        }
-        if let Some(p) = pcm {
-            src.pcm.push(&p);
+        if self.rx.lock().on_rtp(slot, slot_mid, level_id, pkt, now) {
+            self.first_packet.send_replace(Some(now));
         }
     }
 }
@@ -415,22 +268,18 @@ impl ClientPeer {
             .build();
 
         let (tracks_tx, mut tracks_rx) = mpsc::unbounded_channel();
-        let pcm_samples = if cfg.decode {
-            (cfg.pcm_keep.as_secs_f64() * f64::from(audio::SAMPLE_RATE)) as usize
-        } else {
-            0
-        };
         let shared = Arc::new(Shared {
-            rx: Mutex::new(RxState::default()),
+            rx: Mutex::new(Reception::new(
+                cfg.decode,
+                cfg.pcm_keep,
+                cfg.registry.clone(),
+            )),
             layout: Mutex::new(None),
             conn: watch::channel(RTCPeerConnectionState::New).0,
             gathering: watch::channel(RTCIceGatheringState::New).0,
             tracks: tracks_tx,
             send_params: Mutex::new(None),
             counters: SendCounters::default(),
-            decode: cfg.decode,
-            pcm_samples,
-            registry: cfg.registry.clone(),
             first_packet: watch::channel(None).0,
         });
         let handler = Arc::new(Handler {
@@ -522,10 +371,10 @@ impl ClientPeer {
             *self.shared.layout.lock() = previous;
             return Err(e.into());
         }
-        {
-            let mut rx = self.shared.rx.lock();
-            rx.slot_map.resize(layout.slot_mids.len(), None);
-        }
+        self.shared
+            .rx
+            .lock()
+            .resize_slot_map(layout.slot_mids.len());
         add_inactive_section_candidates(self.pc.as_ref(), sdp).await;
         let attach = may_send || self.cfg.ignore_publish_refusal;
         if publish && attach && mic.sender.is_none() {
@@ -654,8 +503,7 @@ impl ClientPeer {
 
     /// Updates who is in which slot (from the server's `slots` message).
     pub fn set_slot_map(&self, slots: &[Option<ParticipantId>]) {
-        let mut rx = self.shared.rx.lock();
-        rx.slot_map = slots.to_vec();
+        self.shared.rx.lock().set_slot_map(slots);
     }
 
     /// What outgoing packets carry now; `None` when the mic is not negotiated to send.
@@ -773,73 +621,28 @@ impl ClientPeer {
 
     /// Statistics of everything received so far.
     pub fn snapshot(&self) -> RxSnapshot {
-        let rx = self.shared.rx.lock();
-        RxSnapshot {
-            slots: rx
-                .slots
-                .iter()
-                .enumerate()
-                .map(|(i, s)| SlotSnapshot {
-                    mid: s.mid.clone(),
-                    stats: s.stats.clone(),
-                    source: rx.slot_map.get(i).copied().flatten(),
-                    decode_errors: s.decode_errors,
-                })
-                .collect(),
-            sources: rx
-                .sources
-                .iter()
-                .map(|(k, v)| (*k, v.stats.clone()))
-                .collect(),
-            unattributed: rx.unattributed,
-            unknown_mid_packets: rx.unknown_mid_packets,
-            attribution_mismatches: rx.attribution_mismatches,
-            first_packet_at: rx.first_packet_at,
-        }
+        self.shared.rx.lock().snapshot()
     }
 
     /// Forgets the latency samples kept so far (slots and sources), so that a
     /// measurement window excludes the join phase.
     pub fn clear_latency(&self) {
-        let mut rx = self.shared.rx.lock();
-        for s in &mut rx.slots {
-            s.stats.clear_latency();
-        }
-        for s in rx.sources.values_mut() {
-            s.stats.clear_latency();
-        }
+        self.shared.rx.lock().clear_latency();
     }
 
     /// Packets received from `source` so far.
     pub fn packets_from(&self, source: ParticipantId) -> u64 {
-        self.shared
-            .rx
-            .lock()
-            .sources
-            .get(&source)
-            .map_or(0, |s| s.stats.packets)
+        self.shared.rx.lock().packets_from(source)
     }
 
     /// Decoded PCM (last `pcm_keep`) heard from `source` (needs `decode`).
     pub fn source_pcm(&self, source: ParticipantId) -> Vec<i16> {
-        self.shared
-            .rx
-            .lock()
-            .sources
-            .get(&source)
-            .map(|s| s.pcm.to_vec())
-            .unwrap_or_default()
+        self.shared.rx.lock().source_pcm(source)
     }
 
     /// Decoded PCM (last `pcm_keep`) of slot `i` (needs `decode`).
     pub fn slot_pcm(&self, i: usize) -> Vec<i16> {
-        self.shared
-            .rx
-            .lock()
-            .slots
-            .get(i)
-            .map(|s| s.pcm.to_vec())
-            .unwrap_or_default()
+        self.shared.rx.lock().slot_pcm(i)
     }
 
     /// Dominant frequency of what `source` sounded like recently (needs `decode`).

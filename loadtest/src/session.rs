@@ -8,8 +8,10 @@
 //! hand to the first audio packet received ([`Session::join_time`]).
 
 use crate::audio::SignalSource;
+use crate::listener::RtcListener;
 use crate::peer::{ClientPeer, OfferLayout, PeerConfig};
 use crate::protocol::{ClientMessage, Participant, ParticipantId, Role, ServerMessage};
+use crate::reception::RxSnapshot;
 use crate::signal::{Auth, SignalClient, SignalReceiver, SignalSender};
 use crate::{Error, Result};
 use parking_lot::Mutex;
@@ -36,6 +38,132 @@ pub fn ws_url(base_url: &str, path: &str) -> String {
     format!("{base}{path}")
 }
 
+/// Which client carries the session's media.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Engine {
+    /// The async `webrtc` [`ClientPeer`]: publishes and receives, decodes on request.
+    #[default]
+    Webrtc,
+    /// The sans-I/O [`RtcListener`]: receives only, a fraction of the CPU per packet.
+    Rtc,
+}
+
+impl std::str::FromStr for Engine {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "webrtc" => Ok(Engine::Webrtc),
+            "rtc" => Ok(Engine::Rtc),
+            other => Err(Error::Invalid(format!(
+                "unknown engine {other:?} (expected rtc or webrtc)"
+            ))),
+        }
+    }
+}
+
+impl std::fmt::Display for Engine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Engine::Webrtc => "webrtc",
+            Engine::Rtc => "rtc",
+        })
+    }
+}
+
+/// A session's media connection, whichever engine carries it.
+#[derive(Clone)]
+pub enum Media {
+    Webrtc(Arc<ClientPeer>),
+    Rtc(Arc<RtcListener>),
+}
+
+impl Media {
+    /// Statistics of everything received so far.
+    pub fn snapshot(&self) -> RxSnapshot {
+        match self {
+            Media::Webrtc(p) => p.snapshot(),
+            Media::Rtc(l) => l.snapshot(),
+        }
+    }
+
+    /// Packets received from `source` so far.
+    pub fn packets_from(&self, source: ParticipantId) -> u64 {
+        match self {
+            Media::Webrtc(p) => p.packets_from(source),
+            Media::Rtc(l) => l.packets_from(source),
+        }
+    }
+
+    /// Forgets the latency samples kept so far.
+    pub fn clear_latency(&self) {
+        match self {
+            Media::Webrtc(p) => p.clear_latency(),
+            Media::Rtc(l) => l.clear_latency(),
+        }
+    }
+
+    /// When the first audio packet arrived (any slot).
+    pub fn first_packet_at(&self) -> Option<Instant> {
+        match self {
+            Media::Webrtc(p) => p.first_packet_at(),
+            Media::Rtc(l) => l.first_packet_at(),
+        }
+    }
+
+    /// Waits for the first audio packet on any slot.
+    pub async fn wait_first_packet(&self, deadline: Duration) -> Result<Instant> {
+        match self {
+            Media::Webrtc(p) => p.wait_first_packet(deadline).await,
+            Media::Rtc(l) => l.wait_first_packet(deadline).await,
+        }
+    }
+
+    /// The async peer, when that is the engine.
+    pub fn webrtc(&self) -> Option<&ClientPeer> {
+        match self {
+            Media::Webrtc(p) => Some(p),
+            Media::Rtc(_) => None,
+        }
+    }
+
+    /// The rtc listener, when that is the engine.
+    pub fn rtc(&self) -> Option<&RtcListener> {
+        match self {
+            Media::Webrtc(_) => None,
+            Media::Rtc(l) => Some(l),
+        }
+    }
+
+    fn set_slot_map(&self, slots: &[Option<ParticipantId>]) {
+        match self {
+            Media::Webrtc(p) => p.set_slot_map(slots),
+            Media::Rtc(l) => l.set_slot_map(slots),
+        }
+    }
+
+    async fn answer_offer(&self, sdp: &str, layout: &OfferLayout) -> Result<String> {
+        match self {
+            Media::Webrtc(p) => p.answer_offer(sdp, layout, true).await,
+            Media::Rtc(l) => l.answer_offer(sdp, layout),
+        }
+    }
+
+    async fn wait_connected(&self, deadline: Duration) -> Result<()> {
+        match self {
+            Media::Webrtc(p) => p.wait_connected(deadline).await,
+            Media::Rtc(l) => l.wait_connected(deadline).await,
+        }
+    }
+
+    async fn close(&self) {
+        match self {
+            Media::Webrtc(p) => p.close().await,
+            Media::Rtc(l) => l.close(),
+        }
+    }
+}
+
 /// How to join.
 pub struct SessionConfig {
     /// Full WebSocket URL, e.g. `ws_url("http://127.0.0.1:8080", DEFAULT_WS_PATH)`.
@@ -48,6 +176,8 @@ pub struct SessionConfig {
     /// sent after a promotion if it was refused at join.
     pub publish: Option<Box<dyn SignalSource>>,
     pub peer: PeerConfig,
+    /// The media client; [`Engine::Rtc`] only listens (no `publish`).
+    pub engine: Engine,
     /// Bound on each network step (connect, joined, offer, ICE/DTLS).
     pub step_timeout: Duration,
 }
@@ -65,6 +195,7 @@ impl SessionConfig {
             join_call: true,
             publish: None,
             peer: PeerConfig::default(),
+            engine: Engine::default(),
             step_timeout: Duration::from_secs(10),
         }
     }
@@ -101,7 +232,7 @@ struct SessionState {
 }
 
 struct Inner {
-    peer: Option<Arc<ClientPeer>>,
+    media: Option<Media>,
     state: Mutex<SessionState>,
     sender: SignalSender,
     /// Publishing wanted once the role allows it (held until then).
@@ -132,6 +263,11 @@ impl Session {
     pub async fn connect(mut cfg: SessionConfig) -> Result<Session> {
         let started = Instant::now();
         let step = cfg.step_timeout;
+        if cfg.engine == Engine::Rtc && cfg.publish.is_some() {
+            return Err(Error::Invalid(
+                "the rtc engine only listens; speakers need the webrtc engine".into(),
+            ));
+        }
         let SignalClient {
             sender,
             mut receiver,
@@ -183,24 +319,27 @@ impl Session {
             media_connected: None,
         };
 
-        let peer = if cfg.join_call {
+        let media = if cfg.join_call {
             let mut pcfg = cfg.peer.clone();
             if pcfg.ice_servers.is_empty() {
                 pcfg.ice_servers = ice_servers;
             }
-            Some(Arc::new(ClientPeer::new(pcfg).await?))
+            Some(match cfg.engine {
+                Engine::Webrtc => Media::Webrtc(Arc::new(ClientPeer::new(pcfg).await?)),
+                Engine::Rtc => Media::Rtc(Arc::new(RtcListener::new(&pcfg).await?)),
+            })
         } else {
             None
         };
         let inner = Arc::new(Inner {
-            peer: peer.clone(),
+            media: media.clone(),
             state: Mutex::new(state),
             sender: sender.clone(),
             pending_publish: Mutex::new(cfg.publish.take()),
             registry_me: Mutex::new(Some(me.participant_id)),
         });
 
-        if let Some(peer) = &peer {
+        if let Some(peer) = &media {
             sender.send(&ClientMessage::JoinCall).await?;
             // Handle everything up to the first offer inline, so no `slots` is missed.
             loop {
@@ -305,9 +444,15 @@ impl Session {
         self.inner.state.lock().last_error.clone()
     }
 
-    /// The WebRTC side (stats, decoded audio); `None` without `join_call`.
+    /// The async WebRTC peer (stats, decoded audio, publishing); `None` without
+    /// `join_call` or with the rtc engine (see [`Session::media`]).
     pub fn peer(&self) -> Option<&ClientPeer> {
-        self.inner.peer.as_deref()
+        self.inner.media.as_ref().and_then(Media::webrtc)
+    }
+
+    /// The media connection, whichever engine carries it; `None` without `join_call`.
+    pub fn media(&self) -> Option<&Media> {
+        self.inner.media.as_ref()
     }
 
     pub fn timings(&self) -> JoinTimings {
@@ -316,7 +461,7 @@ impl Session {
 
     /// Token-to-first-audio-packet, once audio has arrived.
     pub fn join_time(&self) -> Option<Duration> {
-        let first = self.inner.peer.as_ref()?.first_packet_at()?;
+        let first = self.inner.media.as_ref()?.first_packet_at()?;
         Some(first.saturating_duration_since(self.timings.started))
     }
 
@@ -324,7 +469,7 @@ impl Session {
     pub async fn wait_first_audio(&self, deadline: Duration) -> Result<Duration> {
         let peer = self
             .inner
-            .peer
+            .media
             .as_ref()
             .ok_or_else(|| Error::Invalid("session did not join the call".into()))?;
         let first = peer.wait_first_packet(deadline).await?;
@@ -375,7 +520,7 @@ impl Session {
     }
 
     pub fn stop_publishing(&self) {
-        if let Some(p) = &self.inner.peer {
+        if let Some(p) = self.peer() {
             p.stop_publishing();
         }
     }
@@ -398,8 +543,8 @@ impl Session {
         let _ = self.inner.sender.send(&ClientMessage::LeaveCall).await;
         let _ = self.inner.sender.send(&ClientMessage::LeaveRoom).await;
         self.inner.sender.close().await;
-        if let Some(p) = &self.inner.peer {
-            p.close().await;
+        if let Some(m) = &self.inner.media {
+            m.close().await;
         }
     }
 
@@ -407,8 +552,8 @@ impl Session {
     /// sockets, drops the WebSocket without a close frame.
     pub async fn kill(self) {
         self.task.abort();
-        if let Some(p) = &self.inner.peer {
-            p.close().await;
+        if let Some(m) = &self.inner.media {
+            m.close().await;
         }
     }
 }
@@ -421,13 +566,13 @@ impl Inner {
                 sdp,
                 publish_mid,
                 slot_mids,
-            } => match &self.peer {
-                Some(peer) => {
+            } => match &self.media {
+                Some(media) => {
                     let layout = OfferLayout {
                         publish_mid: publish_mid.clone(),
                         slot_mids: slot_mids.clone(),
                     };
-                    let answer = peer.answer_offer(sdp, &layout, true).await;
+                    let answer = media.answer_offer(sdp, &layout).await;
                     match answer {
                         Ok(sdp) => {
                             self.state.lock().offers_answered += 1;
@@ -445,8 +590,8 @@ impl Inner {
                 )),
             },
             ServerMessage::Slots { slots } => {
-                if let Some(p) = &self.peer {
-                    p.set_slot_map(slots);
+                if let Some(m) = &self.media {
+                    m.set_slot_map(slots);
                 }
                 self.state.lock().slots = slots.clone();
                 Ok(())
@@ -465,7 +610,7 @@ impl Inner {
     /// Starts the pending signal once the mic is negotiated for sending and media is
     /// connected (earlier packets would be dropped before SRTP is ready).
     async fn maybe_start_publishing(&self) -> Result<()> {
-        let Some(peer) = &self.peer else {
+        let Some(peer) = self.media.as_ref().and_then(Media::webrtc) else {
             return Ok(());
         };
         if peer.send_params().is_none()

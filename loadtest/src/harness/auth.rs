@@ -36,6 +36,10 @@ pub fn mint_access_token(
     user_id: &str,
     ttl: Duration,
 ) -> Result<String, HarnessError> {
+    // HS256 accepts an empty key; a token signed with it is a configuration mistake.
+    if secret.is_empty() {
+        return Err(HarnessError::Config("empty JWT secret".into()));
+    }
     let now = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_err(|e| HarnessError::Config(format!("system clock before 1970: {e}")))?
@@ -263,6 +267,11 @@ mod tests {
             .unwrap_or_default();
         keys.sort();
         assert_eq!(keys, ["exp", "iat", "sub", "typ"]);
+    }
+
+    #[test]
+    fn an_empty_secret_is_refused() {
+        assert!(mint_access_token(b"", "abc", Duration::from_secs(60)).is_err());
     }
 
     #[test]

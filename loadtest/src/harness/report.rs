@@ -142,6 +142,10 @@ pub struct StepReport {
     pub harness_cpu_seconds: Option<f64>,
     /// Of one core.
     pub harness_cpu_percent: Option<f64>,
+    /// RTP packets all listeners received during the window (slot switches included).
+    pub harness_packets_received: u64,
+    /// The harness's CPU (speakers included) per packet its listeners received.
+    pub harness_cpu_us_per_received_packet: Option<f64>,
     pub harness_rss_bytes: Option<f64>,
     /// Datagrams the kernel dropped for full UDP receive buffers during the window
     /// (machine-wide, `/proc/net/snmp`).
@@ -181,7 +185,7 @@ pub fn render_table(r: &ScenarioReport) -> String {
     let mut out = String::new();
     let _ = writeln!(
         out,
-        "== {}: {} room(s) x ({} speakers + {} listeners), {:.0} s window, joins {}/s{}{} ==",
+        "== {}: {} room(s) x ({} speakers + {} listeners on {}), {:.0} s window, joins {}/s{}{} ==",
         sc.name,
         sc.rooms,
         sc.speakers,
@@ -189,6 +193,7 @@ pub fn render_table(r: &ScenarioReport) -> String {
             "{}..{} step {}",
             rp.start, rp.max, rp.step
         )),
+        sc.listener_engine,
         sc.duration.as_secs_f64(),
         sc.join_rate,
         sc.turns.map_or(String::new(), |t| format!(
@@ -204,7 +209,7 @@ pub fn render_table(r: &ScenarioReport) -> String {
     );
     let _ = writeln!(
         out,
-        "{:>9} {:>6} {:>9} {:>7} {:>24} {:>7} {:>17} {:>6} | {:>8} {:>9} {:>8} {:>11} {:>10} | {:>8}",
+        "{:>9} {:>6} {:>9} {:>7} {:>24} {:>7} {:>17} {:>6} | {:>8} {:>9} {:>8} {:>11} {:>10} | {:>8} {:>8}",
         "listeners",
         "live",
         "delivered",
@@ -219,11 +224,12 @@ pub fn render_table(r: &ScenarioReport) -> String {
         "srv rss",
         "mem/part",
         "own cpu",
+        "us/rxpkt",
     );
     for s in &r.steps {
         let _ = writeln!(
             out,
-            "{:>9} {:>6} {:>9} {:>7} {:>24} {:>7} {:>17} {:>6} | {:>8} {:>9} {:>8} {:>11} {:>10} | {:>8}",
+            "{:>9} {:>6} {:>9} {:>7} {:>24} {:>7} {:>17} {:>6} | {:>8} {:>9} {:>8} {:>11} {:>10} | {:>8} {:>8}",
             s.listeners_per_room * sc.rooms,
             s.listeners_live,
             pct(s.delivered, 2),
@@ -246,6 +252,7 @@ pub fn render_table(r: &ScenarioReport) -> String {
             kib(s.server.rss_per_participant_bytes),
             s.harness_cpu_percent
                 .map_or("-".to_owned(), |c| format!("{c:.0}%")),
+            opt(s.harness_cpu_us_per_received_packet, 2),
         );
     }
     if let Some(c) = r.capacity_listeners {
@@ -292,7 +299,8 @@ pub fn render_table(r: &ScenarioReport) -> String {
     let _ = writeln!(
         out,
         "(delivered = received / sent while in the listener's slots; loss = sequence gaps; \
-         srv cpu and own cpu in % of one core; mem/part = server RSS growth / participants)"
+         srv cpu and own cpu in % of one core; us/rxpkt = harness CPU per packet its \
+         listeners received; mem/part = server RSS growth / participants)"
     );
     out
 }

@@ -147,10 +147,18 @@ struct Pacer {
 }
 
 impl Pacer {
+    /// Nonsense rates (zero, negative, NaN) fall back to one join per second rather
+    /// than panicking; `Scenario::validate` refuses them before a run anyway.
     fn new(rate: f64) -> Self {
+        let interval =
+            Duration::try_from_secs_f64(1.0 / rate).unwrap_or_else(|_| Duration::from_secs(1));
         Self {
             next: Mutex::new(tokio::time::Instant::now()),
-            interval: Duration::from_secs_f64(1.0 / rate),
+            interval: if interval.is_zero() {
+                Duration::from_secs(1)
+            } else {
+                interval
+            },
         }
     }
 
@@ -208,6 +216,7 @@ struct Harvest {
 /// Per listener and source, where the counters stood when a window began.
 #[derive(Clone, Copy, Default)]
 struct Mark {
+    packets: u64,
     latency_samples: usize,
     lost: i64,
     expected: u64,
@@ -286,7 +295,8 @@ pub async fn run_scenario(
 }
 
 impl Run<'_> {
-    fn session_config(&self, token: String, room: usize) -> SessionConfig {
+    /// How a speaker (`listener` false) or a listener joins room `room`.
+    fn session_config(&self, token: String, room: usize, listener: bool) -> SessionConfig {
         let mut cfg = SessionConfig::new(&self.target.ws_url, token, &self.room_ids[room]);
         cfg.auth = Auth::Bearer(match &cfg.auth {
             Auth::Bearer(t) => t.clone(),
@@ -299,6 +309,9 @@ impl Run<'_> {
             decode: false,
             ..PeerConfig::default()
         };
+        if listener {
+            cfg.engine = self.sc.listener_engine;
+        }
         cfg
     }
 
@@ -382,7 +395,7 @@ impl Run<'_> {
                     (r * 1000 + s) as u64 + 1,
                     sc.pause_ratio,
                 );
-                let cfg = self.session_config(token, r).speaking(Turned {
+                let cfg = self.session_config(token, r, false).speaking(Turned {
                     voice,
                     active: active.clone(),
                     quiet: self.quiet.clone(),
@@ -514,7 +527,7 @@ impl Run<'_> {
                 pacer: self.pacer.clone(),
                 joins: self.joins.clone(),
             };
-            let session_cfg = self.session_config(String::new(), pos.room);
+            let session_cfg = self.session_config(String::new(), pos.room, true);
             let tokens_fut = self.target.tokens.token();
             self.pacer.wait().await;
             let token = tokens_fut.await;
@@ -600,7 +613,7 @@ impl Run<'_> {
         // Stream statistics within the window.
         let mut lat: Vec<f64> = Vec::new();
         let mut jitters: Vec<f64> = Vec::new();
-        let (mut lost, mut seq_expected) = (0i64, 0u64);
+        let (mut lost, mut seq_expected, mut rx_packets) = (0i64, 0u64, 0u64);
         let mut account =
             |pos: usize, generation: u64, sources: &HashMap<ParticipantId, StreamStats>| {
                 for (pid, st) in sources {
@@ -616,6 +629,7 @@ impl Run<'_> {
                     };
                     lat.extend(samples[from..].iter().map(|us| f64::from(*us) / 1e3));
                     lost += st.lost - m.lost;
+                    rx_packets += st.packets.saturating_sub(m.packets);
                     seq_expected += st.expected().saturating_sub(m.expected);
                     if st.packets > 0 {
                         jitters.push(st.jitter().as_secs_f64() * 1e3);
@@ -629,7 +643,7 @@ impl Run<'_> {
         for (i, l) in self.listeners.iter().enumerate() {
             let s = l.session.lock().clone();
             if let Some(s) = s
-                && let Some(p) = s.peer()
+                && let Some(p) = s.media()
             {
                 live += 1;
                 let g = l.generation.load(Ordering::Relaxed);
@@ -683,6 +697,10 @@ impl Run<'_> {
             server,
             harness_cpu_seconds: harness_cpu,
             harness_cpu_percent: harness_cpu.map(|c| c / window * 100.0),
+            harness_packets_received: rx_packets,
+            harness_cpu_us_per_received_packet: harness_cpu
+                .filter(|_| rx_packets > 0)
+                .map(|c| c * 1e6 / rx_packets as f64),
             harness_rss_bytes: metrics::own_rss_bytes(),
             udp_rcvbuf_errors: match (udp_before, udp_after) {
                 (Some(a), Some(b)) => Some(b.saturating_sub(a)),
@@ -725,12 +743,13 @@ impl Run<'_> {
         for (i, l) in self.listeners.iter().enumerate() {
             let s = l.session.lock().clone();
             let Some(s) = s else { continue };
-            let Some(p) = s.peer() else { continue };
+            let Some(p) = s.media() else { continue };
             let g = l.generation.load(Ordering::Relaxed);
             for (pid, st) in p.snapshot().sources {
                 out.insert(
                     (i, g, pid),
                     Mark {
+                        packets: st.packets,
                         latency_samples: st.latency_samples_us().len(),
                         lost: st.lost,
                         expected: st.expected(),
@@ -752,7 +771,7 @@ impl Run<'_> {
         for l in &self.listeners {
             let s = l.session.lock().clone();
             let sample = s.and_then(|s| {
-                let p = s.peer()?;
+                let p = s.media()?;
                 let in_slots: Vec<ParticipantId> = s.slots().into_iter().flatten().collect();
                 let recv = in_slots
                     .iter()
@@ -804,7 +823,7 @@ impl Run<'_> {
         let configs: Vec<SessionConfig> = order
             .iter()
             .take(n)
-            .map(|p| self.session_config(String::new(), p.room))
+            .map(|p| self.session_config(String::new(), p.room, true))
             .collect();
         let index: HashMap<usize, usize> = self
             .listeners
@@ -827,7 +846,7 @@ impl Run<'_> {
                 pos.generation.fetch_add(1, Ordering::Relaxed);
                 if let Some(s) = taken {
                     if let (Some(p), Some(&i)) =
-                        (s.peer(), index.get(&(Arc::as_ptr(&pos) as usize)))
+                        (s.media(), index.get(&(Arc::as_ptr(&pos) as usize)))
                     {
                         harvests.lock().push(Harvest {
                             pos: i,
@@ -946,6 +965,30 @@ impl JoinCtx {
                 }
             }
             Err(_) => self.joins.lock().no_audio += 1,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn pacer_spaces_joins_at_the_rate() {
+        let p = Pacer::new(50.0);
+        let t0 = tokio::time::Instant::now();
+        for _ in 0..5 {
+            p.wait().await;
+        }
+        // The first join is immediate, the next four 20 ms apart; timers never fire
+        // early, and the upper bound only guards against a busy machine's worst case.
+        let e = t0.elapsed();
+        assert!(
+            e >= Duration::from_millis(80) && e < Duration::from_secs(2),
+            "{e:?}"
+        );
+        for rate in [0.0, -3.0, f64::NAN, f64::INFINITY] {
+            assert_eq!(Pacer::new(rate).interval, Duration::from_secs(1), "{rate}");
         }
     }
 }

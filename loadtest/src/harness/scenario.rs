@@ -3,6 +3,7 @@
 //! BENCHMARKS.md needs (`smoke`, `ramp`, `rooms`, `big`).
 
 use super::HarnessError;
+use crate::session::Engine;
 use serde::Serialize;
 use std::time::Duration;
 
@@ -53,6 +54,9 @@ pub struct Scenario {
     /// Run the NACK/RTCP-report interceptors in every client, as a browser does (costs
     /// harness CPU).
     pub interceptors: bool,
+    /// The client listeners run on: the sans-I/O `rtc` listener (default, a fraction of
+    /// the CPU per packet) or the async `webrtc` peer. Speakers always use the latter.
+    pub listener_engine: Engine,
 }
 
 mod secs {
@@ -79,6 +83,7 @@ impl Scenario {
             ramp: None,
             pause_ratio: 0.0,
             interceptors: false,
+            listener_engine: Engine::Rtc,
         }
     }
 
