@@ -103,7 +103,8 @@ struct Cli {
     token_ttl: u64,
 
     /// The server's process id, when it runs on this machine: its CPU and RSS are then
-    /// read from /proc/<pid> (10 ms resolution; /metrics reports CPU in whole seconds).
+    /// read from /proc/<pid> (10 ms resolution) rather than from /metrics
+    /// (`chorus_process_cpu_seconds_total`, microseconds; whole seconds on old servers).
     #[arg(long, value_name = "PID")]
     server_pid: Option<u32>,
     /// Path of the server's Prometheus page.

@@ -307,7 +307,9 @@ impl Engine {
     }
 
     fn peer_mut(&mut self, idx: u32) -> Option<&mut Peer> {
-        self.peers.get_mut(idx as usize).and_then(Option::as_deref_mut)
+        self.peers
+            .get_mut(idx as usize)
+            .and_then(Option::as_deref_mut)
     }
 
     /// Drains everything a connection produced after an input, then reschedules its timer.

@@ -120,6 +120,9 @@ pub fn sum(samples: &[Sample], name: &str, labels: &[(&str, &str)]) -> Option<f6
     found.then_some(total)
 }
 
+/// `cpu_source` of a server that only reports whole CPU seconds.
+pub const COARSE_CPU: &str = "metrics-whole-seconds";
+
 /// The server figures the report needs.
 #[derive(Clone, Copy, Debug, Default, Serialize, PartialEq)]
 pub struct ServerSnapshot {
@@ -129,15 +132,20 @@ pub struct ServerSnapshot {
     pub packets_received: Option<f64>,
     pub packets_dropped: Option<f64>,
     pub participants: Option<f64>,
-    /// Where `cpu_seconds` and `rss_bytes` came from: "metrics" or "proc" (`--server-pid`).
+    /// Where `cpu_seconds` and `rss_bytes` came from: "metrics" (microseconds),
+    /// [`COARSE_CPU`] (a server with only whole-second CPU) or "proc" (`--server-pid`).
     pub cpu_source: &'static str,
 }
 
 impl ServerSnapshot {
     pub fn from_text(text: &str) -> Self {
         let s = parse(text);
+        // The server's microsecond counter; servers without it only have the
+        // whole-second one from the prometheus crate.
+        let fine_cpu = sum(&s, "chorus_process_cpu_seconds_total", &[]);
+        let coarse_cpu = sum(&s, "process_cpu_seconds_total", &[]);
         Self {
-            cpu_seconds: sum(&s, "process_cpu_seconds_total", &[]),
+            cpu_seconds: fine_cpu.or(coarse_cpu),
             rss_bytes: sum(&s, "process_resident_memory_bytes", &[]),
             packets_forwarded: sum(
                 &s,
@@ -151,7 +159,11 @@ impl ServerSnapshot {
             ),
             packets_dropped: sum(&s, "chorus_media_packets_dropped_total", &[]),
             participants: sum(&s, "chorus_media_participants", &[]),
-            cpu_source: "metrics",
+            cpu_source: if fine_cpu.is_some() || coarse_cpu.is_none() {
+                "metrics"
+            } else {
+                COARSE_CPU
+            },
         }
     }
 }
@@ -175,8 +187,7 @@ pub fn own_cpu_seconds() -> Option<f64> {
 }
 
 /// CPU seconds of process `pid` ("self" or a number), from `/proc/<pid>/stat`
-/// (10 ms resolution, unlike the whole seconds of prometheus 0.14's
-/// `process_cpu_seconds_total`).
+/// (10 ms resolution).
 pub fn proc_cpu_seconds(pid: &str) -> Option<f64> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     // Fields after the command name (which is in parentheses and may contain spaces).
@@ -235,6 +246,7 @@ broken{line
     fn metrics_page_yields_the_server_figures() {
         let s = ServerSnapshot::from_text(PAGE);
         assert_eq!(s.cpu_seconds, Some(12.5));
+        assert_eq!(s.cpu_source, COARSE_CPU);
         assert_eq!(s.rss_bytes, Some(52_428_800.0));
         assert_eq!(s.packets_forwarded, Some(1000.0));
         assert_eq!(s.packets_received, Some(250.0));
@@ -251,6 +263,13 @@ broken{line
         );
         assert_eq!(sum(&samples, "absent", &[]), None);
         assert_eq!(ServerSnapshot::from_text("").cpu_seconds, None);
+        // The server's fine-grained counter wins over the whole-second one.
+        let fine = format!("{PAGE}chorus_process_cpu_seconds_total 12.734561\n");
+        let fine = ServerSnapshot::from_text(&fine);
+        assert_eq!(
+            (fine.cpu_seconds, fine.cpu_source),
+            (Some(12.734561), "metrics")
+        );
     }
 
     #[test]

@@ -64,7 +64,8 @@ pub struct JoinPhases {
 /// The server's own figures over the window.
 #[derive(Clone, Copy, Debug, Default, Serialize)]
 pub struct ServerFigures {
-    /// "metrics" (whole seconds, from /metrics) or "proc" (/proc/<pid>, 10 ms).
+    /// "metrics" (`chorus_process_cpu_seconds_total`, microseconds), "proc"
+    /// (/proc/<pid>, 10 ms) or `metrics::COARSE_CPU` (an old server: whole seconds).
     pub cpu_source: &'static str,
     pub cpu_seconds: Option<f64>,
     /// Of one core.
@@ -284,11 +285,14 @@ pub fn render_table(r: &ScenarioReport) -> String {
             );
         }
     }
-    if r.steps.iter().any(|s| s.server.cpu_source == "metrics") {
+    if r.steps
+        .iter()
+        .any(|s| s.server.cpu_source == super::metrics::COARSE_CPU)
+    {
         let _ = writeln!(
             out,
-            "note: server CPU read from /metrics, which counts whole seconds: pass --server-pid \
-             for 10 ms resolution when the server runs on this machine"
+            "note: this server reports CPU in whole seconds only: pass --server-pid \
+             for 10 ms resolution when it runs on this machine"
         );
     }
     for s in &r.steps {

@@ -52,8 +52,8 @@ pub struct Target {
     /// Bound on each network step of a join.
     pub step_timeout: Duration,
     /// The server's process id when it runs on this machine: its CPU and memory are
-    /// then read from `/proc/<pid>` (10 ms resolution) instead of `/metrics`, whose
-    /// `process_cpu_seconds_total` counts whole seconds.
+    /// then read from `/proc/<pid>` (10 ms resolution) instead of `/metrics` (which
+    /// has microseconds, but only from servers with `chorus_process_cpu_seconds_total`).
     pub server_pid: Option<u32>,
 }
 
