@@ -155,6 +155,14 @@ pub async fn start(cfg: Config) -> anyhow::Result<Server> {
 }
 
 fn serve(listener: TcpListener, app: axum::Router, shutdown: CancellationToken) -> JoinHandle<()> {
+    use axum::serve::ListenerExt;
+    // Signaling sends small messages back to back (`joined`, then the `offer`): without
+    // TCP_NODELAY the second waits for the client's delayed ACK, ~40 ms per join.
+    let listener = listener.tap_io(|tcp| {
+        if let Err(e) = tcp.set_nodelay(true) {
+            tracing::debug!(error = %e, "cannot set TCP_NODELAY");
+        }
+    });
     tokio::spawn(async move {
         let result = axum::serve(
             listener,
