@@ -110,6 +110,30 @@ impl From<tokio_tungstenite::tungstenite::Error> for Error {
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
+/// Waits until a connection-state channel says connected; a failed or closed
+/// connection is an error. `what` names the connection in errors.
+pub(crate) async fn wait_connected(
+    conn: &tokio::sync::watch::Sender<rtc::peer_connection::state::RTCPeerConnectionState>,
+    deadline: std::time::Duration,
+    what: &str,
+) -> Result<()> {
+    use rtc::peer_connection::state::RTCPeerConnectionState as State;
+    let mut conn = conn.subscribe();
+    within(deadline, format!("{what} to connect"), async {
+        loop {
+            match *conn.borrow_and_update() {
+                State::Connected => return Ok(()),
+                State::Failed | State::Closed => {
+                    return Err(Error::Protocol(format!("{what} failed")));
+                }
+                _ => {}
+            }
+            conn.changed().await.map_err(|_| Error::Closed)?;
+        }
+    })
+    .await
+}
+
 /// Runs `fut` with a deadline, turning expiry into [`Error::Timeout`].
 pub(crate) async fn within<T>(
     after: std::time::Duration,

@@ -250,20 +250,7 @@ impl RtcListener {
 
     /// Waits until ICE+DTLS are connected.
     pub async fn wait_connected(&self, deadline: Duration) -> Result<()> {
-        let mut conn = self.inner.conn.subscribe();
-        within(deadline, "listener connection to connect", async {
-            loop {
-                match *conn.borrow_and_update() {
-                    RTCPeerConnectionState::Connected => return Ok(()),
-                    RTCPeerConnectionState::Failed | RTCPeerConnectionState::Closed => {
-                        return Err(Error::Protocol("listener connection failed".into()));
-                    }
-                    _ => {}
-                }
-                conn.changed().await.map_err(|_| Error::Closed)?;
-            }
-        })
-        .await
+        crate::wait_connected(&self.inner.conn, deadline, "listener connection").await
     }
 
     pub fn connection_state(&self) -> RTCPeerConnectionState {

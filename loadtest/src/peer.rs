@@ -480,20 +480,7 @@ impl ClientPeer {
 
     /// Waits until ICE+DTLS are connected.
     pub async fn wait_connected(&self, deadline: Duration) -> Result<()> {
-        let mut conn = self.shared.conn.subscribe();
-        within(deadline, "peer connection to connect", async {
-            loop {
-                match *conn.borrow_and_update() {
-                    RTCPeerConnectionState::Connected => return Ok(()),
-                    RTCPeerConnectionState::Failed | RTCPeerConnectionState::Closed => {
-                        return Err(Error::Protocol("peer connection failed".into()));
-                    }
-                    _ => {}
-                }
-                conn.changed().await.map_err(|_| Error::Closed)?;
-            }
-        })
-        .await
+        crate::wait_connected(&self.shared.conn, deadline, "peer connection").await
     }
 
     /// Current connection state.
