@@ -4,25 +4,20 @@
 //! activate), one of them listening on the WebSocket while the other posts, deletes
 //! and finally deletes the room over plain HTTP/1.1.
 
-use std::sync::{Mutex, OnceLock};
-use std::time::Duration;
+mod support;
 
-use anyhow::{Context, bail};
+use std::sync::{Mutex, OnceLock};
+
+use anyhow::Context;
 use chorus::Config;
 use clap::Parser;
 use loadtest::protocol::{ClientMessage, ServerMessage};
 use loadtest::signal::{Auth, SignalClient};
 use serde_json::{Value, json};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
+use support::{STEP, TempDir};
 use tracing::field::{Field, Visit};
 use tracing_subscriber::layer::{Context as LayerContext, SubscriberExt};
 use tracing_subscriber::util::SubscriberInitExt;
-
-/// Bound on every single step a test waits for (a busy 2-core machine).
-const STEP: Duration = Duration::from_secs(15);
-/// Responses larger than this are a server bug here.
-const MAX_RESPONSE: usize = 1 << 20;
 
 /// Development SMS messages seen in this process, as (to, body).
 fn sms_log() -> &'static Mutex<Vec<(String, String)>> {
@@ -71,92 +66,6 @@ fn init_tracing() {
     let _ = tracing_subscriber::registry().with(SmsCapture).try_init();
 }
 
-/// A fresh data directory, removed on drop.
-struct TempDir(std::path::PathBuf);
-
-impl TempDir {
-    fn new() -> anyhow::Result<Self> {
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)?
-            .as_nanos();
-        let path =
-            std::env::temp_dir().join(format!("chorus-http-live-{}-{nanos}", std::process::id()));
-        std::fs::create_dir_all(&path)?;
-        Ok(Self(path))
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-struct Response {
-    status: u16,
-    body: Value,
-}
-
-/// One HTTP/1.1 request on its own connection (`Connection: close`, so the response
-/// ends at EOF), JSON in and out, bearer-authenticated when `token` is given.
-async fn http(
-    addr: std::net::SocketAddr,
-    method: &str,
-    path: &str,
-    token: Option<&str>,
-    body: Option<&Value>,
-) -> anyhow::Result<Response> {
-    let body = body.map(serde_json::to_string).transpose()?;
-    let mut req = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
-    if let Some(t) = token {
-        req.push_str(&format!("Authorization: Bearer {t}\r\n"));
-    }
-    match &body {
-        Some(b) => req.push_str(&format!(
-            "Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{b}",
-            b.len()
-        )),
-        None => req.push_str("Content-Length: 0\r\n\r\n"),
-    }
-    let raw = tokio::time::timeout(STEP, async {
-        let mut stream = TcpStream::connect(addr).await?;
-        stream.write_all(req.as_bytes()).await?;
-        let mut raw = Vec::new();
-        (&mut stream)
-            .take(MAX_RESPONSE as u64 + 1)
-            .read_to_end(&mut raw)
-            .await?;
-        anyhow::Ok(raw)
-    })
-    .await
-    .with_context(|| format!("{method} {path} timed out"))??;
-    anyhow::ensure!(
-        raw.len() <= MAX_RESPONSE,
-        "{method} {path}: response too large"
-    );
-    let text = String::from_utf8(raw).context("response is not UTF-8")?;
-    let (head, body) = text
-        .split_once("\r\n\r\n")
-        .with_context(|| format!("{method} {path}: no header end in {text:?}"))?;
-    if head
-        .to_ascii_lowercase()
-        .contains("transfer-encoding: chunked")
-    {
-        bail!("{method} {path}: chunked responses are not expected here");
-    }
-    let status: u16 = head
-        .split_whitespace()
-        .nth(1)
-        .context("no status code")?
-        .parse()?;
-    let body = if body.trim().is_empty() {
-        Value::Null
-    } else {
-        serde_json::from_str(body).with_context(|| format!("{method} {path}: body {body:?}"))?
-    };
-    Ok(Response { status, body })
-}
-
 /// `http`, insisting on `want`.
 async fn call(
     addr: std::net::SocketAddr,
@@ -166,14 +75,18 @@ async fn call(
     body: Option<Value>,
     want: u16,
 ) -> anyhow::Result<Value> {
-    let r = http(addr, method, path, token, body.as_ref()).await?;
+    let body = body.map(|b| b.to_string());
+    let r = support::http(addr, method, path, token, body.as_deref()).await?;
     anyhow::ensure!(
         r.status == want,
         "{method} {path}: expected {want}, got {} {}",
         r.status,
         r.body
     );
-    Ok(r.body)
+    if r.body.trim().is_empty() {
+        return Ok(Value::Null);
+    }
+    r.json()
 }
 
 /// Logs in with the phone-code flow and sets the user's name; returns the access token.

@@ -134,6 +134,23 @@ pub(crate) async fn wait_connected(
     .await
 }
 
+/// Waits until the first-packet channel holds a time.
+pub(crate) async fn wait_first_packet(
+    first: &tokio::sync::watch::Sender<Option<std::time::Instant>>,
+    deadline: std::time::Duration,
+) -> Result<std::time::Instant> {
+    let mut w = first.subscribe();
+    within(deadline, "the first audio packet", async {
+        loop {
+            if let Some(t) = *w.borrow_and_update() {
+                return Ok(t);
+            }
+            w.changed().await.map_err(|_| Error::Closed)?;
+        }
+    })
+    .await
+}
+
 /// Runs `fut` with a deadline, turning expiry into [`Error::Timeout`].
 pub(crate) async fn within<T>(
     after: std::time::Duration,

@@ -17,7 +17,7 @@ use crate::peer::{AUDIO_LEVEL_URI, OfferLayout, PeerConfig, audio_media_engine};
 use crate::peer::{inactive_section_candidates, media_direction};
 use crate::protocol::ParticipantId;
 use crate::reception::{Reception, RxSnapshot};
-use crate::{Error, Result, within};
+use crate::{Error, Result};
 use bytes::BytesMut;
 use parking_lot::Mutex;
 use rtc::interceptor::Registry;
@@ -280,16 +280,7 @@ impl RtcListener {
 
     /// Waits for the first audio packet on any slot.
     pub async fn wait_first_packet(&self, deadline: Duration) -> Result<Instant> {
-        let mut w = self.inner.first_packet.subscribe();
-        within(deadline, "the first audio packet", async {
-            loop {
-                if let Some(t) = *w.borrow_and_update() {
-                    return Ok(t);
-                }
-                w.changed().await.map_err(|_| Error::Closed)?;
-            }
-        })
-        .await
+        crate::wait_first_packet(&self.inner.first_packet, deadline).await
     }
 
     pub fn counters(&self) -> &ListenerCounters {

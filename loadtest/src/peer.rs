@@ -649,16 +649,7 @@ impl ClientPeer {
 
     /// Waits for the first audio packet on any slot.
     pub async fn wait_first_packet(&self, deadline: Duration) -> Result<Instant> {
-        let mut w = self.shared.first_packet.subscribe();
-        within(deadline, "the first audio packet", async {
-            loop {
-                if let Some(t) = *w.borrow_and_update() {
-                    return Ok(t);
-                }
-                w.changed().await.map_err(|_| Error::Closed)?;
-            }
-        })
-        .await
+        crate::wait_first_packet(&self.shared.first_packet, deadline).await
     }
 
     /// Waits until `cond` holds on the receive snapshot, checking every 20 ms.
