@@ -1,6 +1,6 @@
-//! Batched sends: the datagrams one incoming packet fans out into leave in one
-//! `sendmmsg(2)` system call per [`MAX_BATCH`] instead of one `sendto(2)` each (Linux;
-//! elsewhere one `send_to` per datagram). Like single sends, a datagram the kernel
+//! Every datagram the media thread sends goes through here: the datagrams one incoming
+//! packet fans out into leave in one `sendmmsg(2)` system call per [`MAX_BATCH`]
+//! instead of one `sendto(2)` each (Linux; elsewhere one `send_to` per datagram). Like single sends, a datagram the kernel
 //! cannot take right now is dropped and counted, never waited for: late audio is
 //! useless, and the media thread must not stall.
 

@@ -331,11 +331,13 @@ impl Engine {
         self.process_removals();
     }
 
-    /// Sends a connection's queued datagrams. Returns how many could not be sent.
-    fn flush(&mut self, idx: u32) -> usize {
-        match self.peers.get_mut(idx as usize).and_then(Option::as_mut) {
-            Some(peer) => flush_peer(&self.socket, &self.counters, peer),
-            None => 0,
+    /// Sends a connection's queued datagrams.
+    fn flush(&mut self, idx: u32) {
+        if let Some(peer) = self.peers.get_mut(idx as usize).and_then(Option::as_mut) {
+            while let Some(out) = peer.pc.poll_write() {
+                self.batch.push(out.message, out.transport.peer_addr);
+            }
+            send_batch(&self.socket, &self.counters, &mut self.batch);
         }
     }
 
@@ -511,15 +513,10 @@ impl Engine {
             }
         }
         // Everything this packet fans out into leaves in as few system calls as possible.
-        let flushed = self.batch.flush(&self.socket);
-        let c = &self.counters;
-        c.datagrams_sent.fetch_add(flushed.sent, Relaxed);
-        c.bytes_sent.fetch_add(flushed.bytes, Relaxed);
-        c.send_would_block.fetch_add(flushed.would_block, Relaxed);
-        c.send_errors.fetch_add(flushed.errors, Relaxed);
         // The batch may hold a few RTCP datagrams too; a failed send is charged to the
         // forwarded packets either way.
-        let delivered = accepted.saturating_sub(flushed.would_block + flushed.errors);
+        let failed = send_batch(&self.socket, &self.counters, &mut self.batch);
+        let delivered = accepted.saturating_sub(failed);
         self.counters.rtp_forwarded.fetch_add(delivered, Relaxed);
         self.counters
             .rtp_bytes_forwarded
@@ -860,27 +857,15 @@ impl Engine {
     }
 }
 
-/// Sends a connection's queued datagrams on the shared socket; drops (and counts) what would
-/// block instead of waiting. Returns how many could not be sent.
-fn flush_peer(socket: &UdpSocket, counters: &Counters, peer: &mut Peer) -> usize {
-    let mut failed = 0;
-    while let Some(out) = peer.pc.poll_write() {
-        match socket.try_send_to(&out.message, out.transport.peer_addr) {
-            Ok(n) => {
-                counters.datagrams_sent.fetch_add(1, Relaxed);
-                counters.bytes_sent.fetch_add(n as u64, Relaxed);
-            }
-            Err(e) if e.kind() == ErrorKind::WouldBlock => {
-                counters.send_would_block.fetch_add(1, Relaxed);
-                failed += 1;
-            }
-            Err(_) => {
-                counters.send_errors.fetch_add(1, Relaxed);
-                failed += 1;
-            }
-        }
-    }
-    failed
+/// Sends what `batch` holds on the shared socket and counts it; what would block is dropped
+/// (and counted) instead of waited for. Returns how many datagrams could not be sent.
+fn send_batch(socket: &UdpSocket, counters: &Counters, batch: &mut SendBatch) -> u64 {
+    let f = batch.flush(socket);
+    counters.datagrams_sent.fetch_add(f.sent, Relaxed);
+    counters.bytes_sent.fetch_add(f.bytes, Relaxed);
+    counters.send_would_block.fetch_add(f.would_block, Relaxed);
+    counters.send_errors.fetch_add(f.errors, Relaxed);
+    f.would_block + f.errors
 }
 
 /// RTP rather than RTCP (RFC 5761 §4: RTCP packet types 192..=223 in the second byte).
