@@ -188,7 +188,7 @@ pub struct Config {
     pub speaker_interval_ms: u64,
 
     /// A connected participant silent (no packets, no ICE consent) this long is removed, seconds.
-    #[arg(long, env = "PEER_TIMEOUT_SECS", default_value_t = 5)]
+    #[arg(long, env = "PEER_TIMEOUT_SECS", default_value_t = 15)]
     pub peer_timeout_secs: u64,
 
     /// Participants per room (connections, two tabs count twice).

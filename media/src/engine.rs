@@ -42,6 +42,9 @@ const RECV_BUF: usize = 2048;
 const RECV_BATCH: usize = 64;
 /// Remote addresses remembered per connection (a client has few candidates).
 const MAX_ADDRS_PER_PEER: usize = 8;
+/// ICE checks held per connection while its answer is outstanding (a client sends one per
+/// candidate pair, and retransmits).
+const MAX_EARLY_CHECKS: usize = 8;
 /// Hard cap on connections per media server (slab index is u32; memory is the real limit).
 const MAX_PEERS: usize = 100_000;
 
@@ -258,7 +261,22 @@ impl Engine {
             }
             return;
         }
-        let result = peer.pc.handle_read(TaggedBytesMut {
+        // A check that arrives before the client's answer (or ICE-restart answer) has been
+        // applied cannot be verified yet: rtc does not know the remote credentials and
+        // fails it ("password is empty"). Clients start checking as soon as they have our
+        // offer, so on a fast network this is the common case, and a failed check costs
+        // the client a retransmission (~500 ms). Held (bounded) and replayed once the
+        // answer is applied.
+        if !peer.remote_ice_known && stun::is_binding_request(data) {
+            if peer.early_checks.len() < MAX_EARLY_CHECKS {
+                peer.early_checks.push((from, BytesMut::from(data)));
+                self.counters.early_checks_held.fetch_add(1, Relaxed);
+            }
+            return;
+        }
+        // rtc logs and swallows what its handlers refuse, so the result says little; any
+        // datagram routed to the connection counts as a sign of life.
+        let _ = peer.pc.handle_read(TaggedBytesMut {
             now,
             transport: TransportContext {
                 local_addr: ice_local_addr,
@@ -268,14 +286,7 @@ impl Engine {
             },
             message: BytesMut::from(data),
         });
-        match result {
-            // Only traffic rtc accepted keeps a connection alive: a spoofed or replayed
-            // datagram from the client's address must not extend its life.
-            Ok(()) => peer.last_rx = now,
-            Err(_) => {
-                self.counters.rtc_read_errors.fetch_add(1, Relaxed);
-            }
-        }
+        peer.last_rx = now;
         self.after_io(idx, now);
     }
 
@@ -310,6 +321,37 @@ impl Engine {
         self.peers
             .get_mut(idx as usize)
             .and_then(Option::as_deref_mut)
+    }
+
+    /// Feeds the checks held while the answer was outstanding (see `handle_datagram`) to the
+    /// connection, now that it knows the remote credentials.
+    fn replay_early_checks(&mut self, idx: u32, now: Instant) {
+        let ice_local_addr = self.ice_local_addr;
+        let Some(peer) = self
+            .peers
+            .get_mut(idx as usize)
+            .and_then(Option::as_deref_mut)
+        else {
+            return;
+        };
+        if !peer.remote_ice_known || peer.early_checks.is_empty() {
+            return;
+        }
+        let held = std::mem::take(&mut peer.early_checks);
+        for (from, message) in held {
+            let _ = peer.pc.handle_read(TaggedBytesMut {
+                now,
+                transport: TransportContext {
+                    local_addr: ice_local_addr,
+                    peer_addr: from,
+                    ecn: None,
+                    transport_protocol: TransportProtocol::UDP,
+                },
+                message,
+            });
+            peer.last_rx = now;
+        }
+        self.after_io(idx, now);
     }
 
     /// Drains everything a connection produced after an input, then reschedules its timer.
@@ -655,6 +697,7 @@ impl Engine {
                 let result = self.with_peer(pid, |p| p.apply_answer(sdp, now));
                 if let Some(&idx) = self.by_pid.get(&pid) {
                     self.after_io(idx, now);
+                    self.replay_early_checks(idx, now);
                 }
                 let _ = reply.send(result);
             }
@@ -791,7 +834,10 @@ impl Engine {
         let old = self.with_peer(pid, |p| Ok(p.ufrag.clone()))?;
         let offer = self.with_peer(pid, |p| {
             p.pc.restart_ice();
-            p.make_offer(now)
+            let offer = p.make_offer(now)?;
+            // Checks with the new credentials can arrive before the client's answer.
+            p.remote_ice_known = false;
+            Ok(offer)
         })?;
         let new = self.with_peer(pid, |p| Ok(p.ufrag.clone()))?;
         if self.by_ufrag.get(&old) == Some(&idx) {

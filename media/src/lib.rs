@@ -55,7 +55,8 @@ pub struct SfuConfig {
     pub slots: usize,
     /// Active-speaker / slot decision period, default 300 ms (200..=500 ms).
     pub speaker_interval: Duration,
-    /// No packets or consent for this long: the participant is removed. Default 5 s.
+    /// No packets or consent for this long: the participant is removed. Default 15 s (a
+    /// client checks consent every 4-6 s; RFC 7675).
     pub peer_timeout: Duration,
     /// Never connected within this: the participant is removed. Default 15 s.
     pub connect_timeout: Duration,
@@ -68,7 +69,7 @@ impl Default for SfuConfig {
             announce_ips: Vec::new(),
             slots: 3,
             speaker_interval: Duration::from_millis(300),
-            peer_timeout: Duration::from_secs(5),
+            peer_timeout: Duration::from_secs(15),
             connect_timeout: Duration::from_secs(15),
         }
     }

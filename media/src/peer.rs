@@ -7,7 +7,7 @@
 //! sendonly audio slots whose SSRCs the server chooses.
 
 use std::net::{IpAddr, SocketAddr};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use rtc::interceptor::Registry;
 use rtc::media_stream::MediaStreamTrack;
@@ -32,6 +32,12 @@ use rtc::rtp_transceiver::{
 
 use crate::rewrite::SlotRewriter;
 use crate::{MediaError, Offer, ParticipantId};
+
+/// How long the client's ICE consent stays fresh without a new check (RFC 7675 §5.1).
+pub(crate) const CONSENT_WINDOW: Duration = Duration::from_secs(30);
+/// After the consent window lapses, how long until the connection counts as failed and is
+/// removed (the engine stops forwarding to it as soon as consent lapses).
+const CONSENT_FAILED_AFTER: Duration = Duration::from_secs(5);
 
 /// RFC 6464 client-to-mixer audio level.
 pub(crate) const AUDIO_LEVEL_URI: &str = "urn:ietf:params:rtp-hdrext:ssrc-audio-level";
@@ -93,6 +99,12 @@ pub(crate) struct Peer {
     pub(crate) last_rx: Instant,
     /// An offer was sent and its answer has not been applied yet.
     pub(crate) awaiting_answer: bool,
+    /// The client's ICE credentials are known (an answer to our latest ICE offer, first or
+    /// restart, has been applied); until then its checks cannot be verified.
+    pub(crate) remote_ice_known: bool,
+    /// ICE checks that arrived before the answer made the remote credentials known, with
+    /// their source address; replayed once it is applied.
+    pub(crate) early_checks: Vec<(SocketAddr, bytes::BytesMut)>,
     /// Timer scheduling: generation of the live heap entry and its deadline.
     pub(crate) timer_generation: u64,
     pub(crate) timer_at: Option<Instant>,
@@ -164,7 +176,14 @@ impl Peer {
         // ICE credentials are left to rtc's CSPRNG: a fixed `with_ice_credentials` would be
         // reused by every ICE restart, which then would not restart anything. The ufrag is
         // read back from the local description for demultiplexing.
-        let setting_engine = SettingEngineBuilder::new().with_lite(true).build();
+        // Consent (RFC 7675): the client checks every 4-6 s, and consent lapses only after
+        // 30 s without a check. rtc's default marks the pair disconnected after 5 s without
+        // STUN, which for such clients stops forwarding between two checks. Liveness on a
+        // shorter scale is the engine's `peer_timeout`, which counts every datagram.
+        let setting_engine = SettingEngineBuilder::new()
+            .with_lite(true)
+            .with_ice_timeouts(Some(CONSENT_WINDOW), Some(CONSENT_FAILED_AFTER), None)
+            .build();
         let mut pc = RTCPeerConnectionBuilder::new()
             .with_configuration(
                 RTCConfigurationBuilder::new()
@@ -268,6 +287,8 @@ impl Peer {
             created: now,
             last_rx: now,
             awaiting_answer: false,
+            remote_ice_known: false,
+            early_checks: Vec::new(),
             timer_generation: 0,
             timer_at: None,
             housekeeping_at: now + params.connect_timeout,
@@ -324,6 +345,7 @@ impl Peer {
             .set_remote_description(now, answer)
             .map_err(|e| MediaError::BadAnswer(e.to_string()))?;
         self.awaiting_answer = false;
+        self.remote_ice_known = true;
         for leg in &mut self.legs {
             let Some(mut sender) = self.pc.rtp_sender(leg.sender) else {
                 continue;

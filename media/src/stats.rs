@@ -65,6 +65,8 @@ counters! {
     malformed,
     /// Errors `rtc` returned while handling a datagram (bad DTLS/SRTP, replay, ...).
     rtc_read_errors,
+    /// ICE checks that arrived before their connection's answer and were held for it.
+    early_checks_held,
     /// RTP packets received from publishers (after SRTP).
     rtp_received,
     /// RTP payload bytes received from publishers.

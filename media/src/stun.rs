@@ -29,6 +29,12 @@ pub(crate) fn classify(buf: &[u8]) -> Kind {
     }
 }
 
+/// A STUN Binding request (RFC 8489: method 0x001, class request), the form of every ICE
+/// connectivity and consent check.
+pub(crate) fn is_binding_request(buf: &[u8]) -> bool {
+    buf.len() >= HEADER_LEN && buf[..2] == [0x00, 0x01] && buf[4..8] == MAGIC_COOKIE
+}
+
 /// Why a datagram that looked like STUN was not usable.
 #[derive(Copy, Clone, Debug, PartialEq, Eq)]
 pub(crate) enum StunError {
@@ -104,6 +110,21 @@ mod tests {
     fn username_yields_the_local_half() {
         let m = message(&[(0x8022, b"soft"), (ATTR_USERNAME, b"srvUfrag:cli")]);
         assert_eq!(local_ufrag(&m), Ok(Some("srvUfrag")));
+    }
+
+    #[test]
+    fn binding_requests_are_told_from_responses_and_other_bytes() {
+        let request = message(&[(ATTR_USERNAME, b"a:b")]);
+        assert!(is_binding_request(&request));
+        let mut response = request.clone();
+        response[..2].copy_from_slice(&[0x01, 0x01]);
+        assert!(!is_binding_request(&response));
+        let mut no_cookie = request.clone();
+        no_cookie[4] = 0;
+        assert!(!is_binding_request(&no_cookie));
+        for cut in 0..20 {
+            assert!(!is_binding_request(&request[..cut]));
+        }
     }
 
     #[test]

@@ -187,9 +187,13 @@ async fn leave_and_killed_client_are_cleaned_up() -> Result<()> {
         },
     )
     .await?;
+    // The timeout runs from the victim's last datagram, which may precede the kill by up to
+    // its RTCP/consent interval (~1 s), more when this machine starved its runtime: only a
+    // removal long before the 2 s peer timeout would be wrong. (A live peer that is never
+    // removed is `ice_lite.rs`'s consent test.)
     let took = killed_at.elapsed();
     assert!(
-        took >= Duration::from_millis(1500),
+        took >= Duration::from_millis(500),
         "not before peer_timeout: {took:?}"
     );
     assert_eq!(sfu.stats().participants, 2);

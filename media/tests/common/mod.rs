@@ -173,6 +173,13 @@ pub struct Client {
 impl Client {
     /// Builds the peer connection. Its driver task runs on the calling runtime.
     pub async fn new(name: &str) -> Result<Client> {
+        Client::with_consent_interval(name, None).await
+    }
+
+    /// Like [`Client::new`], with ICE consent checks every `consent` (as RFC 7675 clients
+    /// do at 4-6 s; the `webrtc` crate's default is 2 s) and its own view of the connection
+    /// kept for 30 s without a response, so only the server's behaviour is under test.
+    pub async fn with_consent_interval(name: &str, consent: Option<Duration>) -> Result<Client> {
         let mut media = MediaEngine::default();
         media.register_codec(
             RTCRtpCodecParameters {
@@ -189,9 +196,16 @@ impl Client {
             None,
         )?;
         let registry = register_default_interceptors(Registry::new(), &mut media)?;
-        let setting = SettingEngineBuilder::new()
-            .with_multicast_dns_mode(rtc::ice::mdns::MulticastDnsMode::Disabled)
-            .build();
+        let mut setting = SettingEngineBuilder::new()
+            .with_multicast_dns_mode(rtc::ice::mdns::MulticastDnsMode::Disabled);
+        if let Some(every) = consent {
+            setting = setting.with_ice_timeouts(
+                Some(Duration::from_secs(30)),
+                Some(Duration::from_secs(30)),
+                Some(every),
+            );
+        }
+        let setting = setting.build();
         let (state_tx, state_rx) = watch::channel(RTCPeerConnectionState::New);
         let shared = Arc::new(Shared::default());
         let pc = PeerConnectionBuilder::new()

@@ -534,7 +534,18 @@ impl ControlledSelector for Agent {
 
             let p = &self.candidate_pairs[pair_index];
             let use_candidate = m.contains(ATTR_USE_CANDIDATE);
-            if use_candidate {
+            if self.lite {
+                // RFC 8445 §7.3.1.5 and §6.1.1: a lite agent never sends checks of its
+                // own. A valid request proves the pair works (it arrived and passed the
+                // integrity check), so the pair is valid at once, and a request carrying
+                // USE-CANDIDATE nominates it: select it now instead of waiting for a
+                // triggered check that a lite agent must not send.
+                self.candidate_pairs[pair_index].state = CandidatePairState::Succeeded;
+                if use_candidate && self.get_selected_pair() != Some(pair_index) {
+                    self.set_selected_pair(Some(now), Some(pair_index));
+                }
+                self.send_binding_success(now, m, local_index, remote_index);
+            } else if use_candidate {
                 // https://tools.ietf.org/html/rfc8445#section-7.3.1.5
 
                 if p.state == CandidatePairState::Succeeded {
