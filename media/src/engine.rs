@@ -21,6 +21,7 @@ use rtc::peer_connection::state::{RTCIceConnectionState, RTCPeerConnectionState}
 use rtc::rtcp::transport_feedbacks::transport_layer_nack::TransportLayerNack;
 use rtc::rtp;
 use rtc::sansio::Protocol;
+use rtc::shared::marshal::Marshal;
 use rtc::shared::{TaggedBytesMut, TransportContext, TransportProtocol};
 use tokio::net::UdpSocket;
 use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender};
@@ -29,6 +30,7 @@ use tokio::sync::oneshot;
 use crate::batch::SendBatch;
 use crate::level::AudioLevel;
 use crate::peer::{Peer, PeerParams};
+use crate::report::REPORT_INTERVAL;
 use crate::rewrite::RtpIn;
 use crate::router::{Delivery, DropReason, Route, Router, RouterConfig, RouterEvent};
 use crate::stats::Counters;
@@ -111,6 +113,10 @@ pub(crate) struct Engine {
     events: UnboundedSender<SfuEvent>,
     /// Reused buffer (no per-datagram allocation for bookkeeping).
     rtp_scratch: Vec<rtp::Packet>,
+    /// Reused buffer a forwarded packet is marshalled into before encryption.
+    rtp_out: Vec<u8>,
+    /// Wall clock at the engine's start, for the NTP time of sender reports.
+    wall_clock: rtc::shared::time::SystemInstant,
     /// Datagrams of one fan-out, sent together.
     batch: SendBatch,
     /// The DTLS certificate every connection presents.
@@ -152,6 +158,8 @@ impl Engine {
             counters,
             events,
             rtp_scratch: Vec::new(),
+            rtp_out: vec![0; RECV_BUF],
+            wall_clock: rtc::shared::time::SystemInstant::now(Instant::now()),
             batch: SendBatch::default(),
             certificate: crate::peer::dtls_certificate()?,
             removals: Vec::new(),
@@ -535,23 +543,35 @@ impl Engine {
                 // `Bytes` is a refcount bump.
                 let _ = header.set_extension(id, level.clone());
             }
-            let written = sub.pc.handle_write(TaggedRTCMessage {
-                now,
-                message: RTCMessage::RtpPacket(
-                    String::new(),
-                    rtp::Packet {
-                        header,
-                        payload: packet.payload.clone(),
-                    },
-                ),
-            });
-            if written.is_err() {
+            // The lean path: marshal once into a reused buffer and encrypt straight into the
+            // datagram (`protect_rtp`, PATCHES.md), instead of moving the packet through
+            // rtc's handler queues. Sender reports for the slot are ours (`sender_reports`).
+            let plain = &mut self.rtp_out;
+            let Ok(n) = header.marshal_to(plain) else {
                 self.counters.dropped_write_error.fetch_add(1, Relaxed);
                 continue;
-            }
-            accepted += 1;
-            while let Some(out) = sub.pc.poll_write() {
-                self.batch.push(out.message, out.transport.peer_addr);
+            };
+            let Some(end) = n
+                .checked_add(packet.payload.len())
+                .filter(|e| *e <= plain.len())
+            else {
+                self.counters.dropped_write_error.fetch_add(1, Relaxed);
+                continue;
+            };
+            plain[n..end].copy_from_slice(&packet.payload);
+            match sub.pc.protect_rtp(now, &plain[..end]) {
+                Ok(Some(datagram)) => {
+                    leg.sent.on_packet(out.ts, packet.payload.len(), now);
+                    self.batch
+                        .push(datagram.message, datagram.transport.peer_addr);
+                    accepted += 1;
+                }
+                Ok(None) => {
+                    self.counters.dropped_not_ready.fetch_add(1, Relaxed);
+                }
+                Err(_) => {
+                    self.counters.dropped_write_error.fetch_add(1, Relaxed);
+                }
             }
         }
         // Everything this packet fans out into leaves in as few system calls as possible.
@@ -602,7 +622,7 @@ impl Engine {
         };
         // The stored housekeeping deadline only moves when it fires (see `run_timers`), so a
         // stream of packets does not push a heap entry per packet.
-        let housekeeping = peer.housekeeping_at;
+        let housekeeping = peer.housekeeping_at.min(peer.report_at);
         let at = peer
             .pc
             .poll_timeout()
@@ -650,6 +670,11 @@ impl Engine {
                 continue;
             }
             let _ = peer.pc.handle_timeout(now);
+            if now >= peer.report_at {
+                peer.report_at = now + REPORT_INTERVAL;
+                let sent = send_sender_reports(peer, now, &self.wall_clock);
+                self.counters.sender_reports.fetch_add(sent, Relaxed);
+            }
             self.after_io(key.slot, now);
         }
         self.update_gauges();
@@ -912,6 +937,36 @@ fn send_batch(socket: &UdpSocket, counters: &Counters, batch: &mut SendBatch) ->
     counters.send_would_block.fetch_add(f.would_block, Relaxed);
     counters.send_errors.fetch_add(f.errors, Relaxed);
     f.would_block + f.errors
+}
+
+/// Queues one compound RTCP packet with a sender report for every slot of `peer` that was
+/// sent audio lately (flushed with the connection's other writes).
+/// Returns how many reports were written.
+fn send_sender_reports(
+    peer: &mut Peer,
+    now: Instant,
+    wall: &rtc::shared::time::SystemInstant,
+) -> u64 {
+    if !peer.connected {
+        return 0;
+    }
+    let reports: Vec<Box<dyn rtc::rtcp::packet::Packet>> = peer
+        .legs
+        .iter()
+        .filter_map(|leg| leg.sent.report(leg.rewriter.out_ssrc(), now, wall))
+        .map(|sr| Box::new(sr) as Box<dyn rtc::rtcp::packet::Packet>)
+        .collect();
+    let n = reports.len() as u64;
+    if n == 0 {
+        return 0;
+    }
+    match peer.pc.handle_write(TaggedRTCMessage {
+        now,
+        message: RTCMessage::RtcpPacket(String::new(), reports),
+    }) {
+        Ok(()) => n,
+        Err(_) => 0,
+    }
 }
 
 /// RTP rather than RTCP (RFC 5761 §4: RTCP packet types 192..=223 in the second byte).

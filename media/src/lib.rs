@@ -24,6 +24,7 @@ mod engine;
 pub mod ids;
 pub mod level;
 mod peer;
+mod report;
 pub mod rewrite;
 pub mod router;
 pub mod sfu;

@@ -9,11 +9,10 @@
 use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
-use rtc::interceptor::Registry;
+use rtc::interceptor::{ReceiverReportBuilder, Registry, Slot};
 use rtc::media_stream::MediaStreamTrack;
 use rtc::peer_connection::certificate::{CertificateParams, RTCCertificate};
 use rtc::peer_connection::configuration::RTCConfigurationBuilder;
-use rtc::peer_connection::configuration::interceptor_registry::configure_rtcp_reports;
 use rtc::peer_connection::configuration::media_engine::{MIME_TYPE_OPUS, MediaEngine};
 use rtc::peer_connection::configuration::setting_engine::SettingEngineBuilder;
 use rtc::peer_connection::sdp::RTCSessionDescription;
@@ -30,6 +29,7 @@ use rtc::rtp_transceiver::{
     RTCRtpTransceiverInit,
 };
 
+use crate::report::{REPORT_INTERVAL, Sent};
 use crate::rewrite::SlotRewriter;
 use crate::{MediaError, Offer, ParticipantId};
 
@@ -62,6 +62,8 @@ pub(crate) struct SlotLeg {
     pub(crate) audio_level_id: Option<u8>,
     /// Keeps this slot one continuous RTP stream across changes of its source.
     pub(crate) rewriter: SlotRewriter,
+    /// What was sent on this slot, for its sender reports.
+    pub(crate) sent: Sent,
 }
 
 /// Per-connection facts every new connection needs.
@@ -110,6 +112,8 @@ pub(crate) struct Peer {
     pub(crate) timer_at: Option<Instant>,
     /// Next liveness check (connect or peer timeout); advanced only when it fires.
     pub(crate) housekeeping_at: Instant,
+    /// When this connection next sends sender reports for its slots.
+    pub(crate) report_at: Instant,
 }
 
 fn media_engine() -> Result<MediaEngine, MediaError> {
@@ -169,10 +173,12 @@ impl Peer {
         now: Instant,
     ) -> Result<(Peer, Offer), MediaError> {
         let media_engine = media_engine()?;
-        // Receiver reports for the microphone and sender reports for the slots are worth
-        // their cost (RTT, loss and A/V sync on the client); NACK, TWCC and simulcast
-        // extensions are not registered (audio only, see `opus_codec`).
-        let registry = configure_rtcp_reports(Registry::new());
+        // Receiver reports for the microphone are rtc's; sender reports for the slots are
+        // the engine's (`report.rs`), because forwarded audio bypasses the interceptors.
+        // NACK, TWCC and simulcast extensions are not registered (audio only, see
+        // `opus_codec`).
+        let registry =
+            Registry::new().with(Slot::ReceiverReport, ReceiverReportBuilder::new().build());
         // ICE credentials are left to rtc's CSPRNG: a fixed `with_ice_credentials` would be
         // reused by every ICE restart, which then would not restart anything. The ufrag is
         // read back from the local description for demultiplexing.
@@ -246,6 +252,7 @@ impl Peer {
                 payload_type: None,
                 audio_level_id: None,
                 rewriter: SlotRewriter::new(ssrc),
+                sent: Sent::default(),
             });
         }
 
@@ -292,6 +299,7 @@ impl Peer {
             timer_generation: 0,
             timer_at: None,
             housekeeping_at: now + params.connect_timeout,
+            report_at: now + REPORT_INTERVAL,
         };
         let offer = peer.make_offer(now)?;
         Ok((peer, offer))

@@ -95,6 +95,9 @@ counters! {
     nacks_received,
     /// Participants removed by timeouts or ICE failure.
     disconnects,
+    /// RTCP sender reports written for the audio slots (forwarded audio bypasses rtc's
+    /// interceptors, so these are the engine's own).
+    sender_reports,
 }
 
 /// Upper bounds (seconds) of the join-latency histogram's buckets; a last, unbounded

@@ -145,6 +145,54 @@ impl PipelineContext {
 }
 
 impl RTCPeerConnection {
+    /// Encrypts one marshalled RTP packet with this connection's outbound SRTP context and
+    /// returns it as a datagram addressed over the selected ICE candidate pair, without
+    /// passing through the endpoint, interceptor and SRTP handlers.
+    ///
+    /// For media whose RTCP bookkeeping the caller keeps itself, such as an SFU fanning one
+    /// packet out to many connections: the general write path moves the packet by value
+    /// through every handler's queue, which costs more than the encryption. Packets written
+    /// here are not seen by interceptors (no sender-report counts, no NACK buffer, no TWCC),
+    /// so use it only for streams no interceptor is configured to track.
+    ///
+    /// Returns `Ok(None)` until DTLS-SRTP keys exist and ICE has selected a pair.
+    pub fn protect_rtp(
+        &mut self,
+        now: Instant,
+        packet: &[u8],
+    ) -> Result<Option<TaggedBytesMut>, Error> {
+        self.pipeline_context.observe(now);
+        let Some(context) = self
+            .pipeline_context
+            .srtp_handler_context
+            .local_srtp_context
+            .as_mut()
+        else {
+            return Ok(None);
+        };
+        let Some((local, remote)) = self
+            .pipeline_context
+            .ice_handler_context
+            .ice_transport
+            .agent
+            .get_selected_candidate_pair()
+        else {
+            return Ok(None);
+        };
+        let transport = shared::TransportContext {
+            local_addr: local.base_addr(),
+            peer_addr: remote.addr(),
+            ecn: None,
+            transport_protocol: local.network_type().to_protocol(),
+        };
+        let message = context.encrypt_rtp(packet)?;
+        Ok(Some(TaggedBytesMut {
+            now,
+            transport,
+            message,
+        }))
+    }
+
     /*
      Pipeline Flow (Read Path):
      Raw Bytes -> Demuxer -> ICE -> DTLS -> SCTP -> DataChannel -> SRTP -> Interceptor -> Endpoint -> Application
