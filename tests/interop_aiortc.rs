@@ -160,7 +160,7 @@ async fn consent_interval_6s_listener_hears_30s_without_gaps() -> anyhow::Result
     let _serial = MEDIA.lock().await;
     let s = TestServer::start(&[]).await?;
     let room = s.create_room("interop-owner", "open").await?;
-    let speaker = rust_speaker(&s, &room).await?;
+    let _speaker = rust_speaker(&s, &room).await?;
 
     let token = s.token("interop-listener");
     let duration = CALL_SECS.to_string();
@@ -209,13 +209,6 @@ async fn consent_interval_6s_listener_hears_30s_without_gaps() -> anyhow::Result
         );
     }
 
-    // Audio the whole call: 50 packets a second from the one speaker.
-    let total = num(&rx["total_packets"]);
-    ensure!(
-        total >= CALL_SECS as f64 * 50.0 * 0.95,
-        "the listener received {total} packets in {CALL_SECS} s (expected ~{})",
-        CALL_SECS * 50
-    );
     // Primary: continuity of the stream itself. The speaker sends a continuous tone
     // (no DTX), so any jump of more than 100 ms in RTP time or sequence is audio the
     // server did not forward.
@@ -240,8 +233,14 @@ async fn consent_interval_6s_listener_hears_30s_without_gaps() -> anyhow::Result
         rx["streams"]
     );
 
-    // Nobody else noticed anything either: the speaker is still in the call.
-    ensure!(speaker.peer().is_some(), "the speaker lost its peer");
+    // And audio to the end of the call (a dropout at the very end shows in no gap):
+    // 50 packets a second from the one speaker.
+    let total = num(&rx["total_packets"]);
+    ensure!(
+        total >= CALL_SECS as f64 * 50.0 * 0.95,
+        "the listener received {total} packets in {CALL_SECS} s (expected ~{})",
+        CALL_SECS * 50
+    );
     s.stop().await;
     Ok(())
 }
