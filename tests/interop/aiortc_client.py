@@ -74,6 +74,7 @@ class Recorder:
         self.t0 = now_ms()
         self.stun: list[dict[str, Any]] = []
         self.rtp: list[tuple[float, int, int, int]] = []
+        self.first_rtp = asyncio.Event()
 
     def rel(self) -> float:
         return now_ms() - self.t0
@@ -123,6 +124,7 @@ def install_hooks(consent_interval: float | None, host_address: str) -> None:
 
     async def handle_rtp(self: Any, packet: Any, arrival_time_ms: int) -> None:
         REC.rtp.append((now_ms(), packet.ssrc, packet.sequence_number, packet.timestamp))
+        REC.first_rtp.set()
         await orig_rtp(self, packet, arrival_time_ms)
 
     RTCRtpReceiver._handle_rtp_packet = handle_rtp
@@ -190,6 +192,7 @@ class Call:
         self.drains: list[asyncio.Task[None]] = []
         self.reader: asyncio.Task[None] | None = None
         self.failed: str | None = None
+        self.failed_event = asyncio.Event()
 
         @self.pc.on("iceconnectionstatechange")
         def _ice() -> None:
@@ -220,6 +223,7 @@ class Call:
     def fail(self, why: str) -> None:
         if self.failed is None:
             self.failed = why
+        self.failed_event.set()
         for ev in self.events.values():
             ev.set()
 
@@ -251,6 +255,7 @@ class Call:
         REC.t0 = now_ms()
         REC.stun.clear()
         REC.rtp.clear()
+        REC.first_rtp.clear()
         self.reader = asyncio.create_task(self._read())
         await self.send({"type": "join_room", "roomId": self.args.room})
         await self.wait("joined", "joined")
@@ -295,17 +300,19 @@ class Call:
         self.events["answered"].set()
 
     async def first_audio(self) -> None:
-        end = time.monotonic() + self.args.step_timeout
-        while not REC.rtp:
-            if self.failed is not None:
-                raise StepError(f"{self.failed} (waiting for the first audio packet)")
-            if time.monotonic() > end:
-                raise StepError(
-                    f"no audio packet within {self.args.step_timeout} s "
-                    f"(ICE state {self.pc.iceConnectionState}, "
-                    f"connection {self.pc.connectionState})"
-                )
-            await asyncio.sleep(0.002)
+        first = asyncio.ensure_future(REC.first_rtp.wait())
+        failed = asyncio.ensure_future(self.failed_event.wait())
+        await asyncio.wait(
+            {first, failed}, timeout=self.args.step_timeout, return_when=asyncio.FIRST_COMPLETED
+        )
+        first.cancel()
+        failed.cancel()
+        if not REC.rtp:
+            raise StepError(
+                f"no audio packet within {self.args.step_timeout} s "
+                f"(ICE state {self.pc.iceConnectionState}, "
+                f"connection {self.pc.connectionState}; {self.failed or 'no error'})"
+            )
         self.marks["first_audio"] = round(REC.rtp[0][0] - REC.t0, 2)
 
     async def close(self) -> None:
