@@ -18,5 +18,5 @@ WORKDIR /var/lib/chorus
 ENV DATA_DIR=/var/lib/chorus/data
 VOLUME ["/var/lib/chorus/data"]
 # HTTP (API, WebSocket, web client, /metrics) and the one UDP port all media shares.
-EXPOSE 5500/tcp 7882/udp
+EXPOSE 5500/tcp 7882-7897/udp
 ENTRYPOINT ["/usr/local/bin/chorus"]

@@ -151,9 +151,14 @@ pub struct Config {
     #[arg(long, env = "SWEEP_INTERVAL_SECS", default_value_t = 3600)]
     pub sweep_interval_secs: u64,
 
-    /// UDP port shared by every WebRTC connection (the SFU's one media socket).
+    /// UDP port of the first media thread's socket; thread i listens on MEDIA_PORT + i.
     #[arg(long, env = "MEDIA_PORT", default_value_t = 7882)]
     pub media_port: u16,
+
+    /// Media threads (each with its own UDP socket; rooms are spread over them). 0: one per
+    /// core.
+    #[arg(long, env = "MEDIA_THREADS", default_value_t = 0)]
+    pub media_threads: usize,
 
     /// Address the media socket binds to: an interface's IP restricts media to it
     /// (127.0.0.1 for loopback-only tests); 0.0.0.0 listens on all of them.
@@ -233,6 +238,10 @@ impl Config {
             slots: self.audio_slots,
             speaker_interval: std::time::Duration::from_millis(self.speaker_interval_ms),
             peer_timeout: std::time::Duration::from_secs(self.peer_timeout_secs),
+            threads: match self.media_threads {
+                0 => media::SfuConfig::default().threads,
+                n => n,
+            },
             ..media::SfuConfig::default()
         })
     }

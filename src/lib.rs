@@ -27,7 +27,7 @@ use telemetry::Telemetry;
 pub struct Server {
     /// Where HTTP, the WebSocket and the web client are served.
     pub http_addr: SocketAddr,
-    /// The SFU's UDP socket.
+    /// The first media thread's UDP socket (`sfu.local_addrs()` has them all).
     pub media_addr: SocketAddr,
     /// `/metrics` when it has its own port.
     pub metrics_addr: Option<SocketAddr>,
@@ -79,8 +79,11 @@ pub async fn start(cfg: Config) -> anyhow::Result<Server> {
         AppState::new(store.clone(), api_config, cfg.jwt_secrets()?).with_sms(cfg.sms_sender()?);
 
     let (sfu, sfu_events) = media::Sfu::start(cfg.sfu_config()?).context("starting the SFU")?;
-    let media_addr = sfu.local_addr();
-    tracing::info!(%media_addr, "media socket bound (UDP, shared by all peer connections)");
+    let media_addrs: Vec<String> = sfu.local_addrs().iter().map(|a| a.to_string()).collect();
+    tracing::info!(
+        sockets = %media_addrs.join(","),
+        "media sockets bound (UDP, one per media thread)"
+    );
     telemetry.register_sfu(sfu.clone())?;
 
     let ports = SignalingPorts {
@@ -144,7 +147,7 @@ pub async fn start(cfg: Config) -> anyhow::Result<Server> {
 
     Ok(Server {
         http_addr,
-        media_addr,
+        media_addr: sfu.local_addr(),
         metrics_addr,
         signaling,
         sfu,

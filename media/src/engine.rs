@@ -1,5 +1,6 @@
-//! The media loop: owns the one UDP socket, every participant's peer connection, the timer
-//! heap and the rooms. Runs on the media thread only; nothing here is shared or locked.
+//! The media loop of one media thread: owns its UDP socket, the peer connections of the rooms
+//! placed on it, the timer heap and those rooms. Runs on its thread only; nothing here is
+//! shared or locked (but for the participant-to-shard map, touched once per join and leave).
 //!
 //! Datagram path: classify -> find the connection (known address, else the STUN USERNAME)
 //! -> `handle_read` -> drain its writes, events and reads -> forward RTP to subscribers'
@@ -33,6 +34,7 @@ use crate::peer::{Peer, PeerParams};
 use crate::report::REPORT_INTERVAL;
 use crate::rewrite::RtpIn;
 use crate::router::{Delivery, DropReason, Route, Router, RouterConfig, RouterEvent};
+use crate::sfu::{Owners, ShardContext};
 use crate::stats::Counters;
 use crate::stun::{self, Kind};
 use crate::timers::{TimerHeap, TimerKey};
@@ -124,16 +126,22 @@ pub(crate) struct Engine {
     removals: Vec<(u32, DisconnectReason)>,
     publishers: u64,
     connected: u64,
+    /// This engine's index among the media threads.
+    shard: usize,
+    /// Which shard holds each participant; this engine releases its own when it removes one.
+    owners: Arc<Owners>,
 }
 
 impl Engine {
-    pub(crate) fn new(
-        cfg: SfuConfig,
-        socket: UdpSocket,
-        announce_ips: Vec<IpAddr>,
-        counters: Arc<Counters>,
-        events: UnboundedSender<SfuEvent>,
-    ) -> Result<Engine, MediaError> {
+    pub(crate) fn new(socket: UdpSocket, ctx: ShardContext) -> Result<Engine, MediaError> {
+        let ShardContext {
+            index,
+            cfg,
+            announce_ips,
+            counters,
+            events,
+            owners,
+        } = ctx;
         let port = socket.local_addr().map_err(MediaError::Bind)?.port();
         let first = *announce_ips
             .first()
@@ -165,6 +173,8 @@ impl Engine {
             removals: Vec::new(),
             publishers: 0,
             connected: 0,
+            shard: index,
+            owners,
         })
     }
 
@@ -887,6 +897,7 @@ impl Engine {
         self.free.push(idx);
         if self.by_pid.get(&peer.pid) == Some(&idx) {
             self.by_pid.remove(&peer.pid);
+            self.owners.release(peer.pid, self.shard);
         }
         for a in &peer.addrs {
             if self.by_addr.get(a) == Some(&idx) {

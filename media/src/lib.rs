@@ -61,6 +61,9 @@ pub struct SfuConfig {
     pub peer_timeout: Duration,
     /// Never connected within this: the participant is removed. Default 15 s.
     pub connect_timeout: Duration,
+    /// Media threads, each with its own socket on port `bind.port + i` (or an ephemeral
+    /// port each when `bind.port` is 0); rooms are spread over them. Default: one per core.
+    pub threads: usize,
 }
 
 impl Default for SfuConfig {
@@ -72,6 +75,8 @@ impl Default for SfuConfig {
             speaker_interval: Duration::from_millis(300),
             peer_timeout: Duration::from_secs(15),
             connect_timeout: Duration::from_secs(15),
+            threads: std::thread::available_parallelism()
+                .map_or(1, |n| n.get().min(sfu::MAX_THREADS)),
         }
     }
 }

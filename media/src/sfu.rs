@@ -1,12 +1,20 @@
 //! The async handle to the media plane and its start-up.
 //!
-//! [`Sfu`] is a cheap `Clone` over an `Arc`; its methods send [`Command`]s to the media thread
-//! over an unbounded channel and await a oneshot reply, so no lock is held across an await
-//! and the HTTP runtime never runs media work. Dropping the last handle stops the media thread
-//! (every connection is closed with a DTLS close_notify).
+//! The media plane is `threads` shards, one OS thread each, each with its own UDP socket
+//! (port `bind.port + i`) and its own engine: connections, timers, rooms. A room lives on one
+//! shard (chosen by hashing its key), so everything about a room (its router, its fan-out)
+//! stays on one thread without locks, and rooms spread over the cores.
+//!
+//! [`Sfu`] is a cheap `Clone` over an `Arc`; its methods send [`Command`]s to the right
+//! shard over a channel and await a oneshot reply, so no lock is held across an await and
+//! the HTTP runtime never runs media work. Which shard holds a participant is kept in a small
+//! map the handle fills at join and the shard empties when it removes the participant.
+//! Dropping the last handle stops the media threads (every connection is closed with a DTLS
+//! close_notify).
 
+use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, UdpSocket as StdUdpSocket};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use tokio::sync::mpsc::{self, UnboundedReceiver, UnboundedSender};
@@ -16,84 +24,112 @@ use crate::engine::{Command, Engine, Reply, SlotMap};
 use crate::stats::{Counters, JoinLatency, SfuStats};
 use crate::{MediaError, Offer, ParticipantId, RoomKey, SfuConfig, SfuEvent};
 
-/// Handle to the running SFU. Cheap to clone; the loop runs on its own OS thread.
+/// Handle to the running SFU. Cheap to clone; the loops run on their own OS threads.
 #[derive(Clone)]
 pub struct Sfu {
     inner: Arc<Inner>,
 }
 
 struct Inner {
+    shards: Vec<Shard>,
+    owners: Arc<Owners>,
+}
+
+/// One media thread as seen from the handle.
+struct Shard {
     commands: UnboundedSender<Command>,
     local_addr: SocketAddr,
     counters: Arc<Counters>,
 }
 
+/// Which shard holds each participant. The handle inserts at join; the shard removes the
+/// entry when it removes the participant (leave, timeout, failure), so nothing is left behind
+/// when the media side gives up on someone on its own.
+#[derive(Default)]
+pub(crate) struct Owners(Mutex<HashMap<ParticipantId, usize>>);
+
+impl Owners {
+    fn lock(&self) -> MutexGuard<'_, HashMap<ParticipantId, usize>> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Forgets `pid` if `shard` still holds it.
+    pub(crate) fn release(&self, pid: ParticipantId, shard: usize) {
+        let mut owners = self.lock();
+        if owners.get(&pid) == Some(&shard) {
+            owners.remove(&pid);
+        }
+    }
+
+    fn get(&self, pid: ParticipantId) -> Option<usize> {
+        self.lock().get(&pid).copied()
+    }
+}
+
 impl Sfu {
-    /// Binds the socket and starts the media thread. Events come out of the returned receiver.
+    /// Binds the sockets and starts the media threads. Events of every shard come out of the
+    /// returned receiver.
     pub fn start(cfg: SfuConfig) -> Result<(Sfu, UnboundedReceiver<SfuEvent>), MediaError> {
         validate(&cfg)?;
-        let socket = bind_socket(cfg.bind).map_err(MediaError::Bind)?;
-        let local_addr = socket.local_addr().map_err(MediaError::Bind)?;
+        let threads = cfg.threads;
+        let mut sockets = Vec::with_capacity(threads);
+        for i in 0..threads {
+            let addr = shard_addr(cfg.bind, i)?;
+            sockets.push(bind_socket(addr).map_err(MediaError::Bind)?);
+        }
+        let first = sockets[0].local_addr().map_err(MediaError::Bind)?;
         let announce_ips = if cfg.announce_ips.is_empty() {
-            default_announce_ips(local_addr.ip())
+            default_announce_ips(first.ip())
         } else {
             cfg.announce_ips.clone()
         };
-        let counters = Arc::new(Counters::default());
-        let (cmd_tx, cmd_rx) = mpsc::unbounded_channel();
+        let owners = Arc::new(Owners::default());
         let (event_tx, event_rx) = mpsc::unbounded_channel();
-        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
-        let thread_counters = counters.clone();
-        std::thread::Builder::new()
-            .name("chorus-media".into())
-            .spawn(move || {
-                let runtime = match tokio::runtime::Builder::new_current_thread()
-                    .enable_all()
-                    .build()
-                {
-                    Ok(rt) => rt,
-                    Err(e) => {
-                        let _ = ready_tx.send(Err(MediaError::Config(format!(
-                            "cannot build the media runtime: {e}"
-                        ))));
-                        return;
-                    }
-                };
-                runtime.block_on(async move {
-                    let engine = tokio::net::UdpSocket::from_std(socket)
-                        .map_err(MediaError::Bind)
-                        .and_then(|socket| {
-                            Engine::new(cfg, socket, announce_ips, thread_counters, event_tx)
-                        });
-                    match engine {
-                        Ok(engine) => {
-                            let _ = ready_tx.send(Ok(()));
-                            engine.run(cmd_rx).await;
-                        }
-                        Err(e) => {
-                            let _ = ready_tx.send(Err(e));
-                        }
-                    }
-                });
-            })
-            .map_err(|e| MediaError::Config(format!("cannot spawn the media thread: {e}")))?;
-        ready_rx.recv().map_err(|_| MediaError::Stopped)??;
-        tracing::info!(%local_addr, "media SFU listening");
+        let mut shards = Vec::with_capacity(threads);
+        for (i, socket) in sockets.into_iter().enumerate() {
+            let local_addr = socket.local_addr().map_err(MediaError::Bind)?;
+            let counters = Arc::new(Counters::default());
+            let (cmd_tx, cmd_rx) = mpsc::unbounded_channel();
+            let ctx = ShardContext {
+                index: i,
+                cfg: cfg.clone(),
+                announce_ips: announce_ips.clone(),
+                counters: counters.clone(),
+                events: event_tx.clone(),
+                owners: owners.clone(),
+            };
+            spawn_shard(socket, ctx, cmd_rx)?;
+            shards.push(Shard {
+                commands: cmd_tx,
+                local_addr,
+                counters,
+            });
+        }
+        let addrs: Vec<String> = shards.iter().map(|s| s.local_addr.to_string()).collect();
+        tracing::info!(threads, sockets = %addrs.join(","), "media SFU listening");
         Ok((
             Sfu {
-                inner: Arc::new(Inner {
-                    commands: cmd_tx,
-                    local_addr,
-                    counters,
-                }),
+                inner: Arc::new(Inner { shards, owners }),
             },
             event_rx,
         ))
     }
 
-    /// The bound address of the shared media socket.
+    /// The bound address of the first media socket (the only one with one thread).
     pub fn local_addr(&self) -> SocketAddr {
-        self.inner.local_addr
+        self.inner.shards[0].local_addr
+    }
+
+    /// The bound addresses of every media thread's socket, in shard order.
+    pub fn local_addrs(&self) -> Vec<SocketAddr> {
+        self.inner.shards.iter().map(|s| s.local_addr).collect()
+    }
+
+    /// The shard that holds `room`: a hash of its key, so a room needs no placement state.
+    fn shard_of_room(&self, room: RoomKey) -> usize {
+        let n = self.inner.shards.len() as u64;
+        // Fibonacci hashing: consecutive keys spread evenly.
+        ((room.0.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 32) % n) as usize
     }
 
     /// Creates the participant's peer connection; returns the server's SDP offer. Layout is
@@ -105,18 +141,32 @@ impl Sfu {
         pid: ParticipantId,
         can_publish: bool,
     ) -> Result<Offer, MediaError> {
-        self.request(|reply| Command::Join {
-            room,
-            pid,
-            can_publish,
-            reply,
-        })
-        .await
+        let shard = self.shard_of_room(room);
+        {
+            let mut owners = self.inner.owners.lock();
+            if owners.contains_key(&pid) {
+                return Err(MediaError::AlreadyJoined(pid));
+            }
+            owners.insert(pid, shard);
+        }
+        let offer = self
+            .request(shard, |reply| Command::Join {
+                room,
+                pid,
+                can_publish,
+                reply,
+            })
+            .await;
+        if offer.is_err() {
+            self.inner.owners.release(pid, shard);
+        }
+        offer
     }
 
     /// The client's SDP answer to the last offer.
     pub async fn accept_answer(&self, pid: ParticipantId, sdp: String) -> Result<(), MediaError> {
-        self.request(|reply| Command::Answer { pid, sdp, reply })
+        let shard = self.shard_of(pid)?;
+        self.request(shard, |reply| Command::Answer { pid, sdp, reply })
             .await
     }
 
@@ -126,7 +176,8 @@ impl Sfu {
         pid: ParticipantId,
         can_publish: bool,
     ) -> Result<Offer, MediaError> {
-        self.request(|reply| Command::SetCanPublish {
+        let shard = self.shard_of(pid)?;
+        self.request(shard, |reply| Command::SetCanPublish {
             pid,
             can_publish,
             reply,
@@ -136,46 +187,163 @@ impl Sfu {
 
     /// ICE restart for a reconnecting client: a new offer with new ICE credentials.
     pub async fn restart_ice(&self, pid: ParticipantId) -> Result<Offer, MediaError> {
-        self.request(|reply| Command::RestartIce { pid, reply })
+        let shard = self.shard_of(pid)?;
+        self.request(shard, |reply| Command::RestartIce { pid, reply })
             .await
     }
 
     /// Server-enforced mute: a muted publisher's packets are not forwarded.
     pub fn set_muted(&self, pid: ParticipantId, muted: bool) {
-        let _ = self.inner.commands.send(Command::SetMuted { pid, muted });
+        if let Some(shard) = self.inner.owners.get(pid) {
+            let _ = self.inner.shards[shard]
+                .commands
+                .send(Command::SetMuted { pid, muted });
+        }
     }
 
     /// Removes the participant and everything it owns. Unknown ids are ignored.
     pub fn leave(&self, pid: ParticipantId) {
-        let _ = self.inner.commands.send(Command::Leave { pid });
+        if let Some(shard) = self.inner.owners.get(pid) {
+            let _ = self.inner.shards[shard]
+                .commands
+                .send(Command::Leave { pid });
+        }
     }
 
     /// A room's current slot map and spare (what the last `SlotsChanged` said), e.g. for a
     /// participant that just joined: a listener joining changes nothing, so no event is
     /// emitted for it. `None` when the room has no participants.
     pub async fn slot_map(&self, room: RoomKey) -> Result<Option<SlotMap>, MediaError> {
-        self.request(|reply| Command::SlotMap { room, reply }).await
+        let shard = self.shard_of_room(room);
+        self.request(shard, |reply| Command::SlotMap { room, reply })
+            .await
     }
 
-    /// Counters and gauges, read without stopping the loop.
-    /// Join latency so far: peer connection created to first ICE+DTLS connection.
+    /// Join latency so far (all media threads): peer connection created to first ICE+DTLS
+    /// connection.
     pub fn join_latency(&self) -> JoinLatency {
-        self.inner.counters.join.snapshot()
+        let mut shards = self.inner.shards.iter();
+        let mut total = shards
+            .next()
+            .map(|s| s.counters.join.snapshot())
+            .unwrap_or_else(|| Counters::default().join.snapshot());
+        for s in shards {
+            total.merge(&s.counters.join.snapshot());
+        }
+        total
     }
 
+    /// Counters and gauges of all media threads together, read without stopping them.
     pub fn stats(&self) -> SfuStats {
-        self.inner.counters.snapshot()
+        let mut total = SfuStats::default();
+        for s in &self.inner.shards {
+            total.add(&s.counters.snapshot());
+        }
+        total
     }
 
-    async fn request<T>(&self, make: impl FnOnce(Reply<T>) -> Command) -> Result<T, MediaError> {
-        let (tx, rx) = oneshot::channel();
+    /// Counters and gauges of each media thread, in shard order.
+    pub fn shard_stats(&self) -> Vec<SfuStats> {
         self.inner
+            .shards
+            .iter()
+            .map(|s| s.counters.snapshot())
+            .collect()
+    }
+
+    fn shard_of(&self, pid: ParticipantId) -> Result<usize, MediaError> {
+        self.inner
+            .owners
+            .get(pid)
+            .ok_or(MediaError::UnknownParticipant(pid))
+    }
+
+    async fn request<T>(
+        &self,
+        shard: usize,
+        make: impl FnOnce(Reply<T>) -> Command,
+    ) -> Result<T, MediaError> {
+        let (tx, rx) = oneshot::channel();
+        self.inner.shards[shard]
             .commands
             .send(make(tx))
             .map_err(|_| MediaError::Stopped)?;
         rx.await.map_err(|_| MediaError::Stopped)?
     }
 }
+
+/// What one media thread is started with.
+pub(crate) struct ShardContext {
+    pub(crate) index: usize,
+    pub(crate) cfg: SfuConfig,
+    pub(crate) announce_ips: Vec<IpAddr>,
+    pub(crate) counters: Arc<Counters>,
+    pub(crate) events: UnboundedSender<SfuEvent>,
+    pub(crate) owners: Arc<Owners>,
+}
+
+/// Starts one media thread (a current-thread runtime driving one engine) and waits until
+/// its engine is up.
+fn spawn_shard(
+    socket: StdUdpSocket,
+    ctx: ShardContext,
+    commands: UnboundedReceiver<Command>,
+) -> Result<(), MediaError> {
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+    std::thread::Builder::new()
+        .name(format!("chorus-media-{}", ctx.index))
+        .spawn(move || {
+            let runtime = match tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(rt) => rt,
+                Err(e) => {
+                    let _ = ready_tx.send(Err(MediaError::Config(format!(
+                        "cannot build the media runtime: {e}"
+                    ))));
+                    return;
+                }
+            };
+            runtime.block_on(async move {
+                let engine = tokio::net::UdpSocket::from_std(socket)
+                    .map_err(MediaError::Bind)
+                    .and_then(|socket| Engine::new(socket, ctx));
+                match engine {
+                    Ok(engine) => {
+                        let _ = ready_tx.send(Ok(()));
+                        engine.run(commands).await;
+                    }
+                    Err(e) => {
+                        let _ = ready_tx.send(Err(e));
+                    }
+                }
+            });
+        })
+        .map_err(|e| MediaError::Config(format!("cannot spawn a media thread: {e}")))?;
+    ready_rx.recv().map_err(|_| MediaError::Stopped)?
+}
+
+/// Shard `i`'s bind address: the configured port plus `i`, or an ephemeral port for each
+/// when the configured port is 0.
+fn shard_addr(bind: SocketAddr, i: usize) -> Result<SocketAddr, MediaError> {
+    if bind.port() == 0 {
+        return Ok(bind);
+    }
+    let port = u16::try_from(i)
+        .ok()
+        .and_then(|i| bind.port().checked_add(i))
+        .ok_or_else(|| {
+            MediaError::Config(format!(
+                "media port {} + {i} threads is past 65535",
+                bind.port()
+            ))
+        })?;
+    Ok(SocketAddr::new(bind.ip(), port))
+}
+
+/// Media threads at most (one per core is the useful number).
+pub const MAX_THREADS: usize = 64;
 
 /// Kernel socket buffers asked for (the kernel caps them at net.core.[rw]mem_max): every
 /// participant's traffic shares this one socket, so a burst (one packet fanned out to a
@@ -194,6 +362,12 @@ fn bind_socket(addr: SocketAddr) -> std::io::Result<StdUdpSocket> {
 }
 
 fn validate(cfg: &SfuConfig) -> Result<(), MediaError> {
+    if !(1..=MAX_THREADS).contains(&cfg.threads) {
+        return Err(MediaError::Config(format!(
+            "threads must be 1..={MAX_THREADS}, got {}",
+            cfg.threads
+        )));
+    }
     if !(1..=16).contains(&cfg.slots) {
         return Err(MediaError::Config(format!(
             "slots must be 1..=16, got {}",
@@ -260,6 +434,23 @@ mod tests {
     fn handle_is_shareable_across_tasks() {
         fn assert_shareable<T: Send + Sync + Clone + 'static>() {}
         assert_shareable::<Sfu>();
+    }
+
+    #[test]
+    fn shards_take_consecutive_ports_or_ephemeral_ones() -> Result<(), MediaError> {
+        let base = SocketAddr::from(([127, 0, 0, 1], 7882));
+        assert_eq!(shard_addr(base, 0)?.port(), 7882);
+        assert_eq!(shard_addr(base, 3)?.port(), 7885);
+        let eph = SocketAddr::from(([127, 0, 0, 1], 0));
+        assert_eq!(shard_addr(eph, 5)?.port(), 0);
+        let top = SocketAddr::from(([127, 0, 0, 1], 65535));
+        assert!(matches!(shard_addr(top, 1), Err(MediaError::Config(_))));
+        let bad = SfuConfig {
+            threads: 0,
+            ..SfuConfig::default()
+        };
+        assert!(matches!(validate(&bad), Err(MediaError::Config(_))));
+        Ok(())
     }
 
     #[test]

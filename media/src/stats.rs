@@ -26,6 +26,13 @@ macro_rules! counters {
                 SfuStats { $($name: self.$name.load(Relaxed),)* }
             }
         }
+
+        impl SfuStats {
+            /// Adds another media thread's figures (gauges and counters both add up).
+            pub fn add(&mut self, other: &SfuStats) {
+                $(self.$name += other.$name;)*
+            }
+        }
     };
 }
 
@@ -149,6 +156,17 @@ pub struct JoinLatency {
     /// All observations (the +Inf bucket).
     pub count: u64,
     pub sum_seconds: f64,
+}
+
+impl JoinLatency {
+    /// Adds another media thread's histogram (same buckets).
+    pub fn merge(&mut self, other: &JoinLatency) {
+        for (mine, theirs) in self.buckets.iter_mut().zip(&other.buckets) {
+            mine.1 += theirs.1;
+        }
+        self.count += other.count;
+        self.sum_seconds += other.sum_seconds;
+    }
 }
 
 #[cfg(test)]

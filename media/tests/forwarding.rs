@@ -205,9 +205,14 @@ async fn wildcard_bind_with_announced_ips_carries_media() -> Result<()> {
         ..test_config()
     };
     let (sfu, _rx) = Sfu::start(cfg)?;
-    let port = sfu.local_addr().port();
     let offer = sfu.join(RoomKey(9), ParticipantId(1), true).await?;
-    ensure!(offer.sdp.contains(&format!("127.0.0.1 {port} typ host")));
+    // The room's media thread's port, whichever thread holds it.
+    let port = sfu
+        .local_addrs()
+        .iter()
+        .map(|a| a.port())
+        .find(|p| offer.sdp.contains(&format!("127.0.0.1 {p} typ host")))
+        .ok_or_else(|| anyhow::anyhow!("no candidate on a media port: {}", offer.sdp))?;
     ensure!(offer.sdp.contains(&format!("127.0.0.2 {port} typ host")));
     let mut speaker = Client::new("speaker").await?;
     let answer = speaker.answer(&offer.sdp, true).await?;

@@ -141,7 +141,19 @@ async fn one_nominating_check_sent_before_the_answer_selects_the_pair() -> Resul
 
     let socket = UdpSocket::bind("127.0.0.1:0").await?;
     let check = nominating_check(server_ufrag, server_pwd, our_ufrag)?;
-    socket.send_to(&check.raw, sfu.local_addr()).await?;
+    // The candidate names the media thread (socket) that holds this participant's room.
+    let candidate = offer
+        .sdp
+        .lines()
+        .find(|l| l.starts_with("a=candidate:"))
+        .context("offer without candidate")?;
+    let port: u16 = candidate
+        .split_whitespace()
+        .nth(5)
+        .context("candidate port")?
+        .parse()?;
+    let server: std::net::SocketAddr = ([127, 0, 0, 1], port).into();
+    socket.send_to(&check.raw, server).await?;
     let held = Instant::now() + CONNECT;
     while sfu.stats().early_checks_held == 0 {
         if Instant::now() > held {
