@@ -60,6 +60,8 @@ pub(crate) enum Command {
         room: RoomKey,
         pid: ParticipantId,
         can_publish: bool,
+        /// The handle's ticket for this join in the participant-to-shard map.
+        ticket: u64,
         reply: Reply<Offer>,
     },
     Answer {
@@ -126,8 +128,6 @@ pub(crate) struct Engine {
     removals: Vec<(u32, DisconnectReason)>,
     publishers: u64,
     connected: u64,
-    /// This engine's index among the media threads.
-    shard: usize,
     /// Which shard holds each participant; this engine releases its own when it removes one.
     owners: Arc<Owners>,
 }
@@ -135,7 +135,7 @@ pub(crate) struct Engine {
 impl Engine {
     pub(crate) fn new(socket: UdpSocket, ctx: ShardContext) -> Result<Engine, MediaError> {
         let ShardContext {
-            index,
+            index: _,
             cfg,
             announce_ips,
             counters,
@@ -173,7 +173,6 @@ impl Engine {
             removals: Vec::new(),
             publishers: 0,
             connected: 0,
-            shard: index,
             owners,
         })
     }
@@ -723,9 +722,10 @@ impl Engine {
                 room,
                 pid,
                 can_publish,
+                ticket,
                 reply,
             } => {
-                let result = self.join(room, pid, can_publish, now);
+                let result = self.join(room, pid, can_publish, ticket, now);
                 let _ = reply.send(result);
             }
             Command::Answer { pid, sdp, reply } => {
@@ -787,6 +787,7 @@ impl Engine {
         room: RoomKey,
         pid: ParticipantId,
         can_publish: bool,
+        ticket: u64,
         now: Instant,
     ) -> Result<Offer, MediaError> {
         if self.by_pid.contains_key(&pid) {
@@ -805,7 +806,8 @@ impl Engine {
         // SSRCs only need to be unique within one connection; random ones also keep a
         // client from inferring anything across connections.
         let ssrcs = std::iter::repeat_with(rand::random::<u32>).filter(|s| *s != 0);
-        let (peer, offer) = Peer::new(pid, can_publish, &params, ssrcs, now)?;
+        let (mut peer, offer) = Peer::new(pid, can_publish, &params, ssrcs, now)?;
+        peer.ticket = ticket;
         if self.by_ufrag.contains_key(&peer.ufrag) {
             return Err(MediaError::Rtc("ICE ufrag collision, retry".into()));
         }
@@ -897,7 +899,7 @@ impl Engine {
         self.free.push(idx);
         if self.by_pid.get(&peer.pid) == Some(&idx) {
             self.by_pid.remove(&peer.pid);
-            self.owners.release(peer.pid, self.shard);
+            self.owners.release(peer.pid, peer.ticket);
         }
         for a in &peer.addrs {
             if self.by_addr.get(a) == Some(&idx) {

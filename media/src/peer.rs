@@ -114,6 +114,9 @@ pub(crate) struct Peer {
     pub(crate) housekeeping_at: Instant,
     /// When this connection next sends sender reports for its slots.
     pub(crate) report_at: Instant,
+    /// The handle's ticket for this participant in the participant-to-shard map, released
+    /// when the connection is removed (a later join of the same id has another ticket).
+    pub(crate) ticket: u64,
 }
 
 fn media_engine() -> Result<MediaEngine, MediaError> {
@@ -300,6 +303,7 @@ impl Peer {
             timer_at: None,
             housekeeping_at: now + params.connect_timeout,
             report_at: now + REPORT_INTERVAL,
+            ticket: 0,
         };
         let offer = peer.make_offer(now)?;
         Ok((peer, offer))

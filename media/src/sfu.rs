@@ -42,27 +42,49 @@ struct Shard {
     counters: Arc<Counters>,
 }
 
-/// Which shard holds each participant. The handle inserts at join; the shard removes the
-/// entry when it removes the participant (leave, timeout, failure), so nothing is left behind
-/// when the media side gives up on someone on its own.
+/// Which shard holds each participant, with the ticket of the join that put it there. The
+/// handle inserts at join and removes at leave; a shard that removes a participant on its
+/// own (timeout, failure) releases the entry if it still carries that join's ticket, so a
+/// leave followed at once by a new join of the same id (a reload) is never undone by the old
+/// connection's late removal.
 #[derive(Default)]
-pub(crate) struct Owners(Mutex<HashMap<ParticipantId, usize>>);
+pub(crate) struct Owners {
+    map: Mutex<HashMap<ParticipantId, (usize, u64)>>,
+    next_ticket: std::sync::atomic::AtomicU64,
+}
 
 impl Owners {
-    fn lock(&self) -> MutexGuard<'_, HashMap<ParticipantId, usize>> {
-        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    fn lock(&self) -> MutexGuard<'_, HashMap<ParticipantId, (usize, u64)>> {
+        self.map.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Forgets `pid` if `shard` still holds it.
-    pub(crate) fn release(&self, pid: ParticipantId, shard: usize) {
+    /// Records `pid` on `shard`; `None` if it is there already.
+    fn claim(&self, pid: ParticipantId, shard: usize) -> Option<u64> {
+        let ticket = self
+            .next_ticket
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let mut owners = self.lock();
-        if owners.get(&pid) == Some(&shard) {
+        if owners.contains_key(&pid) {
+            return None;
+        }
+        owners.insert(pid, (shard, ticket));
+        Some(ticket)
+    }
+
+    /// Forgets `pid` if the entry is still the one of join `ticket`.
+    pub(crate) fn release(&self, pid: ParticipantId, ticket: u64) {
+        let mut owners = self.lock();
+        if owners.get(&pid).is_some_and(|(_, t)| *t == ticket) {
             owners.remove(&pid);
         }
     }
 
     fn get(&self, pid: ParticipantId) -> Option<usize> {
-        self.lock().get(&pid).copied()
+        self.lock().get(&pid).map(|(shard, _)| *shard)
+    }
+
+    fn take(&self, pid: ParticipantId) -> Option<usize> {
+        self.lock().remove(&pid).map(|(shard, _)| shard)
     }
 }
 
@@ -142,23 +164,22 @@ impl Sfu {
         can_publish: bool,
     ) -> Result<Offer, MediaError> {
         let shard = self.shard_of_room(room);
-        {
-            let mut owners = self.inner.owners.lock();
-            if owners.contains_key(&pid) {
-                return Err(MediaError::AlreadyJoined(pid));
-            }
-            owners.insert(pid, shard);
-        }
+        let ticket = self
+            .inner
+            .owners
+            .claim(pid, shard)
+            .ok_or(MediaError::AlreadyJoined(pid))?;
         let offer = self
             .request(shard, |reply| Command::Join {
                 room,
                 pid,
                 can_publish,
+                ticket,
                 reply,
             })
             .await;
         if offer.is_err() {
-            self.inner.owners.release(pid, shard);
+            self.inner.owners.release(pid, ticket);
         }
         offer
     }
@@ -203,7 +224,9 @@ impl Sfu {
 
     /// Removes the participant and everything it owns. Unknown ids are ignored.
     pub fn leave(&self, pid: ParticipantId) {
-        if let Some(shard) = self.inner.owners.get(pid) {
+        // Forgotten here, at once, so the same id can join again right away; the shard
+        // processes the leave before any later join it is sent.
+        if let Some(shard) = self.inner.owners.take(pid) {
             let _ = self.inner.shards[shard]
                 .commands
                 .send(Command::Leave { pid });

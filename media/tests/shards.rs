@@ -115,3 +115,30 @@ async fn rooms_spread_over_media_threads_and_each_carries_audio() -> Result<()> 
     );
     Ok(())
 }
+
+/// A page reload: signaling leaves and joins again with the same participant id at once.
+/// The new join must not be refused, nor undone when the old connection is removed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_participant_can_leave_and_join_again_at_once_with_the_same_id() -> Result<()> {
+    let (sfu, _rx) = Sfu::start(SfuConfig {
+        threads: 2,
+        ..test_config()
+    })?;
+    for round in 0..5 {
+        let offer = sfu.join(RoomKey(4), ParticipantId(1), false).await;
+        ensure!(offer.is_ok(), "round {round}: {offer:?}");
+        sfu.leave(ParticipantId(1));
+    }
+    let _offer = sfu.join(RoomKey(4), ParticipantId(1), false).await?;
+    // The earlier connections are gone; the last one still answers to its id.
+    wait_until(CONNECT, "one participant left", || {
+        sfu.stats().participants == 1
+    })
+    .await?;
+    ensure!(matches!(
+        sfu.join(RoomKey(4), ParticipantId(1), false).await,
+        Err(media::MediaError::AlreadyJoined(_))
+    ));
+    ensure!(matches!(sfu.restart_ice(ParticipantId(1)).await, Ok(_)));
+    Ok(())
+}
