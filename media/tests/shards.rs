@@ -139,6 +139,6 @@ async fn a_participant_can_leave_and_join_again_at_once_with_the_same_id() -> Re
         sfu.join(RoomKey(4), ParticipantId(1), false).await,
         Err(media::MediaError::AlreadyJoined(_))
     ));
-    ensure!(matches!(sfu.restart_ice(ParticipantId(1)).await, Ok(_)));
+    ensure!(sfu.restart_ice(ParticipantId(1)).await.is_ok());
     Ok(())
 }
