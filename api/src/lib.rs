@@ -22,6 +22,7 @@ pub mod sms;
 pub mod state;
 pub mod store;
 pub mod sweeper;
+pub mod text;
 
 use axum::Router;
 use axum::extract::DefaultBodyLimit;

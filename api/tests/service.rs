@@ -121,7 +121,9 @@ async fn the_openapi_document_covers_every_route() {
 
 #[tokio::test]
 async fn cors_allows_the_configured_origin_with_credentials_only() {
-    let app = TestApp::new().await;
+    let mut config = common::test_config();
+    config.cors_origins = vec!["http://localhost:3000".into()];
+    let app = TestApp::with_config(config).await;
     let preflight = |origin: &'static str| {
         Request::builder()
             .method(Method::OPTIONS)
@@ -140,6 +142,24 @@ async fn cors_allows_the_configured_origin_with_credentials_only() {
     assert_eq!(ok.header("access-control-allow-credentials"), Some("true"));
     let evil = app.send(preflight("https://evil.example")).await;
     assert!(evil.header("access-control-allow-origin").is_none());
+}
+
+#[tokio::test]
+async fn by_default_no_origin_is_allowed_cross_origin() {
+    let app = TestApp::new().await;
+    let r = app
+        .send(
+            Request::builder()
+                .method(Method::OPTIONS)
+                .uri("/api/rooms")
+                .header(header::ORIGIN, "http://localhost:3000")
+                .header(header::ACCESS_CONTROL_REQUEST_METHOD, "POST")
+                .body(Body::empty())
+                .expect("request"),
+        )
+        .await;
+    assert!(r.header("access-control-allow-origin").is_none());
+    assert!(r.header("access-control-allow-credentials").is_none());
 }
 
 #[tokio::test]

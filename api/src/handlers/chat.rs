@@ -88,6 +88,7 @@ fn decode_cursor(s: &str) -> Option<MessageCursor> {
         (status = 400, body = ErrorBody, description = "bad cursor or limit"),
         (status = 401, body = ErrorBody),
         (status = 404, body = ErrorBody, description = "invalid slug, or private room not visible"),
+        (status = 429, body = ErrorBody, description = "the room does not exist yet and the caller created too many rooms"),
     ))]
 pub async fn get_chat_room(
     State(state): State<AppState>,
@@ -135,6 +136,7 @@ pub async fn get_chat_room(
 async fn get_or_create_chat_room(state: &AppState, slug: &str, user: &UserId) -> ApiResult<Room> {
     let id = RoomId(slug.to_owned());
     if state.store.get_room(&id).await?.is_none() {
+        crate::handlers::rooms::check_room_quota(state, user)?;
         let now = state.now();
         let room = Room {
             id: id.clone(),
