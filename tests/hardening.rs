@@ -286,3 +286,30 @@ fn the_log_has_no_colour_codes_when_stdout_is_not_a_terminal() -> anyhow::Result
     }
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_web_client_is_served_with_a_content_security_policy_and_no_framing()
+-> anyhow::Result<()> {
+    let server = TestServer::start(&[]).await?;
+    for path in ["/", "/app.js", "/some/client/route"] {
+        let r = server.http("GET", path, None, None).await?;
+        assert_eq!(r.status, 200, "{path}");
+        let csp = r
+            .header("content-security-policy")
+            .with_context(|| format!("CSP on {path}"))?;
+        for directive in [
+            "default-src 'self'",
+            "script-src 'self';",
+            "connect-src 'self'",
+            "object-src 'none'",
+            "frame-ancestors 'none'",
+            "media-src 'self' blob:",
+        ] {
+            assert!(csp.contains(directive), "{path}: {directive} missing in {csp}");
+        }
+        assert!(!csp.contains("unsafe-eval"), "{csp}");
+        assert_eq!(r.header("x-frame-options"), Some("DENY"), "{path}");
+    }
+    server.stop().await;
+    Ok(())
+}
