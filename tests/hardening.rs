@@ -9,71 +9,9 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use support::{STEP, TempDir, TestServer, http, metric};
+use support::{ChildServer, STEP, TempDir, TestServer, http, metric};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-
-/// The `chorus` binary, started with loopback sockets on free ports; killed on drop.
-struct Child(std::process::Child);
-
-impl Drop for Child {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-/// Starts the binary with at most `open_files` file descriptors (soft and hard), and
-/// returns it with its HTTP address once it logs that it listens.
-fn start_binary(
-    open_files: u32,
-    extra: &[&str],
-    dir: &TempDir,
-) -> anyhow::Result<(Child, SocketAddr)> {
-    let mut child = Child(
-        Command::new("sh")
-            .arg("-c")
-            .arg(format!("ulimit -n {open_files} && exec \"$0\" \"$@\""))
-            .arg(env!("CARGO_BIN_EXE_chorus"))
-            .args(["--port", "0", "--host", "127.0.0.1"])
-            .args(["--media-port", "0", "--media-host", "127.0.0.1"])
-            .arg("--data-dir")
-            .arg(&dir.0)
-            .args(extra)
-            .env("RUST_LOG", "info")
-            .env("NO_COLOR", "1")
-            .env_remove("LOG_FORMAT")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()?,
-    );
-    let stdout = child.0.stdout.take().context("piped stdout")?;
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            if tx.send(line).is_err() {
-                break;
-            }
-        }
-    });
-    let deadline = Instant::now() + STEP;
-    loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        let line = rx
-            .recv_timeout(left.max(Duration::from_millis(1)))
-            .context("the server did not log `chorus listening`")?;
-        if line.contains("chorus listening") {
-            let addr = line
-                .split_whitespace()
-                .find_map(|w| w.strip_prefix("addr="))
-                .context("addr= in the listening line")?
-                .parse()?;
-            // Keep draining the log so the server never blocks on a full pipe.
-            std::thread::spawn(move || while rx.recv().is_ok() {});
-            return Ok((child, addr));
-        }
-    }
-}
 
 /// Opens a socket that sends the first line of a request and then nothing more.
 async fn slowloris(addr: SocketAddr) -> Option<TcpStream> {
@@ -108,8 +46,8 @@ async fn health_stays_fast_while_slowloris_sockets_exceed_the_connection_cap() -
     let dir = TempDir::new()?;
     let cap = CAP.to_string();
     let header = HEADER_TIMEOUT_SECS.to_string();
-    let (_child, addr) = start_binary(
-        OPEN_FILES,
+    let child = ChildServer::start(
+        Some(OPEN_FILES),
         &[
             "--max-connections",
             &cap,
@@ -118,6 +56,7 @@ async fn health_stays_fast_while_slowloris_sockets_exceed_the_connection_cap() -
         ],
         &dir,
     )?;
+    let addr = child.addr;
 
     let attack_started = Instant::now();
     let mut attackers = Vec::new();
@@ -241,10 +180,20 @@ async fn a_request_body_that_stops_arriving_times_out() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// A child process killed on drop.
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 #[test]
 fn the_log_has_no_colour_codes_when_stdout_is_not_a_terminal() -> anyhow::Result<()> {
     let dir = TempDir::new()?;
-    let mut child = Child(
+    let mut child = KillOnDrop(
         Command::new(env!("CARGO_BIN_EXE_chorus"))
             .args(["--port", "0", "--host", "127.0.0.1"])
             .args(["--media-port", "0", "--media-host", "127.0.0.1"])
@@ -305,7 +254,10 @@ async fn the_web_client_is_served_with_a_content_security_policy_and_no_framing(
             "frame-ancestors 'none'",
             "media-src 'self' blob:",
         ] {
-            assert!(csp.contains(directive), "{path}: {directive} missing in {csp}");
+            assert!(
+                csp.contains(directive),
+                "{path}: {directive} missing in {csp}"
+            );
         }
         assert!(!csp.contains("unsafe-eval"), "{csp}");
         assert_eq!(r.header("x-frame-options"), Some("DENY"), "{path}");

@@ -35,6 +35,7 @@ pub struct HistoryQuery {
     /// `nextCursor` of the previous page: return messages older than it.
     pub before: Option<String>,
     /// Page size, 1 to 200 (default 50).
+    #[param(minimum = 1, maximum = 200)]
     pub limit: Option<u32>,
 }
 
@@ -51,6 +52,8 @@ pub struct ChatRoomResponse {
 
 #[derive(Debug, Deserialize, ToSchema)]
 pub struct PostMessageRequest {
+    /// The text, 1 to `MAX_MESSAGE_CHARS` characters after trimming.
+    #[schema(required = true, nullable = false)]
     pub message: Option<String>,
 }
 

@@ -21,7 +21,9 @@ pub const MAX_NAME_CHARS: usize = 64;
 
 #[derive(Debug, Deserialize, ToSchema)]
 pub struct ActivateRequest {
-    /// Display name, 1 to 64 characters after trimming.
+    /// Display name, 1 to 64 characters after trimming; no control or text-direction
+    /// characters, not only invisible ones.
+    #[schema(required = true, nullable = false, example = "Alice")]
     pub name: Option<String>,
     /// `data:image/(png|jpeg|webp|gif);base64,...`; optional when the user already has one.
     pub avatar: Option<String>,

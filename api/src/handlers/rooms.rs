@@ -27,14 +27,18 @@ pub const MAX_PAGE: u32 = 100;
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct CreateRoomRequest {
+    /// 1 to 120 characters after trimming; no control or text-direction characters.
+    #[schema(required = true, nullable = false, example = "Rust talk")]
     pub topic: Option<String>,
     /// `open` (listed), `social` (unlisted, anyone with the link), `private` (invited only).
-    #[schema(value_type = Option<String>, example = "open")]
+    #[schema(value_type = RoomType, required = true, nullable = false)]
     pub room_type: Option<RoomType>,
 }
 
 #[derive(Debug, Deserialize, ToSchema)]
 pub struct UpdateRoomRequest {
+    /// 1 to 120 characters after trimming; no control or text-direction characters.
+    #[schema(required = true, nullable = false)]
     pub topic: Option<String>,
 }
 
@@ -42,11 +46,14 @@ pub struct UpdateRoomRequest {
 #[serde(rename_all = "camelCase")]
 pub struct InviteRequest {
     /// The user to admit to the private room.
+    #[schema(required = true, nullable = false)]
     pub user_id: Option<String>,
 }
 
 #[derive(Debug, Deserialize, ToSchema)]
 pub struct RedeemRequest {
+    /// The room's invite code.
+    #[schema(required = true, nullable = false)]
     pub code: Option<String>,
 }
 
@@ -64,6 +71,7 @@ pub struct ListRoomsQuery {
     /// `X-Next-Cursor` of the previous page (opaque).
     pub cursor: Option<String>,
     /// Page size, 1 to 100 (default 20).
+    #[param(minimum = 1, maximum = 100)]
     pub limit: Option<u32>,
 }
 
