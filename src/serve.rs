@@ -672,6 +672,37 @@ mod tests {
         assert_eq!(stats.open.load(Ordering::Relaxed), 0);
     }
 
+    #[tokio::test(start_paused = true)]
+    async fn a_handler_that_does_not_answer_in_time_gets_a_json_408() {
+        use tower::ServiceExt;
+        let app = Router::new()
+            .route(
+                "/slow",
+                axum::routing::get(|| async {
+                    tokio::time::sleep(Duration::from_secs(3600)).await;
+                    "late"
+                }),
+            )
+            .route("/fast", axum::routing::get(|| async { "ok" }));
+        let app = with_request_timeout(app, Duration::from_secs(5));
+        let get = |path: &str| {
+            axum::http::Request::builder()
+                .uri(path)
+                .body(axum::body::Body::empty())
+                .expect("request")
+        };
+        let started = Instant::now();
+        let resp = app.clone().oneshot(get("/slow")).await.expect("infallible");
+        assert_eq!(resp.status(), StatusCode::REQUEST_TIMEOUT);
+        assert_eq!(Instant::now() - started, Duration::from_secs(5));
+        let body = axum::body::to_bytes(resp.into_body(), 1024)
+            .await
+            .expect("body");
+        assert!(body.starts_with(br#"{"code":"request_timeout""#));
+        let resp = app.oneshot(get("/fast")).await.expect("infallible");
+        assert_eq!(resp.status(), StatusCode::OK);
+    }
+
     #[test]
     fn eviction_picks_the_oldest_connection_without_a_request() {
         let r = Registry::default();
