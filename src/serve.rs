@@ -50,6 +50,11 @@ pub const RESERVED_FDS: u64 = 256;
 const EVICTION_WAIT: Duration = Duration::from_millis(500);
 /// How long shutdown waits for in-flight requests before dropping their connections.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
+/// Refused sockets closed gently at once (beyond this they are dropped outright), and for
+/// how long: closing with the client's request unread would reset the connection before
+/// the client reads the 503.
+const REFUSALS_LINGERING: usize = 64;
+const REFUSAL_LINGER: Duration = Duration::from_secs(1);
 
 /// Bounds on what one connection may hold.
 #[derive(Clone, Debug)]
@@ -443,6 +448,7 @@ async fn accept_loop(
     let limits = Arc::new(limits);
     let permits = Arc::new(Semaphore::new(limits.max_connections.max(1)));
     let registry = Arc::new(Registry::default());
+    let lingering = Arc::new(Semaphore::new(REFUSALS_LINGERING));
     let cap_log = LogEvery::new(limits.cap_log_interval);
     let accept_error_log = LogEvery::new(limits.cap_log_interval);
     loop {
@@ -484,7 +490,7 @@ async fn accept_loop(
                 match admitted {
                     Some(p) => p,
                     None => {
-                        refuse(tcp);
+                        refuse(tcp, &lingering);
                         continue;
                     }
                 }
@@ -534,13 +540,29 @@ async fn admit_at_cap(
         .ok()
 }
 
-/// Tells a refused client why, if its socket takes the bytes right away, and closes it.
-fn refuse(tcp: TcpStream) {
+/// Tells a refused client why, if its socket takes the bytes right away, and closes it:
+/// gently (its request read and discarded, briefly) while few refusals are pending,
+/// outright beyond that so refusals cannot pile up.
+fn refuse(tcp: TcpStream, lingering: &Arc<Semaphore>) {
     let _ = tcp.try_write(
         b"HTTP/1.1 503 Service Unavailable\r\nRetry-After: 1\r\nConnection: close\r\n\
           Content-Type: application/json\r\nContent-Length: 65\r\n\r\n\
           {\"code\":\"overloaded\",\"message\":\"Too many connections, try again\"}",
     );
+    let Ok(slot) = lingering.clone().try_acquire_owned() else {
+        return;
+    };
+    tokio::spawn(async move {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let _slot = slot;
+        let mut tcp = tcp;
+        let _ = tcp.shutdown().await;
+        let mut sink = [0u8; 1024];
+        let _ = tokio::time::timeout(REFUSAL_LINGER, async {
+            while matches!(tcp.read(&mut sink).await, Ok(n) if n > 0) {}
+        })
+        .await;
+    });
 }
 
 #[allow(clippy::too_many_arguments)]

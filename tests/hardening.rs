@@ -265,3 +265,59 @@ async fn the_web_client_is_served_with_a_content_security_policy_and_no_framing(
     server.stop().await;
     Ok(())
 }
+
+/// A WebSocket upgrade with a Bearer token, over a raw socket; returns it once the
+/// server answered 101 (the session then lives on this socket).
+async fn open_websocket(addr: SocketAddr, token: &str) -> anyhow::Result<TcpStream> {
+    let mut s = TcpStream::connect(addr).await?;
+    let req = format!(
+        "GET /ws HTTP/1.1\r\nHost: {addr}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\
+         Authorization: Bearer {token}\r\n\r\n"
+    );
+    s.write_all(req.as_bytes()).await?;
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        let n = tokio::time::timeout(STEP, s.read(&mut byte)).await??;
+        anyhow::ensure!(
+            n == 1,
+            "closed during the upgrade: {:?}",
+            String::from_utf8_lossy(&head)
+        );
+        head.push(byte[0]);
+    }
+    anyhow::ensure!(
+        head.starts_with(b"HTTP/1.1 101"),
+        "{}",
+        String::from_utf8_lossy(&head)
+    );
+    Ok(s)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn websocket_sessions_hold_their_connection_permit_for_their_whole_life() -> anyhow::Result<()>
+{
+    let server = TestServer::start(&["--max-connections", "3"]).await?;
+    let addr = server.server().http_addr;
+    let mut sessions = Vec::new();
+    for i in 0..3 {
+        sessions.push(open_websocket(addr, &server.token(&format!("user-{i}"))).await?);
+    }
+    // Three live sessions: nothing is idle, so a fourth connection is refused...
+    let refused = http(addr, "GET", "/api/health", None, None).await?;
+    assert_eq!(refused.status, 503, "{}", refused.body);
+    assert_eq!(refused.header("retry-after"), Some("1"));
+    // ...until a session ends and gives its permit back.
+    drop(sessions.pop());
+    let ok = support::eventually_async(STEP, "a permit freed by the closed session", || async {
+        http(addr, "GET", "/api/health", None, None)
+            .await
+            .ok()
+            .filter(|r| r.status == 200)
+    })
+    .await?;
+    assert_eq!(ok.status, 200);
+    server.stop().await;
+    Ok(())
+}
