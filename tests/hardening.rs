@@ -92,8 +92,10 @@ async fn health_stays_fast_while_slowloris_sockets_exceed_the_connection_cap() -
         elapsed_since_attack < Duration::from_secs(HEADER_TIMEOUT_SECS),
         "the health checks ran while the attack was still holding sockets ({elapsed_since_attack:?})"
     );
-    // The target is 100 ms; the bound is generous for a busy shared machine yet well
-    // below the header timeout that would otherwise free the sockets.
+    // The target is 100 ms: the median must meet it; the bound on the slowest is
+    // generous for a busy shared machine yet well below the header timeout that would
+    // otherwise free the sockets.
+    assert!(median < Duration::from_millis(100), "health median {median:?}");
     assert!(max < Duration::from_secs(1), "health took {max:?}");
 
     let m = http(addr, "GET", "/metrics", None, None).await?.body;
