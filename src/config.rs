@@ -74,13 +74,9 @@ pub struct Config {
     #[arg(long, env = "BASE_URL", default_value = "")]
     pub base_url: String,
 
-    /// Origins allowed to call the API with credentials (CORS), comma-separated.
-    #[arg(
-        long,
-        env = "FRONTEND_URL",
-        default_value = "http://localhost:3000",
-        value_delimiter = ','
-    )]
+    /// Origins allowed to call the API with credentials (CORS), comma-separated. Empty:
+    /// none (the built-in web client is same-origin).
+    #[arg(long, env = "FRONTEND_URL", default_value = "", value_delimiter = ',')]
     pub frontend_url: Vec<String>,
 
     /// Send cookies without `Secure` (plain-HTTP development only).
@@ -123,6 +119,11 @@ pub struct Config {
     #[arg(long, env = "OTP_VERIFY_PER_IP_PER_HOUR", default_value_t = 60)]
     pub otp_verify_per_ip_per_hour: u32,
 
+    /// Rooms one user may create per hour (token bucket: a burst of this many, refilled
+    /// evenly over the hour); chat rooms made on first use count too.
+    #[arg(long, env = "ROOMS_PER_USER_PER_HOUR", default_value_t = 30)]
+    pub rooms_per_user_per_hour: u32,
+
     /// Largest voice note upload, bytes.
     #[arg(long, env = "MAX_VOICE_BYTES", default_value_t = 10 * 1024 * 1024)]
     pub max_voice_bytes: usize,
@@ -138,6 +139,16 @@ pub struct Config {
     /// Largest avatar width or height, pixels (checked before decoding).
     #[arg(long, env = "MAX_AVATAR_DIMENSION", default_value_t = 4096)]
     pub max_avatar_dimension: u32,
+
+    /// Avatars decoded at once (a maximum-size one needs ~70 MB while it is processed);
+    /// 0: one per CPU core. Others wait up to AVATAR_DECODE_WAIT_SECS, then get 503.
+    #[arg(long, env = "AVATAR_DECODE_CONCURRENCY", default_value_t = 0)]
+    pub avatar_decode_concurrency: usize,
+
+    /// Seconds an avatar waits for a decoding slot before the request gets 503 with
+    /// `Retry-After`.
+    #[arg(long, env = "AVATAR_DECODE_WAIT_SECS", default_value_t = 10)]
+    pub avatar_decode_wait_secs: u64,
 
     /// Longest chat message, characters.
     #[arg(long, env = "MAX_MESSAGE_CHARS", default_value_t = 2000)]
@@ -208,6 +219,31 @@ pub struct Config {
     #[arg(long, env = "WS_RATE_PER_SEC", default_value_t = 20)]
     pub ws_rate_per_sec: u32,
 
+    /// Open connections at once, HTTP and WebSocket together. At the cap the oldest
+    /// connection with no request in progress is closed to make room, else the new one
+    /// is refused. Lowered to fit the open-files limit (raised to its hard limit at start).
+    #[arg(long, env = "MAX_CONNECTIONS", default_value_t = 10_000)]
+    pub max_connections: usize,
+
+    /// Seconds for a complete request head, counted from the connection opening or the
+    /// previous response (so also the keep-alive idle timeout).
+    #[arg(long, env = "HTTP_HEADER_TIMEOUT_SECS", default_value_t = 10)]
+    pub http_header_timeout_secs: u64,
+
+    /// Longest gap between two chunks of a request body, seconds.
+    #[arg(long, env = "HTTP_BODY_TIMEOUT_SECS", default_value_t = 30)]
+    pub http_body_timeout_secs: u64,
+
+    /// Seconds from a request head to the start of its response (uploads included);
+    /// longer gets 408.
+    #[arg(long, env = "HTTP_REQUEST_TIMEOUT_SECS", default_value_t = 120)]
+    pub http_request_timeout_secs: u64,
+
+    /// A connection on which no byte moves in either direction for this many seconds is
+    /// closed (stalled downloads, dead peers). Above the WebSocket ping interval (20 s).
+    #[arg(long, env = "HTTP_IDLE_TIMEOUT_SECS", default_value_t = 60)]
+    pub http_idle_timeout_secs: u64,
+
     /// Serve `/metrics` on this separate port instead of the HTTP port.
     #[arg(long, env = "METRICS_PORT")]
     pub metrics_port: Option<u16>,
@@ -274,6 +310,29 @@ impl Config {
         })
     }
 
+    /// Connection cap and timeouts of the HTTP listener (before fitting the cap to the
+    /// open-files limit, see [`crate::serve::effective_cap`]).
+    pub fn http_limits(&self) -> anyhow::Result<crate::serve::HttpLimits> {
+        use std::time::Duration;
+        anyhow::ensure!(self.max_connections > 0, "MAX_CONNECTIONS must be positive");
+        for (v, name) in [
+            (self.http_header_timeout_secs, "HTTP_HEADER_TIMEOUT_SECS"),
+            (self.http_body_timeout_secs, "HTTP_BODY_TIMEOUT_SECS"),
+            (self.http_request_timeout_secs, "HTTP_REQUEST_TIMEOUT_SECS"),
+            (self.http_idle_timeout_secs, "HTTP_IDLE_TIMEOUT_SECS"),
+        ] {
+            anyhow::ensure!(v > 0, "{name} must be positive");
+        }
+        Ok(crate::serve::HttpLimits {
+            max_connections: self.max_connections,
+            header_timeout: Duration::from_secs(self.http_header_timeout_secs),
+            body_timeout: Duration::from_secs(self.http_body_timeout_secs),
+            request_timeout: Duration::from_secs(self.http_request_timeout_secs),
+            idle_timeout: Duration::from_secs(self.http_idle_timeout_secs),
+            ..crate::serve::HttpLimits::default()
+        })
+    }
+
     /// Parses flags and environment, applying the `DB_URL` alias for `MONGO_URI`.
     pub fn load() -> Self {
         let mut cfg = Self::parse();
@@ -301,6 +360,10 @@ impl Config {
             "OTP_MAX_ATTEMPTS must be positive"
         );
         anyhow::ensure!(
+            self.rooms_per_user_per_hour > 0,
+            "ROOMS_PER_USER_PER_HOUR must be positive"
+        );
+        anyhow::ensure!(
             self.room_expiry_days > 0,
             "ROOM_EXPIRY_DAYS must be positive"
         );
@@ -322,11 +385,14 @@ impl Config {
                 send_otp_per_ip: self.otp_send_per_ip_per_hour,
                 verify_otp_per_phone: self.otp_verify_per_phone_per_hour,
                 verify_otp_per_ip: self.otp_verify_per_ip_per_hour,
+                create_room_per_user: self.rooms_per_user_per_hour,
             },
             max_voice_bytes: self.max_voice_bytes,
             max_image_bytes: self.max_image_bytes,
             max_avatar_bytes: self.max_avatar_bytes,
             max_avatar_dimension: self.max_avatar_dimension,
+            avatar_decode_concurrency: self.avatar_decode_concurrency,
+            avatar_decode_wait: std::time::Duration::from_secs(self.avatar_decode_wait_secs),
             max_message_chars: self.max_message_chars,
             room_expiry: time::Duration::days(self.room_expiry_days),
             sweep_interval: std::time::Duration::from_secs(self.sweep_interval_secs),
@@ -465,6 +531,16 @@ mod tests {
         .expect("parses");
         let api = cfg.api_config().expect("valid");
         assert!(!api.secure_cookies);
+        let default = Config::try_parse_from(["chorus"]).expect("parses");
+        assert!(
+            default
+                .api_config()
+                .expect("valid")
+                .cors_origins
+                .iter()
+                .all(|o| o.trim().is_empty()),
+            "no cross-origin access unless configured"
+        );
         assert_eq!(api.cors_origins, ["http://a.example", "http://b.example"]);
         assert_eq!(api.otp_ttl, time::Duration::seconds(60));
         assert_eq!(api.room_expiry, time::Duration::days(7));

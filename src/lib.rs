@@ -5,6 +5,7 @@
 //! logging and signal handling.
 
 pub mod config;
+pub mod serve;
 pub mod telemetry;
 mod web;
 pub mod wiring;
@@ -112,6 +113,17 @@ pub async fn start(cfg: Config) -> anyhow::Result<Server> {
         signaling: signaling.clone(),
     }));
 
+    let mut limits = cfg.http_limits()?;
+    let fd_limit = serve::raise_fd_limit();
+    limits.max_connections = serve::effective_cap(limits.max_connections, fd_limit);
+    tracing::info!(
+        max_connections = limits.max_connections,
+        open_files_limit = fd_limit,
+        "connection cap"
+    );
+    let conn_stats = Arc::new(serve::ConnStats::default());
+    telemetry.register_connections(conn_stats.clone())?;
+
     let mut tasks = Vec::new();
     let sweeper = api::sweeper::spawn_sweeper(state.clone(), shutdown.clone().cancelled_owned());
     tasks.push(tokio::spawn(async move {
@@ -126,7 +138,13 @@ pub async fn start(cfg: Config) -> anyhow::Result<Server> {
                 .await
                 .with_context(|| format!("binding metrics {addr}"))?;
             let bound = listener.local_addr()?;
-            tasks.push(serve(listener, telemetry.routes(), shutdown.clone()));
+            tasks.push(serve::serve(
+                listener,
+                telemetry.routes(),
+                limits.clone(),
+                Arc::new(serve::ConnStats::default()),
+                shutdown.clone(),
+            ));
             tracing::info!(addr = %bound, "metrics listening");
             Some(bound)
         }
@@ -135,7 +153,10 @@ pub async fn start(cfg: Config) -> anyhow::Result<Server> {
             None
         }
     };
-    let app = telemetry.instrument(app.merge(web::routes()));
+    let app = telemetry.instrument(serve::with_request_timeout(
+        app.merge(web::routes(&cfg.base_url)),
+        limits.request_timeout,
+    ));
 
     let addr = SocketAddr::new(cfg.host, cfg.port);
     let listener = TcpListener::bind(addr)
@@ -143,7 +164,13 @@ pub async fn start(cfg: Config) -> anyhow::Result<Server> {
         .with_context(|| format!("binding {addr}"))?;
     let http_addr = listener.local_addr()?;
     tracing::info!(addr = %http_addr, "chorus listening (HTTP, WebSocket /ws, web client /)");
-    tasks.push(serve(listener, app, shutdown.clone()));
+    tasks.push(serve::serve(
+        listener,
+        app,
+        limits,
+        conn_stats,
+        shutdown.clone(),
+    ));
 
     Ok(Server {
         http_addr,
@@ -154,28 +181,6 @@ pub async fn start(cfg: Config) -> anyhow::Result<Server> {
         telemetry,
         shutdown,
         tasks,
-    })
-}
-
-fn serve(listener: TcpListener, app: axum::Router, shutdown: CancellationToken) -> JoinHandle<()> {
-    use axum::serve::ListenerExt;
-    // Signaling sends small messages back to back (`joined`, then the `offer`): without
-    // TCP_NODELAY the second waits for the client's delayed ACK, ~40 ms per join.
-    let listener = listener.tap_io(|tcp| {
-        if let Err(e) = tcp.set_nodelay(true) {
-            tracing::debug!(error = %e, "cannot set TCP_NODELAY");
-        }
-    });
-    tokio::spawn(async move {
-        let result = axum::serve(
-            listener,
-            app.into_make_service_with_connect_info::<SocketAddr>(),
-        )
-        .with_graceful_shutdown(shutdown.cancelled_owned())
-        .await;
-        if let Err(e) = result {
-            tracing::error!(error = %e, "HTTP server failed");
-        }
     })
 }
 

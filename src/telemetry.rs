@@ -416,6 +416,52 @@ impl Telemetry {
         Ok(())
     }
 
+    /// Exposes the HTTP listener's connection counts.
+    pub fn register_connections(
+        &self,
+        stats: Arc<crate::serve::ConnStats>,
+    ) -> prometheus::Result<()> {
+        use std::sync::atomic::Ordering::Relaxed;
+        let open = IntGauge::new(
+            "chorus_http_connections",
+            "Open client connections (HTTP and WebSocket), each holding a permit",
+        )?;
+        let max = IntGauge::new(
+            "chorus_http_connections_max",
+            "The connection cap in force (MAX_CONNECTIONS, fitted to the open-files limit)",
+        )?;
+        let closed = IntCounterVec::new(
+            Opts::new(
+                "chorus_http_connections_shed_total",
+                "Connections closed or refused by the server's limits, by reason: evicted \
+                 (idle, to make room at the cap), refused (at the cap, none idle), idle \
+                 (nothing moved for HTTP_IDLE_TIMEOUT_SECS)",
+            ),
+            &["reason"],
+        )?;
+        self.registry.register(Box::new(open.clone()))?;
+        self.registry.register(Box::new(max.clone()))?;
+        self.registry.register(Box::new(closed.clone()))?;
+        let mut last = [0u64; 3];
+        self.refreshers.lock().push(Box::new(move || {
+            let as_i64 = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
+            open.set(as_i64(stats.open.load(Relaxed)));
+            max.set(as_i64(stats.max.load(Relaxed)));
+            let now = [
+                stats.evicted.load(Relaxed),
+                stats.refused.load(Relaxed),
+                stats.idle_closed.load(Relaxed),
+            ];
+            for (i, reason) in ["evicted", "refused", "idle"].iter().enumerate() {
+                closed
+                    .with_label_values(&[reason])
+                    .inc_by(now[i].saturating_sub(last[i]));
+            }
+            last = now;
+        }));
+        Ok(())
+    }
+
     /// A gauge vector in the shared registry (for other crates' live counts).
     pub fn gauge_vec(
         &self,
@@ -451,6 +497,24 @@ impl Telemetry {
     }
 }
 
+/// The `method` label: the standard methods by name, anything else a client invents
+/// (`FOO`, random bytes) as `other`, so clients cannot grow the label set.
+fn method_label(m: &axum::http::Method) -> &'static str {
+    use axum::http::Method;
+    match *m {
+        Method::GET => "GET",
+        Method::HEAD => "HEAD",
+        Method::POST => "POST",
+        Method::PUT => "PUT",
+        Method::PATCH => "PATCH",
+        Method::DELETE => "DELETE",
+        Method::OPTIONS => "OPTIONS",
+        Method::CONNECT => "CONNECT",
+        Method::TRACE => "TRACE",
+        _ => "other",
+    }
+}
+
 async fn track_http(State(t): State<Telemetry>, req: Request, next: Next) -> Response {
     // Unmatched paths (404s from scanners) share one label value.
     let route = req
@@ -458,14 +522,14 @@ async fn track_http(State(t): State<Telemetry>, req: Request, next: Next) -> Res
         .get::<MatchedPath>()
         .map(|m| m.as_str().to_owned())
         .unwrap_or_else(|| "unmatched".to_owned());
-    let method = req.method().as_str().to_owned();
+    let method = method_label(req.method());
     let start = Instant::now();
     let resp = next.run(req).await;
     t.http_duration
-        .with_label_values(&[route.as_str(), method.as_str()])
+        .with_label_values(&[route.as_str(), method])
         .observe(start.elapsed().as_secs_f64());
     t.http_requests
-        .with_label_values(&[route.as_str(), method.as_str(), resp.status().as_str()])
+        .with_label_values(&[route.as_str(), method, resp.status().as_str()])
         .inc();
     resp
 }
@@ -477,5 +541,45 @@ async fn scrape(State(t): State<Telemetry>) -> Response {
             tracing::error!(error = %e, "metrics encoding failed");
             StatusCode::INTERNAL_SERVER_ERROR.into_response()
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::body::Body;
+    use axum::http::Method;
+    use tower::ServiceExt;
+
+    #[tokio::test]
+    async fn invented_methods_share_the_other_label() {
+        let t = Telemetry::new().expect("telemetry");
+        let app = t.instrument(Router::new().route("/x", get(|| async { "ok" })));
+        for m in ["GET", "FOO", "BAR", "X-RANDOM-1", "X-RANDOM-2"] {
+            let req = Request::builder()
+                .method(Method::from_bytes(m.as_bytes()).expect("method token"))
+                .uri("/x")
+                .body(Body::empty())
+                .expect("request");
+            app.clone().oneshot(req).await.expect("infallible");
+        }
+        let text = t.render().expect("render");
+        let methods: Vec<&str> = text
+            .lines()
+            .filter(|l| l.starts_with("chorus_http_requests_total{"))
+            .filter_map(|l| l.split("method=\"").nth(1)?.split('"').next())
+            .collect();
+        assert!(methods.contains(&"GET"), "{text}");
+        assert!(methods.contains(&"other"), "{text}");
+        for m in methods {
+            assert!(["GET", "other"].contains(&m), "unexpected method label {m}");
+        }
+        assert!(
+            text.lines()
+                .any(|l| l.starts_with("chorus_http_requests_total{")
+                    && l.contains(r#"method="other""#)
+                    && l.ends_with(" 4")),
+            "the four invented methods are counted together: {text}"
+        );
     }
 }

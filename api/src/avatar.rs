@@ -1,7 +1,14 @@
-//! Avatar processing: a `data:` URL in, a 150-px-wide PNG out. Decoding is bounded three
-//! ways so a hostile image cannot exhaust memory: the data URL length, the pixel
-//! dimensions read from the header before any pixel is decoded, and the decoder's own
-//! allocation limit.
+//! Avatar processing: a `data:` URL in, a 150-px-wide PNG out. Decoding is bounded four
+//! ways so hostile images cannot exhaust memory: the data URL length, the pixel
+//! dimensions read from the header before any pixel is decoded, the decoder's own
+//! allocation limit, and [`DecodeGate`], which caps how many decodes run at once (a tiny
+//! PNG of 4096x4096 still needs a 64 MiB pixel buffer while it is processed).
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use std::io::Cursor;
 
@@ -13,6 +20,67 @@ use image::{ImageFormat, ImageReader, Limits};
 pub const AVATAR_WIDTH: u32 = 150;
 /// Taller images are cropped (centred) to at most 1:3 before resizing.
 const MAX_ASPECT: u32 = 3;
+
+/// A bounded number of decoding slots; callers wait up to a bound for one.
+#[derive(Debug)]
+pub struct DecodeGate {
+    permits: Arc<Semaphore>,
+    size: usize,
+    wait: Duration,
+    /// Most slots ever in use at once (observability, and tests).
+    peak: AtomicUsize,
+}
+
+/// A decoding slot; held until the decode ends (move it into the blocking task, so a
+/// client that hangs up does not free the slot of a decode still running).
+#[derive(Debug)]
+pub struct DecodeSlot(#[allow(dead_code)] OwnedSemaphorePermit);
+
+/// No slot came free within the wait.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("every avatar decoding slot is busy")]
+pub struct GateBusy;
+
+impl DecodeGate {
+    /// `concurrency` slots, or one per CPU core when 0.
+    pub fn new(concurrency: usize, wait: Duration) -> Self {
+        let size = if concurrency == 0 {
+            std::thread::available_parallelism().map_or(2, usize::from)
+        } else {
+            concurrency
+        };
+        Self {
+            permits: Arc::new(Semaphore::new(size)),
+            size,
+            wait,
+            peak: AtomicUsize::new(0),
+        }
+    }
+
+    /// Waits up to the configured bound for a slot.
+    pub async fn acquire(&self) -> Result<DecodeSlot, GateBusy> {
+        let permit = tokio::time::timeout(self.wait, self.permits.clone().acquire_owned())
+            .await
+            .map_err(|_| GateBusy)?
+            .map_err(|_| GateBusy)?;
+        self.peak.fetch_max(self.in_use(), Ordering::Relaxed);
+        Ok(DecodeSlot(permit))
+    }
+
+    pub fn size(&self) -> usize {
+        self.size
+    }
+
+    /// Slots taken right now.
+    pub fn in_use(&self) -> usize {
+        self.size.saturating_sub(self.permits.available_permits())
+    }
+
+    /// Most slots taken at once since start.
+    pub fn peak(&self) -> usize {
+        self.peak.load(Ordering::Relaxed)
+    }
+}
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum AvatarError {

@@ -10,6 +10,8 @@ pub struct RateLimitConfig {
     pub send_otp_per_ip: u32,
     pub verify_otp_per_phone: u32,
     pub verify_otp_per_ip: u32,
+    /// Rooms one user may create (`POST /api/rooms`, and chat rooms made on first use).
+    pub create_room_per_user: u32,
 }
 
 impl Default for RateLimitConfig {
@@ -19,6 +21,7 @@ impl Default for RateLimitConfig {
             send_otp_per_ip: 20,
             verify_otp_per_phone: 20,
             verify_otp_per_ip: 60,
+            create_room_per_user: 30,
         }
     }
 }
@@ -46,6 +49,11 @@ pub struct ApiConfig {
     /// Largest accepted avatar width or height in pixels, checked from the image header
     /// before decoding so a decompression bomb is refused cheaply.
     pub max_avatar_dimension: u32,
+    /// Avatars decoded at once (each may need ~70 MB at the maximum dimension); 0 means
+    /// one per CPU core.
+    pub avatar_decode_concurrency: usize,
+    /// How long an avatar waits for a decoding slot before the request gets 503.
+    pub avatar_decode_wait: std::time::Duration,
     pub max_message_chars: usize,
     /// Rooms idle longer than this are deleted with their messages and bytes.
     pub room_expiry: Duration,
@@ -56,7 +64,8 @@ impl Default for ApiConfig {
     fn default() -> Self {
         Self {
             base_url: String::new(),
-            cors_origins: vec!["http://localhost:3000".into()],
+            // The built-in web client is same-origin and needs none.
+            cors_origins: Vec::new(),
             secure_cookies: true,
             trust_proxy: false,
             access_token_ttl: Duration::minutes(15),
@@ -68,6 +77,8 @@ impl Default for ApiConfig {
             max_image_bytes: 5 * 1024 * 1024,
             max_avatar_bytes: 4 * 1024 * 1024,
             max_avatar_dimension: 4096,
+            avatar_decode_concurrency: 0,
+            avatar_decode_wait: std::time::Duration::from_secs(10),
             max_message_chars: 2000,
             room_expiry: Duration::days(30),
             sweep_interval: std::time::Duration::from_secs(3600),

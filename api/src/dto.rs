@@ -87,7 +87,6 @@ pub struct AuthResponse {
 pub struct RoomJson {
     pub id: String,
     pub topic: String,
-    #[schema(value_type = String, example = "open")]
     pub room_type: RoomType,
     pub owner_id: String,
     pub owner: Option<PublicUser>,

@@ -46,6 +46,9 @@ pub enum ApiError {
     /// 503: the database is unreachable.
     #[error("service unavailable")]
     Unavailable,
+    /// 503 with `Retry-After`: a bounded resource (avatar decoding) is busy right now.
+    #[error("server busy, try again in {retry_after_secs} s")]
+    Overloaded { retry_after_secs: u64 },
     /// 500: logged with its detail, shown as a generic message.
     #[error("internal error: {0}")]
     Internal(String),
@@ -99,7 +102,7 @@ impl ApiError {
             Self::RangeNotSatisfiable { .. } => StatusCode::RANGE_NOT_SATISFIABLE,
             Self::TooManyRequests { .. } => StatusCode::TOO_MANY_REQUESTS,
             Self::BadGateway(_) => StatusCode::BAD_GATEWAY,
-            Self::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+            Self::Unavailable | Self::Overloaded { .. } => StatusCode::SERVICE_UNAVAILABLE,
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -118,6 +121,7 @@ impl ApiError {
             Self::TooManyRequests { .. } => "rate_limited",
             Self::BadGateway(_) => "upstream_failed",
             Self::Unavailable => "not_ready",
+            Self::Overloaded { .. } => "overloaded",
             Self::Internal(_) => "internal",
         }
     }
@@ -156,7 +160,7 @@ impl IntoResponse for ApiError {
         };
         let mut resp = (status, Json(body)).into_response();
         match self {
-            Self::TooManyRequests { retry_after_secs } => {
+            Self::TooManyRequests { retry_after_secs } | Self::Overloaded { retry_after_secs } => {
                 resp.headers_mut()
                     .insert(header::RETRY_AFTER, HeaderValue::from(retry_after_secs));
             }

@@ -22,6 +22,7 @@ pub mod sms;
 pub mod state;
 pub mod store;
 pub mod sweeper;
+pub mod text;
 
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
@@ -129,7 +130,100 @@ fn documented_routes(config: &ApiConfig) -> OpenApiRouter<AppState> {
 
 /// The OpenAPI 3 document of every route, generated from the handlers' annotations.
 pub fn openapi() -> utoipa::openapi::OpenApi {
-    documented_routes(&ApiConfig::default()).into_openapi()
+    let mut doc = documented_routes(&ApiConfig::default()).into_openapi();
+    apply_conventions(&mut doc);
+    doc
+}
+
+/// Routes that take no access token (login, refresh and logout read their own
+/// credentials; the rest are public).
+const PUBLIC_ROUTES: &[&str] = &[
+    "/api/send-otp",
+    "/api/verify-otp",
+    "/api/refresh",
+    "/api/logout",
+    "/storage/{fileId}",
+    "/api/health",
+    "/api/ready",
+    "/api/openapi.json",
+];
+
+/// What holds for every operation and is therefore not repeated in each annotation:
+/// the two ways to present the access token (security schemes `bearer` and `cookie`)
+/// and the 401 of every authenticated route, and the 400/413/415 of every JSON body
+/// (malformed JSON, over the body limit, wrong content type).
+fn apply_conventions(doc: &mut utoipa::openapi::OpenApi) {
+    use utoipa::openapi::security::{
+        ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder, SecurityRequirement, SecurityScheme,
+    };
+    let components = doc.components.get_or_insert_with(Default::default);
+    components.add_security_scheme(
+        "bearer",
+        SecurityScheme::Http(
+            HttpBuilder::new()
+                .scheme(HttpAuthScheme::Bearer)
+                .bearer_format("JWT")
+                .description(Some("Access token from verify-otp or refresh"))
+                .build(),
+        ),
+    );
+    components.add_security_scheme(
+        "cookie",
+        SecurityScheme::ApiKey(ApiKey::Cookie(ApiKeyValue::with_description(
+            "accessToken",
+            "The access token cookie set by verify-otp and refresh (browsers)",
+        ))),
+    );
+    for (path, item) in doc.paths.paths.iter_mut() {
+        let public = PUBLIC_ROUTES.contains(&path.as_str());
+        for op in [
+            &mut item.get,
+            &mut item.post,
+            &mut item.put,
+            &mut item.patch,
+            &mut item.delete,
+        ]
+        .into_iter()
+        .flatten()
+        {
+            if !public {
+                op.security = Some(vec![
+                    SecurityRequirement::new("bearer", Vec::<String>::new()),
+                    SecurityRequirement::new("cookie", Vec::<String>::new()),
+                ]);
+                add_error(op, "401", "missing, invalid or expired access token");
+            }
+            let json_body = op.request_body.as_ref().is_some_and(|b| match b {
+                utoipa::openapi::RefOr::T(b) => b.content.contains_key("application/json"),
+                utoipa::openapi::RefOr::Ref(_) => false,
+            });
+            if json_body {
+                add_error(op, "400", "malformed JSON or invalid fields");
+                add_error(op, "413", "request body too large");
+                add_error(op, "415", "Content-Type is not application/json");
+            }
+        }
+    }
+}
+
+/// Adds an `ErrorBody` response for `status` unless the operation documents it already.
+fn add_error(op: &mut utoipa::openapi::path::Operation, status: &str, description: &str) {
+    use utoipa::openapi::{ContentBuilder, Ref, ResponseBuilder};
+    op.responses
+        .responses
+        .entry(status.to_owned())
+        .or_insert_with(|| {
+            ResponseBuilder::new()
+                .description(description)
+                .content(
+                    "application/json",
+                    ContentBuilder::new()
+                        .schema(Some(Ref::from_schema_name("ErrorBody")))
+                        .build(),
+                )
+                .build()
+                .into()
+        });
 }
 
 async fn route_not_found() -> ApiError {
@@ -145,6 +239,7 @@ async fn method_not_allowed() -> ApiError {
 /// `into_make_service_with_connect_info::<SocketAddr>()` (rate limits key on the peer IP).
 pub fn router(state: AppState) -> Router {
     let (routes, mut doc) = documented_routes(&state.config).split_for_parts();
+    apply_conventions(&mut doc);
     doc.info.version = env!("CARGO_PKG_VERSION").to_owned();
     let doc_json = serde_json::to_string(&doc).unwrap_or_else(|_| "{}".to_owned());
     let cors = cors_layer(&state.config.cors_origins);

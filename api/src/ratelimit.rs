@@ -1,5 +1,5 @@
-//! Per-key rate limits for the login endpoints (keyed token buckets from `governor`), and
-//! the client IP they are keyed on.
+//! Per-key rate limits for the login endpoints and room creation (keyed token buckets
+//! from `governor`), and the client IP the login limits are keyed on.
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::num::NonZeroU32;
@@ -20,6 +20,8 @@ pub struct RateLimiters {
     pub send_otp_ip: Keyed,
     pub verify_otp_phone: Keyed,
     pub verify_otp_ip: Keyed,
+    /// Keyed by user id.
+    pub create_room_user: Keyed,
 }
 
 fn per_hour(n: u32) -> Keyed {
@@ -34,6 +36,7 @@ impl RateLimiters {
             send_otp_ip: per_hour(c.send_otp_per_ip),
             verify_otp_phone: per_hour(c.verify_otp_per_phone),
             verify_otp_ip: per_hour(c.verify_otp_per_ip),
+            create_room_user: per_hour(c.create_room_per_user),
         }
     }
 
@@ -44,6 +47,7 @@ impl RateLimiters {
             &self.send_otp_ip,
             &self.verify_otp_phone,
             &self.verify_otp_ip,
+            &self.create_room_user,
         ] {
             l.retain_recent();
             l.shrink_to_fit();

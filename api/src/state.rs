@@ -6,6 +6,7 @@ use std::sync::Arc;
 use time::OffsetDateTime;
 
 use crate::auth::{JwtSecrets, TokenService, TokenVerifier};
+use crate::avatar::DecodeGate;
 use crate::clock::{Clock, SystemClock};
 use crate::config::ApiConfig;
 use crate::live::{LiveRooms, NoLiveRooms};
@@ -22,6 +23,8 @@ pub struct AppState {
     pub live: Arc<dyn LiveRooms>,
     pub clock: Arc<dyn Clock>,
     pub limits: Arc<RateLimiters>,
+    /// Bounds concurrent avatar decodes (memory: ~70 MB each at the largest size).
+    pub avatar_gate: Arc<DecodeGate>,
     /// Kept so [`AppState::with_clock`] can rebuild the token service on the new clock.
     secrets: Arc<JwtSecrets>,
 }
@@ -35,6 +38,10 @@ impl AppState {
             store,
             tokens: TokenService::new(&secrets, clock.clone()),
             limits: Arc::new(RateLimiters::new(&config.rate_limits)),
+            avatar_gate: Arc::new(DecodeGate::new(
+                config.avatar_decode_concurrency,
+                config.avatar_decode_wait,
+            )),
             config: Arc::new(config),
             sms: Arc::new(DevSmsSender),
             live: Arc::new(NoLiveRooms),

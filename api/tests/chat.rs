@@ -118,6 +118,31 @@ async fn message_text_is_validated_and_unknown_rooms_are_404() {
 }
 
 #[tokio::test]
+async fn messages_lose_control_and_direction_characters_and_invisible_ones_are_refused() {
+    let app = TestApp::new().await;
+    let a = app.user("+14155550001", "Alice").await;
+    app.get("/api/room/lobby", &a.access).await;
+    let r = app
+        .post(
+            "/api/room/lobby/messages",
+            &a.access,
+            json!({"message": "see\u{202E}txt.exe\u{1b}[2J\r\nline two\u{7}"}),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{:?}", r.body);
+    assert_eq!(r.json()["message"], "seetxt.exe[2J\nline two");
+    for invisible in ["\u{202E}\u{202C}", "\u{200B}\u{2060}", "\u{3164}"] {
+        app.post(
+            "/api/room/lobby/messages",
+            &a.access,
+            json!({ "message": invisible }),
+        )
+        .await
+        .assert_error(StatusCode::BAD_REQUEST, "invalid_message");
+    }
+}
+
+#[tokio::test]
 async fn users_without_a_name_cannot_post() {
     let app = TestApp::new().await;
     let a = app.login("+14155550001").await;

@@ -157,6 +157,32 @@ async fn names_are_trimmed_and_must_be_1_to_64_characters() {
 }
 
 #[tokio::test]
+async fn names_with_direction_overrides_or_only_invisible_characters_are_refused() {
+    let app = TestApp::new().await;
+    let s = app.login("+14155550001").await;
+    for name in [
+        "Bob\u{202E}nimda",
+        "\u{2067}Alice",
+        "\u{200B}\u{200B}",
+        "\u{3164}",
+        "\u{2800}",
+        "\u{1b}[31mred",
+    ] {
+        app.post("/api/activate", &s.access, json!({ "name": name }))
+            .await
+            .assert_error(StatusCode::BAD_REQUEST, "invalid_name");
+    }
+    let r = app
+        .post(
+            "/api/activate",
+            &s.access,
+            json!({ "name": "👨\u{200D}👩\u{200D}👧 family" }),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
+}
+
+#[tokio::test]
 async fn an_avatar_claiming_huge_dimensions_is_refused_without_decoding() {
     let app = TestApp::new().await;
     let s = app.login("+14155550001").await;
@@ -274,4 +300,52 @@ async fn an_avatar_larger_than_the_json_body_limit_is_accepted() {
         String::from_utf8_lossy(&r.body)
     );
     assert!(r.json()["user"]["avatar"].is_string());
+}
+
+#[tokio::test]
+async fn an_avatar_gets_503_with_retry_after_when_no_decoding_slot_frees_in_time() {
+    let mut config = test_config();
+    config.avatar_decode_concurrency = 1;
+    config.avatar_decode_wait = std::time::Duration::from_millis(200);
+    let app = TestApp::with_config(config).await;
+    let s = app.login("+14155550001").await;
+    let body = json!({"name": "Alice", "avatar": png_data_url(64, 64)});
+    let held = app.state.avatar_gate.acquire().await.expect("the one slot");
+    let r = app.post("/api/activate", &s.access, body.clone()).await;
+    r.assert_error(StatusCode::SERVICE_UNAVAILABLE, "overloaded");
+    let wait: u64 = r
+        .header("retry-after")
+        .and_then(|v| v.parse().ok())
+        .expect("Retry-After in seconds");
+    assert!(wait >= 1);
+    drop(held);
+    let r = app.post("/api/activate", &s.access, body).await;
+    assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
+    assert_eq!(app.state.avatar_gate.in_use(), 0, "the slot is returned");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_avatars_are_decoded_at_most_gate_size_at_a_time() {
+    let mut config = test_config();
+    config.avatar_decode_concurrency = 2;
+    config.avatar_decode_wait = std::time::Duration::from_secs(60);
+    let app = TestApp::with_config(config).await;
+    let mut sessions = Vec::new();
+    for i in 0..8 {
+        sessions.push(app.login(&format!("+1415555{i:04}")).await);
+    }
+    // Small to send, large to decode: decodes overlap when nothing stops them.
+    let avatar = png_data_url(2000, 2000);
+    let calls = sessions.iter().map(|s| {
+        app.post(
+            "/api/activate",
+            &s.access,
+            json!({"name": "Someone", "avatar": avatar}),
+        )
+    });
+    for r in futures::future::join_all(calls).await {
+        assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
+    }
+    let peak = app.state.avatar_gate.peak();
+    assert!((1..=2).contains(&peak), "peak concurrent decodes {peak}");
 }

@@ -47,6 +47,9 @@ async fn creating_a_room_validates_topic_and_type() {
         json!({"topic": "", "roomType": "open"}),
         json!({"topic": "   ", "roomType": "open"}),
         json!({"topic": "x".repeat(121), "roomType": "open"}),
+        json!({"topic": "free\u{202E}3pm.exe", "roomType": "open"}),
+        json!({"topic": "\u{200B}\u{2060}", "roomType": "open"}),
+        json!({"topic": "line\nbreak", "roomType": "open"}),
     ] {
         app.post("/api/rooms", &a.access, body)
             .await
@@ -419,4 +422,135 @@ async fn only_the_owner_deletes_and_deletion_cascades_to_messages() {
         "messages go with the room"
     );
     assert_eq!(app.live.rooms_deleted.lock().as_slice(), &[RoomId(id)]);
+}
+
+#[tokio::test]
+async fn room_creation_is_rate_limited_per_user_with_retry_after() {
+    let mut config = common::test_config();
+    config.rate_limits.create_room_per_user = 3;
+    let app = TestApp::with_config(config).await;
+    let a = app.user("+14155550001", "Alice").await;
+    let b = app.user("+14155550002", "Bob").await;
+    for i in 0..3 {
+        app.create_room(&a, &format!("room {i}"), "open").await;
+    }
+    let r = app
+        .post(
+            "/api/rooms",
+            &a.access,
+            json!({"topic": "one too many", "roomType": "open"}),
+        )
+        .await;
+    r.assert_error(StatusCode::TOO_MANY_REQUESTS, "rate_limited");
+    let wait: u64 = r
+        .header("retry-after")
+        .and_then(|v| v.parse().ok())
+        .expect("Retry-After in seconds");
+    assert!((1..=3600).contains(&wait), "Retry-After {wait}");
+    // A chat room made on first use is a room too.
+    app.get("/api/room/brand-new-slug", &a.access)
+        .await
+        .assert_error(StatusCode::TOO_MANY_REQUESTS, "rate_limited");
+    // Only the greedy user is limited; existing chat rooms stay reachable.
+    app.create_room(&b, "bob's room", "open").await;
+    let r = app.get("/api/room/bobs-slug", &b.access).await;
+    assert_eq!(r.status, StatusCode::OK);
+    let r = app.get("/api/room/bobs-slug", &a.access).await;
+    assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
+    let listed = app.get("/api/rooms?limit=100", &a.access).await.json();
+    assert_eq!(listed.as_array().map(Vec::len), Some(4));
+}
+
+#[tokio::test]
+async fn a_room_id_as_cursor_tells_nothing_about_private_rooms() {
+    let app = TestApp::new().await;
+    let a = app.user("+14155550001", "Alice").await;
+    let b = app.user("+14155550002", "Bob").await;
+    for i in 0..3 {
+        app.clock.advance(time::Duration::seconds(1));
+        app.create_room(&a, &format!("open {i}"), "open").await;
+    }
+    let private = app.create_room(&a, "secret", "private").await["id"]
+        .as_str()
+        .expect("id")
+        .to_owned();
+    let unknown = api::store::new_id();
+    let as_private = app
+        .get(&format!("/api/rooms?cursor={private}"), &b.access)
+        .await;
+    let as_unknown = app
+        .get(&format!("/api/rooms?cursor={unknown}"), &b.access)
+        .await;
+    assert_eq!(as_private.status, as_unknown.status);
+    assert_eq!(as_private.body, as_unknown.body);
+    // A cursor is a position, not a room: one naming the private room at its time
+    // answers exactly like one naming a room that never existed at that time.
+    let at = time::OffsetDateTime::now_utc();
+    let private_room = api::store::Room {
+        id: RoomId(private.clone()),
+        topic: String::new(),
+        room_type: api::store::RoomType::Private,
+        owner_id: user_id(&a),
+        invited: Vec::new(),
+        invite_code: None,
+        created_at: at,
+        last_activity: at,
+    };
+    let forged =
+        api::handlers::rooms::encode_room_cursor(&api::store::RoomCursor::after(&private_room));
+    let unknown_room = api::store::Room {
+        id: RoomId(unknown),
+        ..private_room
+    };
+    let forged_unknown =
+        api::handlers::rooms::encode_room_cursor(&api::store::RoomCursor::after(&unknown_room));
+    let r1 = app
+        .get(&format!("/api/rooms?cursor={forged}"), &b.access)
+        .await;
+    let r2 = app
+        .get(&format!("/api/rooms?cursor={forged_unknown}"), &b.access)
+        .await;
+    assert_eq!(r1.status, StatusCode::OK);
+    assert_eq!((r1.status, r1.body), (r2.status, r2.body));
+}
+
+#[tokio::test]
+async fn the_next_page_survives_the_deletion_of_the_cursor_room() {
+    let app = TestApp::new().await;
+    let a = app.user("+14155550001", "Alice").await;
+    let mut ids = Vec::new();
+    for i in 0..4 {
+        app.clock.advance(time::Duration::seconds(1));
+        ids.push(
+            app.create_room(&a, &format!("open {i}"), "open").await["id"]
+                .as_str()
+                .expect("id")
+                .to_owned(),
+        );
+    }
+    ids.reverse();
+    let first = app.get("/api/rooms?limit=2", &a.access).await;
+    let cursor = first.header("x-next-cursor").expect("more").to_owned();
+    assert!(!cursor.contains(&ids[1]), "the cursor is opaque: {cursor}");
+    let deleted = app
+        .call(
+            Method::DELETE,
+            &format!("/api/rooms/{}", ids[1]),
+            Some(&a.access),
+            None,
+        )
+        .await;
+    assert_eq!(deleted.status, StatusCode::NO_CONTENT);
+    let next = app
+        .get(&format!("/api/rooms?limit=2&cursor={cursor}"), &a.access)
+        .await;
+    assert_eq!(next.status, StatusCode::OK);
+    let page: Vec<String> = next
+        .json()
+        .as_array()
+        .expect("array")
+        .iter()
+        .filter_map(|r| r["id"].as_str().map(str::to_owned))
+        .collect();
+    assert_eq!(page, ids[2..4]);
 }

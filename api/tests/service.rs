@@ -40,6 +40,72 @@ async fn unknown_routes_get_a_json_404() {
     r.assert_error(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed");
 }
 
+/// The document states what every route shares: how to authenticate, and the errors of
+/// authentication and of JSON bodies; required fields are required; page sizes bounded.
+#[tokio::test]
+async fn the_openapi_document_declares_security_errors_and_required_fields() {
+    let doc = serde_json::to_value(api::openapi()).expect("serialises");
+    let schemes = &doc["components"]["securitySchemes"];
+    assert_eq!(schemes["bearer"]["scheme"], "bearer");
+    assert_eq!(schemes["cookie"]["in"], "cookie");
+    assert_eq!(schemes["cookie"]["name"], "accessToken");
+    let op = |m: &str, p: &str| doc["paths"][p][m].clone();
+    for (m, p) in [
+        ("get", "/api/me"),
+        ("post", "/api/rooms"),
+        ("get", "/api/voice/{fileId}"),
+    ] {
+        let o = op(m, p);
+        assert!(
+            o["security"].as_array().is_some_and(|s| s.len() == 2),
+            "{m} {p}"
+        );
+        assert!(o["responses"]["401"].is_object(), "{m} {p}: 401");
+    }
+    for (m, p) in [("post", "/api/send-otp"), ("get", "/api/health")] {
+        assert!(op(m, p)["security"].is_null(), "{m} {p} is public");
+    }
+    for (m, p) in [
+        ("post", "/api/send-otp"),
+        ("post", "/api/rooms"),
+        ("patch", "/api/rooms/{roomId}"),
+        ("post", "/api/room/{roomId}/messages"),
+    ] {
+        for status in ["400", "413", "415"] {
+            assert!(
+                op(m, p)["responses"][status].is_object(),
+                "{m} {p}: {status}"
+            );
+        }
+    }
+    assert!(op("post", "/api/rooms")["responses"]["429"].is_object());
+    assert!(op("post", "/api/activate")["responses"]["503"].is_object());
+    let schema = |name: &str| doc["components"]["schemas"][name].clone();
+    for (name, fields) in [
+        ("SendOtpRequest", vec!["phone"]),
+        ("VerifyOtpRequest", vec!["otp", "hash", "phone"]),
+        ("ActivateRequest", vec!["name"]),
+        ("CreateRoomRequest", vec!["topic", "roomType"]),
+        ("PostMessageRequest", vec!["message"]),
+    ] {
+        let required = schema(name)["required"].clone();
+        for f in fields {
+            assert!(
+                required
+                    .as_array()
+                    .is_some_and(|r| r.iter().any(|v| v == f)),
+                "{name}.{f} required: {required}"
+            );
+        }
+    }
+    let limit = op("get", "/api/rooms")["parameters"]
+        .as_array()
+        .and_then(|ps| ps.iter().find(|p| p["name"] == "limit").cloned())
+        .expect("limit parameter");
+    assert_eq!(limit["schema"]["minimum"], 1);
+    assert_eq!(limit["schema"]["maximum"], 100);
+}
+
 /// Every route in the document is served, and every route the issue names is documented.
 #[tokio::test]
 async fn the_openapi_document_covers_every_route() {
@@ -121,7 +187,9 @@ async fn the_openapi_document_covers_every_route() {
 
 #[tokio::test]
 async fn cors_allows_the_configured_origin_with_credentials_only() {
-    let app = TestApp::new().await;
+    let mut config = common::test_config();
+    config.cors_origins = vec!["http://localhost:3000".into()];
+    let app = TestApp::with_config(config).await;
     let preflight = |origin: &'static str| {
         Request::builder()
             .method(Method::OPTIONS)
@@ -140,6 +208,24 @@ async fn cors_allows_the_configured_origin_with_credentials_only() {
     assert_eq!(ok.header("access-control-allow-credentials"), Some("true"));
     let evil = app.send(preflight("https://evil.example")).await;
     assert!(evil.header("access-control-allow-origin").is_none());
+}
+
+#[tokio::test]
+async fn by_default_no_origin_is_allowed_cross_origin() {
+    let app = TestApp::new().await;
+    let r = app
+        .send(
+            Request::builder()
+                .method(Method::OPTIONS)
+                .uri("/api/rooms")
+                .header(header::ORIGIN, "http://localhost:3000")
+                .header(header::ACCESS_CONTROL_REQUEST_METHOD, "POST")
+                .body(Body::empty())
+                .expect("request"),
+        )
+        .await;
+    assert!(r.header("access-control-allow-origin").is_none());
+    assert!(r.header("access-control-allow-credentials").is_none());
 }
 
 #[tokio::test]

@@ -13,8 +13,8 @@ use std::sync::Arc;
 use anyhow::{Context, Result, ensure};
 use api::store::{
     BlobKind, BlobMeta, FamilyId, FileId, Health, Message, MessageCursor, MessageId, MessageStore,
-    MessageType, OtpChallenge, RefreshToken, Room, RoomId, RoomStore, RoomType, Store, StoreError,
-    UserId, UserStore, new_id,
+    MessageType, OtpChallenge, RefreshToken, Room, RoomCursor, RoomId, RoomStore, RoomType, Store,
+    StoreError, UserId, UserStore, new_id,
 };
 use bytes::Bytes;
 use futures::TryStreamExt;
@@ -445,14 +445,14 @@ pub mod cases {
         expected.sort_by(|a, b| b.created_at.cmp(&a.created_at).then(b.id.cmp(&a.id)));
 
         let mut seen = Vec::new();
-        let mut after: Option<RoomId> = None;
+        let mut after: Option<RoomCursor> = None;
         for _ in 0..10 {
             let page = store.list_open_rooms(after.as_ref(), 3).await?;
             assert!(page.len() <= 3);
             if page.is_empty() {
                 break;
             }
-            after = page.last().map(|r| r.id.clone());
+            after = page.last().map(RoomCursor::after);
             seen.extend(page);
         }
         assert_eq!(
@@ -462,11 +462,23 @@ pub mod cases {
 
         let first = store.list_open_rooms(None, 2).await?;
         assert_eq!(first, expected[..2].to_vec());
-        assert!(
-            store
-                .list_open_rooms(Some(&RoomId("gone".into())), 10)
-                .await?
-                .is_empty()
+
+        // A cursor is a position: the room it came from may be gone, or never have been.
+        let cursor = RoomCursor::after(&expected[3]);
+        assert!(store.delete_room(&expected[3].id).await?);
+        assert_eq!(
+            store.list_open_rooms(Some(&cursor), 2).await?,
+            expected[4..6].to_vec(),
+            "the page after a deleted cursor room"
+        );
+        let made_up = RoomCursor {
+            created_at: expected[6].created_at,
+            id: RoomId("zzzzzzzzzzzzzzzzzzzzzzzz".into()),
+        };
+        assert_eq!(
+            store.list_open_rooms(Some(&made_up), 100).await?,
+            expected[6..].to_vec(),
+            "a position between rooms"
         );
         Ok(())
     }
@@ -860,6 +872,30 @@ macro_rules! contract_suite {
 contract_suite!(sqlite_memory, crate::support::sqlite_memory);
 contract_suite!(sqlite_file, crate::support::sqlite_file);
 contract_suite!(timed_sqlite, crate::support::timed_sqlite);
+
+#[cfg(unix)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_files_are_private_to_their_owner() -> Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = support::TempDir::new("chorus-mode")?;
+    let path = dir.path().join("chorus.sqlite3");
+    let mode = |p: &std::path::Path| -> Result<u32> {
+        Ok(std::fs::metadata(p)?.permissions().mode() & 0o777)
+    };
+    {
+        let store = api::store::SqliteStore::open(&path).await?;
+        store.find_or_create_user("+15550000001", now_ms()).await?;
+        for file in ["chorus.sqlite3", "chorus.sqlite3-wal", "chorus.sqlite3-shm"] {
+            let p = dir.path().join(file);
+            assert_eq!(mode(&p)?, 0o600, "{file}");
+        }
+    }
+    // A database left world-readable by an older version is tightened at open.
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644))?;
+    let _store = api::store::SqliteStore::open(&path).await?;
+    assert_eq!(mode(&path)?, 0o600);
+    Ok(())
+}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sqlite_file_data_survives_reopen() -> Result<()> {

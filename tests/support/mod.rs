@@ -436,3 +436,123 @@ pub fn metric(text: &str, series: &str) -> f64 {
         })
         .unwrap_or(0.0)
 }
+
+/// The `chorus` binary as a child process (for what an in-process server cannot show:
+/// its own file-descriptor limit, its log), on loopback ports chosen by the OS. Killed
+/// on drop.
+pub struct ChildServer {
+    child: std::process::Child,
+    pub addr: std::net::SocketAddr,
+    /// Every line it logged so far (text format, no colours).
+    pub log: Arc<parking_lot::Mutex<Vec<String>>>,
+}
+
+impl ChildServer {
+    /// Starts it with `extra` flags, at most `open_files` file descriptors (soft and
+    /// hard) if given, and `dir` as data dir; returns once it logs that it listens.
+    pub fn start(open_files: Option<u32>, extra: &[&str], dir: &TempDir) -> anyhow::Result<Self> {
+        use std::io::BufRead;
+        use std::process::{Command, Stdio};
+        let limit = open_files.map_or(String::new(), |n| format!("ulimit -n {n} && "));
+        let mut child = Command::new("sh")
+            .arg("-c")
+            .arg(format!("{limit}exec \"$0\" \"$@\""))
+            .arg(env!("CARGO_BIN_EXE_chorus"))
+            .args(["--port", "0", "--host", "127.0.0.1"])
+            .args(["--media-port", "0", "--media-host", "127.0.0.1"])
+            .arg("--data-dir")
+            .arg(&dir.0)
+            .args(extra)
+            .env("RUST_LOG", "info")
+            .env("NO_COLOR", "1")
+            .env_remove("LOG_FORMAT")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()?;
+        let stdout = child.stdout.take().context("piped stdout")?;
+        let log = Arc::new(parking_lot::Mutex::new(Vec::new()));
+        let (tx, rx) = std::sync::mpsc::channel();
+        let sink = log.clone();
+        // Reads until the child exits (EOF), so the server never blocks on a full pipe.
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(stdout)
+                .lines()
+                .map_while(Result::ok)
+            {
+                if line.contains("chorus listening") {
+                    let _ = tx.send(line.clone());
+                }
+                sink.lock().push(line);
+            }
+        });
+        let mut server = Self {
+            child,
+            addr: std::net::SocketAddr::from(([127, 0, 0, 1], 0)),
+            log,
+        };
+        let line = rx
+            .recv_timeout(STEP)
+            .context("the server did not log `chorus listening`")?;
+        server.addr = line
+            .split_whitespace()
+            .find_map(|w| w.strip_prefix("addr="))
+            .context("addr= in the listening line")?
+            .parse()?;
+        Ok(server)
+    }
+
+    /// Logs in `phone` with the code the development SMS sender logged; returns the
+    /// access token.
+    pub async fn login(&self, phone: &str) -> anyhow::Result<String> {
+        let sent = http(
+            self.addr,
+            "POST",
+            "/api/send-otp",
+            None,
+            Some(&serde_json::json!({ "phone": phone }).to_string()),
+        )
+        .await?;
+        anyhow::ensure!(
+            sent.status == 200,
+            "send-otp: {} {}",
+            sent.status,
+            sent.body
+        );
+        let hash = sent.json()?["hash"].as_str().context("hash")?.to_owned();
+        let code = eventually(STEP, "the login code in the log", || {
+            self.log.lock().iter().rev().find_map(|l| {
+                if !l.contains("DEVELOPMENT SMS") || !l.contains(phone) {
+                    return None;
+                }
+                // After `body=`: the timestamp's fraction can have six digits too.
+                let (_, body) = l.split_once("body=")?;
+                body.split(|c: char| !c.is_ascii_digit())
+                    .find(|w| w.len() == 6)
+                    .map(str::to_owned)
+            })
+        })
+        .await?;
+        let body =
+            serde_json::json!({ "phone": phone, "hash": hash, "otp": code, "tokenInBody": true });
+        let r = http(
+            self.addr,
+            "POST",
+            "/api/verify-otp",
+            None,
+            Some(&body.to_string()),
+        )
+        .await?;
+        anyhow::ensure!(r.status == 200, "verify-otp: {} {}", r.status, r.body);
+        Ok(r.json()?["accessToken"]
+            .as_str()
+            .context("accessToken")?
+            .to_owned())
+    }
+}
+
+impl Drop for ChildServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

@@ -24,6 +24,7 @@ use crate::store::{FamilyId, OtpChallenge, RefreshToken, User};
 #[derive(Debug, Deserialize, ToSchema)]
 pub struct SendOtpRequest {
     /// E.164 phone number, e.g. `+14155550123`.
+    #[schema(required = true, nullable = false, example = "+14155550123")]
     pub phone: Option<String>,
 }
 
@@ -38,8 +39,14 @@ pub struct SendOtpResponse {
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct VerifyOtpRequest {
+    /// The 6-digit code from the SMS.
+    #[schema(required = true, nullable = false, example = "123456")]
     pub otp: Option<String>,
+    /// The `hash` send-otp returned.
+    #[schema(required = true, nullable = false)]
     pub hash: Option<String>,
+    /// The phone number the code was sent to.
+    #[schema(required = true, nullable = false, example = "+14155550123")]
     pub phone: Option<String>,
     /// Also return the tokens in the body (for API clients without a cookie jar).
     #[serde(default)]
@@ -266,7 +273,9 @@ fn parse_refresh_body(body: &Bytes) -> ApiResult<RefreshRequest> {
     if body.iter().all(|b| b.is_ascii_whitespace()) {
         return Ok(RefreshRequest::default());
     }
-    serde_json::from_slice(body)
+    // `null` is the same as no body (the document allows either).
+    serde_json::from_slice::<Option<RefreshRequest>>(body)
+        .map(Option::unwrap_or_default)
         .map_err(|e| ApiError::bad_request("invalid_json", format!("Invalid JSON body: {e}")))
 }
 

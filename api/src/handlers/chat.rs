@@ -35,6 +35,7 @@ pub struct HistoryQuery {
     /// `nextCursor` of the previous page: return messages older than it.
     pub before: Option<String>,
     /// Page size, 1 to 200 (default 50).
+    #[param(minimum = 1, maximum = 200)]
     pub limit: Option<u32>,
 }
 
@@ -51,6 +52,8 @@ pub struct ChatRoomResponse {
 
 #[derive(Debug, Deserialize, ToSchema)]
 pub struct PostMessageRequest {
+    /// The text, 1 to `MAX_MESSAGE_CHARS` characters after trimming.
+    #[schema(required = true, nullable = false)]
     pub message: Option<String>,
 }
 
@@ -88,6 +91,7 @@ fn decode_cursor(s: &str) -> Option<MessageCursor> {
         (status = 400, body = ErrorBody, description = "bad cursor or limit"),
         (status = 401, body = ErrorBody),
         (status = 404, body = ErrorBody, description = "invalid slug, or private room not visible"),
+        (status = 429, body = ErrorBody, description = "the room does not exist yet and the caller created too many rooms"),
     ))]
 pub async fn get_chat_room(
     State(state): State<AppState>,
@@ -135,6 +139,7 @@ pub async fn get_chat_room(
 async fn get_or_create_chat_room(state: &AppState, slug: &str, user: &UserId) -> ApiResult<Room> {
     let id = RoomId(slug.to_owned());
     if state.store.get_room(&id).await?.is_none() {
+        crate::handlers::rooms::check_room_quota(state, user)?;
         let now = state.now();
         let room = Room {
             id: id.clone(),
@@ -170,13 +175,14 @@ pub async fn post_message(
     ApiPath(room_id): ApiPath<String>,
     ApiJson(req): ApiJson<PostMessageRequest>,
 ) -> ApiResult<(StatusCode, Json<MessageJson>)> {
-    let msg = chat::post_text(
-        &state,
-        &RoomId(room_id),
-        &auth.user_id,
+    // Control and text-direction characters go; a text with nothing visible left (or
+    // too long) becomes empty, which `post_text` refuses after its room check.
+    let text = crate::text::clean_message(
         req.message.as_deref().unwrap_or(""),
+        state.config.max_message_chars,
     )
-    .await?;
+    .unwrap_or_default();
+    let msg = chat::post_text(&state, &RoomId(room_id), &auth.user_id, &text).await?;
     state.live.message_created(&msg);
     Ok((StatusCode::CREATED, Json(MessageJson::of(&msg))))
 }

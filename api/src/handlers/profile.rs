@@ -21,7 +21,9 @@ pub const MAX_NAME_CHARS: usize = 64;
 
 #[derive(Debug, Deserialize, ToSchema)]
 pub struct ActivateRequest {
-    /// Display name, 1 to 64 characters after trimming.
+    /// Display name, 1 to 64 characters after trimming; no control or text-direction
+    /// characters, not only invisible ones.
+    #[schema(required = true, nullable = false, example = "Alice")]
     pub name: Option<String>,
     /// `data:image/(png|jpeg|webp|gif);base64,...`; optional when the user already has one.
     pub avatar: Option<String>,
@@ -34,20 +36,22 @@ pub struct ActivateRequest {
         (status = 400, body = ErrorBody, description = "bad name or image (too many pixels, not an image)"),
         (status = 401, body = ErrorBody),
         (status = 413, body = ErrorBody),
+        (status = 503, body = ErrorBody, description = "every avatar decoding slot stayed busy; see `Retry-After`",
+            headers(("Retry-After" = u64, description = "seconds to wait before retrying"))),
     ))]
 pub async fn activate(
     State(state): State<AppState>,
     auth: AuthUser,
     ApiJson(req): ApiJson<ActivateRequest>,
 ) -> ApiResult<Json<AuthResponse>> {
-    let name = req.name.as_deref().unwrap_or("").trim().to_owned();
-    let n = name.chars().count();
-    if n == 0 || n > MAX_NAME_CHARS || name.chars().any(char::is_control) {
-        return Err(ApiError::bad_request(
-            "invalid_name",
-            format!("Name must be 1 to {MAX_NAME_CHARS} characters"),
-        ));
-    }
+    let name = crate::text::clean_name(req.name.as_deref().unwrap_or(""), MAX_NAME_CHARS).map_err(
+        |e| {
+            ApiError::bad_request(
+                "invalid_name",
+                format!("Name must be 1 to {MAX_NAME_CHARS} characters: {e}"),
+            )
+        },
+    )?;
     let user = state
         .store
         .get_user(&auth.user_id)
@@ -61,15 +65,28 @@ pub async fn activate(
                 state.config.max_avatar_bytes,
                 state.config.max_avatar_dimension,
             );
-            let png =
-                tokio::task::spawn_blocking(move || process_avatar(&data_url, max_len, max_dim))
-                    .await
-                    .map_err(ApiError::internal)?
-                    .map_err(|e| match e {
-                        AvatarError::TooLarge => ApiError::PayloadTooLarge(e.to_string()),
-                        AvatarError::Encode(_) => ApiError::internal(e),
-                        other => ApiError::bad_request("invalid_avatar", other.to_string()),
-                    })?;
+            // Cheap checks first, so oversized or malformed input never waits for a slot.
+            if data_url.len() > max_len {
+                return Err(ApiError::PayloadTooLarge(AvatarError::TooLarge.to_string()));
+            }
+            let slot = state
+                .avatar_gate
+                .acquire()
+                .await
+                .map_err(|_| ApiError::Overloaded {
+                    retry_after_secs: 2,
+                })?;
+            let png = tokio::task::spawn_blocking(move || {
+                let _slot = slot;
+                process_avatar(&data_url, max_len, max_dim)
+            })
+            .await
+            .map_err(ApiError::internal)?
+            .map_err(|e| match e {
+                AvatarError::TooLarge => ApiError::PayloadTooLarge(e.to_string()),
+                AvatarError::Encode(_) => ApiError::internal(e),
+                other => ApiError::bad_request("invalid_avatar", other.to_string()),
+            })?;
             let id = FileId(new_id());
             state
                 .store

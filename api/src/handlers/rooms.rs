@@ -16,7 +16,9 @@ use crate::auth::{AuthUser, random_token};
 use crate::dto::{PublicUser, RoomJson};
 use crate::error::{ApiError, ApiJson, ApiPath, ApiQuery, ApiResult, ErrorBody};
 use crate::state::AppState;
-use crate::store::{Room, RoomId, RoomType, StoreError, UserId, new_id};
+use crate::store::{Room, RoomCursor, RoomId, RoomType, StoreError, UserId, new_id};
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 
 pub const MAX_TOPIC_CHARS: usize = 120;
 pub const DEFAULT_PAGE: u32 = 20;
@@ -25,14 +27,18 @@ pub const MAX_PAGE: u32 = 100;
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct CreateRoomRequest {
+    /// 1 to 120 characters after trimming; no control or text-direction characters.
+    #[schema(required = true, nullable = false, example = "Rust talk")]
     pub topic: Option<String>,
     /// `open` (listed), `social` (unlisted, anyone with the link), `private` (invited only).
-    #[schema(value_type = Option<String>, example = "open")]
+    #[schema(value_type = RoomType, required = true, nullable = false)]
     pub room_type: Option<RoomType>,
 }
 
 #[derive(Debug, Deserialize, ToSchema)]
 pub struct UpdateRoomRequest {
+    /// 1 to 120 characters after trimming; no control or text-direction characters.
+    #[schema(required = true, nullable = false)]
     pub topic: Option<String>,
 }
 
@@ -40,11 +46,14 @@ pub struct UpdateRoomRequest {
 #[serde(rename_all = "camelCase")]
 pub struct InviteRequest {
     /// The user to admit to the private room.
+    #[schema(required = true, nullable = false)]
     pub user_id: Option<String>,
 }
 
 #[derive(Debug, Deserialize, ToSchema)]
 pub struct RedeemRequest {
+    /// The room's invite code.
+    #[schema(required = true, nullable = false)]
     pub code: Option<String>,
 }
 
@@ -59,22 +68,52 @@ pub struct InviteCodeResponse {
 #[derive(Debug, Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
 pub struct ListRoomsQuery {
-    /// `X-Next-Cursor` of the previous page.
+    /// `X-Next-Cursor` of the previous page (opaque).
     pub cursor: Option<String>,
     /// Page size, 1 to 100 (default 20).
+    #[param(minimum = 1, maximum = 100)]
     pub limit: Option<u32>,
 }
 
 fn validate_topic(raw: Option<&str>) -> ApiResult<String> {
-    let t = raw.unwrap_or("").trim();
-    let n = t.chars().count();
-    if n == 0 || n > MAX_TOPIC_CHARS || t.chars().any(char::is_control) {
-        return Err(ApiError::bad_request(
+    crate::text::clean_topic(raw.unwrap_or(""), MAX_TOPIC_CHARS).map_err(|e| {
+        ApiError::bad_request(
             "invalid_topic",
-            format!("Topic must be 1 to {MAX_TOPIC_CHARS} characters"),
-        ));
+            format!("Topic must be 1 to {MAX_TOPIC_CHARS} characters: {e}"),
+        )
+    })
+}
+
+/// The listing cursor as clients see it: base64url of `<created_at millis>.<room id>`.
+/// Opaque to clients; decoded into a position, never looked up as a room, so the answer
+/// is the same whether the room is open, private, deleted or never existed.
+pub fn encode_room_cursor(c: &RoomCursor) -> String {
+    let millis = c.created_at.unix_timestamp_nanos().div_euclid(1_000_000);
+    URL_SAFE_NO_PAD.encode(format!("{millis}.{}", c.id))
+}
+
+/// The position in a cursor from [`encode_room_cursor`], or None if it is not one.
+pub fn decode_room_cursor(s: &str) -> Option<RoomCursor> {
+    if s.len() > 128 {
+        return None;
     }
-    Ok(t.to_owned())
+    let raw = String::from_utf8(URL_SAFE_NO_PAD.decode(s).ok()?).ok()?;
+    let (millis, id) = raw.split_once('.')?;
+    let millis: i64 = millis.parse().ok()?;
+    let created_at =
+        time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(millis) * 1_000_000).ok()?;
+    if !is_valid_room_id(id) {
+        return None;
+    }
+    Some(RoomCursor {
+        created_at,
+        id: RoomId(id.to_owned()),
+    })
+}
+
+/// Takes one room from the user's creation quota, or refuses with 429 and `Retry-After`.
+pub fn check_room_quota(state: &AppState, user: &UserId) -> ApiResult<()> {
+    crate::ratelimit::check(&state.limits.create_room_user, user.as_str())
 }
 
 fn access_error(e: AccessError) -> ApiError {
@@ -153,6 +192,8 @@ async fn render_room(state: &AppState, room: &Room, viewer: &UserId) -> ApiResul
         (status = 201, body = RoomJson),
         (status = 400, body = ErrorBody),
         (status = 401, body = ErrorBody),
+        (status = 429, body = ErrorBody, description = "too many rooms created; see `Retry-After`",
+            headers(("Retry-After" = u64, description = "seconds until the next room may be created"))),
     ))]
 pub async fn create_room(
     State(state): State<AppState>,
@@ -166,6 +207,7 @@ pub async fn create_room(
             "roomType must be open, social or private",
         )
     })?;
+    check_room_quota(&state, &auth.user_id)?;
     let now = state.now();
     let room = Room {
         id: RoomId(new_id()),
@@ -208,8 +250,10 @@ pub async fn list_rooms(
         ));
     }
     let cursor = match q.cursor.as_deref().filter(|c| !c.is_empty()) {
-        Some(c) if is_valid_room_id(c) => Some(RoomId(c.to_owned())),
-        Some(_) => return Err(ApiError::bad_request("invalid_cursor", "Invalid cursor")),
+        Some(c) => Some(
+            decode_room_cursor(c)
+                .ok_or_else(|| ApiError::bad_request("invalid_cursor", "Invalid cursor"))?,
+        ),
         None => None,
     };
     let mut rooms = state
@@ -221,13 +265,13 @@ pub async fn list_rooms(
     let body = render_rooms(&state, &rooms, &auth.user_id).await?;
     let mut resp = Json(body).into_response();
     if more && let Some(last) = rooms.last() {
+        let next = encode_room_cursor(&RoomCursor::after(last));
         let h = resp.headers_mut();
-        if let Ok(v) = HeaderValue::from_str(last.id.as_str()) {
+        if let Ok(v) = HeaderValue::from_str(&next) {
             h.insert("x-next-cursor", v);
         }
         if let Ok(v) = HeaderValue::from_str(&format!(
-            "</api/rooms?cursor={}&limit={limit}>; rel=\"next\"",
-            last.id
+            "</api/rooms?cursor={next}&limit={limit}>; rel=\"next\""
         )) {
             h.insert(axum::http::header::LINK, v);
         }

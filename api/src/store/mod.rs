@@ -117,7 +117,7 @@ pub struct RefreshToken {
     pub used: bool,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum RoomType {
     /// Listed, anyone may join.
@@ -172,6 +172,23 @@ pub struct Message {
 pub struct MessageCursor {
     pub created_at: OffsetDateTime,
     pub id: MessageId,
+}
+
+/// Pagination cursor for the open-room listing: a position in (created_at, id) order.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RoomCursor {
+    pub created_at: OffsetDateTime,
+    pub id: RoomId,
+}
+
+impl RoomCursor {
+    /// The position just after `room`.
+    pub fn after(room: &Room) -> Self {
+        Self {
+            created_at: room.created_at,
+            id: room.id.clone(),
+        }
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -260,9 +277,15 @@ pub trait RoomStore: Send + Sync {
     /// Fails with Conflict if the id is taken.
     async fn create_room(&self, room: Room) -> StoreResult<()>;
     async fn get_room(&self, id: &RoomId) -> StoreResult<Option<Room>>;
-    /// Open rooms, newest first (by `created_at`, ties by id); `after` is the last room of
-    /// the previous page. If `after` no longer exists the page is empty.
-    async fn list_open_rooms(&self, after: Option<&RoomId>, limit: u32) -> StoreResult<Vec<Room>>;
+    /// Open rooms, newest first (by `created_at`, ties by id descending), strictly after
+    /// the position `after` (the last room of the previous page). The position does not
+    /// need to be a room that exists: a room deleted since still marks its place, and a
+    /// cursor reveals nothing about the room it names.
+    async fn list_open_rooms(
+        &self,
+        after: Option<&RoomCursor>,
+        limit: u32,
+    ) -> StoreResult<Vec<Room>>;
     async fn update_room_topic(&self, id: &RoomId, topic: &str) -> StoreResult<Option<Room>>;
     /// Idempotent: inviting twice keeps one entry.
     async fn add_room_invite(&self, id: &RoomId, user: &UserId) -> StoreResult<()>;

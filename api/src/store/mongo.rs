@@ -40,8 +40,8 @@ use time::OffsetDateTime;
 use super::{
     BlobKind, BlobMeta, BlobStore, ByteStream, ChunkPlan, FamilyId, FileId, Health, Message,
     MessageCursor, MessageId, MessageStore, MessageType, OtpChallenge, OtpStore, RefreshToken,
-    Room, RoomId, RoomStore, RoomType, SessionStore, StoreError, StoreResult, User, UserId,
-    UserStore, from_millis, new_id, to_millis,
+    Room, RoomCursor, RoomId, RoomStore, RoomType, SessionStore, StoreError, StoreResult, User,
+    UserId, UserStore, from_millis, new_id, to_millis,
 };
 
 /// The database used when the connection string names none.
@@ -800,20 +800,21 @@ impl RoomStore for MongoStore {
             .transpose()
     }
 
-    async fn list_open_rooms(&self, after: Option<&RoomId>, limit: u32) -> StoreResult<Vec<Room>> {
+    async fn list_open_rooms(
+        &self,
+        after: Option<&RoomCursor>,
+        limit: u32,
+    ) -> StoreResult<Vec<Room>> {
         let open = RoomType::Open.as_str();
         let filter = match after {
             None => doc! { "roomType": open },
             Some(after) => {
-                let Some(cursor) = self.get_room(after).await? else {
-                    return Ok(Vec::new());
-                };
-                let at = bson_time(cursor.created_at);
+                let at = bson_time(after.created_at);
                 doc! {
                     "roomType": open,
                     "$or": [
                         { "createdAt": { "$lt": at } },
-                        { "createdAt": at, "_id": { "$lt": after.as_str() } },
+                        { "createdAt": at, "_id": { "$lt": after.id.as_str() } },
                     ],
                 }
             }

@@ -22,8 +22,8 @@ use time::OffsetDateTime;
 
 use super::{
     BlobKind, BlobMeta, BlobStore, ByteStream, FamilyId, FileId, Health, Message, MessageCursor,
-    MessageId, MessageStore, MessageType, OtpChallenge, OtpStore, RefreshToken, Room, RoomId,
-    RoomStore, RoomType, SessionStore, StoreError, StoreResult, User, UserId, UserStore,
+    MessageId, MessageStore, MessageType, OtpChallenge, OtpStore, RefreshToken, Room, RoomCursor,
+    RoomId, RoomStore, RoomType, SessionStore, StoreError, StoreResult, User, UserId, UserStore,
     from_millis, new_id, to_millis,
 };
 
@@ -144,6 +144,7 @@ impl SqliteStore {
                 std::fs::create_dir_all(dir)
                     .map_err(|e| StoreError::Backend(format!("creating {}: {e}", dir.display())))?;
             }
+            make_private(&path)?;
             let conn = Connection::open(&path).map_err(backend)?;
             // WAL lets readers in other processes (backups, sqlite3 shell) work while
             // we write; NORMAL sync is durable across application crashes in WAL mode.
@@ -211,6 +212,45 @@ impl SqliteStore {
         })
         .await
     }
+}
+
+/// Creates the database file readable by its owner only (0600, like the generated
+/// secrets: it holds phone numbers and session hashes), and tightens an existing one and
+/// its `-wal`/`-shm` companions. SQLite creates the companions with the main file's mode.
+fn make_private(path: &Path) -> StoreResult<()> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+        let io = |e: std::io::Error| StoreError::Backend(format!("{}: {e}", path.display()));
+        match std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(path)
+        {
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+            Err(e) => return Err(io(e)),
+        }
+        let mut companions = vec![path.to_path_buf()];
+        for suffix in ["-wal", "-shm"] {
+            let mut p = path.as_os_str().to_owned();
+            p.push(suffix);
+            companions.push(p.into());
+        }
+        for file in companions {
+            let Ok(meta) = std::fs::metadata(&file) else {
+                continue;
+            };
+            if meta.permissions().mode() & 0o077 != 0 {
+                std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600))
+                    .map_err(io)?;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = path;
+    Ok(())
 }
 
 fn migrate(conn: &mut Connection) -> StoreResult<()> {
@@ -721,8 +761,12 @@ impl RoomStore for SqliteStore {
         self.run(move |conn| get_room_conn(conn, &id)).await
     }
 
-    async fn list_open_rooms(&self, after: Option<&RoomId>, limit: u32) -> StoreResult<Vec<Room>> {
-        let after = after.map(|a| a.0.clone());
+    async fn list_open_rooms(
+        &self,
+        after: Option<&RoomCursor>,
+        limit: u32,
+    ) -> StoreResult<Vec<Room>> {
+        let after = after.map(|a| (to_millis(a.created_at), a.id.0.clone()));
         self.run(move |conn| {
             let open = RoomType::Open.as_str();
             let mut rooms = match after {
@@ -738,21 +782,18 @@ impl RoomStore for SqliteStore {
                         .collect::<rusqlite::Result<Vec<_>>>()
                         .map_err(backend)?
                 }
-                Some(after) => {
-                    // Keyset paging from the cursor room's position. If that room has
-                    // gone since the previous page, the subquery is NULL and the page
-                    // is empty: the client starts over from the first page.
+                Some((at, id)) => {
+                    // Keyset paging from the cursor's position, whether or not the
+                    // room it came from still exists.
                     let mut stmt = conn
                         .prepare_cached(&format!(
-                            "SELECT {ROOM_COLS} FROM rooms,
-                                 (SELECT created_at AS c_at FROM rooms WHERE id = ?2) AS cursor
+                            "SELECT {ROOM_COLS} FROM rooms
                              WHERE room_type = ?1
-                               AND (created_at < cursor.c_at
-                                    OR (created_at = cursor.c_at AND id < ?2))
-                             ORDER BY created_at DESC, id DESC LIMIT ?3"
+                               AND (created_at < ?2 OR (created_at = ?2 AND id < ?3))
+                             ORDER BY created_at DESC, id DESC LIMIT ?4"
                         ))
                         .map_err(backend)?;
-                    stmt.query_map(params![open, after, limit], room_row)
+                    stmt.query_map(params![open, at, id, limit], room_row)
                         .map_err(backend)?
                         .collect::<rusqlite::Result<Vec<_>>>()
                         .map_err(backend)?

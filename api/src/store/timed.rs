@@ -12,8 +12,8 @@ use time::OffsetDateTime;
 
 use super::{
     BlobMeta, BlobStore, ByteStream, FamilyId, FileId, Health, Message, MessageCursor, MessageId,
-    MessageStore, OtpChallenge, OtpStore, RefreshToken, Room, RoomId, RoomStore, SessionStore,
-    Store, StoreResult, User, UserId, UserStore,
+    MessageStore, OtpChallenge, OtpStore, RefreshToken, Room, RoomCursor, RoomId, RoomStore,
+    SessionStore, Store, StoreResult, User, UserId, UserStore,
 };
 
 /// Told about every store operation: its trait method name (a fixed, small set of
@@ -82,7 +82,7 @@ timed!(SessionStore {
 timed!(RoomStore {
     fn create_room(&self, room: Room) -> ();
     fn get_room(&self, id: &RoomId) -> Option<Room>;
-    fn list_open_rooms(&self, after: Option<&RoomId>, limit: u32) -> Vec<Room>;
+    fn list_open_rooms(&self, after: Option<&RoomCursor>, limit: u32) -> Vec<Room>;
     fn update_room_topic(&self, id: &RoomId, topic: &str) -> Option<Room>;
     fn add_room_invite(&self, id: &RoomId, user: &UserId) -> ();
     fn set_invite_code(&self, id: &RoomId, code: Option<&str>) -> ();

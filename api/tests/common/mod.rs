@@ -163,6 +163,7 @@ pub fn test_config() -> ApiConfig {
             send_otp_per_ip: 1000,
             verify_otp_per_phone: 1000,
             verify_otp_per_ip: 1000,
+            create_room_per_user: 1000,
         },
         ..ApiConfig::default()
     }
