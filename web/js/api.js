@@ -44,6 +44,16 @@ export function refreshSession() {
 
 const NO_REFRESH = new Set(['/api/send-otp', '/api/verify-otp', '/api/refresh', '/api/logout']);
 
+/** 45 -> "45 seconds", 710 -> "12 minutes", 7300 -> "2 hours". */
+export function waitText(seconds) {
+  const s = Math.ceil(seconds);
+  if (s < 60) return `${s} second${s === 1 ? '' : 's'}`;
+  const m = Math.ceil(s / 60);
+  if (m < 90) return `${m} minute${m === 1 ? '' : 's'}`;
+  const hr = Math.round(m / 60);
+  return `${hr} hour${hr === 1 ? '' : 's'}`;
+}
+
 async function errorFrom(res) {
   let body = null;
   try { body = await res.json(); } catch { /* not JSON */ }
@@ -58,8 +68,10 @@ async function errorFrom(res) {
   }[res.status] || `Something went wrong (${res.status}).`;
   let message = body?.message || fallback;
   if (res.status === 429) {
+    // The server's own text may already name the wait in seconds: say it once, in
+    // words people read at a glance.
     const after = Number(res.headers.get('Retry-After'));
-    if (after > 0) message = `${message.replace(/\.$/, '')}. Try again in ${after} s.`;
+    if (after > 0) message = `Too many attempts. Try again in ${waitText(after)}.`;
   }
   return new ApiError(res.status, body?.code || `http_${res.status}`, message);
 }

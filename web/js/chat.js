@@ -8,7 +8,10 @@ import { api } from './api.js';
 import { h, icon, clear, avatar, toast, menu, clock, fmtDuration } from './ui.js';
 import { VoiceRecorder, MAX_VOICE_SECONDS } from './recorder.js';
 
-const MAX_TEXT = 1000;
+// The server's limit (MAX_MESSAGE_CHARS, default 2000): one limit, shown by a
+// counter as it nears, never a silent cut.
+export const MAX_TEXT = 2000;
+const COUNTER_FROM = MAX_TEXT - 200;
 const SYSTEM_TYPES = new Set(['call_notification', 'call_ended', 'system']);
 
 function msgId(m) {
@@ -38,7 +41,7 @@ export class ChatPanel {
 
     this.input = h('textarea.chat-input', {
       rows: 1, maxLength: MAX_TEXT, placeholder: 'Write a message…', 'aria-label': 'Message',
-      oninput: () => this.autosize(),
+      oninput: () => { this.autosize(); this.updateCounter(); },
       onkeydown: (e) => {
         if (e.key === 'Enter' && !e.shiftKey && !e.isComposing) {
           e.preventDefault();
@@ -49,7 +52,8 @@ export class ChatPanel {
     this.sendBtn = h('button.icon-btn.primary.send-btn', { type: 'button', 'aria-label': 'Send message', title: 'Send', onclick: () => this.sendText() }, icon('send'));
     this.recBtn = h('button.icon-btn.rec-btn', { type: 'button', 'aria-label': 'Record a voice note', title: 'Record a voice note', onclick: () => this.startRecording() }, icon('mic'));
     if (!VoiceRecorder.supported()) this.recBtn.hidden = true;
-    this.composeRow = h('div.compose-row', this.recBtn, this.input, this.sendBtn);
+    this.counter = h('span.char-count', { hidden: true, 'aria-live': 'polite' });
+    this.composeRow = h('div.compose-row', this.recBtn, h('div.input-wrap', this.input, this.counter), this.sendBtn);
 
     this.recTime = h('span.rec-time', '0:00');
     this.recRow = h('div.compose-row.recording', { hidden: true },
@@ -61,6 +65,26 @@ export class ChatPanel {
       h('header.chat-head', h('h2', 'Chat')),
       this.scroller,
       h('footer.chat-compose', this.composeRow, this.recRow));
+  }
+
+  updateCounter() {
+    const n = this.input.value.length;
+    this.counter.hidden = n < COUNTER_FROM;
+    this.counter.textContent = `${n} / ${MAX_TEXT}`;
+    this.counter.classList.toggle('full', n >= MAX_TEXT);
+  }
+
+  /** Gives message avatars their photo once the sender's picture is known (after the room's participant list arrives). */
+  refreshAvatars() {
+    for (const node of this.nodes.values()) {
+      const el = node.querySelector(':scope > .avatar');
+      const userId = node.dataset.userId;
+      if (!el || !userId || el.querySelector('img')) continue;
+      const url = this.ctx.avatarFor(userId);
+      if (!url) continue;
+      const m = this.messages.get(node.dataset.id);
+      el.replaceWith(avatar({ name: m?.username, userId, avatar: url }, 'sm'));
+    }
   }
 
   autosize() {
@@ -138,7 +162,13 @@ export class ChatPanel {
     this.messages.set(id, m);
     this.rebuild();
     const mine = m.userId && m.userId === this.ctx.me()?.id;
-    if (nearBottom || mine) this.scrollToBottom();
+    if (nearBottom || mine) {
+      this.scrollToBottom();
+      // An image has no height until it loads: follow it down when it does.
+      for (const img of this.nodes.get(id)?.querySelectorAll('img') || []) {
+        if (!img.complete) img.addEventListener('load', () => this.scrollToBottom(), { once: true });
+      }
+    }
   }
 
   remove(id) {
@@ -214,8 +244,8 @@ export class ChatPanel {
     const me = this.ctx.me();
     const mine = me && m.userId === me.id;
     let body;
-    if (m.type === 'voice' && m.url) body = voicePlayer(m.url);
-    else if (m.type === 'image' && m.url) body = h('a.msg-image', { href: m.url, target: '_blank', rel: 'noopener' }, h('img', { src: m.url, alt: 'Shared image', loading: 'lazy' }));
+    if (m.type === 'voice' && m.url) body = voicePlayer(m.url, m.duration);
+    else if (m.type === 'image' && m.url) body = h('a.msg-image', { href: m.url, target: '_blank', rel: 'noopener' }, h('img', { src: m.url, alt: `Image shared by ${m.username || 'someone'}` }));
     else body = h('div.msg-text', m.message ?? '');
     const actions = [];
     if (mine || this.ctx.canModerate()) {
@@ -225,7 +255,7 @@ export class ChatPanel {
       }, icon('more'));
       actions.push(btn);
     }
-    return h(`div.msg${mine ? '.mine' : ''}`, { dataset: { id: msgId(m) } },
+    return h(`div.msg${mine ? '.mine' : ''}`, { dataset: { id: msgId(m), userId: m.userId || '' } },
       avatar({ name: m.username, userId: m.userId, avatar: this.ctx.avatarFor(m.userId) }, 'sm'),
       h('div.msg-main',
         h('div.msg-meta', h('span.msg-author', m.username || 'Someone'), h('time', { datetime: m.createdAt }, clock(m.createdAt))),
@@ -245,6 +275,7 @@ export class ChatPanel {
     }
     this.input.value = '';
     this.autosize();
+    this.updateCounter();
     if (this.ctx.sendWs({ type: 'send_message', message: text })) return;
     // Socket down (reconnecting): fall back to HTTP so the message is not lost.
     try {
@@ -331,13 +362,18 @@ function dayLabel(iso) {
   return d.toLocaleDateString([], { weekday: 'short', month: 'short', day: 'numeric' });
 }
 
-/** A compact player: play/pause, progress bar, time. */
-function voicePlayer(url) {
+/**
+ * A compact player: play/pause, progress bar, time. `known` is the length the
+ * server measured at upload: Chrome's MediaRecorder WebM has no duration of its
+ * own until it has been played through.
+ */
+function voicePlayer(url, known) {
   const audio = h('audio', { preload: 'metadata', src: url });
-  const btn = h('button.icon-btn.play-btn', { type: 'button', 'aria-label': 'Play voice note' }, icon('play'));
+  const length = () => (Number.isFinite(audio.duration) && audio.duration > 0 ? audio.duration : known);
+  const btn = h('button.icon-btn.play-btn', { type: 'button', 'aria-label': `Play voice note${Number.isFinite(known) ? ` (${fmtDuration(known)})` : ''}` }, icon('play'));
   const fill = h('div.vp-fill');
   const bar = h('div.vp-bar', fill);
-  const time = h('span.vp-time', '0:00');
+  const time = h('span.vp-time', Number.isFinite(known) ? fmtDuration(known) : '0:00');
   const bars = h('div.vp-wave', Array.from({ length: 24 }, (_, i) => h('span', { style: `--h:${28 + Math.round(60 * Math.abs(Math.sin(i * 1.7 + url.length)))}%` })));
   const el = h('div.voice', { dataset: { url } }, btn, h('div.vp-track', bars, bar), time, audio);
   const setIcon = (name) => clear(btn, icon(name));
@@ -351,18 +387,21 @@ function voicePlayer(url) {
   });
   audio.addEventListener('play', () => { setIcon('pause'); el.classList.add('playing'); });
   audio.addEventListener('pause', () => { setIcon('play'); el.classList.remove('playing'); });
-  audio.addEventListener('ended', () => { fill.style.width = '0%'; });
+  audio.addEventListener('ended', () => {
+    fill.style.width = '0%';
+    if (Number.isFinite(length())) time.textContent = fmtDuration(length());
+  });
   audio.addEventListener('loadedmetadata', () => {
-    if (Number.isFinite(audio.duration)) time.textContent = fmtDuration(audio.duration);
+    if (Number.isFinite(length())) time.textContent = fmtDuration(length());
   });
   audio.addEventListener('timeupdate', () => {
-    const d = audio.duration;
-    if (Number.isFinite(d) && d > 0) fill.style.width = `${(audio.currentTime / d) * 100}%`;
+    const d = length();
+    if (Number.isFinite(d) && d > 0) fill.style.width = `${Math.min(100, (audio.currentTime / d) * 100)}%`;
     time.textContent = fmtDuration(audio.currentTime);
   });
   audio.addEventListener('error', () => el.classList.add('broken'));
   bar.parentElement?.addEventListener?.('click', (e) => {
-    const d = audio.duration;
+    const d = length();
     if (!Number.isFinite(d)) return;
     const r = e.currentTarget.getBoundingClientRect();
     audio.currentTime = ((e.clientX - r.left) / r.width) * d;

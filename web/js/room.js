@@ -17,6 +17,7 @@ const JOIN_ERRORS = {
   room_full: ['This room is full', 'It has reached its participant limit. Try again in a little while.'],
   forbidden: ['This room is private', 'Only people the host invited can join. Ask the host for an invite link.'],
   not_found: ['Room not found', 'This room doesn’t exist any more, or the link is wrong.'],
+  removed: ['You were removed from this room', 'The host removed you. You can come back if the host lets you back in.'],
   unauthorized: ['Please sign in again', 'Your session expired.'],
 };
 
@@ -26,6 +27,19 @@ export function shareLink(roomId, inviteCode) {
 }
 
 const roleLabel = { moderator: 'Host', speaker: 'Speaker', listener: 'Listener' };
+
+// The resume token of this tab's place in a room: kept per tab (sessionStorage),
+// so a reload takes the same place back instead of appearing twice.
+const resumeKey = (roomId) => `chorus.resume.${roomId}`;
+function storedResume(roomId) {
+  try { return sessionStorage.getItem(resumeKey(roomId)); } catch { return null; }
+}
+function storeResume(roomId, token) {
+  try {
+    if (token) sessionStorage.setItem(resumeKey(roomId), token);
+    else sessionStorage.removeItem(resumeKey(roomId));
+  } catch { /* storage disabled: a reload joins afresh */ }
+}
 const canPublish = (role) => role === 'moderator' || role === 'speaker';
 
 export class RoomView {
@@ -38,8 +52,12 @@ export class RoomView {
     this.you = null; // our Participant
     this.participants = new Map(); // participantId -> Participant
     this.speaking = new Set();
+    this.avatars = new Map(); // userId -> avatar URL of everyone seen in this room
     this.slots = [];
-    this.resumeToken = null;
+    this.resumeToken = storedResume(roomId);
+    // Presence starts only on an explicit join (a click in the app, the pre-join
+    // card, or this tab's earlier place after a reload): an unjoined card is nobody.
+    this.wantPresence = false;
     this.iceServers = [];
     this.call = null;
     this.wantCall = false;
@@ -76,6 +94,11 @@ export class RoomView {
 
     this.signal = new Signal();
     this.bindSignal(this.signal);
+    // Browsers only play audio after a user gesture. Arriving from a click in the
+    // app counts, and so does a reload of a tab that was in the room; a cold-opened
+    // link gets a one-tap "Join" card and is not in the room until it is tapped.
+    if (this.resumeToken || (navigator.userActivation?.hasBeenActive ?? true)) this.wantPresence = true;
+    else this.showPrejoin();
     this.signal.connect();
     // The browser knows about a lost network before the socket does.
     this.onOffline = () => this.setConn('offline');
@@ -97,7 +120,8 @@ export class RoomView {
     clearTimeout(this.restartTimer);
     clearTimeout(this.callWatchdog);
     clearTimeout(this.rejoinTimer);
-    if (this.signal?.isOpen()) this.signal.send({ type: 'leave_room' });
+    if (this.signal?.isOpen() && this.you) this.signal.send({ type: 'leave_room' });
+    storeResume(this.roomId, null);
     this.signal?.close();
     this.call?.close();
     this.chat?.destroy();
@@ -113,6 +137,7 @@ export class RoomView {
     window.removeEventListener('online', this.onOnline);
     const iconName = /full/i.test(title) ? 'users' : /private|invite|sign/i.test(title) ? 'lock' : /offline|reach/i.test(title) ? 'globe' : /longer/i.test(title) ? 'leave' : 'x';
     this.destroyed = true;
+    storeResume(this.roomId, null);
     this.signal?.close();
     this.call?.close();
     this.chat?.destroy();
@@ -130,8 +155,11 @@ export class RoomView {
 
   bindSignal(s) {
     s.on('open', () => {
-      this.setConn('joining');
-      s.send({ type: 'join_room', roomId: this.roomId, resumeToken: this.resumeToken || undefined });
+      if (!this.wantPresence) {
+        this.setConn('ready');
+        return;
+      }
+      this.sendJoin();
     });
     s.on('close', ({ willRetry, wasOpen }) => {
       if (this.destroyed) return;
@@ -169,9 +197,32 @@ export class RoomView {
     s.on('call_notification', (m) => this.onChat(m.message));
     s.on('message_deleted', (m) => this.chat.remove(m.messageId));
     s.on('removed', (m) => {
-      this.fatal('You’re no longer in this room', m.reason ? `${m.reason.charAt(0).toUpperCase()}${m.reason.slice(1)}${/[.!?]$/.test(m.reason) ? '' : '.'}` : 'A moderator removed you from this room.');
+      if (m.ended) {
+        this.fatal('This room has ended', 'The host ended the room for everyone.');
+        return;
+      }
+      this.fatal('You were removed from this room', m.reason
+        ? `${m.reason.charAt(0).toUpperCase()}${m.reason.slice(1)}${/[.!?]$/.test(m.reason) ? '' : '.'} You can come back if the host lets you back in.`
+        : 'A moderator removed you. You can come back if the host lets you back in.');
+    });
+    s.on('removed_users', (m) => {
+      this.removedUsers = m.users || [];
+      this.drawRemoved();
     });
     s.on('error', (m) => this.onError(m));
+  }
+
+  sendJoin() {
+    this.setConn('joining');
+    this.signal.send({ type: 'join_room', roomId: this.roomId, resumeToken: this.resumeToken || undefined });
+  }
+
+  /** The pre-join card's button: enter the room (presence) and its call. */
+  joinFromCard() {
+    this.prejoin?.remove();
+    this.prejoin = null;
+    this.wantPresence = true;
+    if (this.signal?.isOpen() && !this.you) this.sendJoin();
   }
 
   onJoined(m) {
@@ -179,6 +230,7 @@ export class RoomView {
     this.joinedOnce = true;
     this.you = m.you;
     this.resumeToken = m.resumeToken;
+    storeResume(this.roomId, m.resumeToken);
     this.iceServers = m.iceServers || [];
     this.participants.set(m.you.participantId, m.you);
     this.setConn('live');
@@ -188,10 +240,7 @@ export class RoomView {
     }
 
     if (firstJoin) {
-      // Browsers only play audio after a user gesture. Arriving from a click in
-      // the app counts; a cold-opened link gets a one-tap "Join" card.
-      if (navigator.userActivation?.hasBeenActive ?? true) this.joinCall();
-      else this.showPrejoin();
+      this.joinCall();
     } else if (this.wantCall) {
       this.resumeCall(!!m.resumed);
     }
@@ -323,7 +372,7 @@ export class RoomView {
         return;
       }
       const [title, text] = JOIN_ERRORS[m.code] || ['Couldn’t join this room', m.message];
-      this.fatal(title, m.message && m.code !== 'forbidden' && m.code !== 'not_found' ? m.message : text);
+      this.fatal(title, m.message && !['forbidden', 'not_found', 'removed'].includes(m.code) ? m.message : text);
       return;
     }
     if (m.fatal) {
@@ -405,7 +454,7 @@ export class RoomView {
     this.connState = state;
     const el = this.connEl;
     if (!el) return;
-    const text = { connecting: 'Connecting…', joining: 'Joining…', live: 'Live', reconnecting: 'Reconnecting…', offline: 'Offline' }[state];
+    const text = { connecting: 'Connecting…', ready: 'Not joined', joining: 'Joining…', live: 'Live', reconnecting: 'Reconnecting…', offline: 'Offline' }[state];
     el.className = `conn conn-${state}`;
     clear(el, h('span.dot'), text);
     const cantReach = state === 'connecting' && (this.failedOpens || 0) >= 2;
@@ -497,7 +546,7 @@ export class RoomView {
         h('p.muted', 'You’re about to join'),
         h('h2', topic),
         h('p.muted.small', 'You’ll join as a listener. Raise your hand to speak.'),
-        h('button.btn.primary.big', { type: 'button', onclick: () => this.joinCall() }, icon('headphones'), 'Join room'),
+        h('button.btn.primary.big', { type: 'button', onclick: () => this.joinFromCard() }, icon('headphones'), 'Join room'),
         h('a.btn.ghost', { href: '#/' }, 'Not now')));
     this.root.querySelector('.room-page').append(this.prejoin);
   }
@@ -529,6 +578,7 @@ export class RoomView {
     this.titleEl = h('div.room-title', h('h1.skeleton-text', 'Loading room…'));
     this.stageEl = h('div.tiles.stage-tiles');
     this.audienceEl = h('div.tiles.audience-tiles');
+    this.removedEl = h('section.removed-list', { hidden: true, 'aria-label': 'Removed from this room' });
     this.audienceHead = h('h3.section-title');
     this.stageHead = h('h3.section-title', 'On stage');
     this.controlsEl = h('div.controls');
@@ -540,7 +590,8 @@ export class RoomView {
       sendWs: (msg) => (this.signal?.isOpen() && this.you ? this.signal.send(msg) : false),
       avatarFor: (userId) => {
         for (const p of this.participants.values()) if (p.userId === userId && p.avatar) return p.avatar;
-        return null;
+        if (userId && userId === this.app.user?.id && this.app.user.avatar) return this.app.user.avatar;
+        return this.avatars.get(userId) || null;
       },
     });
     this.chatWrap = h('aside.chat-wrap', this.chat.el);
@@ -558,7 +609,8 @@ export class RoomView {
         h('main.stage-wrap',
           h('div.stage-scroll',
             h('section.stage', this.stageHead, this.stageEl),
-            h('section.audience', this.audienceHead, this.audienceEl)),
+            h('section.audience', this.audienceHead, this.audienceEl),
+            this.removedEl),
           this.controlsEl),
         this.chatWrap),
       this.audioHost));
@@ -604,6 +656,16 @@ export class RoomView {
 
   drawPeople() {
     const people = this.sortedPeople();
+    // Remember pictures of everyone seen here, so the chat shows them even after they leave.
+    let learned = false;
+    for (const p of people) {
+      if (p.avatar && this.avatars.get(p.userId) !== p.avatar) {
+        this.avatars.set(p.userId, p.avatar);
+        learned = true;
+      }
+    }
+    if (learned) this.chat.refreshAvatars();
+    this.drawRemoved();
     const stage = people.filter((p) => canPublish(p.role));
     const audience = people.filter((p) => !canPublish(p.role));
     clear(this.stageEl, stage.map((p) => this.tile(p, 'lg')));
@@ -644,6 +706,25 @@ export class RoomView {
     h('div.tile-name', p.role === 'moderator' && icon('star', 'host-star'), h('span', p.name || 'Guest')),
     (size === 'lg' || isYou) && h('div.tile-role', size === 'lg' ? roleLabel[p.role] : '', isYou && h('span.you', size === 'lg' ? ' · You' : 'You')));
     return el;
+  }
+
+  /** Moderators only: the people removed from this room, each with "Let back in". */
+  drawRemoved() {
+    const list = this.you?.role === 'moderator' ? this.removedUsers || [] : [];
+    this.removedEl.hidden = list.length === 0;
+    clear(this.removedEl,
+      h('h3.section-title', 'Removed', h('span.count', String(list.length))),
+      h('p.muted.small', 'They can’t come back until you let them back in.'),
+      h('ul.removed-users', list.map((u) => h('li.removed-user', { dataset: { userId: u.userId } },
+        avatar(u, 'sm'), h('span.removed-name', u.name || 'Someone'),
+        h('button.btn.small', {
+          type: 'button',
+          'aria-label': `Let ${u.name || 'them'} back in`,
+          onclick: () => {
+            this.signal.send({ type: 'let_back_in', userId: u.userId });
+            toast(`${u.name || 'They'} can join again.`, 'success', 2500);
+          },
+        }, 'Let back in')))));
   }
 
   setChatOpen(open) {
