@@ -66,6 +66,10 @@ test('two listeners join by the link and every page shows all three', async () =
 });
 
 test('the host is heard by both listeners, mute stops it, unmute resumes it', async () => {
+  // The host entered muted, with an obvious Unmute: nothing is heard until the tap.
+  await alice.page.locator('.mic-btn.off').waitFor();
+  await alice.page.click('.mic-btn');
+  await alice.page.locator('.mic-btn.on').waitFor();
   await Promise.all([
     expectAudioFlowing(bob.page, 'Bob', { timeout: 30000 }),
     expectAudioFlowing(carol.page, 'Carol', { timeout: 30000 }),

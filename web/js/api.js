@@ -115,6 +115,7 @@ export const api = {
   rooms: () => request('GET', '/api/rooms'),
   createRoom: (topic, roomType) => request('POST', '/api/rooms', { json: { topic, roomType } }),
   room: (id) => request('GET', `/api/rooms/${encodeURIComponent(id)}`),
+  endRoom: (id) => request('DELETE', `/api/rooms/${encodeURIComponent(id)}`),
   createInviteCode: (id) => request('POST', `/api/rooms/${encodeURIComponent(id)}/invite-code`),
   redeemInvite: (id, code) => request('POST', `/api/rooms/${encodeURIComponent(id)}/redeem`, { json: { code } }),
   history: (roomId, before) => request('GET', `/api/room/${encodeURIComponent(roomId)}${before ? `?before=${encodeURIComponent(before)}` : ''}`),

@@ -226,6 +226,7 @@ export class ChatPanel {
         this.daySeps.delete(day);
       }
     }
+    this.collapseSystemRuns(want);
     const keep = new Set(want);
     for (const child of [...this.list.children]) if (!keep.has(child)) child.remove();
     want.forEach((node, i) => {
@@ -235,10 +236,42 @@ export class ChatPanel {
     this.empty.hidden = this.messages.size > 0;
   }
 
+  /**
+   * Consecutive call joined/left lines read as one: "Ann, Bob and 2 others joined
+   * the call · Cy left". Only the run's last line is shown, carrying the summary.
+   */
+  collapseSystemRuns(nodes) {
+    let run = [];
+    const flush = () => {
+      for (const [i, node] of run.entries()) {
+        const last = i === run.length - 1;
+        node.hidden = run.length > 1 && !last;
+        const sum = node.querySelector('.sys-summary');
+        const own = node.querySelector('.sys-text');
+        if (last && run.length > 1) {
+          const ms = run.map((n) => this.messages.get(n.dataset.id)).filter(Boolean);
+          sum.textContent = summarise(ms);
+          sum.hidden = false;
+          own.hidden = true;
+        } else {
+          sum.hidden = true;
+          own.hidden = false;
+        }
+      }
+      run = [];
+    };
+    for (const node of nodes) {
+      if (node.classList.contains('msg-system')) run.push(node);
+      else flush();
+    }
+    flush();
+  }
+
   messageNode(m) {
     if (SYSTEM_TYPES.has(m.type)) {
       return h('div.msg-system', { dataset: { id: msgId(m) } }, icon(m.type === 'call_ended' ? 'leave' : 'headphones'),
-        h('span', m.message || (m.type === 'call_ended' ? `${m.username} left the call` : `${m.username} joined the call`)),
+        h('span.sys-text', m.message || (m.type === 'call_ended' ? `${m.username} left the call` : `${m.username} joined the call`)),
+        h('span.sys-summary', { hidden: true }),
         h('time', clock(m.createdAt)));
     }
     const me = this.ctx.me();
@@ -351,6 +384,25 @@ export class ChatPanel {
     this.recorder = null;
     for (const a of this.el.querySelectorAll('audio')) a.pause();
   }
+}
+
+function names(list) {
+  const uniq = [...new Set(list)];
+  if (uniq.length === 1) return uniq[0];
+  if (uniq.length === 2) return `${uniq[0]} and ${uniq[1]}`;
+  if (uniq.length === 3) return `${uniq[0]}, ${uniq[1]} and ${uniq[2]}`;
+  return `${uniq[0]}, ${uniq[1]} and ${uniq.length - 2} others`;
+}
+
+/** "3 people joined the call · Dee left" for a run of call notices. */
+export function summarise(ms) {
+  const joined = ms.filter((m) => m.type !== 'call_ended').map((m) => m.username || 'Someone');
+  const left = ms.filter((m) => m.type === 'call_ended').map((m) => m.username || 'Someone');
+  const parts = [];
+  const count = (l) => new Set(l).size;
+  if (joined.length) parts.push(count(joined) > 3 ? `${count(joined)} people joined the call` : `${names(joined)} joined the call`);
+  if (left.length) parts.push(count(left) > 3 ? `${count(left)} people left` : `${names(left)} left`);
+  return parts.join(' · ');
 }
 
 function dayLabel(iso) {

@@ -12,6 +12,7 @@ import { h, icon, clear, avatar, toast, menu, modal, copyText } from './ui.js';
 
 const AUDIENCE_RENDER_CAP = 200;
 const SPEAKING_LEVEL = 0.02;
+const RING_HOLD_MS = 500;
 
 const JOIN_ERRORS = {
   room_full: ['This room is full', 'It has reached its participant limit. Try again in a little while.'],
@@ -53,6 +54,8 @@ export class RoomView {
     this.participants = new Map(); // participantId -> Participant
     this.speaking = new Set();
     this.avatars = new Map(); // userId -> avatar URL of everyone seen in this room
+    this.handOrder = new Map(); // participantId -> order in which the hand went up
+    this.handSeq = 0;
     this.slots = [];
     this.resumeToken = storedResume(roomId);
     // Presence starts only on an explicit join (a click in the app, the pre-join
@@ -120,6 +123,7 @@ export class RoomView {
     clearTimeout(this.restartTimer);
     clearTimeout(this.callWatchdog);
     clearTimeout(this.rejoinTimer);
+    clearTimeout(this.ringTimer);
     if (this.signal?.isOpen() && this.you) this.signal.send({ type: 'leave_room' });
     storeResume(this.roomId, null);
     this.signal?.close();
@@ -197,7 +201,7 @@ export class RoomView {
     s.on('call_notification', (m) => this.onChat(m.message));
     s.on('message_deleted', (m) => this.chat.remove(m.messageId));
     s.on('removed', (m) => {
-      if (m.ended) {
+      if (m.reason === 'room deleted') {
         this.fatal('This room has ended', 'The host ended the room for everyone.');
         return;
       }
@@ -234,6 +238,15 @@ export class RoomView {
     this.iceServers = m.iceServers || [];
     this.participants.set(m.you.participantId, m.you);
     this.setConn('live');
+    if (firstJoin && !m.resumed && canPublish(m.you.role) && !m.you.muted) {
+      // The host enters muted, as in every such app: speaking is a deliberate tap.
+      // Sent before join_call, so not a moment of audio goes out unmuted.
+      this.pendingSelfMute = true;
+      this.you = { ...m.you, muted: true };
+      this.participants.set(m.you.participantId, this.you);
+      this.signal.send({ type: 'mute' });
+      toast('You’re muted. Tap Unmute to speak.', 'info', 4000);
+    }
     if (!firstJoin) {
       toast(m.resumed ? 'Reconnected.' : 'Reconnected to the room.', 'success', 2500);
       this.chat.sync();
@@ -341,6 +354,17 @@ export class RoomView {
 
   onActiveSpeakers(list) {
     const now = new Set(list.filter((s) => (s.level ?? 1) >= SPEAKING_LEVEL).map((s) => s.participantId));
+    const t = performance.now();
+    this.loudAt ??= new Map();
+    for (const pid of now) this.loudAt.set(pid, t);
+    this.applySpeaking(now);
+    // The ring goes within ~0.5 s of the last report that had someone loud, even
+    // if no further report comes.
+    clearTimeout(this.ringTimer);
+    if (now.size) this.ringTimer = setTimeout(() => this.applySpeaking(new Set()), RING_HOLD_MS);
+  }
+
+  applySpeaking(now) {
     for (const pid of new Set([...now, ...this.speaking])) {
       const on = now.has(pid);
       for (const el of this.root.querySelectorAll(`[data-pid="${pid}"]`)) el.classList.toggle('speaking', on);
@@ -421,6 +445,11 @@ export class RoomView {
     if (!p) return;
     const prev = this.participants.get(p.participantId);
     this.participants.set(p.participantId, p);
+    if (p.handRaised && !prev?.handRaised) {
+      this.handOrder.set(p.participantId, ++this.handSeq);
+      if (this.you?.role === 'moderator' && p.participantId !== this.you.participantId) this.announceHand(p);
+    }
+    if (!p.handRaised) this.handOrder.delete(p.participantId);
     if (this.you && p.participantId === this.you.participantId) {
       const was = this.you;
       this.you = p;
@@ -448,6 +477,55 @@ export class RoomView {
       this.renderControls();
     }
     this.renderPeople();
+  }
+
+  /** Tells moderators someone wants to speak: a toast and a short, soft chime. */
+  announceHand(p) {
+    toast(`${p.name || 'Someone'} raised a hand.`, 'info', 3500);
+    try {
+      this.audioCtx ??= new AudioContext();
+      const ctx = this.audioCtx;
+      const osc = ctx.createOscillator();
+      const gain = ctx.createGain();
+      osc.frequency.value = 880;
+      gain.gain.setValueAtTime(0.0001, ctx.currentTime);
+      gain.gain.exponentialRampToValueAtTime(0.08, ctx.currentTime + 0.02);
+      gain.gain.exponentialRampToValueAtTime(0.0001, ctx.currentTime + 0.35);
+      osc.connect(gain).connect(ctx.destination);
+      osc.start();
+      osc.stop(ctx.currentTime + 0.4);
+    } catch { /* no audio: the toast is enough */ }
+  }
+
+  /** Raised hands, earliest first (the order the hands went up). */
+  handQueue() {
+    return [...this.participants.values()]
+      .filter((p) => p.handRaised && !canPublish(p.role))
+      .sort((a, b) => (this.handOrder.get(a.participantId) ?? 1e9) - (this.handOrder.get(b.participantId) ?? 1e9) || a.participantId - b.participantId);
+  }
+
+  stepBack() {
+    if (!this.you) return;
+    this.signal.send({ type: 'set_role', participantId: this.you.participantId, role: 'listener' });
+  }
+
+  async endRoom() {
+    const confirmBtn = h('button.btn.danger', { type: 'button' }, 'End room for everyone');
+    const dlg = modal('End this room?', h('div.stack',
+      h('p.muted', 'Everyone is told the room has ended, and it leaves the lobby. Its chat is deleted.'),
+      h('div.row.gap', h('button.btn', { type: 'button', onclick: () => dlg.close() }, 'Cancel'), confirmBtn)));
+    confirmBtn.addEventListener('click', async () => {
+      confirmBtn.disabled = true;
+      try {
+        await api.endRoom(this.roomId);
+        dlg.close();
+        this.app.navigate('#/');
+        toast('Room ended.', 'success', 2500);
+      } catch (e) {
+        confirmBtn.disabled = false;
+        toast(e.message || 'Could not end the room.', 'error');
+      }
+    });
   }
 
   setConn(state) {
@@ -501,11 +579,23 @@ export class RoomView {
 
   moderate(p, anchor) {
     const items = [];
+    const iOwn = this.isOwner();
+    if (iOwn && p.role !== 'moderator') items.push({ label: 'Make co-host', icon: 'star', onclick: () => this.signal.send({ type: 'set_role', participantId: p.participantId, role: 'moderator' }) });
+    if (p.role === 'moderator') {
+      if (iOwn) items.push({ label: 'Remove as co-host', icon: 'down', onclick: () => this.signal.send({ type: 'set_role', participantId: p.participantId, role: 'speaker' }) });
+      if (!items.length) return;
+      menu(anchor, p.name, items);
+      return;
+    }
     if (p.role === 'listener') items.push({ label: 'Invite to speak', icon: 'mic', onclick: () => this.signal.send({ type: 'set_role', participantId: p.participantId, role: 'speaker' }) });
     if (p.role === 'speaker') items.push({ label: 'Move to audience', icon: 'down', onclick: () => this.signal.send({ type: 'set_role', participantId: p.participantId, role: 'listener' }) });
     if (canPublish(p.role) && !p.muted) items.push({ label: 'Mute', icon: 'micOff', onclick: () => this.signal.send({ type: 'mute_participant', participantId: p.participantId }) });
     items.push({ label: 'Remove from room', icon: 'x', danger: true, onclick: () => this.signal.send({ type: 'remove_participant', participantId: p.participantId }) });
     menu(anchor, p.name, items);
+  }
+
+  isOwner() {
+    return !!(this.meta && this.app.user && this.meta.ownerId === this.app.user.id);
   }
 
   async share() {
@@ -579,6 +669,7 @@ export class RoomView {
     this.stageEl = h('div.tiles.stage-tiles');
     this.audienceEl = h('div.tiles.audience-tiles');
     this.removedEl = h('section.removed-list', { hidden: true, 'aria-label': 'Removed from this room' });
+    this.handsEl = h('section.hand-queue', { hidden: true, 'aria-label': 'Raised hands' });
     this.audienceHead = h('h3.section-title');
     this.stageHead = h('h3.section-title', 'On stage');
     this.controlsEl = h('div.controls');
@@ -609,6 +700,7 @@ export class RoomView {
         h('main.stage-wrap',
           h('div.stage-scroll',
             h('section.stage', this.stageHead, this.stageEl),
+            this.handsEl,
             h('section.audience', this.audienceHead, this.audienceEl),
             this.removedEl),
           this.controlsEl),
@@ -625,6 +717,10 @@ export class RoomView {
 
   renderHeader() {
     const m = this.meta;
+    if (this.isOwner() && !this.endBtn) {
+      this.endBtn = h('button.btn.small.end-room', { type: 'button', 'aria-label': 'End room', onclick: () => this.endRoom() }, icon('x'), h('span.hide-sm', 'End room'));
+      this.root.querySelector('.room-top .top-actions')?.append(this.endBtn);
+    }
     const typeBadge = {
       open: [icon('globe'), 'Open'],
       social: [icon('link'), 'Social'],
@@ -666,6 +762,7 @@ export class RoomView {
     }
     if (learned) this.chat.refreshAvatars();
     this.drawRemoved();
+    this.drawHands();
     const stage = people.filter((p) => canPublish(p.role));
     const audience = people.filter((p) => !canPublish(p.role));
     clear(this.stageEl, stage.map((p) => this.tile(p, 'lg')));
@@ -687,7 +784,8 @@ export class RoomView {
 
   tile(p, size) {
     const isYou = this.you && p.participantId === this.you.participantId;
-    const iModerate = this.you?.role === 'moderator' && !isYou;
+    const iModerate = this.you?.role === 'moderator' && !isYou
+      && (p.role !== 'moderator' || (this.isOwner() && p.userId !== this.app.user?.id));
     const av = avatar(p, size);
     const classes = ['tile'];
     if (this.speaking.has(p.participantId) && !p.muted) classes.push('speaking');
@@ -706,6 +804,21 @@ export class RoomView {
     h('div.tile-name', p.role === 'moderator' && icon('star', 'host-star'), h('span', p.name || 'Guest')),
     (size === 'lg' || isYou) && h('div.tile-role', size === 'lg' ? roleLabel[p.role] : '', isYou && h('span.you', size === 'lg' ? ' · You' : 'You')));
     return el;
+  }
+
+  /** Moderators only: raised hands in the order they went up, each with "Invite to speak". */
+  drawHands() {
+    const queue = this.you?.role === 'moderator' ? this.handQueue() : [];
+    this.handsEl.hidden = queue.length === 0;
+    clear(this.handsEl,
+      h('h3.section-title', icon('hand'), 'Raised hands', h('span.count', String(queue.length))),
+      h('ol.hand-list', queue.map((p, i) => h('li.hand-item', { dataset: { handPid: String(p.participantId) } },
+        h('span.hand-pos', String(i + 1)), avatar(p, 'sm'), h('span.removed-name', p.name || 'Guest'),
+        h('button.btn.small.primary', {
+          type: 'button',
+          'aria-label': `Invite ${p.name || 'them'} to speak`,
+          onclick: () => this.signal.send({ type: 'set_role', participantId: p.participantId, role: 'speaker' }),
+        }, icon('mic'), 'Invite')))));
   }
 
   /** Moderators only: the people removed from this room, each with "Let back in". */
@@ -746,6 +859,9 @@ export class RoomView {
       'aria-label': you.muted ? 'Unmute microphone' : 'Mute microphone',
       title: this.micError || (you.muted ? 'Unmute' : 'Mute'),
     }, icon(you.muted ? 'micOff' : 'mic'), h('span', you.muted ? 'Unmute' : 'Mute'));
+    const stepBtn = you && speaker && !this.isOwner() && h('button.ctrl.step-btn', {
+      type: 'button', onclick: () => this.stepBack(), title: 'Move to the audience',
+    }, icon('down'), h('span', 'Leave stage'));
     const handBtn = you && !speaker && h(`button.ctrl.hand-btn${you.handRaised ? '.active' : ''}`, {
       type: 'button', onclick: () => this.toggleHand(), 'aria-pressed': String(!!you.handRaised),
     }, icon('hand'), h('span', you.handRaised ? 'Lower hand' : 'Raise hand'));
@@ -758,7 +874,7 @@ export class RoomView {
           : 'Connecting audio…';
     clear(this.controlsEl,
       h('button.ctrl.leave-btn', { type: 'button', onclick: () => this.leave() }, icon('leave'), h('span', 'Leave quietly')),
-      h('div.ctrl-status', { 'data-state': speaker && this.micError ? 'error' : this.callConnected ? 'on' : 'off', title: speaker ? this.micError || '' : '' }, h('span.dot'), status),
-      h('div.ctrl-group', chatBtn, handBtn, micBtn));
+      h('div.ctrl-status', { 'data-state': speaker && this.micError ? 'error' : !this.callConnected ? 'off' : speaker && you.muted ? 'muted' : 'on', title: speaker ? this.micError || '' : '' }, h('span.dot'), status),
+      h('div.ctrl-group', chatBtn, handBtn, stepBtn, micBtn));
   }
 }

@@ -299,6 +299,8 @@ export function lobbyView(root, app) {
   let timer = null;
   let stopped = false;
   const grid = h('div.room-grid', { 'aria-live': 'polite' }, skeletonCards());
+  const idleHead = h('h2.section-title.lobby-idle-title', { hidden: true }, 'Quiet rooms');
+  const idleGrid = h('div.room-grid.idle-grid', { hidden: true });
   const linkInput = h('input.input', { type: 'text', placeholder: 'Paste a room link', 'aria-label': 'Room link' });
 
   const load = async () => {
@@ -324,7 +326,15 @@ export function lobbyView(root, app) {
         h('button.btn.primary', { type: 'button', onclick: () => createRoom(app) }, icon('plus'), 'Start a room')));
       return;
     }
-    clear(grid, rooms.map((r) => roomCard(r)));
+    // Live rooms (someone in them) first; idle ones apart, below, so the lobby
+    // never leads with "0 people".
+    const live = rooms.filter((r) => (r.totalPeople ?? 0) > 0);
+    const idle = rooms.filter((r) => !((r.totalPeople ?? 0) > 0));
+    clear(grid,
+      live.length ? live.map((r) => roomCard(r)) : h('p.muted.empty-line', 'Nobody is talking right now. Start a room, or wake up a quiet one.'));
+    clear(idleGrid, idle.map((r) => roomCard(r, true)));
+    idleHead.hidden = idle.length === 0;
+    idleGrid.hidden = idle.length === 0;
   };
 
   const join = (e) => {
@@ -346,8 +356,10 @@ export function lobbyView(root, app) {
           h('p.muted.lead', 'Rooms happening now. Jump in and listen, or start your own.')),
         h('button.btn.primary.big', { type: 'button', onclick: () => createRoom(app) }, icon('plus'), 'Start a room')),
       h('form.join-link', { onsubmit: join }, icon('link'), linkInput, h('button.btn', { type: 'submit' }, 'Join')),
-      h('h2.section-title', 'Open rooms'),
-      grid)));
+      h('h2.section-title', 'Live now'),
+      grid,
+      idleHead,
+      idleGrid)));
   load();
   return () => {
     stopped = true;
@@ -359,13 +371,13 @@ function skeletonCards() {
   return [0, 1, 2].map(() => h('div.room-card.skeleton', h('div.sk-line.w60'), h('div.sk-line.w40'), h('div.sk-avatars')));
 }
 
-function roomCard(r) {
+function roomCard(r, idle = false) {
   const speakers = r.speakers || [];
   const total = r.totalPeople ?? 0;
-  return h('a.room-card', { href: `#/room/${encodeURIComponent(r.id)}`, dataset: { roomId: r.id } },
+  return h(`a.room-card${idle ? '.idle' : ''}`, { href: `#/room/${encodeURIComponent(r.id)}`, dataset: { roomId: r.id } },
     h('div.room-card-top',
-      h('span.live-pill', h('span.dot'), 'Live'),
-      h('span.people', icon('users'), String(total))),
+      idle ? h('span.idle-pill', 'Quiet') : h('span.live-pill', h('span.dot'), 'Live'),
+      h('span.people', { 'aria-label': `${total} ${total === 1 ? 'person' : 'people'} in the room` }, icon('users'), String(total))),
     h('h3.room-topic', r.topic || 'Untitled room'),
     h('div.room-card-foot',
       h('div.avatar-stack', speakers.slice(0, 4).map((s) => avatar(s, 'sm'))),
