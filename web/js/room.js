@@ -694,7 +694,7 @@ export class RoomView {
         h('a.icon-btn.ghost', { href: '#/', 'aria-label': 'Back to rooms', title: 'All rooms' }, icon('arrowLeft')),
         this.titleEl,
         h('div.top-actions', this.connEl,
-          h('button.btn.small', { type: 'button', onclick: () => this.share() }, icon('link'), h('span.hide-sm', 'Invite')))),
+          h('button.btn.small', { type: 'button', 'aria-label': 'Invite people', onclick: () => this.share() }, icon('link'), h('span.hide-sm', 'Invite')))),
       this.banner,
       h('div.room-layout',
         h('main.stage-wrap',
@@ -860,10 +860,10 @@ export class RoomView {
       title: this.micError || (you.muted ? 'Unmute' : 'Mute'),
     }, icon(you.muted ? 'micOff' : 'mic'), h('span', you.muted ? 'Unmute' : 'Mute'));
     const stepBtn = you && speaker && !this.isOwner() && h('button.ctrl.step-btn', {
-      type: 'button', onclick: () => this.stepBack(), title: 'Move to the audience',
+      type: 'button', onclick: () => this.stepBack(), title: 'Move to the audience', 'aria-label': 'Leave stage',
     }, icon('down'), h('span', 'Leave stage'));
     const handBtn = you && !speaker && h(`button.ctrl.hand-btn${you.handRaised ? '.active' : ''}`, {
-      type: 'button', onclick: () => this.toggleHand(), 'aria-pressed': String(!!you.handRaised),
+      type: 'button', onclick: () => this.toggleHand(), 'aria-pressed': String(!!you.handRaised), 'aria-label': you.handRaised ? 'Lower hand' : 'Raise hand',
     }, icon('hand'), h('span', you.handRaised ? 'Lower hand' : 'Raise hand'));
     const chatBtn = h('button.ctrl.chat-btn', { type: 'button', onclick: () => this.setChatOpen(!this.chatOpen), 'aria-label': 'Chat' },
       icon('chat'), h('span', 'Chat'), this.unread > 0 && h('span.unread', String(Math.min(this.unread, 99))));
@@ -873,7 +873,7 @@ export class RoomView {
         : this.callConnected ? (speaker ? (you.muted ? 'You’re muted' : 'You’re live') : 'Listening')
           : 'Connecting audio…';
     clear(this.controlsEl,
-      h('button.ctrl.leave-btn', { type: 'button', onclick: () => this.leave() }, icon('leave'), h('span', 'Leave quietly')),
+      h('button.ctrl.leave-btn', { type: 'button', 'aria-label': 'Leave quietly', onclick: () => this.leave() }, icon('leave'), h('span', 'Leave quietly')),
       h('div.ctrl-status', { 'data-state': speaker && this.micError ? 'error' : !this.callConnected ? 'off' : speaker && you.muted ? 'muted' : 'on', title: speaker ? this.micError || '' : '' }, h('span.dot'), status),
       h('div.ctrl-group', chatBtn, handBtn, stepBtn, micBtn));
   }

@@ -284,7 +284,7 @@ export function parseRoomLink(text) {
 export function topBar(app, extra) {
   const u = app.user || {};
   const meBtn = h('button.me-btn', {
-    type: 'button', 'aria-label': 'Account',
+    type: 'button', 'aria-label': `${u.name || 'Account'}: account menu`,
     onclick: () => menu(meBtn, u.name, [
       { label: 'Edit profile', icon: 'camera', onclick: () => app.navigate('#/profile') },
       { label: 'Sign out', icon: 'logout', danger: true, onclick: () => app.logout() },
