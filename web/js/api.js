@@ -18,6 +18,20 @@ export function onSessionExpired(fn) {
 
 let refreshing = null;
 
+// Whether this browser holds a session. The tokens are HttpOnly cookies that
+// JavaScript cannot see, so a marker beside them lets a signed-out load go
+// straight to the login page instead of asking the server (and logging a 401).
+const SESSION_MARK = 'chorus.session';
+export function markSession(on) {
+  try {
+    if (on) localStorage.setItem(SESSION_MARK, '1');
+    else localStorage.removeItem(SESSION_MARK);
+  } catch { /* storage disabled: every load asks the server */ }
+}
+export function maybeSignedIn() {
+  try { return localStorage.getItem(SESSION_MARK) === '1'; } catch { return true; }
+}
+
 /**
  * Rotates the refresh token. One refresh at a time per tab, and (where the
  * browser has Web Locks) one at a time across tabs: the server revokes a
@@ -29,8 +43,12 @@ export function refreshSession() {
     const run = async () => {
       try {
         const res = await fetch('/api/refresh', { credentials: 'same-origin' });
-        if (!res.ok) return null;
+        if (!res.ok) {
+          markSession(false);
+          return null;
+        }
         const body = await res.json().catch(() => null);
+        markSession(!!body?.user);
         return body?.user ?? null;
       } catch {
         throw new ApiError(0, 'network', 'Can’t reach the server. Check your connection.');
@@ -109,9 +127,16 @@ export async function request(method, path, { json, form, retry = true, signal }
 
 export const api = {
   sendOtp: (phone) => request('POST', '/api/send-otp', { json: { phone } }),
-  verifyOtp: (phone, otp, hash) => request('POST', '/api/verify-otp', { json: { phone, otp, hash } }),
+  verifyOtp: async (phone, otp, hash) => {
+    const res = await request('POST', '/api/verify-otp', { json: { phone, otp, hash } });
+    markSession(true);
+    return res;
+  },
   activate: (name, avatar) => request('POST', '/api/activate', { json: { name, avatar } }),
-  logout: () => request('POST', '/api/logout').catch(() => null),
+  logout: () => {
+    markSession(false);
+    return request('POST', '/api/logout').catch(() => null);
+  },
   rooms: () => request('GET', '/api/rooms'),
   createRoom: (topic, roomType) => request('POST', '/api/rooms', { json: { topic, roomType } }),
   room: (id) => request('GET', `/api/rooms/${encodeURIComponent(id)}`),
