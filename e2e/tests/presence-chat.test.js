@@ -94,8 +94,13 @@ test('a reload takes the same place back: nobody sees a twin or joined/left line
 });
 
 test('a cold-opened link on the "Join room" card is not in the room until tapped', async () => {
-  // A new tab has had no click: it gets the card.
+  // A tab opened from a link elsewhere has had no click: it gets the card. (A
+  // page opened by the test driver may count as activated, so the tab is told it
+  // has not been, as a link from another app would be.)
   const tab = await guest.context.newPage();
+  await tab.addInitScript(() => {
+    Object.defineProperty(navigator, 'userActivation', { configurable: true, get: () => ({ hasBeenActive: false, isActive: false }) });
+  });
   try {
     await tab.goto(link);
     await tab.locator('.prejoin button.primary').waitFor();
@@ -171,6 +176,51 @@ test('after a reload the history shows the senders’ photos', async () => {
   await hostMsg.waitFor();
   await waitFor(() => hostMsg.locator('.avatar img').count(), { what: 'the host’s photo in the history' });
   assert.deepEqual(await shownNames(g), ['Gus Guest', 'Hana Host']);
+});
+
+test('an image shared from the chat’s button reaches the others', async () => {
+  const png = Buffer.from('iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mNk+M9QDwADhgGAWjR9awAAAABJRU5ErkJggg==', 'base64');
+  const before = await guest.page.locator('.msg-image img').count();
+  await host.page.setInputFiles('.chat-compose input[type=file]', { name: 'dot.png', mimeType: 'image/png', buffer: png });
+  await host.page.locator('.msg.mine .msg-image img').last().waitFor();
+  await waitFor(async () => (await guest.page.locator('.msg-image img').count()) === before + 1, { what: 'the image at the guest' });
+});
+
+test('sound settings: a listener’s own volume, and a speaker picks another microphone', async () => {
+  const g = guest.page;
+  if (await g.locator('.chat-wrap.open').count()) await g.click('.chat-close');
+  await g.click('.sound-btn');
+  await g.locator('#volume').fill('30');
+  await waitFor(() => g.evaluate(() => {
+    const a = [...document.querySelectorAll('.audio-host audio')];
+    return a.length > 0 && a.every((x) => Math.abs(x.volume - 0.3) < 1e-6);
+  }), { what: 'every voice the guest hears at 30%' });
+  await g.keyboard.press('Escape');
+  // Remembered for the next room visit.
+  assert.equal(await g.evaluate(() => localStorage.getItem('chorus.volume')), '0.3');
+
+  const p = host.page;
+  await p.click('.sound-btn');
+  await p.locator('#mic-select').waitFor();
+  const options = await p.locator('#mic-select option').evaluateAll((os) => os.map((o) => o.value));
+  assert.ok(options.length >= 2, `the fake devices are listed (${options.length})`);
+  const pick = options[options.length - 1];
+  await p.selectOption('#mic-select', pick);
+  await waitFor(() => p.evaluate((id) => {
+    const call = window.chorus.room.call;
+    const track = call.mic?.getAudioTracks()[0];
+    const sender = call.pc.getTransceivers().find((t) => t.mid === call.publishMid)?.sender;
+    return track && track.getSettings().deviceId === id && sender.track === track;
+  }, pick), { what: 'the new microphone on the sender' }).catch(async (e) => {
+    const st = await p.evaluate(() => {
+      const call = window.chorus.room.call;
+      const track = call.mic?.getAudioTracks()[0];
+      return { settings: track?.getSettings(), label: track?.label, toasts: [...document.querySelectorAll('.toast')].map((t) => t.textContent) };
+    });
+    e.message += ` ${JSON.stringify(st)}`;
+    throw e;
+  });
+  await p.keyboard.press('Escape');
 });
 
 test('no page threw an uncaught error', () => {

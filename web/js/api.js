@@ -146,6 +146,11 @@ export const api = {
   history: (roomId, before) => request('GET', `/api/room/${encodeURIComponent(roomId)}${before ? `?before=${encodeURIComponent(before)}` : ''}`),
   sendText: (roomId, message) => request('POST', `/api/room/${encodeURIComponent(roomId)}/messages`, { json: { message } }),
   deleteMessage: (roomId, id) => request('DELETE', `/api/room/${encodeURIComponent(roomId)}/messages/${encodeURIComponent(id)}`),
+  uploadImage: (roomId, file) => {
+    const form = new FormData();
+    form.append('image', file, file.name || 'image');
+    return request('POST', `/api/room/${encodeURIComponent(roomId)}/image`, { form });
+  },
   uploadVoice: (roomId, blob, name) => {
     const form = new FormData();
     form.append('voice', blob, name);

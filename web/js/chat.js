@@ -53,7 +53,12 @@ export class ChatPanel {
     this.recBtn = h('button.icon-btn.rec-btn', { type: 'button', 'aria-label': 'Record a voice note', title: 'Record a voice note', onclick: () => this.startRecording() }, icon('mic'));
     if (!VoiceRecorder.supported()) this.recBtn.hidden = true;
     this.counter = h('span.char-count', { hidden: true, 'aria-live': 'polite' });
-    this.composeRow = h('div.compose-row', this.recBtn, h('div.input-wrap', this.input, this.counter), this.sendBtn);
+    this.imageInput = h('input', {
+      type: 'file', accept: 'image/png,image/jpeg,image/webp,image/gif', hidden: true,
+      onchange: () => this.sendImage(),
+    });
+    this.imgBtn = h('button.icon-btn.img-btn', { type: 'button', 'aria-label': 'Share an image', title: 'Share an image', onclick: () => this.imageInput.click() }, icon('camera'));
+    this.composeRow = h('div.compose-row', this.imageInput, this.imgBtn, this.recBtn, h('div.input-wrap', this.input, this.counter), this.sendBtn);
 
     this.recTime = h('span.rec-time', '0:00');
     this.recRow = h('div.compose-row.recording', { hidden: true },
@@ -327,6 +332,24 @@ export class ChatPanel {
     api.deleteMessage(this.ctx.roomId, id)
       .then(() => this.remove(id))
       .catch((e) => toast(e.message || 'Could not delete the message.', 'error'));
+  }
+
+  async sendImage() {
+    const file = this.imageInput.files?.[0];
+    this.imageInput.value = '';
+    if (!file) return;
+    const pending = h('div.msg-pending', h('span.spinner'), 'Sending image…');
+    this.scroller.append(pending);
+    this.scrollToBottom();
+    try {
+      const res = await api.uploadImage(this.ctx.roomId, file);
+      const m = res?.message && typeof res.message === 'object' ? res.message : res;
+      if (m && msgId(m) && m.createdAt) this.add(m);
+    } catch (e) {
+      toast(e.message || 'The image could not be sent.', 'error', 6000);
+    } finally {
+      pending.remove();
+    }
   }
 
   async startRecording() {

@@ -6,7 +6,7 @@
 
 import { api, refreshSession } from './api.js';
 import { Signal } from './signal.js';
-import { Call } from './call.js';
+import { Call, listMics, preferredMic, preferredVolume } from './call.js';
 import { ChatPanel } from './chat.js';
 import { h, icon, clear, avatar, toast, menu, modal, copyText } from './ui.js';
 
@@ -594,6 +594,40 @@ export class RoomView {
     menu(anchor, p.name, items);
   }
 
+  /** Output volume (this listener's own) and, for speakers, the microphone. */
+  async soundSettings() {
+    const vol = h('input.volume#volume', {
+      type: 'range', min: 0, max: 100, step: 5, value: String(Math.round((this.call?.volume ?? preferredVolume()) * 100)),
+      oninput: () => {
+        this.call?.setVolume(Number(vol.value) / 100);
+        if (!this.call) try { localStorage.setItem('chorus.volume', String(Number(vol.value) / 100)); } catch { /* not remembered */ }
+        volOut.textContent = `${vol.value}%`;
+      },
+    });
+    const volOut = h('output.muted', { for: 'volume' }, `${vol.value}%`);
+    const mics = await listMics();
+    const current = this.call?.mic?.getAudioTracks()[0]?.getSettings?.().deviceId || preferredMic();
+    const micSel = h('select.input#mic-select', {
+      onchange: async () => {
+        try {
+          await this.call?.switchMic(micSel.value);
+          if (!this.call) localStorage.setItem('chorus.micId', micSel.value);
+          toast('Microphone changed.', 'success', 2000);
+        } catch (e) {
+          toast(e.message || 'Could not use that microphone.', 'error');
+        }
+      },
+    }, mics.length
+      ? mics.map((d, i) => h('option', { value: d.deviceId, selected: d.deviceId === current }, d.label || `Microphone ${i + 1}`))
+      : h('option', { value: '' }, 'Default microphone'));
+    modal('Sound', h('div.stack',
+      h('label.label', { for: 'volume' }, 'Volume of the room'),
+      h('div.row.gap', vol, volOut),
+      h('label.label', { for: 'mic-select' }, 'Microphone'),
+      micSel,
+      h('p.muted.small', 'The volume is yours: it changes what you hear, not what others hear.')));
+  }
+
   isOwner() {
     return !!(this.meta && this.app.user && this.meta.ownerId === this.app.user.id);
   }
@@ -865,6 +899,8 @@ export class RoomView {
     const handBtn = you && !speaker && h(`button.ctrl.hand-btn${you.handRaised ? '.active' : ''}`, {
       type: 'button', onclick: () => this.toggleHand(), 'aria-pressed': String(!!you.handRaised), 'aria-label': you.handRaised ? 'Lower hand' : 'Raise hand',
     }, icon('hand'), h('span', you.handRaised ? 'Lower hand' : 'Raise hand'));
+    const soundBtn = h('button.ctrl.sound-btn', { type: 'button', 'aria-label': 'Sound settings', title: 'Sound settings', onclick: () => this.soundSettings() },
+      icon('headphones'), h('span', 'Sound'));
     const chatBtn = h('button.ctrl.chat-btn', { type: 'button', onclick: () => this.setChatOpen(!this.chatOpen), 'aria-label': 'Chat' },
       icon('chat'), h('span', 'Chat'), this.unread > 0 && h('span.unread', String(Math.min(this.unread, 99))));
     const status = !you ? 'Connecting…'
@@ -875,6 +911,6 @@ export class RoomView {
     clear(this.controlsEl,
       h('button.ctrl.leave-btn', { type: 'button', 'aria-label': 'Leave quietly', onclick: () => this.leave() }, icon('leave'), h('span', 'Leave quietly')),
       h('div.ctrl-status', { 'data-state': speaker && this.micError ? 'error' : !this.callConnected ? 'off' : speaker && you.muted ? 'muted' : 'on', title: speaker ? this.micError || '' : '' }, h('span.dot'), status),
-      h('div.ctrl-group', chatBtn, handBtn, stepBtn, micBtn));
+      h('div.ctrl-group', soundBtn, chatBtn, handBtn, stepBtn, micBtn));
   }
 }
