@@ -12,7 +12,6 @@ import { h, icon, clear, avatar, toast, menu, modal, copyText } from './ui.js';
 
 const AUDIENCE_RENDER_CAP = 200;
 const SPEAKING_LEVEL = 0.02;
-const RING_HOLD_MS = 500;
 
 const JOIN_ERRORS = {
   room_full: ['This room is full', 'It has reached its participant limit. Try again in a little while.'],
@@ -123,7 +122,6 @@ export class RoomView {
     clearTimeout(this.restartTimer);
     clearTimeout(this.callWatchdog);
     clearTimeout(this.rejoinTimer);
-    clearTimeout(this.ringTimer);
     if (this.signal?.isOpen() && this.you) this.signal.send({ type: 'leave_room' });
     storeResume(this.roomId, null);
     this.signal?.close();
@@ -354,14 +352,9 @@ export class RoomView {
 
   onActiveSpeakers(list) {
     const now = new Set(list.filter((s) => (s.level ?? 1) >= SPEAKING_LEVEL).map((s) => s.participantId));
-    const t = performance.now();
-    this.loudAt ??= new Map();
-    for (const pid of now) this.loudAt.set(pid, t);
+    // The server reports only changes of the set or order, so a steady speaker
+    // keeps the ring until a report leaves them out.
     this.applySpeaking(now);
-    // The ring goes within ~0.5 s of the last report that had someone loud, even
-    // if no further report comes.
-    clearTimeout(this.ringTimer);
-    if (now.size) this.ringTimer = setTimeout(() => this.applySpeaking(new Set()), RING_HOLD_MS);
   }
 
   applySpeaking(now) {
