@@ -45,6 +45,11 @@ test('the host enters muted, with an obvious Unmute and no green "live" dot', as
   const mic = p.locator('.mic-btn');
   await mic.waitFor();
   assert.equal(await mic.getAttribute('aria-label'), 'Unmute microphone');
+  // The "you're muted" toast does not cover the button it points at.
+  const t = p.locator('.toast', { hasText: 'You’re muted' });
+  await t.waitFor();
+  const [tb, mb] = [await t.boundingBox(), await mic.boundingBox()];
+  assert.ok(tb.y + tb.height <= mb.y || tb.y >= mb.y + mb.height || tb.x + tb.width <= mb.x || tb.x >= mb.x + mb.width, `toast ${JSON.stringify(tb)} clear of the mic ${JSON.stringify(mb)}`);
   await p.locator('.mic-btn.off').waitFor();
   await p.locator('.ctrl-status', { hasText: 'You’re muted' }).waitFor({ timeout: 30000 });
   assert.equal(await p.locator('.ctrl-status').getAttribute('data-state'), 'muted');

@@ -443,6 +443,41 @@ pub(crate) fn personal_slots(
 mod tests {
     use super::*;
 
+    fn removed(id: &str) -> RemovedUser {
+        RemovedUser {
+            user_id: id.into(),
+            name: id.into(),
+            avatar: None,
+        }
+    }
+
+    #[test]
+    fn the_removed_list_is_once_per_user_bounded_and_emptied_by_letting_back_in() {
+        let mut st = State::default();
+        st.add_removed("r", removed("u1"));
+        st.add_removed("r", removed("u1"));
+        assert_eq!(st.removed["r"].len(), 1);
+        assert!(st.is_removed("r", "u1") && !st.is_removed("r2", "u1"));
+        for i in 0..MAX_REMOVED_PER_ROOM + 5 {
+            st.add_removed("r", removed(&format!("x{i}")));
+        }
+        assert_eq!(st.removed["r"].len(), MAX_REMOVED_PER_ROOM);
+        assert!(!st.is_removed("r", "u1"), "the earliest removal is forgotten first");
+        assert!(st.let_back_in("r", "x10"));
+        assert!(!st.let_back_in("r", "x10"));
+        assert!(!st.is_removed("r", "x10"));
+        let ServerMessage::RemovedUsers { users } = st.removed_message("r") else {
+            panic!("removed_users expected");
+        };
+        assert_eq!(users.len(), MAX_REMOVED_PER_ROOM - 1);
+        // Closing the room (ended or deleted) forgets its list.
+        let bye = ServerMessage::Removed {
+            reason: "room deleted".into(),
+        };
+        st.close_room("r", &bye, 1000, "closed");
+        assert!(!st.removed.contains_key("r"));
+    }
+
     #[test]
     fn a_participant_in_a_slot_hears_the_spare_there_and_others_see_the_room_map() {
         let p = ParticipantId;

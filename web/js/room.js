@@ -127,6 +127,7 @@ export class RoomView {
     this.signal?.close();
     this.call?.close();
     this.chat?.destroy();
+    this.audioCtx?.close().catch(() => {});
     if (window.chorus?.room === this) delete window.chorus.room;
   }
 
