@@ -462,7 +462,10 @@ mod tests {
             st.add_removed("r", removed(&format!("x{i}")));
         }
         assert_eq!(st.removed["r"].len(), MAX_REMOVED_PER_ROOM);
-        assert!(!st.is_removed("r", "u1"), "the earliest removal is forgotten first");
+        assert!(
+            !st.is_removed("r", "u1"),
+            "the earliest removal is forgotten first"
+        );
         assert!(st.let_back_in("r", "x10"));
         assert!(!st.let_back_in("r", "x10"));
         assert!(!st.is_removed("r", "x10"));
