@@ -149,6 +149,7 @@ pub fn chat_message(m: &Message) -> ChatMessage {
         url: j.url,
         file_id: j.file_id,
         created_at: j.created_at,
+        duration: j.duration,
     }
 }
 

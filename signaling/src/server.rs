@@ -22,7 +22,7 @@ use crate::ports::{
     AuthUser, Authenticator, CallEvent, ChatStore, MediaControl, MediaEvent, MediaEvents,
     RoomDirectory, RoomKey,
 };
-use crate::protocol::{ChatMessage, ErrorCode, ParticipantId, ServerMessage, SpeakerLevel};
+use crate::protocol::{ChatMessage, ErrorCode, ParticipantId, Role, ServerMessage, SpeakerLevel};
 use crate::rooms::{CallPhase, Part, RoomSnapshot, SignalingStats, State};
 use crate::session;
 
@@ -267,6 +267,9 @@ impl Inner {
                 },
                 None,
             );
+            if part.info.role == Role::Moderator {
+                st.hand_over_moderation(&part.room_id);
+            }
             part
         };
         if part.call != CallPhase::Idle {

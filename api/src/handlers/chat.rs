@@ -13,9 +13,10 @@ use time::OffsetDateTime;
 use utoipa::{IntoParams, ToSchema};
 
 use crate::access::is_valid_room_id;
+use crate::audio_duration::audio_duration_ms;
 use crate::auth::AuthUser;
 use crate::chat;
-use crate::dto::{MessageJson, attachment_url};
+use crate::dto::{MessageJson, attachment_url, voice_text};
 use crate::error::{ApiError, ApiJson, ApiPath, ApiQuery, ApiResult, ErrorBody};
 use crate::handlers::blobs::blob_response;
 use crate::handlers::rooms::visible_room;
@@ -276,6 +277,11 @@ async fn upload(
     let content_type = (kind.sniff)(&bytes).ok_or_else(|| {
         ApiError::UnsupportedMediaType(format!("Only {} are accepted", kind.accepted))
     })?;
+    // Measured once here: browsers cannot tell a MediaRecorder WebM's length early.
+    let text = match kind.message {
+        MessageType::Voice => voice_text(audio_duration_ms(&bytes)),
+        _ => String::new(),
+    };
     let now = state.now();
     let file = FileId(new_id());
     state
@@ -298,7 +304,7 @@ async fn upload(
         author_id: user.id,
         author_name: name,
         kind: kind.message,
-        text: String::new(),
+        text,
         attachment: Some(file.clone()),
         created_at: now,
     };

@@ -96,6 +96,7 @@ impl FakeChat {
             url: None,
             file_id: None,
             created_at: "2026-11-21T00:00:00Z".into(),
+            duration: None,
         }
     }
 
