@@ -256,7 +256,6 @@ impl Config {
         Ok(signaling::SignalingConfig {
             slot_count: self.audio_slots,
             max_participants: self.max_participants,
-            max_chat_chars: self.max_message_chars,
             rate_per_sec: f64::from(self.ws_rate_per_sec),
             rate_burst: self.ws_rate_per_sec.saturating_mul(2),
             resume_grace: std::time::Duration::from_secs(self.resume_grace_secs),

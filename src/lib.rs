@@ -34,6 +34,8 @@ pub struct Server {
     pub signaling: Signaling,
     pub sfu: media::Sfu,
     pub telemetry: Telemetry,
+    /// The control plane's store (tests create users and read what was stored).
+    pub store: Arc<dyn Store>,
     shutdown: CancellationToken,
     tasks: Vec<JoinHandle<()>>,
 }
@@ -93,8 +95,6 @@ pub async fn start(cfg: Config) -> anyhow::Result<Server> {
             store: store.clone(),
         }),
         chat: Arc::new(wiring::ApiChatStore {
-            store: store.clone(),
-            clock: state.clock.clone(),
             state: state.clone(),
         }),
         media: Arc::new(sfu.clone()),
@@ -149,6 +149,7 @@ pub async fn start(cfg: Config) -> anyhow::Result<Server> {
         signaling,
         sfu,
         telemetry,
+        store,
         shutdown,
         tasks,
     })

@@ -15,8 +15,6 @@ pub struct SignalingConfig {
     /// Largest text frame processed; bigger ones get `too_large` (up to 4x this the
     /// connection survives, beyond that the WebSocket layer drops the connection).
     pub max_frame_bytes: usize,
-    /// Longest chat message, in Unicode scalar values.
-    pub max_chat_chars: usize,
     /// Sustained client messages per second (token bucket refill rate).
     pub rate_per_sec: f64,
     /// Bucket size: how many messages may arrive in a burst.
@@ -42,7 +40,6 @@ impl Default for SignalingConfig {
             slot_count: 3,
             max_participants: 5000,
             max_frame_bytes: 64 * 1024,
-            max_chat_chars: 2000,
             rate_per_sec: 20.0,
             rate_burst: 40,
             ping_interval: Duration::from_secs(20),

@@ -928,23 +928,18 @@ impl Session {
 
     async fn send_message(&mut self, text: String) -> Handled {
         let (_, room_id) = self.current()?;
-        if text.trim().is_empty() {
-            return Err(Refusal::new(ErrorCode::BadMessage, "empty message"));
-        }
-        let max = self.inner.cfg.max_chat_chars;
-        if text.chars().nth(max).is_some() {
-            return Err(Refusal::new(
-                ErrorCode::TooLarge,
-                format!("messages are limited to {max} characters"),
-            ));
-        }
+        // The chat rules (trimming, length, who may post) are the control plane's, the
+        // same for this socket as for HTTP: the store applies them.
         let stored = self
             .inner
             .ports
             .chat
             .store_message(&room_id, &self.user, &text)
             .await
-            .map_err(|e| Refusal::internal("storing the message", &e))?;
+            .map_err(|e| match e {
+                SignalingError::Refused { code, message } => Refusal::new(code, message),
+                e => Refusal::internal("storing the message", &e),
+            })?;
         self.inner.state.lock().broadcast(
             &room_id,
             &ServerMessage::ReceiveMessage { message: stored },
