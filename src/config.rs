@@ -199,6 +199,16 @@ pub struct Config {
     #[arg(long, env = "RESUME_GRACE_SECS", default_value_t = 15)]
     pub resume_grace_secs: u64,
 
+    /// The resume grace, in seconds, of a place whose audio never connected (at most
+    /// RESUME_GRACE_SECS): places that were only ever a socket are given up quickly.
+    #[arg(long, env = "UNCONNECTED_GRACE_SECS", default_value_t = 5)]
+    pub unconnected_grace_secs: u64,
+
+    /// Places one user may hold in one room (tabs, including places waiting for a
+    /// resume); a join over it replaces the user's oldest resumable place.
+    #[arg(long, env = "MAX_PLACES_PER_USER", default_value_t = 4)]
+    pub max_places_per_user: usize,
+
     /// Client messages per second on one WebSocket (sustained; bursts of twice this pass).
     #[arg(long, env = "WS_RATE_PER_SEC", default_value_t = 20)]
     pub ws_rate_per_sec: u32,
@@ -244,6 +254,10 @@ impl Config {
             "MAX_PARTICIPANTS must be positive"
         );
         anyhow::ensure!(self.ws_rate_per_sec > 0, "WS_RATE_PER_SEC must be positive");
+        anyhow::ensure!(
+            self.max_places_per_user > 0,
+            "MAX_PLACES_PER_USER must be positive"
+        );
         let ice_servers = if self.ice_servers.is_empty() {
             Vec::new()
         } else {
@@ -259,6 +273,8 @@ impl Config {
             rate_per_sec: f64::from(self.ws_rate_per_sec),
             rate_burst: self.ws_rate_per_sec.saturating_mul(2),
             resume_grace: std::time::Duration::from_secs(self.resume_grace_secs),
+            unconnected_grace: std::time::Duration::from_secs(self.unconnected_grace_secs),
+            max_places_per_user: self.max_places_per_user,
             ice_servers,
             ..signaling::SignalingConfig::default()
         })

@@ -242,6 +242,9 @@ pub enum ErrorCode {
     NotFound,
     /// The room reached its participant cap.
     RoomFull,
+    /// The user already holds the most places allowed in this room, all of them live
+    /// (open in other tabs); close one to join here.
+    TooManyTabs,
     /// Too many messages per second.
     RateLimited,
     /// Message or frame over the limit.

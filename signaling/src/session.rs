@@ -15,11 +15,12 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use crate::config::SignalingConfig;
 use crate::error::SignalingError;
 use crate::ports::{AuthUser, CallEvent, DeleteOutcome, MediaOffer, RoomAccess};
 use crate::protocol::{ClientMessage, ErrorCode, Participant, ParticipantId, Role, ServerMessage};
 use crate::rate::TokenBucket;
-use crate::rooms::{CallPhase, Conn, Outgoing, Part, Room, encode};
+use crate::rooms::{CallPhase, Conn, Outgoing, Part, Room, State, encode};
 use crate::server::Inner;
 
 /// Close code for a connection ended by the server for a policy reason (refused
@@ -398,6 +399,9 @@ impl Session {
             return Err(Refusal::new(ErrorCode::BadMessage, "invalid roomId"));
         }
         let mut rechecks = 0;
+        // Places of this user freed to stay within the per-user cap (finished below,
+        // outside the state lock).
+        let mut evicted = Vec::new();
         loop {
             let closures_seen = self.inner.state.lock().closures;
             let access = self.check_join(&room_id).await?;
@@ -461,15 +465,24 @@ impl Session {
                     "a moderator removed you from this room",
                 ));
             }
-            if st
-                .rooms
-                .get(&room_id)
-                .is_some_and(|r| r.members.len() >= cfg.max_participants)
+            let is_owner = self.user.user_id == access.owner_user_id;
+            let evict = places_to_free(&st, &room_id, &self.user.user_id, cfg)?;
+            // The owner (the room's moderator) is never locked out of their own room.
+            if !is_owner
+                && st.rooms.get(&room_id).is_some_and(|r| {
+                    r.members.len().saturating_sub(evict.len()) >= cfg.max_participants
+                })
             {
                 return Err(Refusal::fatal(ErrorCode::RoomFull, "the room is full"));
             }
+            for old in evict {
+                if let Some(part) = st.remove_and_announce(old) {
+                    tracing::debug!(pid = old.0, "place over the per-user cap freed");
+                    evicted.push(part);
+                }
+            }
             let pid = self.inner.next_pid();
-            let role = if self.user.user_id == access.owner_user_id {
+            let role = if is_owner {
                 Role::Moderator
             } else {
                 Role::Listener
@@ -515,6 +528,7 @@ impl Session {
                     resume_token: token.clone(),
                     call: CallPhase::Idle,
                     media_connected: false,
+                    had_media: false,
                     detach_gen: 0,
                 },
             );
@@ -545,6 +559,9 @@ impl Session {
                 Some(pid),
             );
             break;
+        }
+        for part in &evicted {
+            self.inner.after_removal(part);
         }
         if let Err(e) = self.inner.ports.chat.touch_room(&room_id).await {
             tracing::warn!(error = %e, "failed to record room activity");
@@ -976,6 +993,47 @@ impl Session {
             )),
         }
     }
+}
+
+/// The places of `user_id` in `room_id` to free so one more fits under the per-user
+/// cap: the oldest places waiting for a resume (a reloaded tab's old place). A refusal
+/// when every place of theirs is live.
+fn places_to_free(
+    st: &State,
+    room_id: &str,
+    user_id: &str,
+    cfg: &SignalingConfig,
+) -> Result<Vec<ParticipantId>, Refusal> {
+    let Some(room) = st.rooms.get(room_id) else {
+        return Ok(Vec::new());
+    };
+    let cap = cfg.max_places_per_user.max(1);
+    // Members are ordered by participant id, which grows with time: oldest first.
+    let mine: Vec<(ParticipantId, bool)> = room
+        .members
+        .iter()
+        .filter_map(|pid| {
+            let p = st.parts.get(pid)?;
+            (p.user.user_id == user_id).then_some((*pid, p.conn.is_none()))
+        })
+        .collect();
+    if mine.len() < cap {
+        return Ok(Vec::new());
+    }
+    let excess = mine.len() + 1 - cap;
+    let resumable: Vec<ParticipantId> = mine
+        .iter()
+        .filter(|(_, resumable)| *resumable)
+        .map(|(pid, _)| *pid)
+        .take(excess)
+        .collect();
+    if resumable.len() < excess {
+        return Err(Refusal::fatal(
+            ErrorCode::TooManyTabs,
+            format!("you are in this room in {cap} tabs already; close one to join here"),
+        ));
+    }
+    Ok(resumable)
 }
 
 fn offer_message(offer: MediaOffer) -> ServerMessage {
