@@ -7,6 +7,7 @@ use std::io::Write;
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context;
 use api::auth::JwtSecrets;
@@ -43,6 +44,28 @@ pub struct Config {
     /// `DB_URL` is accepted as an alias (Talkspace's name).
     #[arg(long, env = "MONGO_URI")]
     pub mongo_uri: Option<String>,
+
+    /// How long a MongoDB operation waits for a reachable server before the request
+    /// gets 503 (and `Retry-After`), milliseconds.
+    #[arg(
+        long,
+        env = "MONGO_SERVER_SELECTION_TIMEOUT_MS",
+        default_value_t = 2000
+    )]
+    pub mongo_server_selection_timeout_ms: u64,
+
+    /// Deadline of one store operation on MongoDB (a database that accepts connections
+    /// but does not answer), milliseconds; past it the request gets 503.
+    #[arg(long, env = "MONGO_OPERATION_TIMEOUT_MS", default_value_t = 10000)]
+    pub mongo_operation_timeout_ms: u64,
+
+    /// MongoDB write concern `w`: `majority` or a number of members.
+    #[arg(long, env = "MONGO_WRITE_CONCERN", default_value = "majority")]
+    pub mongo_write_concern: String,
+
+    /// MongoDB write concern `j`: acknowledge writes only once they are journaled.
+    #[arg(long, env = "MONGO_JOURNAL", default_value_t = true, action = clap::ArgAction::Set)]
+    pub mongo_journal: bool,
 
     /// Secret signing access tokens (HS256). Generated and kept in the data dir if unset.
     #[arg(long, env = "JWT_ACCESS_TOKEN_SECRET", hide_env_values = true)]
@@ -278,6 +301,29 @@ impl Config {
             ice_servers,
             ..signaling::SignalingConfig::default()
         })
+    }
+
+    /// The MongoDB store's timeouts and write concern, and the deadline of one store
+    /// operation.
+    pub fn mongo_settings(&self) -> anyhow::Result<(api::store::MongoSettings, Duration)> {
+        anyhow::ensure!(
+            self.mongo_server_selection_timeout_ms > 0,
+            "MONGO_SERVER_SELECTION_TIMEOUT_MS must be positive"
+        );
+        anyhow::ensure!(
+            self.mongo_operation_timeout_ms > 0,
+            "MONGO_OPERATION_TIMEOUT_MS must be positive"
+        );
+        let settings = api::store::MongoSettings {
+            server_selection_timeout: Duration::from_millis(self.mongo_server_selection_timeout_ms),
+            write_acknowledgment: api::store::MongoSettings::parse_w(&self.mongo_write_concern)
+                .map_err(|e| anyhow::anyhow!("MONGO_WRITE_CONCERN: {e}"))?,
+            journal: self.mongo_journal,
+        };
+        Ok((
+            settings,
+            Duration::from_millis(self.mongo_operation_timeout_ms),
+        ))
     }
 
     /// Parses flags and environment, applying the `DB_URL` alias for `MONGO_URI`.
