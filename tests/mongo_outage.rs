@@ -81,6 +81,7 @@ async fn expect_unavailable(s: &TestServer, path: &str, token: &str) -> anyhow::
     assert_eq!(r.status, 503, "{path}: {}", r.body);
     assert_eq!(r.header("retry-after"), Some("2"), "{path}");
     assert!(took < FAST, "{path} took {took:?}");
+    println!("{path}: 503 in {took:?}");
     Ok(())
 }
 
@@ -107,7 +108,9 @@ async fn with_mongodb_down_requests_get_503_fast_and_recover_when_it_is_back() -
     assert_eq!(ready.status, 503);
 
     let _db = start_db(port, storage).await?;
+    let back = Instant::now();
     wait_ready(&s).await?;
+    println!("ready {:?} after SecantusDB was back", back.elapsed());
     let r = s.http("GET", &room_path, Some(&token), None).await?;
     assert_eq!(r.status, 200, "{}", r.body);
     s.stop().await;
