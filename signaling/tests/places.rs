@@ -238,3 +238,47 @@ async fn a_place_that_never_had_audio_is_given_up_after_the_short_grace() -> R {
         .await?;
     Ok(())
 }
+
+/// The same with the production graces (15 s, and 5 s without audio), on virtual time
+/// once the sockets are gone (the socket exchanges before run on real time: the clock's
+/// auto-advance would otherwise fire the client's deadlines while it waits on I/O).
+#[tokio::test]
+async fn with_the_default_graces_a_place_without_audio_goes_after_5_s_one_with_audio_after_15_s()
+-> R {
+    let cfg = signaling::SignalingConfig::default();
+    assert_eq!(cfg.resume_grace, Duration::from_secs(15));
+    assert_eq!(cfg.unconnected_grace, Duration::from_secs(5));
+    let h = start(cfg).await?;
+    let (_watcher, _) = h.join("alice", "open").await?;
+    let (mut carol, carol_pid) = h.join("carol", "open").await?;
+    carol.join_call().await?;
+    h.emit(MediaEvent::Connected { pid: carol_pid })?;
+    carol
+        .expect("call_state", |m| {
+            matches!(m, ServerMessage::CallState { connected: true })
+        })
+        .await?;
+    let (bob, _) = h.join("bob", "open").await?;
+    let before = tokio::time::Instant::now();
+    carol.drop_connection();
+    bob.drop_connection();
+    wait_reconnecting(&h, "open", 2).await?;
+    let after = tokio::time::Instant::now();
+    // Each grace started between `before` and `after`.
+    tokio::time::pause();
+    let at = |ms: u64| tokio::time::sleep_until(before + Duration::from_millis(ms));
+    let at_after = |ms: u64| tokio::time::sleep_until(after + Duration::from_millis(ms));
+    at(4900).await;
+    assert_eq!(people(&h, "open"), 3, "both places are held before 5 s");
+    at_after(5100).await;
+    assert_eq!(people(&h, "open"), 2, "the place without audio went at 5 s");
+    at(14_900).await;
+    assert_eq!(
+        people(&h, "open"),
+        2,
+        "the place with audio is held until 15 s"
+    );
+    at_after(15_100).await;
+    assert_eq!(people(&h, "open"), 1, "and goes at 15 s");
+    Ok(())
+}
