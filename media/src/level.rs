@@ -561,7 +561,10 @@ mod tests {
         assert!(later < at_stop, "{later} < {at_stop}");
         assert_eq!(much_later, 0.0);
         assert!(m.speaking(t + Duration::from_millis(250)), "hangover");
-        assert!(!m.speaking(t + Duration::from_millis(400)), "hangover expired");
+        assert!(
+            !m.speaking(t + Duration::from_millis(400)),
+            "hangover expired"
+        );
     }
 
     #[test]
@@ -575,7 +578,14 @@ mod tests {
         let mut ended = None;
         for _ in 0..100 {
             now += Duration::from_millis(20);
-            m.observe(&s, AudioLevel { dbov: 127, voice: false }, now);
+            m.observe(
+                &s,
+                AudioLevel {
+                    dbov: 127,
+                    voice: false,
+                },
+                now,
+            );
             if ended.is_none() && !m.speaking(now) {
                 ended = Some(now - t);
             }
@@ -590,7 +600,14 @@ mod tests {
         let mut now = feed(&mut m, &s, t0(), 50, 20);
         for _ in 0..10 {
             now += Duration::from_millis(20);
-            m.observe(&s, AudioLevel { dbov: 127, voice: false }, now);
+            m.observe(
+                &s,
+                AudioLevel {
+                    dbov: 127,
+                    voice: false,
+                },
+                now,
+            );
             assert!(m.speaking(now), "a word gap is not the end of speech");
         }
     }

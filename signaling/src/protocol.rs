@@ -271,6 +271,9 @@ pub enum ErrorCode {
     RoomFull,
     /// A moderator removed you from this room and has not let you back in.
     Removed,
+    /// The user already holds the most places allowed in this room, all of them live
+    /// (open in other tabs); close one to join here.
+    TooManyTabs,
     /// Too many messages per second.
     RateLimited,
     /// Message or frame over the limit.

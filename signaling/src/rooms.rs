@@ -103,6 +103,9 @@ pub(crate) struct Part {
     pub(crate) call: CallPhase,
     /// Media reported ICE+DTLS up for the current peer connection.
     pub(crate) media_connected: bool,
+    /// Media was connected at some point of this place's life: a place that never had
+    /// audio gets the short resume grace (`unconnected_grace`).
+    pub(crate) had_media: bool,
     /// Bumped on every detach/attach so a stale grace timer does nothing.
     pub(crate) detach_gen: u64,
 }
@@ -334,6 +337,20 @@ impl State {
         );
         self.send_removed_to_moderators(room_id);
         Some(heir)
+    }
+
+    /// `remove_part`, and everyone left in the room sees `participant_left`. The caller
+    /// finishes with `Inner::after_removal` once the state lock is released.
+    pub(crate) fn remove_and_announce(&mut self, pid: ParticipantId) -> Option<Part> {
+        let part = self.remove_part(pid)?;
+        self.broadcast(
+            &part.room_id,
+            &ServerMessage::ParticipantLeft {
+                participant_id: pid,
+            },
+            None,
+        );
+        Some(part)
     }
 
     /// Empties and drops a live room at once: queues `farewell` (serialised once) and

@@ -15,13 +15,14 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use crate::config::SignalingConfig;
 use crate::error::SignalingError;
 use crate::ports::{AuthUser, CallEvent, DeleteOutcome, MediaOffer, RoomAccess};
 use crate::protocol::{
     ClientMessage, ErrorCode, Participant, ParticipantId, RemovedUser, Role, ServerMessage,
 };
 use crate::rate::TokenBucket;
-use crate::rooms::{CallPhase, Conn, Outgoing, Part, Room, encode};
+use crate::rooms::{CallPhase, Conn, Outgoing, Part, Room, State, encode};
 use crate::server::Inner;
 
 /// Close code for a connection ended by the server for a policy reason (refused
@@ -401,6 +402,9 @@ impl Session {
             return Err(Refusal::new(ErrorCode::BadMessage, "invalid roomId"));
         }
         let mut rechecks = 0;
+        // Places of this user freed to stay within the per-user cap (finished below,
+        // outside the state lock).
+        let mut evicted = Vec::new();
         loop {
             let closures_seen = self.inner.state.lock().closures;
             let access = self.check_join(&room_id).await?;
@@ -464,15 +468,24 @@ impl Session {
                     "a moderator removed you from this room; the host can let you back in",
                 ));
             }
-            if st
-                .rooms
-                .get(&room_id)
-                .is_some_and(|r| r.members.len() >= cfg.max_participants)
+            let is_owner = self.user.user_id == access.owner_user_id;
+            let evict = places_to_free(&st, &room_id, &self.user.user_id, cfg)?;
+            // The owner (the room's moderator) is never locked out of their own room.
+            if !is_owner
+                && st.rooms.get(&room_id).is_some_and(|r| {
+                    r.members.len().saturating_sub(evict.len()) >= cfg.max_participants
+                })
             {
                 return Err(Refusal::fatal(ErrorCode::RoomFull, "the room is full"));
             }
+            for old in evict {
+                if let Some(part) = st.remove_and_announce(old) {
+                    tracing::debug!(pid = old.0, "place over the per-user cap freed");
+                    evicted.push(part);
+                }
+            }
             let pid = self.inner.next_pid();
-            let role = if self.user.user_id == access.owner_user_id {
+            let role = if is_owner {
                 Role::Moderator
             } else {
                 Role::Listener
@@ -517,6 +530,7 @@ impl Session {
                     resume_token: token.clone(),
                     call: CallPhase::Idle,
                     media_connected: false,
+                    had_media: false,
                     detach_gen: 0,
                 },
             );
@@ -550,6 +564,9 @@ impl Session {
                 Some(pid),
             );
             break;
+        }
+        for part in &evicted {
+            self.inner.after_removal(part);
         }
         if let Err(e) = self.inner.ports.chat.touch_room(&room_id).await {
             tracing::warn!(error = %e, "failed to record room activity");
@@ -996,23 +1013,18 @@ impl Session {
 
     async fn send_message(&mut self, text: String) -> Handled {
         let (_, room_id) = self.current()?;
-        if text.trim().is_empty() {
-            return Err(Refusal::new(ErrorCode::BadMessage, "empty message"));
-        }
-        let max = self.inner.cfg.max_chat_chars;
-        if text.chars().nth(max).is_some() {
-            return Err(Refusal::new(
-                ErrorCode::TooLarge,
-                format!("messages are limited to {max} characters"),
-            ));
-        }
+        // The chat rules (trimming, length, who may post) are the control plane's, the
+        // same for this socket as for HTTP: the store applies them.
         let stored = self
             .inner
             .ports
             .chat
             .store_message(&room_id, &self.user, &text)
             .await
-            .map_err(|e| Refusal::internal("storing the message", &e))?;
+            .map_err(|e| match e {
+                SignalingError::Refused { code, message } => Refusal::new(code, message),
+                e => Refusal::internal("storing the message", &e),
+            })?;
         self.inner.state.lock().broadcast(
             &room_id,
             &ServerMessage::ReceiveMessage { message: stored },
@@ -1049,6 +1061,47 @@ impl Session {
             )),
         }
     }
+}
+
+/// The places of `user_id` in `room_id` to free so one more fits under the per-user
+/// cap: the oldest places waiting for a resume (a reloaded tab's old place). A refusal
+/// when every place of theirs is live.
+fn places_to_free(
+    st: &State,
+    room_id: &str,
+    user_id: &str,
+    cfg: &SignalingConfig,
+) -> Result<Vec<ParticipantId>, Refusal> {
+    let Some(room) = st.rooms.get(room_id) else {
+        return Ok(Vec::new());
+    };
+    let cap = cfg.max_places_per_user.max(1);
+    // Members are ordered by participant id, which grows with time: oldest first.
+    let mine: Vec<(ParticipantId, bool)> = room
+        .members
+        .iter()
+        .filter_map(|pid| {
+            let p = st.parts.get(pid)?;
+            (p.user.user_id == user_id).then_some((*pid, p.conn.is_none()))
+        })
+        .collect();
+    if mine.len() < cap {
+        return Ok(Vec::new());
+    }
+    let excess = mine.len() + 1 - cap;
+    let resumable: Vec<ParticipantId> = mine
+        .iter()
+        .filter(|(_, resumable)| *resumable)
+        .map(|(pid, _)| *pid)
+        .take(excess)
+        .collect();
+    if resumable.len() < excess {
+        return Err(Refusal::fatal(
+            ErrorCode::TooManyTabs,
+            format!("you are in this room in {cap} tabs already; close one to join here"),
+        ));
+    }
+    Ok(resumable)
 }
 
 fn offer_message(offer: MediaOffer) -> ServerMessage {
