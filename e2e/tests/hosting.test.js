@@ -45,10 +45,16 @@ test('the host enters muted, with an obvious Unmute and no green "live" dot', as
   const mic = p.locator('.mic-btn');
   await mic.waitFor();
   assert.equal(await mic.getAttribute('aria-label'), 'Unmute microphone');
-  // The "you're muted" toast does not cover the button it points at.
+  // The "you're muted" toast does not cover the button it points at. Both are read in
+  // one go (the control bar re-renders as the mute settles).
   const t = p.locator('.toast', { hasText: 'You’re muted' });
   await t.waitFor();
-  const [tb, mb] = [await t.boundingBox(), await mic.boundingBox()];
+  let tb;
+  let mb;
+  await waitFor(async () => {
+    [tb, mb] = [await t.boundingBox(), await mic.boundingBox()];
+    return Boolean(tb && mb);
+  }, { what: 'the toast and the mic button both on screen' });
   assert.ok(tb.y + tb.height <= mb.y || tb.y >= mb.y + mb.height || tb.x + tb.width <= mb.x || tb.x >= mb.x + mb.width, `toast ${JSON.stringify(tb)} clear of the mic ${JSON.stringify(mb)}`);
   await p.locator('.mic-btn.off').waitFor();
   await p.locator('.ctrl-status', { hasText: 'You’re muted' }).waitFor({ timeout: 30000 });
