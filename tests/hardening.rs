@@ -95,7 +95,10 @@ async fn health_stays_fast_while_slowloris_sockets_exceed_the_connection_cap() -
     // The target is 100 ms: the median must meet it; the bound on the slowest is
     // generous for a busy shared machine yet well below the header timeout that would
     // otherwise free the sockets.
-    assert!(median < Duration::from_millis(100), "health median {median:?}");
+    assert!(
+        median < Duration::from_millis(100),
+        "health median {median:?}"
+    );
     assert!(max < Duration::from_secs(1), "health took {max:?}");
 
     let m = http(addr, "GET", "/metrics", None, None).await?.body;
