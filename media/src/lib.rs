@@ -20,6 +20,7 @@
 //!   tested on virtual time.
 
 mod batch;
+mod driver;
 mod engine;
 pub mod ids;
 pub mod level;

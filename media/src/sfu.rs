@@ -15,7 +15,7 @@
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, UdpSocket as StdUdpSocket};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tokio::sync::mpsc::{self, UnboundedReceiver, UnboundedSender};
 use tokio::sync::oneshot;
@@ -329,13 +329,16 @@ fn spawn_shard(
                 }
             };
             runtime.block_on(async move {
-                let engine = tokio::net::UdpSocket::from_std(socket)
+                let started = tokio::net::UdpSocket::from_std(socket)
+                    .and_then(|socket| Ok((socket.local_addr()?, socket)))
                     .map_err(MediaError::Bind)
-                    .and_then(|socket| Engine::new(socket, ctx));
-                match engine {
-                    Ok(engine) => {
+                    .and_then(|(local, socket)| {
+                        Ok((Engine::new(local, ctx, Instant::now())?, socket))
+                    });
+                match started {
+                    Ok((engine, socket)) => {
                         let _ = ready_tx.send(Ok(()));
-                        engine.run(commands).await;
+                        crate::driver::run(engine, socket, commands).await;
                     }
                     Err(e) => {
                         let _ = ready_tx.send(Err(e));
