@@ -7,6 +7,7 @@ use std::io::Write;
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context;
 use api::auth::JwtSecrets;
@@ -43,6 +44,28 @@ pub struct Config {
     /// `DB_URL` is accepted as an alias (Talkspace's name).
     #[arg(long, env = "MONGO_URI")]
     pub mongo_uri: Option<String>,
+
+    /// How long a MongoDB operation waits for a reachable server before the request
+    /// gets 503 (and `Retry-After`), milliseconds.
+    #[arg(
+        long,
+        env = "MONGO_SERVER_SELECTION_TIMEOUT_MS",
+        default_value_t = 2000
+    )]
+    pub mongo_server_selection_timeout_ms: u64,
+
+    /// Deadline of one store operation on MongoDB (a database that accepts connections
+    /// but does not answer), milliseconds; past it the request gets 503.
+    #[arg(long, env = "MONGO_OPERATION_TIMEOUT_MS", default_value_t = 10000)]
+    pub mongo_operation_timeout_ms: u64,
+
+    /// MongoDB write concern `w`: `majority` or a number of members.
+    #[arg(long, env = "MONGO_WRITE_CONCERN", default_value = "majority")]
+    pub mongo_write_concern: String,
+
+    /// MongoDB write concern `j`: acknowledge writes only once they are journaled.
+    #[arg(long, env = "MONGO_JOURNAL", default_value_t = true, action = clap::ArgAction::Set)]
+    pub mongo_journal: bool,
 
     /// Secret signing access tokens (HS256). Generated and kept in the data dir if unset.
     #[arg(long, env = "JWT_ACCESS_TOKEN_SECRET", hide_env_values = true)]
@@ -217,6 +240,16 @@ pub struct Config {
     #[arg(long, env = "RESUME_GRACE_SECS", default_value_t = 15)]
     pub resume_grace_secs: u64,
 
+    /// The resume grace, in seconds, of a place whose audio never connected (at most
+    /// RESUME_GRACE_SECS): places that were only ever a socket are given up quickly.
+    #[arg(long, env = "UNCONNECTED_GRACE_SECS", default_value_t = 5)]
+    pub unconnected_grace_secs: u64,
+
+    /// Places one user may hold in one room (tabs, including places waiting for a
+    /// resume); a join over it replaces the user's oldest resumable place.
+    #[arg(long, env = "MAX_PLACES_PER_USER", default_value_t = 4)]
+    pub max_places_per_user: usize,
+
     /// Client messages per second on one WebSocket (sustained; bursts of twice this pass).
     #[arg(long, env = "WS_RATE_PER_SEC", default_value_t = 20)]
     pub ws_rate_per_sec: u32,
@@ -291,6 +324,10 @@ impl Config {
             "MAX_PARTICIPANTS must be positive"
         );
         anyhow::ensure!(self.ws_rate_per_sec > 0, "WS_RATE_PER_SEC must be positive");
+        anyhow::ensure!(
+            self.max_places_per_user > 0,
+            "MAX_PLACES_PER_USER must be positive"
+        );
         let ice_servers = if self.ice_servers.is_empty() {
             Vec::new()
         } else {
@@ -303,10 +340,11 @@ impl Config {
         Ok(signaling::SignalingConfig {
             slot_count: self.audio_slots,
             max_participants: self.max_participants,
-            max_chat_chars: self.max_message_chars,
             rate_per_sec: f64::from(self.ws_rate_per_sec),
             rate_burst: self.ws_rate_per_sec.saturating_mul(2),
             resume_grace: std::time::Duration::from_secs(self.resume_grace_secs),
+            unconnected_grace: std::time::Duration::from_secs(self.unconnected_grace_secs),
+            max_places_per_user: self.max_places_per_user,
             ice_servers,
             ..signaling::SignalingConfig::default()
         })
@@ -333,6 +371,29 @@ impl Config {
             idle_timeout: Duration::from_secs(self.http_idle_timeout_secs),
             ..crate::serve::HttpLimits::default()
         })
+    }
+
+    /// The MongoDB store's timeouts and write concern, and the deadline of one store
+    /// operation.
+    pub fn mongo_settings(&self) -> anyhow::Result<(api::store::MongoSettings, Duration)> {
+        anyhow::ensure!(
+            self.mongo_server_selection_timeout_ms > 0,
+            "MONGO_SERVER_SELECTION_TIMEOUT_MS must be positive"
+        );
+        anyhow::ensure!(
+            self.mongo_operation_timeout_ms > 0,
+            "MONGO_OPERATION_TIMEOUT_MS must be positive"
+        );
+        let settings = api::store::MongoSettings {
+            server_selection_timeout: Duration::from_millis(self.mongo_server_selection_timeout_ms),
+            write_acknowledgment: api::store::MongoSettings::parse_w(&self.mongo_write_concern)
+                .map_err(|e| anyhow::anyhow!("MONGO_WRITE_CONCERN: {e}"))?,
+            journal: self.mongo_journal,
+        };
+        Ok((
+            settings,
+            Duration::from_millis(self.mongo_operation_timeout_ms),
+        ))
     }
 
     /// Parses flags and environment, applying the `DB_URL` alias for `MONGO_URI`.

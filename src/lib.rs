@@ -35,6 +35,8 @@ pub struct Server {
     pub signaling: Signaling,
     pub sfu: media::Sfu,
     pub telemetry: Telemetry,
+    /// The control plane's store (tests create users and read what was stored).
+    pub store: Arc<dyn Store>,
     shutdown: CancellationToken,
     tasks: Vec<JoinHandle<()>>,
 }
@@ -67,10 +69,12 @@ pub async fn start(cfg: Config) -> anyhow::Result<Server> {
     let shutdown = CancellationToken::new();
     let telemetry = Telemetry::new()?;
 
-    let store: Arc<dyn Store> = Arc::new(api::store::Timed::new(
-        open_store(&cfg).await?,
-        telemetry.store_observer(),
-    ));
+    let timed = api::store::Timed::new(open_store(&cfg).await?, telemetry.store_observer());
+    let store: Arc<dyn Store> = Arc::new(if cfg.mongo_uri.is_some() {
+        timed.with_deadline(cfg.mongo_settings()?.1)
+    } else {
+        timed
+    });
     let api_config = cfg.api_config()?;
     if !api_config.secure_cookies {
         tracing::warn!("cookies are sent without Secure (INSECURE_COOKIES): development only");
@@ -97,8 +101,6 @@ pub async fn start(cfg: Config) -> anyhow::Result<Server> {
             store: store.clone(),
         }),
         chat: Arc::new(wiring::ApiChatStore {
-            store: store.clone(),
-            clock: state.clock.clone(),
             state: state.clone(),
         }),
         media: Arc::new(sfu.clone()),
@@ -179,6 +181,7 @@ pub async fn start(cfg: Config) -> anyhow::Result<Server> {
         signaling,
         sfu,
         telemetry,
+        store,
         shutdown,
         tasks,
     })
@@ -188,9 +191,11 @@ async fn open_store(cfg: &Config) -> anyhow::Result<Arc<dyn Store>> {
     if let Some(uri) = &cfg.mongo_uri {
         let expiry =
             std::time::Duration::from_secs(u64::try_from(cfg.room_expiry_days.max(1))? * 86_400);
-        let store = MongoStore::connect_uri(uri, expiry)
+        // Does not wait for the database: until it answers, requests get 503 and
+        // `/api/ready` says so; the store connects on its own once it is up.
+        let store = MongoStore::open(uri, expiry, &cfg.mongo_settings()?.0)
             .await
-            .context("connecting to MongoDB")?;
+            .context("MongoDB connection string")?;
         tracing::info!("using the MongoDB store");
         return Ok(Arc::new(store));
     }

@@ -7,12 +7,11 @@ use std::sync::Arc;
 
 use api::access::{AccessError, can_join};
 use api::auth::TokenVerifier;
-use api::clock::Clock;
 use api::dto::{MessageJson, avatar_url};
-use api::store::{Message, MessageId, MessageType, RoomId, Store, UserId, new_id};
+use api::store::{Message, MessageId, MessageType, RoomId, Store, UserId};
 use api::{LiveRoomInfo, LiveRooms};
 use async_trait::async_trait;
-use signaling::protocol::ChatMessage;
+use signaling::protocol::{ChatMessage, ErrorCode};
 use signaling::{
     AuthUser, Authenticator, CallEvent, ChatStore, DeleteOutcome, RoomAccess, RoomDirectory,
     Signaling, SignalingError,
@@ -101,38 +100,31 @@ impl RoomDirectory for ApiRoomDirectory {
     }
 }
 
-/// Chat over the socket, persisted in the control plane's message store.
+/// Chat over the socket, through the control plane's chat functions (`api::chat`): the
+/// same rules and storage as chat over HTTP.
 pub struct ApiChatStore {
-    pub store: Arc<dyn Store>,
-    pub clock: Arc<dyn Clock>,
-    /// For the control plane's own chat rules (deletes).
     pub state: api::AppState,
 }
 
-impl ApiChatStore {
-    async fn insert(
-        &self,
-        room_id: &str,
-        author: &AuthUser,
-        kind: MessageType,
-        text: String,
-    ) -> Result<ChatMessage, SignalingError> {
-        let msg = Message {
-            id: MessageId(new_id()),
-            room_id: RoomId(room_id.to_owned()),
-            author_id: UserId(author.user_id.clone()),
-            author_name: author.name.clone(),
-            kind,
-            text,
-            attachment: None,
-            created_at: self.clock.now(),
-        };
-        self.store
-            .insert_message(msg.clone())
-            .await
-            .map_err(backend)?;
-        Ok(chat_message(&msg))
-    }
+/// A refusal of the chat rules as the socket reports it: the same message as over HTTP,
+/// with the protocol's nearest error code. Store failures stay internal.
+fn chat_refusal(e: api::ApiError) -> SignalingError {
+    let message = e.to_string();
+    let code = match e {
+        api::ApiError::BadRequest { .. } => ErrorCode::BadMessage,
+        api::ApiError::Forbidden { .. } => ErrorCode::Forbidden,
+        // A validly signed token for a user the store does not know (a minted load-test
+        // guest): joining and calls are open to it, posting is not, as over HTTP.
+        api::ApiError::Unauthorized { .. } => {
+            return SignalingError::Refused {
+                code: ErrorCode::Forbidden,
+                message: "Sign in and set your name before posting".into(),
+            };
+        }
+        api::ApiError::NotFound(_) => ErrorCode::NotFound,
+        other => return backend(other),
+    };
+    SignalingError::Refused { code, message }
 }
 
 /// The protocol's chat message from a stored one (same JSON as the HTTP API's).
@@ -149,6 +141,7 @@ pub fn chat_message(m: &Message) -> ChatMessage {
         url: j.url,
         file_id: j.file_id,
         created_at: j.created_at,
+        duration: j.duration,
     }
 }
 
@@ -160,8 +153,19 @@ impl ChatStore for ApiChatStore {
         author: &AuthUser,
         text: &str,
     ) -> Result<ChatMessage, SignalingError> {
-        self.insert(room_id, author, MessageType::Text, text.to_owned())
-            .await
+        // The same function as `POST /api/room/{roomId}/messages`: one set of chat rules
+        // (trimming, length, an activated profile, room visibility) for both paths.
+        let posted = api::chat::post_text(
+            &self.state,
+            &RoomId(room_id.to_owned()),
+            &UserId(author.user_id.clone()),
+            text,
+        )
+        .await;
+        match posted {
+            Ok(msg) => Ok(chat_message(&msg)),
+            Err(e) => Err(chat_refusal(e)),
+        }
     }
 
     async fn delete_message(
@@ -202,12 +206,23 @@ impl ChatStore for ApiChatStore {
                 format!("{} left the call", user.name),
             ),
         };
-        self.insert(room_id, user, kind, text).await
+        let msg = api::chat::post_system(
+            &self.state,
+            &RoomId(room_id.to_owned()),
+            &UserId(user.user_id.clone()),
+            &user.name,
+            kind,
+            &text,
+        )
+        .await
+        .map_err(backend)?;
+        Ok(chat_message(&msg))
     }
 
     async fn touch_room(&self, room_id: &str) -> Result<(), SignalingError> {
-        self.store
-            .touch_room(&RoomId(room_id.to_owned()), self.clock.now())
+        self.state
+            .store
+            .touch_room(&RoomId(room_id.to_owned()), self.state.now())
             .await
             .map_err(backend)
     }

@@ -87,8 +87,10 @@ async fn chat_over_the_socket_is_persisted_broadcast_and_deletable_only_by_its_a
 -> anyhow::Result<()> {
     let s = TestServer::start(&[]).await?;
     let room = s.create_room("chat-owner", "open").await?;
-    let mut alice = s.joiner("chat-alice", &room).no_call().connect().await?;
-    let mut bob = s.joiner("chat-bob", &room).no_call().connect().await?;
+    let alice_id = s.activated_user("+14155550101", "Alice").await?;
+    let bob_id = s.activated_user("+14155550102", "Bob").await?;
+    let mut alice = s.joiner(&alice_id, &room).no_call().connect().await?;
+    let mut bob = s.joiner(&bob_id, &room).no_call().connect().await?;
     let mut owner = s.joiner("chat-owner", &room).no_call().connect().await?;
 
     alice
@@ -108,7 +110,8 @@ async fn chat_over_the_socket_is_persisted_broadcast_and_deletable_only_by_its_a
         })
         .await?;
         assert_eq!(m.message, "hello from alice");
-        assert_eq!(m.user_id, "chat-alice");
+        assert_eq!(m.user_id, alice_id);
+        assert_eq!(m.username, "Alice");
         assert_eq!(m.room_id, room);
         ids.push(m.id);
     }
@@ -120,7 +123,7 @@ async fn chat_over_the_socket_is_persisted_broadcast_and_deletable_only_by_its_a
         .http(
             "GET",
             &format!("/api/room/{room}"),
-            Some(&s.token("chat-bob")),
+            Some(&s.token(&bob_id)),
             None,
         )
         .await?;
@@ -149,7 +152,7 @@ async fn chat_over_the_socket_is_persisted_broadcast_and_deletable_only_by_its_a
         .http(
             "GET",
             &format!("/api/room/{room}"),
-            Some(&s.token("chat-bob")),
+            Some(&s.token(&bob_id)),
             None,
         )
         .await?
@@ -183,7 +186,7 @@ async fn chat_over_the_socket_is_persisted_broadcast_and_deletable_only_by_its_a
         .http(
             "GET",
             &format!("/api/room/{room}"),
-            Some(&s.token("chat-bob")),
+            Some(&s.token(&bob_id)),
             None,
         )
         .await?
@@ -205,6 +208,118 @@ async fn chat_over_the_socket_is_persisted_broadcast_and_deletable_only_by_its_a
     })
     .await?;
     assert_eq!(m.message, "bob still here");
+    s.stop().await;
+    Ok(())
+}
+
+/// Chat over the socket goes through the control plane's rules, the same as
+/// `POST /api/room/{id}/messages`: text is trimmed, empty text is refused, and only a
+/// user who set a name may post (a named-less account and a minted guest may join, not
+/// post). Refusals are non-fatal errors with the HTTP API's message.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chat_over_the_socket_applies_the_same_rules_as_http() -> anyhow::Result<()> {
+    let s = TestServer::start(&[]).await?;
+    let room = s.create_room("rules-owner", "open").await?;
+    let alice = s.activated_user("+14155550201", "Alice").await?;
+    let nameless = s.new_user("+14155550202").await?;
+    let mut a = s.joiner(&alice, &room).no_call().connect().await?;
+    let mut n = s.joiner(&nameless, &room).no_call().connect().await?;
+    let mut guest = s.joiner("minted-guest", &room).no_call().connect().await?;
+
+    // Refused over the socket and over HTTP alike, and nothing is stored or broadcast.
+    let refusal = |m: &ServerMessage| match m {
+        ServerMessage::Error {
+            code,
+            message,
+            fatal,
+        } => Some((*code, message.clone(), *fatal)),
+        ServerMessage::ReceiveMessage { message } => {
+            Some((ErrorCode::Internal, format!("broadcast {message:?}"), true))
+        }
+        _ => None,
+    };
+    n.send(&ClientMessage::SendMessage {
+        message: "no name yet".into(),
+    })
+    .await?;
+    let (code, message, fatal) = expect_event(&mut n, "nameless refusal", refusal).await?;
+    assert_eq!((code, fatal), (ErrorCode::Forbidden, false), "{message}");
+    assert!(message.contains("Set your name"), "{message}");
+    let http = s
+        .http(
+            "POST",
+            &format!("/api/room/{room}/messages"),
+            Some(&s.token(&nameless)),
+            Some(r#"{"message":"no name yet"}"#),
+        )
+        .await?;
+    assert_eq!(http.status, 403, "{}", http.body);
+    assert_eq!(http.json()?["code"], "not_activated");
+
+    guest
+        .send(&ClientMessage::SendMessage {
+            message: "guest talk".into(),
+        })
+        .await?;
+    let (code, _, fatal) = expect_event(&mut guest, "guest refusal", refusal).await?;
+    assert_eq!((code, fatal), (ErrorCode::Forbidden, false));
+
+    a.send(&ClientMessage::SendMessage {
+        message: " \n\t ".into(),
+    })
+    .await?;
+    let (code, message, fatal) = expect_event(&mut a, "empty refusal", refusal).await?;
+    assert_eq!((code, fatal), (ErrorCode::BadMessage, false));
+    assert_eq!(message, "Message must be 1 to 2000 visible characters");
+    // Only invisible and text-direction characters: nothing visible is left.
+    a.send(&ClientMessage::SendMessage {
+        message: "\u{202E}\u{200B}\u{0007}".into(),
+    })
+    .await?;
+    let (code, _, _) = expect_event(&mut a, "invisible refusal", refusal).await?;
+    assert_eq!(code, ErrorCode::BadMessage);
+    a.send(&ClientMessage::SendMessage {
+        message: "x".repeat(2001),
+    })
+    .await?;
+    let (code, message, _) = expect_event(&mut a, "overlong refusal", refusal).await?;
+    assert_eq!(code, ErrorCode::BadMessage);
+    assert_eq!(message, "Message must be 1 to 2000 visible characters");
+
+    // Accepted: cleaned of a bell and a right-to-left override, trimmed, under the
+    // profile's name, for everyone in the room.
+    a.send(&ClientMessage::SendMessage {
+        message: "  hello,\u{0007} \u{202E}room \n".into(),
+    })
+    .await?;
+    for (who, sess) in [
+        ("alice", &mut a),
+        ("nameless", &mut n),
+        ("guest", &mut guest),
+    ] {
+        let m = expect_event(sess, &format!("receive_message at {who}"), |m| match m {
+            ServerMessage::ReceiveMessage { message } => Some(message.clone()),
+            _ => None,
+        })
+        .await?;
+        assert_eq!(m.message, "hello, room");
+        assert_eq!(m.username, "Alice");
+        assert_eq!(m.user_id, alice);
+    }
+    let hist = s
+        .http(
+            "GET",
+            &format!("/api/room/{room}"),
+            Some(&s.token(&alice)),
+            None,
+        )
+        .await?
+        .json()?;
+    let texts: Vec<&str> = hist["messages"]
+        .as_array()
+        .map(|a| a.iter().filter_map(|m| m["message"].as_str()).collect())
+        .unwrap_or_default();
+    assert_eq!(texts, vec!["hello, room"], "{hist}");
     s.stop().await;
     Ok(())
 }

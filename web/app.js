@@ -5,7 +5,7 @@
 //   #/room/ID[?invite] a room
 // Routes that need a session send the user to login and come back after.
 
-import { api, onSessionExpired, refreshSession } from './js/api.js';
+import { api, onSessionExpired, refreshSession, maybeSignedIn } from './js/api.js';
 import { clear, h, toast } from './js/ui.js';
 import { loginView, profileView, lobbyView } from './js/views.js';
 import { RoomView } from './js/room.js';
@@ -111,7 +111,7 @@ async function boot() {
   clear(root, h('div.center-page', h('div.boot', h('img.boot-logo', { src: 'logo.svg', alt: '' }), h('span.spinner'))));
   try {
     // Cookies are HttpOnly: asking the server is the only way to know who we are.
-    app.setUser(await refreshSession());
+    app.setUser(maybeSignedIn() ? await refreshSession() : null);
   } catch (e) {
     clear(root, h('div.center-page', h('div.card.fatal-card',
       h('h1', 'Can’t reach Chorus'),

@@ -26,17 +26,18 @@ pub async fn author(state: &AppState, user: &UserId) -> ApiResult<(User, String)
     Ok((user, name))
 }
 
-/// Trims and checks a text message against the configured length limit.
+/// Cleans and checks a text message: control characters (but newline and tab) and
+/// text-direction overrides go, the rest is trimmed, and what is left must be visible and
+/// within the configured length. The one place chat text is checked, for HTTP and the
+/// socket alike (signaling's adapter calls [`post_text`]).
 pub fn validate_text(state: &AppState, raw: &str) -> ApiResult<String> {
-    let text = raw.trim();
     let max = state.config.max_message_chars;
-    if text.is_empty() || text.chars().count() > max {
-        return Err(ApiError::bad_request(
+    crate::text::clean_message(raw, max).map_err(|_| {
+        ApiError::bad_request(
             "invalid_message",
-            format!("Message must be 1 to {max} characters"),
-        ));
-    }
-    Ok(text.to_owned())
+            format!("Message must be 1 to {max} visible characters"),
+        )
+    })
 }
 
 /// Stores a message and moves the room's activity forward.
@@ -70,11 +71,15 @@ pub async fn post_text(
     Ok(msg)
 }
 
-/// Stores a system notice (`call_notification` / `call_ended`) attributed to `user`.
+/// Stores a system notice (`call_notification` / `call_ended`) attributed to `user`
+/// under `author_name`. Signaling posts these for participants it admitted, who may be
+/// guests the store does not know (minted load-test tokens), so the user is not looked
+/// up; the room must still be visible to them.
 pub async fn post_system(
     state: &AppState,
     room: &RoomId,
     user: &UserId,
+    author_name: &str,
     kind: MessageType,
     text: &str,
 ) -> ApiResult<Message> {
@@ -85,16 +90,11 @@ pub async fn post_system(
         ));
     }
     let room = visible_room(state, room.as_str(), user).await?;
-    let author = state
-        .store
-        .get_user(user)
-        .await?
-        .ok_or_else(|| ApiError::unauthorized("invalid_token", "Unknown user"))?;
     let msg = Message {
         id: MessageId(new_id()),
         room_id: room.id,
-        author_id: author.id,
-        author_name: author.name.unwrap_or_default(),
+        author_id: user.clone(),
+        author_name: author_name.to_owned(),
         kind,
         text: text.chars().take(state.config.max_message_chars).collect(),
         attachment: None,

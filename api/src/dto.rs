@@ -145,6 +145,9 @@ pub struct MessageJson {
     pub url: Option<String>,
     pub file_id: Option<String>,
     pub created_at: String,
+    /// Voice notes: playing time in seconds, measured by the server at upload (null
+    /// when the format could not be measured, and for other messages).
+    pub duration: Option<f64>,
 }
 
 impl MessageJson {
@@ -155,7 +158,11 @@ impl MessageJson {
             room_id: m.room_id.0.clone(),
             user_id: m.author_id.0.clone(),
             username: m.author_name.clone(),
-            message: m.text.clone(),
+            message: if m.kind == MessageType::Voice {
+                String::new()
+            } else {
+                m.text.clone()
+            },
             kind: m.kind,
             url: m
                 .attachment
@@ -163,6 +170,22 @@ impl MessageJson {
                 .and_then(|f| attachment_url(m.kind, f)),
             file_id: m.attachment.as_ref().map(|f| f.0.clone()),
             created_at: rfc3339(m.created_at),
+            duration: voice_duration(m),
         }
     }
+}
+
+/// A voice note has no text, so its stored `text` holds the duration measured at
+/// upload, in whole milliseconds (`voice_text`); this reads it back as seconds.
+/// Anything else (older notes stored with an empty text) has no duration.
+pub fn voice_duration(m: &Message) -> Option<f64> {
+    if m.kind != MessageType::Voice {
+        return None;
+    }
+    m.text.parse::<u64>().ok().map(|ms| ms as f64 / 1000.0)
+}
+
+/// The stored text of a voice note of `duration_ms` (see `voice_duration`).
+pub fn voice_text(duration_ms: Option<u64>) -> String {
+    duration_ms.map(|ms| ms.to_string()).unwrap_or_default()
 }

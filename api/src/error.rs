@@ -12,6 +12,9 @@ use utoipa::ToSchema;
 
 use crate::store::StoreError;
 
+/// `Retry-After` of a 503: a database outage is retried after this many seconds.
+pub const UNAVAILABLE_RETRY_AFTER_SECS: u64 = 2;
+
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
     /// 400: the request is malformed or a value is out of range.
@@ -43,7 +46,7 @@ pub enum ApiError {
     /// 502: an upstream (the SMS provider) failed.
     #[error("{0}")]
     BadGateway(String),
-    /// 503: the database is unreachable.
+    /// 503 with `Retry-After`: the database is unreachable.
     #[error("service unavailable")]
     Unavailable,
     /// 503 with `Retry-After`: a bounded resource (avatar decoding) is busy right now.
@@ -164,6 +167,12 @@ impl IntoResponse for ApiError {
                 resp.headers_mut()
                     .insert(header::RETRY_AFTER, HeaderValue::from(retry_after_secs));
             }
+            Self::Unavailable => {
+                resp.headers_mut().insert(
+                    header::RETRY_AFTER,
+                    HeaderValue::from(UNAVAILABLE_RETRY_AFTER_SECS),
+                );
+            }
             Self::RangeNotSatisfiable { len } => {
                 if let Ok(v) = HeaderValue::from_str(&format!("bytes */{len}")) {
                     resp.headers_mut().insert(header::CONTENT_RANGE, v);
@@ -180,6 +189,10 @@ impl From<StoreError> for ApiError {
         match e {
             StoreError::NotFound => Self::NotFound("resource"),
             StoreError::Conflict => Self::Conflict("Already exists".into()),
+            StoreError::Unavailable(detail) => {
+                tracing::warn!(%detail, "database unavailable");
+                Self::Unavailable
+            }
             StoreError::Backend(detail) => Self::Internal(format!("store: {detail}")),
         }
     }

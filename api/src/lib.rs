@@ -6,6 +6,7 @@
 //! [`access::can_join`] and implements [`live::LiveRooms`].
 
 pub mod access;
+pub mod audio_duration;
 pub mod auth;
 pub mod avatar;
 pub mod chat;

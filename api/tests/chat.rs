@@ -319,6 +319,7 @@ async fn the_chat_functions_for_signaling_apply_the_same_rules() {
         &app.state,
         &lobby,
         &ua,
+        "Alice",
         MessageType::CallNotification,
         "Alice joined the call",
     )
@@ -328,7 +329,7 @@ async fn the_chat_functions_for_signaling_apply_the_same_rules() {
     assert_eq!(hist["messages"][1]["type"], "call_notification");
     assert_eq!(hist["messages"][1]["id"], notice.id.as_str());
     assert!(
-        api::chat::post_system(&app.state, &lobby, &ua, MessageType::Text, "x")
+        api::chat::post_system(&app.state, &lobby, &ua, "Alice", MessageType::Text, "x")
             .await
             .is_err()
     );

@@ -372,3 +372,64 @@ async fn uploads_larger_than_the_json_body_limit_are_accepted_up_to_their_own_li
     assert_eq!(d.body.len(), bytes.len());
     assert!(d.body.as_ref() == bytes.as_slice());
 }
+
+/// An Ogg Opus stream of `seconds` (pre-skip 312): OpusHead, OpusTags, one audio page.
+fn ogg_opus(seconds: u64) -> Vec<u8> {
+    fn page(granule: u64, body: &[u8]) -> Vec<u8> {
+        let mut v = b"OggS\0\0".to_vec();
+        v.extend_from_slice(&granule.to_le_bytes());
+        v.extend_from_slice(&[7, 0, 0, 0]); // serial
+        v.extend_from_slice(&[0; 8]);
+        v.push(1);
+        v.push(body.len() as u8);
+        v.extend_from_slice(body);
+        v
+    }
+    let mut head = b"OpusHead\x01\x01".to_vec();
+    head.extend_from_slice(&312u16.to_le_bytes());
+    head.extend_from_slice(&48_000u32.to_le_bytes());
+    let mut v = page(0, &head);
+    v.extend(page(0, b"OpusTags"));
+    v.extend(page(48_000 * seconds + 312, &[0xFC; 100]));
+    v
+}
+
+#[tokio::test]
+async fn a_voice_note_carries_its_measured_duration_in_the_upload_reply_and_the_history() {
+    let app = TestApp::new().await;
+    let a = app.user("+14155550001", "Alice").await;
+    app.get("/api/room/lobby", &a.access).await;
+    let r = upload(&app, &a, "lobby", "voice", "voice", &ogg_opus(3)).await;
+    assert_eq!(r.status, StatusCode::CREATED, "{:?}", r.body);
+    let j = r.json();
+    let measured = j["message"]["id"].clone();
+    assert_eq!(j["message"]["duration"], 3.0);
+    assert_eq!(j["message"]["message"], "", "a voice note has no text");
+    // Unmeasurable audio still uploads, without a duration.
+    let r = upload(&app, &a, "lobby", "voice", "voice", &webm(1000)).await;
+    assert_eq!(r.status, StatusCode::CREATED);
+    assert!(r.json()["message"]["duration"].is_null());
+
+    let hist = app.get("/api/room/lobby", &a.access).await.json();
+    let msgs = hist["messages"].as_array().expect("messages");
+    assert_eq!(msgs.len(), 2);
+    // Both may share a timestamp: tell them apart by id, not by position.
+    for m in msgs {
+        assert_eq!(m["message"], "");
+        if m["id"] == measured {
+            assert_eq!(m["duration"], 3.0);
+        } else {
+            assert!(m["duration"].is_null(), "{m}");
+        }
+    }
+    // Text messages have none.
+    let t = app
+        .post(
+            "/api/room/lobby/messages",
+            &a.access,
+            json!({"message": "hi"}),
+        )
+        .await
+        .json();
+    assert!(t["duration"].is_null(), "{t}");
+}

@@ -122,7 +122,10 @@ export function shownNames(page) {
 /** Enters a room from a link; clicks the pre-join card if the browser asks for a gesture. */
 export async function enterRoom(page, link) {
   await page.goto(link);
-  await page.locator('.tile[data-pid]').first().waitFor();
+  // A cold-opened link is not in the room until "Join room" is tapped; a reload of
+  // a tab that was in the room (or a click inside the app) goes straight in.
+  await page.locator('.tile[data-pid], .prejoin button.primary').first().waitFor();
   const join = page.locator('.prejoin button.primary');
   if (await join.isVisible().catch(() => false)) await join.click();
+  await page.locator('.tile[data-pid]').first().waitFor();
 }

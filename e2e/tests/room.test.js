@@ -66,6 +66,10 @@ test('two listeners join by the link and every page shows all three', async () =
 });
 
 test('the host is heard by both listeners, mute stops it, unmute resumes it', async () => {
+  // The host entered muted, with an obvious Unmute: nothing is heard until the tap.
+  await alice.page.locator('.mic-btn.off').waitFor();
+  await alice.page.click('.mic-btn');
+  await alice.page.locator('.mic-btn.on').waitFor();
   await Promise.all([
     expectAudioFlowing(bob.page, 'Bob', { timeout: 30000 }),
     expectAudioFlowing(carol.page, 'Carol', { timeout: 30000 }),
@@ -117,9 +121,14 @@ test('a voice note recorded with MediaRecorder is uploaded, kept in the history 
   await waitFor(async () => (await p.locator('.rec-time').textContent()) >= '0:02', { what: 'two seconds of recording' });
   const upload = p.waitForResponse((r) => /\/api\/room\/[^/]+\/voice$/.test(r.url()));
   await p.click('.recording button.primary');
-  assert.equal((await upload).status(), 201);
+  const res = await upload;
+  assert.equal(res.status(), 201);
+  // The server measured the note's length from its WebM (MediaRecorder writes none).
+  const { duration } = (await res.json()).message;
+  assert.ok(duration >= 1.5 && duration < 15, `measured duration ${duration}`);
   const mine = p.locator('.msg.mine .voice');
   await mine.waitFor();
+  assert.equal(await mine.locator('.vp-time').textContent(), `0:${String(Math.floor(duration)).padStart(2, '0')}`, 'shown before playing');
   const url = await mine.getAttribute('data-url');
   assert.match(url, /^\/api\/voice\//);
   await p.click('.chat-close');
@@ -139,6 +148,8 @@ test('a voice note recorded with MediaRecorder is uploaded, kept in the history 
   assert.ok(note, 'the voice note is in the history');
   assert.equal(note.url, url);
   assert.equal(note.username, 'Carol Phone');
+  assert.equal(note.duration, duration, 'the history carries the duration');
+  assert.equal(note.message, '', 'a voice note has no text');
 
   // A fresh look at the room (Bob re-opens it) shows the note, and it plays.
   await bob.page.goto(`${server.base}/#/`);
@@ -222,12 +233,31 @@ test('a peer connection that dies is replaced and the audio comes back', async (
   await alice.page.locator('.tile[data-role="listener"]:not(.not-in-call)', { hasText: 'Bob Listener' }).waitFor();
 });
 
-test('the host removes a participant, who sees why', async () => {
+test('the host removes a participant, who sees why and stays out until let back in', async () => {
   const bobTile = alice.page.locator('.tile', { hasText: 'Bob Listener' });
   await bobTile.click();
   await alice.page.click('.menu-item.danger');
-  await bob.page.locator('.fatal-card', { hasText: 'no longer in this room' }).waitFor();
+  await bob.page.locator('.fatal-card', { hasText: 'You were removed from this room' }).waitFor();
   await waitFor(async () => !(await shownNames(alice.page)).includes('Bob Listener'), { what: 'Bob gone from Alice’s page' });
+
+  // Back to the rooms and the same card: still removed, and told so (not "private").
+  await bob.page.click('.fatal-card a.btn.primary');
+  await bob.page.locator('.lobby').waitFor();
+  await bob.page.click(`.room-card[data-room-id="${link.split('/room/')[1]}"]`);
+  const card = bob.page.locator('.fatal-card');
+  await card.locator('h1', { hasText: 'You were removed from this room' }).waitFor();
+  assert.doesNotMatch(await card.textContent(), /private/i);
+  assert.match(await card.textContent(), /lets you back in/);
+
+  // The host sees who is out and lets Bob back in; Bob can join again.
+  const removed = alice.page.locator('.removed-user', { hasText: 'Bob Listener' });
+  await removed.waitFor();
+  await removed.locator('button', { hasText: 'Let back in' }).click();
+  await removed.waitFor({ state: 'detached' });
+  await bob.page.goto(`${server.base}/#/`);
+  await bob.page.locator('.lobby').waitFor();
+  await enterRoom(bob.page, link);
+  await alice.page.locator('.tile', { hasText: 'Bob Listener' }).waitFor();
 });
 
 test('clear errors: unknown room and a private room without an invite', async () => {

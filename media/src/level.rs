@@ -153,7 +153,7 @@ impl Default for LevelConfig {
             attack: Duration::from_millis(80),
             release: Duration::from_millis(300),
             speaking_dbov: 50,
-            hangover: Duration::from_millis(600),
+            hangover: Duration::from_millis(300),
         }
     }
 }
@@ -276,7 +276,10 @@ impl LevelMeter {
         self.last_voice = level.voice;
         self.window_sum += sample;
         self.window_packets = self.window_packets.saturating_add(1);
-        if self.amp >= s.speaking_amp && s.speaking_amp > 0.0 {
+        // Speaking lasts while packets are loud themselves, plus the hangover for the gaps
+        // between words. Keyed on the smoothed level, the indicator lingered for the slow
+        // release's whole decay (~1 s) after someone stopped.
+        if sample >= s.speaking_amp && s.speaking_amp > 0.0 {
             self.speaking_until = Some(now + s.cfg.hangover);
         }
     }
@@ -557,8 +560,56 @@ mod tests {
         let much_later = m.level(&s, t + Duration::from_secs(5));
         assert!(later < at_stop, "{later} < {at_stop}");
         assert_eq!(much_later, 0.0);
-        assert!(m.speaking(t + Duration::from_millis(500)), "hangover");
-        assert!(!m.speaking(t + Duration::from_secs(1)), "hangover expired");
+        assert!(m.speaking(t + Duration::from_millis(250)), "hangover");
+        assert!(
+            !m.speaking(t + Duration::from_millis(400)),
+            "hangover expired"
+        );
+    }
+
+    #[test]
+    fn speaking_ends_within_the_hangover_of_the_last_loud_frame_and_spans_word_gaps() {
+        let s = LevelSmoothing::default();
+        let mut m = LevelMeter::new();
+        // Loud talk for 2 s, then silent frames (the client keeps sending, as without DTX).
+        let t = feed(&mut m, &s, t0(), 100, 20);
+        assert!(m.speaking(t));
+        let mut now = t;
+        let mut ended = None;
+        for _ in 0..100 {
+            now += Duration::from_millis(20);
+            m.observe(
+                &s,
+                AudioLevel {
+                    dbov: 127,
+                    voice: false,
+                },
+                now,
+            );
+            if ended.is_none() && !m.speaking(now) {
+                ended = Some(now - t);
+            }
+        }
+        let ended = ended.expect("stops speaking");
+        assert!(
+            ended <= Duration::from_millis(320),
+            "indicator lingered {ended:?} after the talker stopped"
+        );
+        // A 200 ms pause between words keeps the talker speaking throughout.
+        let mut m = LevelMeter::new();
+        let mut now = feed(&mut m, &s, t0(), 50, 20);
+        for _ in 0..10 {
+            now += Duration::from_millis(20);
+            m.observe(
+                &s,
+                AudioLevel {
+                    dbov: 127,
+                    voice: false,
+                },
+                now,
+            );
+            assert!(m.speaking(now), "a word gap is not the end of speech");
+        }
     }
 
     #[test]

@@ -69,8 +69,10 @@ pub enum CallEvent {
 /// the store accepted.
 #[async_trait]
 pub trait ChatStore: Send + Sync + 'static {
-    /// Stores a text message (already length-checked and non-empty) and returns it as
-    /// it will be broadcast. Should also count as room activity.
+    /// Applies the chat rules (the same as for messages posted over HTTP: trimming,
+    /// length, who may post) and stores the message; returns it as it will be
+    /// broadcast. A message the rules refuse is `Err(SignalingError::Refused{..})`.
+    /// Should also count as room activity. Signaling itself only bounds the frame size.
     async fn store_message(
         &self,
         room_id: &str,

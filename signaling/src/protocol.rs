@@ -70,6 +70,19 @@ pub struct ChatMessage {
     pub file_id: Option<String>,
     /// RFC 3339.
     pub created_at: String,
+    /// Voice notes: playing time in seconds, measured by the server at upload.
+    #[serde(default)]
+    pub duration: Option<f64>,
+}
+
+/// Someone a moderator removed from a room, as the room's moderators see them in the
+/// list of people they may let back in.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RemovedUser {
+    pub user_id: String,
+    pub name: String,
+    pub avatar: Option<String>,
 }
 
 /// STUN/TURN server handed to the client for its RTCPeerConnection.
@@ -129,7 +142,9 @@ pub enum ClientMessage {
     Unmute,
     RaiseHand,
     LowerHand,
-    /// Moderator: make a participant a speaker or a listener.
+    /// Moderator: make a participant a speaker or a listener. The room owner may also
+    /// make someone a moderator (a co-host) or a co-host a speaker again. Anyone on
+    /// stage may set their own role to `listener` (step back to the audience).
     SetRole {
         participant_id: ParticipantId,
         role: Role,
@@ -138,9 +153,14 @@ pub enum ClientMessage {
     MuteParticipant {
         participant_id: ParticipantId,
     },
-    /// Moderator: remove someone from the room.
+    /// Moderator: remove someone from the room. Every tab of that user leaves, and the
+    /// user stays out of the room until a moderator lets them back in.
     RemoveParticipant {
         participant_id: ParticipantId,
+    },
+    /// Moderator: let a removed user join the room again.
+    LetBackIn {
+        user_id: String,
     },
     SendMessage {
         message: String,
@@ -215,9 +235,16 @@ pub enum ServerMessage {
     CallNotification {
         message: ChatMessage,
     },
-    /// You were removed by a moderator, or the room was deleted; the socket closes.
+    /// You were removed by a moderator (`reason` "removed by a moderator"), or the host
+    /// ended (deleted) the room (`reason` "room deleted"); the socket closes.
     Removed {
         reason: String,
+    },
+    /// To moderators: the people removed from this room, who may not come back until
+    /// a moderator sends `let_back_in`. Sent on a moderator's join (when not empty)
+    /// and whenever the list changes.
+    RemovedUsers {
+        users: Vec<RemovedUser>,
     },
     /// Something you sent was refused. The connection stays usable unless `fatal`.
     Error {
@@ -242,6 +269,11 @@ pub enum ErrorCode {
     NotFound,
     /// The room reached its participant cap.
     RoomFull,
+    /// A moderator removed you from this room and has not let you back in.
+    Removed,
+    /// The user already holds the most places allowed in this room, all of them live
+    /// (open in other tabs); close one to join here.
+    TooManyTabs,
     /// Too many messages per second.
     RateLimited,
     /// Message or frame over the limit.

@@ -6,14 +6,18 @@
 //! ref-counted `Utf8Bytes`) to every recipient's bounded queue; a recipient whose
 //! queue is full is disconnected instead of stalling the room.
 
-use std::collections::{BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeSet, HashMap};
 
 use axum::extract::ws::Utf8Bytes;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::ports::{AuthUser, RoomKey};
-use crate::protocol::{Participant, ParticipantId, ServerMessage, SpeakerLevel};
+use crate::protocol::{Participant, ParticipantId, RemovedUser, Role, ServerMessage, SpeakerLevel};
+
+/// At most this many removed users are remembered per room; past it the earliest
+/// removal is forgotten (bounds memory against a moderator removing without end).
+pub(crate) const MAX_REMOVED_PER_ROOM: usize = 1000;
 
 /// What a connection's writer task sends.
 #[derive(Debug)]
@@ -99,6 +103,9 @@ pub(crate) struct Part {
     pub(crate) call: CallPhase,
     /// Media reported ICE+DTLS up for the current peer connection.
     pub(crate) media_connected: bool,
+    /// Media was connected at some point of this place's life: a place that never had
+    /// audio gets the short resume grace (`unconnected_grace`).
+    pub(crate) had_media: bool,
     /// Bumped on every detach/attach so a stale grace timer does nothing.
     pub(crate) detach_gen: u64,
 }
@@ -112,9 +119,6 @@ pub(crate) struct Room {
     pub(crate) slots: Vec<Option<ParticipantId>>,
     pub(crate) spare: Option<ParticipantId>,
     pub(crate) speakers: Vec<SpeakerLevel>,
-    /// Users a moderator removed: refused until the live room empties (lasting bans
-    /// are the control plane's business).
-    pub(crate) removed_users: HashSet<String>,
 }
 
 /// All live rooms and participants of this server.
@@ -128,6 +132,11 @@ pub(crate) struct State {
     /// before a close and arrives after it asks again, so a room deleted meanwhile
     /// is not re-created by a join it had allowed a moment earlier.
     pub(crate) closures: u64,
+    /// Per room id, the users a moderator removed, in removal order. Kept while the
+    /// room empties and fills again (so a removed user stays out until a moderator
+    /// lets them back in); dropped when the room is closed (ended or deleted). In
+    /// memory: a server restart forgets it.
+    pub(crate) removed: HashMap<String, Vec<RemovedUser>>,
 }
 
 /// Cheap live view of a room for the control plane's listings.
@@ -211,6 +220,64 @@ impl State {
         }
     }
 
+    /// Whether a moderator removed `user_id` from `room_id` (and did not let them back).
+    pub(crate) fn is_removed(&self, room_id: &str, user_id: &str) -> bool {
+        self.removed
+            .get(room_id)
+            .is_some_and(|l| l.iter().any(|u| u.user_id == user_id))
+    }
+
+    /// Records a removal (once per user), bounded by `MAX_REMOVED_PER_ROOM`.
+    pub(crate) fn add_removed(&mut self, room_id: &str, user: RemovedUser) {
+        let list = self.removed.entry(room_id.to_owned()).or_default();
+        if list.iter().any(|u| u.user_id == user.user_id) {
+            return;
+        }
+        if list.len() >= MAX_REMOVED_PER_ROOM {
+            list.remove(0);
+        }
+        list.push(user);
+    }
+
+    /// Lets a removed user back in; false if they were not on the list.
+    pub(crate) fn let_back_in(&mut self, room_id: &str, user_id: &str) -> bool {
+        let Some(list) = self.removed.get_mut(room_id) else {
+            return false;
+        };
+        let before = list.len();
+        list.retain(|u| u.user_id != user_id);
+        let changed = list.len() != before;
+        if list.is_empty() {
+            self.removed.remove(room_id);
+        }
+        changed
+    }
+
+    /// The removed-users list of `room_id`, as `removed_users` for moderators.
+    pub(crate) fn removed_message(&self, room_id: &str) -> ServerMessage {
+        ServerMessage::RemovedUsers {
+            users: self.removed.get(room_id).cloned().unwrap_or_default(),
+        }
+    }
+
+    /// Sends the room's removed-users list to each connected moderator in it.
+    pub(crate) fn send_removed_to_moderators(&self, room_id: &str) {
+        let Some(room) = self.rooms.get(room_id) else {
+            return;
+        };
+        let Some(bytes) = encode(&self.removed_message(room_id)) else {
+            return;
+        };
+        for pid in &room.members {
+            if let Some(p) = self.parts.get(pid)
+                && p.info.role == Role::Moderator
+                && let Some(conn) = &p.conn
+            {
+                conn.push(bytes.clone());
+            }
+        }
+    }
+
     pub(crate) fn participants_of(&self, room_id: &str) -> Vec<Participant> {
         let Some(room) = self.rooms.get(room_id) else {
             return Vec::new();
@@ -239,6 +306,53 @@ impl State {
         Some(part)
     }
 
+    /// After a moderator left `room_id` for good: if no moderator is left among the
+    /// members, the earliest-joined speaker becomes one (announced as
+    /// `participant_updated`), so the room is never without moderation while someone
+    /// is on stage. The owner gets the role back on their next join as always.
+    pub(crate) fn hand_over_moderation(&mut self, room_id: &str) -> Option<ParticipantId> {
+        let room = self.rooms.get(room_id)?;
+        let parts = &self.parts;
+        let role_of = |pid: &ParticipantId| parts.get(pid).map(|p| p.info.role);
+        if room
+            .members
+            .iter()
+            .any(|pid| role_of(pid) == Some(Role::Moderator))
+        {
+            return None;
+        }
+        // Members are ordered by participant id, which grows with every join.
+        let heir = room
+            .members
+            .iter()
+            .copied()
+            .find(|pid| role_of(pid) == Some(Role::Speaker))?;
+        let part = self.parts.get_mut(&heir)?;
+        part.info.role = Role::Moderator;
+        let info = part.info.clone();
+        self.broadcast(
+            room_id,
+            &ServerMessage::ParticipantUpdated { participant: info },
+            None,
+        );
+        self.send_removed_to_moderators(room_id);
+        Some(heir)
+    }
+
+    /// `remove_part`, and everyone left in the room sees `participant_left`. The caller
+    /// finishes with `Inner::after_removal` once the state lock is released.
+    pub(crate) fn remove_and_announce(&mut self, pid: ParticipantId) -> Option<Part> {
+        let part = self.remove_part(pid)?;
+        self.broadcast(
+            &part.room_id,
+            &ServerMessage::ParticipantLeft {
+                participant_id: pid,
+            },
+            None,
+        );
+        Some(part)
+    }
+
     /// Empties and drops a live room at once: queues `farewell` (serialised once) and
     /// then a close on every connected member, and removes every member, connected or
     /// waiting to resume, so none can resume into it. Returns the removed entries.
@@ -250,6 +364,7 @@ impl State {
         close_reason: &'static str,
     ) -> Vec<Part> {
         self.closures = self.closures.wrapping_add(1);
+        self.removed.remove(room_id);
         let Some(room) = self.rooms.remove(room_id) else {
             return Vec::new();
         };
@@ -344,6 +459,44 @@ pub(crate) fn personal_slots(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn removed(id: &str) -> RemovedUser {
+        RemovedUser {
+            user_id: id.into(),
+            name: id.into(),
+            avatar: None,
+        }
+    }
+
+    #[test]
+    fn the_removed_list_is_once_per_user_bounded_and_emptied_by_letting_back_in() {
+        let mut st = State::default();
+        st.add_removed("r", removed("u1"));
+        st.add_removed("r", removed("u1"));
+        assert_eq!(st.removed["r"].len(), 1);
+        assert!(st.is_removed("r", "u1") && !st.is_removed("r2", "u1"));
+        for i in 0..MAX_REMOVED_PER_ROOM + 5 {
+            st.add_removed("r", removed(&format!("x{i}")));
+        }
+        assert_eq!(st.removed["r"].len(), MAX_REMOVED_PER_ROOM);
+        assert!(
+            !st.is_removed("r", "u1"),
+            "the earliest removal is forgotten first"
+        );
+        assert!(st.let_back_in("r", "x10"));
+        assert!(!st.let_back_in("r", "x10"));
+        assert!(!st.is_removed("r", "x10"));
+        let ServerMessage::RemovedUsers { users } = st.removed_message("r") else {
+            panic!("removed_users expected");
+        };
+        assert_eq!(users.len(), MAX_REMOVED_PER_ROOM - 1);
+        // Closing the room (ended or deleted) forgets its list.
+        let bye = ServerMessage::Removed {
+            reason: "room deleted".into(),
+        };
+        st.close_room("r", &bye, 1000, "closed");
+        assert!(!st.removed.contains_key("r"));
+    }
 
     #[test]
     fn a_participant_in_a_slot_hears_the_spare_there_and_others_see_the_room_map() {

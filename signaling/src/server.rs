@@ -22,7 +22,7 @@ use crate::ports::{
     AuthUser, Authenticator, CallEvent, ChatStore, MediaControl, MediaEvent, MediaEvents,
     RoomDirectory, RoomKey,
 };
-use crate::protocol::{ChatMessage, ErrorCode, ParticipantId, ServerMessage, SpeakerLevel};
+use crate::protocol::{ChatMessage, ErrorCode, ParticipantId, Role, ServerMessage, SpeakerLevel};
 use crate::rooms::{CallPhase, Part, RoomSnapshot, SignalingStats, State};
 use crate::session;
 
@@ -259,18 +259,22 @@ impl Inner {
             if !st.parts.get(&pid).is_some_and(pred) {
                 return None;
             }
-            let part = st.remove_part(pid)?;
-            st.broadcast(
-                &part.room_id,
-                &ServerMessage::ParticipantLeft {
-                    participant_id: pid,
-                },
-                None,
-            );
+            let part = st.remove_and_announce(pid)?;
+            if part.info.role == Role::Moderator {
+                st.hand_over_moderation(&part.room_id);
+            }
             part
         };
+        self.after_removal(&part);
+        Some(part)
+    }
+
+    /// The rest of a removal, outside the state lock: media forgets the participant,
+    /// and if it was in the call a call-left notice is stored and broadcast (in the
+    /// background).
+    pub(crate) fn after_removal(self: &Arc<Self>, part: &Part) {
         if part.call != CallPhase::Idle {
-            self.ports.media.leave(pid);
+            self.ports.media.leave(part.info.participant_id);
         }
         // Only a completed join was announced; a join still in flight is not.
         if part.call == CallPhase::InCall {
@@ -280,7 +284,6 @@ impl Inner {
                 inner.call_notice(&room_id, &user, CallEvent::Left).await;
             });
         }
-        Some(part)
     }
 
     /// Stores a call join/leave system message, then broadcasts it as
@@ -300,7 +303,7 @@ impl Inner {
     /// `pid`, the participant is detached and removed after the resume grace unless a
     /// `join_room` with its resume token takes it back first.
     pub(crate) fn socket_gone(self: &Arc<Self>, pid: ParticipantId, conn_id: u64) {
-        let generation = {
+        let (generation, had_media) = {
             let mut st = self.state.lock();
             let Some(part) = st.parts.get_mut(&pid) else {
                 return;
@@ -310,9 +313,15 @@ impl Inner {
             }
             part.conn = None;
             part.detach_gen += 1;
-            part.detach_gen
+            (part.detach_gen, part.had_media)
         };
-        let grace = self.cfg.resume_grace;
+        // A place that never had audio is cheap to abandon in bulk (join, drop the TCP
+        // connection, repeat): it is held only briefly.
+        let grace = if had_media {
+            self.cfg.resume_grace
+        } else {
+            self.cfg.unconnected_grace.min(self.cfg.resume_grace)
+        };
         if grace.is_zero() {
             self.expire(pid, generation);
             return;
@@ -342,6 +351,7 @@ impl Inner {
                     && part.call == CallPhase::InCall
                 {
                     part.media_connected = true;
+                    part.had_media = true;
                     st.send_to(pid, &ServerMessage::CallState { connected: true });
                 }
             }

@@ -15,11 +15,14 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use crate::config::SignalingConfig;
 use crate::error::SignalingError;
 use crate::ports::{AuthUser, CallEvent, DeleteOutcome, MediaOffer, RoomAccess};
-use crate::protocol::{ClientMessage, ErrorCode, Participant, ParticipantId, Role, ServerMessage};
+use crate::protocol::{
+    ClientMessage, ErrorCode, Participant, ParticipantId, RemovedUser, Role, ServerMessage,
+};
 use crate::rate::TokenBucket;
-use crate::rooms::{CallPhase, Conn, Outgoing, Part, Room, encode};
+use crate::rooms::{CallPhase, Conn, Outgoing, Part, Room, State, encode};
 use crate::server::Inner;
 
 /// Close code for a connection ended by the server for a policy reason (refused
@@ -339,6 +342,7 @@ impl Session {
             ClientMessage::RemoveParticipant { participant_id } => {
                 self.remove_participant(participant_id).await
             }
+            ClientMessage::LetBackIn { user_id } => self.let_back_in(user_id),
             ClientMessage::SendMessage { message } => self.send_message(message).await,
             ClientMessage::DeleteMessage { message_id } => self.delete_message(message_id).await,
             ClientMessage::Ping => {
@@ -398,6 +402,9 @@ impl Session {
             return Err(Refusal::new(ErrorCode::BadMessage, "invalid roomId"));
         }
         let mut rechecks = 0;
+        // Places of this user freed to stay within the per-user cap (finished below,
+        // outside the state lock).
+        let mut evicted = Vec::new();
         loop {
             let closures_seen = self.inner.state.lock().closures;
             let access = self.check_join(&room_id).await?;
@@ -431,6 +438,7 @@ impl Session {
                 part.detach_gen += 1;
                 part.resume_token = new_token.clone();
                 let you = part.info.clone();
+                let you_moderate = you.role == Role::Moderator;
                 let call = (part.call == CallPhase::InCall).then_some(part.media_connected);
                 self.pid = Some(pid);
                 self.send(&ServerMessage::Joined {
@@ -448,28 +456,36 @@ impl Session {
                     self.send(&ServerMessage::CallState { connected });
                     st.send_slots(&room_id, Some(pid));
                 }
+                if you_moderate && st.removed.contains_key(&room_id) {
+                    self.send(&st.removed_message(&room_id));
+                }
                 return Ok(());
             }
 
-            if st
-                .rooms
-                .get(&room_id)
-                .is_some_and(|r| r.removed_users.contains(&self.user.user_id))
-            {
+            if st.is_removed(&room_id, &self.user.user_id) {
                 return Err(Refusal::fatal(
-                    ErrorCode::Forbidden,
-                    "a moderator removed you from this room",
+                    ErrorCode::Removed,
+                    "a moderator removed you from this room; the host can let you back in",
                 ));
             }
-            if st
-                .rooms
-                .get(&room_id)
-                .is_some_and(|r| r.members.len() >= cfg.max_participants)
+            let is_owner = self.user.user_id == access.owner_user_id;
+            let evict = places_to_free(&st, &room_id, &self.user.user_id, cfg)?;
+            // The owner (the room's moderator) is never locked out of their own room.
+            if !is_owner
+                && st.rooms.get(&room_id).is_some_and(|r| {
+                    r.members.len().saturating_sub(evict.len()) >= cfg.max_participants
+                })
             {
                 return Err(Refusal::fatal(ErrorCode::RoomFull, "the room is full"));
             }
+            for old in evict {
+                if let Some(part) = st.remove_and_announce(old) {
+                    tracing::debug!(pid = old.0, "place over the per-user cap freed");
+                    evicted.push(part);
+                }
+            }
             let pid = self.inner.next_pid();
-            let role = if self.user.user_id == access.owner_user_id {
+            let role = if is_owner {
                 Role::Moderator
             } else {
                 Role::Listener
@@ -497,7 +513,6 @@ impl Session {
                         slots: vec![None; cfg.slot_count],
                         spare: None,
                         speakers: Vec::new(),
-                        removed_users: Default::default(),
                     },
                 );
             }
@@ -515,6 +530,7 @@ impl Session {
                     resume_token: token.clone(),
                     call: CallPhase::Idle,
                     media_connected: false,
+                    had_media: false,
                     detach_gen: 0,
                 },
             );
@@ -539,12 +555,18 @@ impl Session {
             if !speakers.is_empty() {
                 self.send(&ServerMessage::ActiveSpeakers { speakers });
             }
+            if role == Role::Moderator && st.removed.contains_key(&room_id) {
+                self.send(&st.removed_message(&room_id));
+            }
             st.broadcast(
                 &room_id,
                 &ServerMessage::ParticipantJoined { participant: info },
                 Some(pid),
             );
             break;
+        }
+        for part in &evicted {
+            self.inner.after_removal(part);
         }
         if let Err(e) = self.inner.ports.chat.touch_room(&room_id).await {
             tracing::warn!(error = %e, "failed to record room activity");
@@ -796,33 +818,61 @@ impl Session {
         }
     }
 
-    async fn set_role(&mut self, target: ParticipantId, role: Role) -> Handled {
+    /// Who may change `target`'s role to `role`: a speaker may step back to the
+    /// audience themself; a moderator moves others between stage and audience; only
+    /// the room owner names co-hosts (moderators) or takes the role back from them.
+    /// Returns whether the caller is the room owner.
+    fn check_set_role(&self, target: ParticipantId, role: Role) -> Result<bool, Refusal> {
+        let (pid, room_id) = self.current()?;
+        let is_owner = {
+            let st = self.inner.state.lock();
+            st.rooms
+                .get(&room_id)
+                .is_some_and(|r| r.owner_user_id == self.user.user_id)
+        };
+        if target == pid && role == Role::Listener {
+            return Ok(is_owner);
+        }
         self.moderate(target)?;
-        if role == Role::Moderator {
+        if role == Role::Moderator && !is_owner {
             return Err(Refusal::new(
                 ErrorCode::Forbidden,
-                "the moderator role belongs to the room owner",
+                "only the room owner may name co-hosts",
             ));
         }
+        Ok(is_owner)
+    }
+
+    async fn set_role(&mut self, target: ParticipantId, role: Role) -> Handled {
+        let by_owner = self.check_set_role(target, role)?;
+        let owner_id = self.owner_of_current_room();
+        let self_change = self.pid == Some(target);
         let mut changed = false;
         let call = self.update_and_broadcast_if(target, |p| {
-            if p.info.role == Role::Moderator {
+            let owners = owner_id.as_deref() == Some(p.user.user_id.as_str());
+            if p.info.role == Role::Moderator && (owners || !(by_owner || self_change)) {
                 return Err(Refusal::new(
                     ErrorCode::Forbidden,
-                    "a moderator's role cannot be changed",
+                    "a moderator's role can be changed only by the room owner, and the owner's never",
                 ));
             }
             if p.info.role == role {
                 return Ok(false);
             }
+            let could_publish = p.info.role.can_publish();
             p.info.role = role;
             p.info.hand_raised = false;
             if !role.can_publish() {
                 p.info.muted = true;
             }
-            changed = true;
+            changed = could_publish != role.can_publish();
             Ok(true)
         })?;
+        if role == Role::Moderator
+            && let Ok((_, room_id)) = self.current()
+        {
+            self.inner.state.lock().send_removed_to_moderators(&room_id);
+        }
         if !changed || call != CallPhase::InCall {
             return Ok(());
         }
@@ -837,6 +887,12 @@ impl Session {
             }
             Err(e) => Err(Refusal::internal("renegotiation", &e)),
         }
+    }
+
+    fn owner_of_current_room(&self) -> Option<String> {
+        let (_, room_id) = self.current().ok()?;
+        let st = self.inner.state.lock();
+        st.rooms.get(&room_id).map(|r| r.owner_user_id.clone())
     }
 
     /// Like `update_and_broadcast`, but `change` says whether anything changed; nothing
@@ -900,10 +956,14 @@ impl Session {
                 ));
             }
             let (user_id, room_id) = (t.user.user_id.clone(), t.room_id.clone());
-            let Some(room) = st.rooms.get_mut(&room_id) else {
+            let removed = RemovedUser {
+                user_id: user_id.clone(),
+                name: t.user.name.clone(),
+                avatar: t.user.avatar.clone(),
+            };
+            let Some(room) = st.rooms.get(&room_id) else {
                 return Err(Refusal::new(ErrorCode::NotFound, "no such participant"));
             };
-            room.removed_users.insert(user_id.clone());
             let victims: Vec<ParticipantId> = room
                 .members
                 .iter()
@@ -918,6 +978,8 @@ impl Session {
                     conn.close(CLOSE_POLICY, "removed");
                 }
             }
+            st.add_removed(&room_id, removed);
+            st.send_removed_to_moderators(&room_id);
             victims
         };
         for pid in victims {
@@ -926,25 +988,43 @@ impl Session {
         Ok(())
     }
 
-    async fn send_message(&mut self, text: String) -> Handled {
-        let (_, room_id) = self.current()?;
-        if text.trim().is_empty() {
-            return Err(Refusal::new(ErrorCode::BadMessage, "empty message"));
-        }
-        let max = self.inner.cfg.max_chat_chars;
-        if text.chars().nth(max).is_some() {
+    fn let_back_in(&mut self, user_id: String) -> Handled {
+        let (pid, room_id) = self.current()?;
+        let mut st = self.inner.state.lock();
+        if !st
+            .parts
+            .get(&pid)
+            .is_some_and(|p| p.info.role == Role::Moderator)
+        {
             return Err(Refusal::new(
-                ErrorCode::TooLarge,
-                format!("messages are limited to {max} characters"),
+                ErrorCode::Forbidden,
+                "only a moderator may do that",
             ));
         }
+        if !st.let_back_in(&room_id, &user_id) {
+            return Err(Refusal::new(
+                ErrorCode::NotFound,
+                "that user is not removed from this room",
+            ));
+        }
+        st.send_removed_to_moderators(&room_id);
+        Ok(())
+    }
+
+    async fn send_message(&mut self, text: String) -> Handled {
+        let (_, room_id) = self.current()?;
+        // The chat rules (trimming, length, who may post) are the control plane's, the
+        // same for this socket as for HTTP: the store applies them.
         let stored = self
             .inner
             .ports
             .chat
             .store_message(&room_id, &self.user, &text)
             .await
-            .map_err(|e| Refusal::internal("storing the message", &e))?;
+            .map_err(|e| match e {
+                SignalingError::Refused { code, message } => Refusal::new(code, message),
+                e => Refusal::internal("storing the message", &e),
+            })?;
         self.inner.state.lock().broadcast(
             &room_id,
             &ServerMessage::ReceiveMessage { message: stored },
@@ -981,6 +1061,47 @@ impl Session {
             )),
         }
     }
+}
+
+/// The places of `user_id` in `room_id` to free so one more fits under the per-user
+/// cap: the oldest places waiting for a resume (a reloaded tab's old place). A refusal
+/// when every place of theirs is live.
+fn places_to_free(
+    st: &State,
+    room_id: &str,
+    user_id: &str,
+    cfg: &SignalingConfig,
+) -> Result<Vec<ParticipantId>, Refusal> {
+    let Some(room) = st.rooms.get(room_id) else {
+        return Ok(Vec::new());
+    };
+    let cap = cfg.max_places_per_user.max(1);
+    // Members are ordered by participant id, which grows with time: oldest first.
+    let mine: Vec<(ParticipantId, bool)> = room
+        .members
+        .iter()
+        .filter_map(|pid| {
+            let p = st.parts.get(pid)?;
+            (p.user.user_id == user_id).then_some((*pid, p.conn.is_none()))
+        })
+        .collect();
+    if mine.len() < cap {
+        return Ok(Vec::new());
+    }
+    let excess = mine.len() + 1 - cap;
+    let resumable: Vec<ParticipantId> = mine
+        .iter()
+        .filter(|(_, resumable)| *resumable)
+        .map(|(pid, _)| *pid)
+        .take(excess)
+        .collect();
+    if resumable.len() < excess {
+        return Err(Refusal::fatal(
+            ErrorCode::TooManyTabs,
+            format!("you are in this room in {cap} tabs already; close one to join here"),
+        ));
+    }
+    Ok(resumable)
 }
 
 fn offer_message(offer: MediaOffer) -> ServerMessage {

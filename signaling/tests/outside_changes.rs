@@ -30,6 +30,7 @@ fn posted(id: &str, room: &str, text: &str) -> ChatMessage {
         url: Some(format!("/api/voice/{id}")),
         file_id: Some(id.into()),
         created_at: "2026-11-21T00:00:00Z".into(),
+        duration: None,
     }
 }
 

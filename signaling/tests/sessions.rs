@@ -291,34 +291,47 @@ async fn malformed_json_and_unknown_types_get_bad_message_and_the_socket_stays_u
 }
 
 #[tokio::test]
-async fn oversized_frame_and_overlong_chat_are_refused_without_closing() -> R {
+async fn oversized_frame_and_chat_refused_by_the_rules_get_errors_without_closing() -> R {
     let cfg = signaling::SignalingConfig {
         max_frame_bytes: 4096,
-        max_chat_chars: 100,
         ..test_config()
     };
     let h = start(cfg).await?;
     let (mut c, _) = h.join("bob", "open").await?;
+    let (mut other, _) = h.join("carol", "open").await?;
     let big = format!(
         r#"{{"type":"send_message","message":"{}"}}"#,
         "x".repeat(5000)
     );
     c.send_raw(&big).await?;
     c.expect_error(ErrorCode::TooLarge).await?;
+    // The store's rules refuse these; its code and message reach the client.
+    for refused in ["é".repeat(FAKE_MAX_CHAT_CHARS + 1), "  \t ".into()] {
+        c.send(&ClientMessage::SendMessage { message: refused })
+            .await?;
+        let (message, fatal) = c.expect_error(ErrorCode::BadMessage).await?;
+        assert_eq!(message, "Message must be 1 to 100 characters");
+        assert!(!fatal);
+    }
     c.send(&ClientMessage::SendMessage {
-        message: "é".repeat(101),
-    })
-    .await?;
-    c.expect_error(ErrorCode::TooLarge).await?;
-    c.send(&ClientMessage::SendMessage {
-        message: "é".repeat(100),
+        message: "é".repeat(FAKE_MAX_CHAT_CHARS),
     })
     .await?;
     c.expect("receive_message", |m| {
         matches!(m, ServerMessage::ReceiveMessage { .. })
     })
     .await?;
-    assert_eq!(h.chat.texts(), vec!["é".repeat(100)]);
+    // Nothing refused was broadcast: the first message others see is the accepted one.
+    let ServerMessage::ReceiveMessage { message } = other
+        .expect("receive_message", |m| {
+            matches!(m, ServerMessage::ReceiveMessage { .. })
+        })
+        .await?
+    else {
+        unreachable!()
+    };
+    assert_eq!(message.message, "é".repeat(FAKE_MAX_CHAT_CHARS));
+    assert_eq!(h.chat.texts(), vec!["é".repeat(FAKE_MAX_CHAT_CHARS)]);
     Ok(())
 }
 
@@ -1086,7 +1099,7 @@ async fn a_frame_far_over_the_limit_closes_the_connection() -> R {
 }
 
 #[tokio::test]
-async fn a_removed_user_loses_every_tab_and_cannot_rejoin_while_the_room_is_live() -> R {
+async fn a_removed_user_loses_every_tab_and_cannot_rejoin() -> R {
     let h = start(test_config()).await?;
     let (mut alice, _) = h.join("alice", "open").await?;
     let (mut tab1, p1) = h.join("bob", "open").await?;
@@ -1112,7 +1125,7 @@ async fn a_removed_user_loses_every_tab_and_cannot_rejoin_while_the_room_is_live
         resume_token: None,
     })
     .await?;
-    let (_, fatal) = back.expect_error(ErrorCode::Forbidden).await?;
+    let (_, fatal) = back.expect_error(ErrorCode::Removed).await?;
     assert!(fatal);
     back.expect_closed().await?;
     // Other rooms are not affected.

@@ -145,6 +145,27 @@ impl TestServer {
             .expect("minting a token")
     }
 
+    /// Creates a user through the store, as a first phone login does (no name yet);
+    /// returns its id. `phone` must be unique per server.
+    pub async fn new_user(&self, phone: &str) -> anyhow::Result<String> {
+        let user = self
+            .server()
+            .store
+            .find_or_create_user(phone, time::OffsetDateTime::now_utc())
+            .await?;
+        Ok(user.id.0)
+    }
+
+    /// A user who logged in and set their name (`POST /api/activate`); returns its id.
+    pub async fn activated_user(&self, phone: &str, name: &str) -> anyhow::Result<String> {
+        let id = self.new_user(phone).await?;
+        self.server()
+            .store
+            .activate_user(&UserId(id.clone()), name, None)
+            .await?;
+        Ok(id)
+    }
+
     /// Creates a room through `POST /api/rooms` as `owner`; returns its id.
     pub async fn create_room(&self, owner: &str, room_type: &str) -> anyhow::Result<String> {
         let body = serde_json::json!({ "topic": "integration", "roomType": room_type });

@@ -18,6 +18,20 @@ export function onSessionExpired(fn) {
 
 let refreshing = null;
 
+// Whether this browser holds a session. The tokens are HttpOnly cookies that
+// JavaScript cannot see, so a marker beside them lets a signed-out load go
+// straight to the login page instead of asking the server (and logging a 401).
+const SESSION_MARK = 'chorus.session';
+export function markSession(on) {
+  try {
+    if (on) localStorage.setItem(SESSION_MARK, '1');
+    else localStorage.removeItem(SESSION_MARK);
+  } catch { /* storage disabled: every load asks the server */ }
+}
+export function maybeSignedIn() {
+  try { return localStorage.getItem(SESSION_MARK) === '1'; } catch { return true; }
+}
+
 /**
  * Rotates the refresh token. One refresh at a time per tab, and (where the
  * browser has Web Locks) one at a time across tabs: the server revokes a
@@ -29,8 +43,12 @@ export function refreshSession() {
     const run = async () => {
       try {
         const res = await fetch('/api/refresh', { credentials: 'same-origin' });
-        if (!res.ok) return null;
+        if (!res.ok) {
+          markSession(false);
+          return null;
+        }
         const body = await res.json().catch(() => null);
+        markSession(!!body?.user);
         return body?.user ?? null;
       } catch {
         throw new ApiError(0, 'network', 'Can’t reach the server. Check your connection.');
@@ -43,6 +61,16 @@ export function refreshSession() {
 }
 
 const NO_REFRESH = new Set(['/api/send-otp', '/api/verify-otp', '/api/refresh', '/api/logout']);
+
+/** 45 -> "45 seconds", 710 -> "12 minutes", 7300 -> "2 hours". */
+export function waitText(seconds) {
+  const s = Math.ceil(seconds);
+  if (s < 60) return `${s} second${s === 1 ? '' : 's'}`;
+  const m = Math.ceil(s / 60);
+  if (m < 90) return `${m} minute${m === 1 ? '' : 's'}`;
+  const hr = Math.round(m / 60);
+  return `${hr} hour${hr === 1 ? '' : 's'}`;
+}
 
 async function errorFrom(res) {
   let body = null;
@@ -58,8 +86,10 @@ async function errorFrom(res) {
   }[res.status] || `Something went wrong (${res.status}).`;
   let message = body?.message || fallback;
   if (res.status === 429) {
+    // The server's own text may already name the wait in seconds: say it once, in
+    // words people read at a glance.
     const after = Number(res.headers.get('Retry-After'));
-    if (after > 0) message = `${message.replace(/\.$/, '')}. Try again in ${after} s.`;
+    if (after > 0) message = `Too many attempts. Try again in ${waitText(after)}.`;
   }
   return new ApiError(res.status, body?.code || `http_${res.status}`, message);
 }
@@ -97,17 +127,30 @@ export async function request(method, path, { json, form, retry = true, signal }
 
 export const api = {
   sendOtp: (phone) => request('POST', '/api/send-otp', { json: { phone } }),
-  verifyOtp: (phone, otp, hash) => request('POST', '/api/verify-otp', { json: { phone, otp, hash } }),
+  verifyOtp: async (phone, otp, hash) => {
+    const res = await request('POST', '/api/verify-otp', { json: { phone, otp, hash } });
+    markSession(true);
+    return res;
+  },
   activate: (name, avatar) => request('POST', '/api/activate', { json: { name, avatar } }),
-  logout: () => request('POST', '/api/logout').catch(() => null),
+  logout: () => {
+    markSession(false);
+    return request('POST', '/api/logout').catch(() => null);
+  },
   rooms: () => request('GET', '/api/rooms'),
   createRoom: (topic, roomType) => request('POST', '/api/rooms', { json: { topic, roomType } }),
   room: (id) => request('GET', `/api/rooms/${encodeURIComponent(id)}`),
+  endRoom: (id) => request('DELETE', `/api/rooms/${encodeURIComponent(id)}`),
   createInviteCode: (id) => request('POST', `/api/rooms/${encodeURIComponent(id)}/invite-code`),
   redeemInvite: (id, code) => request('POST', `/api/rooms/${encodeURIComponent(id)}/redeem`, { json: { code } }),
   history: (roomId, before) => request('GET', `/api/room/${encodeURIComponent(roomId)}${before ? `?before=${encodeURIComponent(before)}` : ''}`),
   sendText: (roomId, message) => request('POST', `/api/room/${encodeURIComponent(roomId)}/messages`, { json: { message } }),
   deleteMessage: (roomId, id) => request('DELETE', `/api/room/${encodeURIComponent(roomId)}/messages/${encodeURIComponent(id)}`),
+  uploadImage: (roomId, file) => {
+    const form = new FormData();
+    form.append('image', file, file.name || 'image');
+    return request('POST', `/api/room/${encodeURIComponent(roomId)}/image`, { form });
+  },
   uploadVoice: (roomId, blob, name) => {
     const form = new FormData();
     form.append('voice', blob, name);

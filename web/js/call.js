@@ -28,16 +28,40 @@ export function micErrorFrom(e) {
   return new MicError('other', `Could not start the microphone (${name || e?.message || 'unknown error'}).`);
 }
 
-export async function getMic() {
+const MIC_KEY = 'chorus.micId';
+const VOLUME_KEY = 'chorus.volume';
+
+/** The microphone picked in the sound settings ('' = the system default). */
+export function preferredMic() {
+  try { return localStorage.getItem(MIC_KEY) || ''; } catch { return ''; }
+}
+
+/** This listener's output volume, 0..1 (their own, for every voice they hear). */
+export function preferredVolume() {
+  try {
+    const v = Number(localStorage.getItem(VOLUME_KEY));
+    return localStorage.getItem(VOLUME_KEY) != null && Number.isFinite(v) ? Math.min(1, Math.max(0, v)) : 1;
+  } catch { return 1; }
+}
+
+/** The microphone: `deviceId` if given (exactly that one), else the remembered one if still there. */
+export async function getMic(deviceId) {
   if (!navigator.mediaDevices?.getUserMedia) throw micErrorFrom(null);
+  const device = deviceId ? { deviceId: { exact: deviceId } } : preferredMic() ? { deviceId: { ideal: preferredMic() } } : {};
   try {
     return await navigator.mediaDevices.getUserMedia({
-      audio: { echoCancellation: true, noiseSuppression: true, autoGainControl: true },
+      audio: { echoCancellation: true, noiseSuppression: true, autoGainControl: true, ...device },
       video: false,
     });
   } catch (e) {
     throw micErrorFrom(e);
   }
+}
+
+/** The microphones the browser lists (labels once the page may use the mic). */
+export async function listMics() {
+  const all = await navigator.mediaDevices?.enumerateDevices?.().catch(() => []) || [];
+  return all.filter((d) => d.kind === 'audioinput' && d.deviceId);
 }
 
 export class Call {
@@ -55,6 +79,7 @@ export class Call {
     this.publishMid = null;
     this.slotMids = [];
     this.audios = new Map(); // mid -> <audio>
+    this.volume = preferredVolume();
     this.queue = Promise.resolve();
     this.closed = false;
     this.troubleTimer = null;
@@ -126,6 +151,7 @@ export class Call {
     if (!audio) {
       audio = document.createElement('audio');
       audio.autoplay = true;
+      audio.volume = this.volume;
       audio.dataset.mid = mid;
       this.audioHost?.append(audio);
       this.audios.set(mid, audio);
@@ -146,6 +172,29 @@ export class Call {
   /** Called from a click: browsers allow playback after a user gesture. */
   resumeAudio() {
     for (const a of this.audios.values()) this.play(a);
+  }
+
+  /** Output volume for everything this listener hears (0..1), remembered. */
+  setVolume(v) {
+    this.volume = Math.min(1, Math.max(0, v));
+    for (const a of this.audios.values()) a.volume = this.volume;
+    try { localStorage.setItem(VOLUME_KEY, String(this.volume)); } catch { /* not remembered */ }
+  }
+
+  /**
+   * Uses another microphone, remembered for next time. While publishing the
+   * new track replaces the old one on the same sender: no renegotiation.
+   */
+  async switchMic(deviceId) {
+    try { localStorage.setItem(MIC_KEY, deviceId || ''); } catch { /* not remembered */ }
+    const micTx = this.pc.getTransceivers().find((t) => t.mid === this.publishMid);
+    if (!this.mic || !micTx?.sender.track) return;
+    const next = await getMic(deviceId);
+    const track = next.getAudioTracks()[0] || null;
+    if (track) track.enabled = !this.muted;
+    await micTx.sender.replaceTrack(track);
+    this.stopMic();
+    this.mic = next;
   }
 
   setMuted(muted) {

@@ -8,7 +8,10 @@ import { api } from './api.js';
 import { h, icon, clear, avatar, toast, menu, clock, fmtDuration } from './ui.js';
 import { VoiceRecorder, MAX_VOICE_SECONDS } from './recorder.js';
 
-const MAX_TEXT = 1000;
+// The server's limit (MAX_MESSAGE_CHARS, default 2000): one limit, shown by a
+// counter as it nears, never a silent cut.
+export const MAX_TEXT = 2000;
+const COUNTER_FROM = MAX_TEXT - 200;
 const SYSTEM_TYPES = new Set(['call_notification', 'call_ended', 'system']);
 
 function msgId(m) {
@@ -38,7 +41,7 @@ export class ChatPanel {
 
     this.input = h('textarea.chat-input', {
       rows: 1, maxLength: MAX_TEXT, placeholder: 'Write a message…', 'aria-label': 'Message',
-      oninput: () => this.autosize(),
+      oninput: () => { this.autosize(); this.updateCounter(); },
       onkeydown: (e) => {
         if (e.key === 'Enter' && !e.shiftKey && !e.isComposing) {
           e.preventDefault();
@@ -49,7 +52,13 @@ export class ChatPanel {
     this.sendBtn = h('button.icon-btn.primary.send-btn', { type: 'button', 'aria-label': 'Send message', title: 'Send', onclick: () => this.sendText() }, icon('send'));
     this.recBtn = h('button.icon-btn.rec-btn', { type: 'button', 'aria-label': 'Record a voice note', title: 'Record a voice note', onclick: () => this.startRecording() }, icon('mic'));
     if (!VoiceRecorder.supported()) this.recBtn.hidden = true;
-    this.composeRow = h('div.compose-row', this.recBtn, this.input, this.sendBtn);
+    this.counter = h('span.char-count', { hidden: true, 'aria-live': 'polite' });
+    this.imageInput = h('input', {
+      type: 'file', accept: 'image/png,image/jpeg,image/webp,image/gif', hidden: true,
+      onchange: () => this.sendImage(),
+    });
+    this.imgBtn = h('button.icon-btn.img-btn', { type: 'button', 'aria-label': 'Share an image', title: 'Share an image', onclick: () => this.imageInput.click() }, icon('camera'));
+    this.composeRow = h('div.compose-row', this.imageInput, this.imgBtn, this.recBtn, h('div.input-wrap', this.input, this.counter), this.sendBtn);
 
     this.recTime = h('span.rec-time', '0:00');
     this.recRow = h('div.compose-row.recording', { hidden: true },
@@ -61,6 +70,26 @@ export class ChatPanel {
       h('header.chat-head', h('h2', 'Chat')),
       this.scroller,
       h('footer.chat-compose', this.composeRow, this.recRow));
+  }
+
+  updateCounter() {
+    const n = this.input.value.length;
+    this.counter.hidden = n < COUNTER_FROM;
+    this.counter.textContent = `${n} / ${MAX_TEXT}`;
+    this.counter.classList.toggle('full', n >= MAX_TEXT);
+  }
+
+  /** Gives message avatars their photo once the sender's picture is known (after the room's participant list arrives). */
+  refreshAvatars() {
+    for (const node of this.nodes.values()) {
+      const el = node.querySelector(':scope > .avatar');
+      const userId = node.dataset.userId;
+      if (!el || !userId || el.querySelector('img')) continue;
+      const url = this.ctx.avatarFor(userId);
+      if (!url) continue;
+      const m = this.messages.get(node.dataset.id);
+      el.replaceWith(avatar({ name: m?.username, userId, avatar: url }, 'sm'));
+    }
   }
 
   autosize() {
@@ -138,7 +167,13 @@ export class ChatPanel {
     this.messages.set(id, m);
     this.rebuild();
     const mine = m.userId && m.userId === this.ctx.me()?.id;
-    if (nearBottom || mine) this.scrollToBottom();
+    if (nearBottom || mine) {
+      this.scrollToBottom();
+      // An image has no height until it loads: follow it down when it does.
+      for (const img of this.nodes.get(id)?.querySelectorAll('img') || []) {
+        if (!img.complete) img.addEventListener('load', () => this.scrollToBottom(), { once: true });
+      }
+    }
   }
 
   remove(id) {
@@ -196,6 +231,7 @@ export class ChatPanel {
         this.daySeps.delete(day);
       }
     }
+    this.collapseSystemRuns(want);
     const keep = new Set(want);
     for (const child of [...this.list.children]) if (!keep.has(child)) child.remove();
     want.forEach((node, i) => {
@@ -205,17 +241,49 @@ export class ChatPanel {
     this.empty.hidden = this.messages.size > 0;
   }
 
+  /**
+   * Consecutive call joined/left lines read as one: "Ann, Bob and 2 others joined
+   * the call · Cy left". Only the run's last line is shown, carrying the summary.
+   */
+  collapseSystemRuns(nodes) {
+    let run = [];
+    const flush = () => {
+      for (const [i, node] of run.entries()) {
+        const last = i === run.length - 1;
+        node.hidden = run.length > 1 && !last;
+        const sum = node.querySelector('.sys-summary');
+        const own = node.querySelector('.sys-text');
+        if (last && run.length > 1) {
+          const ms = run.map((n) => this.messages.get(n.dataset.id)).filter(Boolean);
+          sum.textContent = summarise(ms);
+          sum.hidden = false;
+          own.hidden = true;
+        } else {
+          sum.hidden = true;
+          own.hidden = false;
+        }
+      }
+      run = [];
+    };
+    for (const node of nodes) {
+      if (node.classList.contains('msg-system')) run.push(node);
+      else flush();
+    }
+    flush();
+  }
+
   messageNode(m) {
     if (SYSTEM_TYPES.has(m.type)) {
       return h('div.msg-system', { dataset: { id: msgId(m) } }, icon(m.type === 'call_ended' ? 'leave' : 'headphones'),
-        h('span', m.message || (m.type === 'call_ended' ? `${m.username} left the call` : `${m.username} joined the call`)),
+        h('span.sys-text', m.message || (m.type === 'call_ended' ? `${m.username} left the call` : `${m.username} joined the call`)),
+        h('span.sys-summary', { hidden: true }),
         h('time', clock(m.createdAt)));
     }
     const me = this.ctx.me();
     const mine = me && m.userId === me.id;
     let body;
-    if (m.type === 'voice' && m.url) body = voicePlayer(m.url);
-    else if (m.type === 'image' && m.url) body = h('a.msg-image', { href: m.url, target: '_blank', rel: 'noopener' }, h('img', { src: m.url, alt: 'Shared image', loading: 'lazy' }));
+    if (m.type === 'voice' && m.url) body = voicePlayer(m.url, m.duration);
+    else if (m.type === 'image' && m.url) body = h('a.msg-image', { href: m.url, target: '_blank', rel: 'noopener' }, h('img', { src: m.url, alt: `Image shared by ${m.username || 'someone'}` }));
     else body = h('div.msg-text', m.message ?? '');
     const actions = [];
     if (mine || this.ctx.canModerate()) {
@@ -225,7 +293,7 @@ export class ChatPanel {
       }, icon('more'));
       actions.push(btn);
     }
-    return h(`div.msg${mine ? '.mine' : ''}`, { dataset: { id: msgId(m) } },
+    return h(`div.msg${mine ? '.mine' : ''}`, { dataset: { id: msgId(m), userId: m.userId || '' } },
       avatar({ name: m.username, userId: m.userId, avatar: this.ctx.avatarFor(m.userId) }, 'sm'),
       h('div.msg-main',
         h('div.msg-meta', h('span.msg-author', m.username || 'Someone'), h('time', { datetime: m.createdAt }, clock(m.createdAt))),
@@ -245,6 +313,7 @@ export class ChatPanel {
     }
     this.input.value = '';
     this.autosize();
+    this.updateCounter();
     if (this.ctx.sendWs({ type: 'send_message', message: text })) return;
     // Socket down (reconnecting): fall back to HTTP so the message is not lost.
     try {
@@ -263,6 +332,24 @@ export class ChatPanel {
     api.deleteMessage(this.ctx.roomId, id)
       .then(() => this.remove(id))
       .catch((e) => toast(e.message || 'Could not delete the message.', 'error'));
+  }
+
+  async sendImage() {
+    const file = this.imageInput.files?.[0];
+    this.imageInput.value = '';
+    if (!file) return;
+    const pending = h('div.msg-pending', h('span.spinner'), 'Sending image…');
+    this.scroller.append(pending);
+    this.scrollToBottom();
+    try {
+      const res = await api.uploadImage(this.ctx.roomId, file);
+      const m = res?.message && typeof res.message === 'object' ? res.message : res;
+      if (m && msgId(m) && m.createdAt) this.add(m);
+    } catch (e) {
+      toast(e.message || 'The image could not be sent.', 'error', 6000);
+    } finally {
+      pending.remove();
+    }
   }
 
   async startRecording() {
@@ -322,6 +409,25 @@ export class ChatPanel {
   }
 }
 
+function names(list) {
+  const uniq = [...new Set(list)];
+  if (uniq.length === 1) return uniq[0];
+  if (uniq.length === 2) return `${uniq[0]} and ${uniq[1]}`;
+  if (uniq.length === 3) return `${uniq[0]}, ${uniq[1]} and ${uniq[2]}`;
+  return `${uniq[0]}, ${uniq[1]} and ${uniq.length - 2} others`;
+}
+
+/** "3 people joined the call · Dee left" for a run of call notices. */
+export function summarise(ms) {
+  const joined = ms.filter((m) => m.type !== 'call_ended').map((m) => m.username || 'Someone');
+  const left = ms.filter((m) => m.type === 'call_ended').map((m) => m.username || 'Someone');
+  const parts = [];
+  const count = (l) => new Set(l).size;
+  if (joined.length) parts.push(count(joined) > 3 ? `${count(joined)} people joined the call` : `${names(joined)} joined the call`);
+  if (left.length) parts.push(count(left) > 3 ? `${count(left)} people left` : `${names(left)} left`);
+  return parts.join(' · ');
+}
+
 function dayLabel(iso) {
   const d = new Date(iso);
   const today = new Date();
@@ -331,13 +437,18 @@ function dayLabel(iso) {
   return d.toLocaleDateString([], { weekday: 'short', month: 'short', day: 'numeric' });
 }
 
-/** A compact player: play/pause, progress bar, time. */
-function voicePlayer(url) {
+/**
+ * A compact player: play/pause, progress bar, time. `known` is the length the
+ * server measured at upload: Chrome's MediaRecorder WebM has no duration of its
+ * own until it has been played through.
+ */
+function voicePlayer(url, known) {
   const audio = h('audio', { preload: 'metadata', src: url });
-  const btn = h('button.icon-btn.play-btn', { type: 'button', 'aria-label': 'Play voice note' }, icon('play'));
+  const length = () => (Number.isFinite(audio.duration) && audio.duration > 0 ? audio.duration : known);
+  const btn = h('button.icon-btn.play-btn', { type: 'button', 'aria-label': `Play voice note${Number.isFinite(known) ? ` (${fmtDuration(known)})` : ''}` }, icon('play'));
   const fill = h('div.vp-fill');
   const bar = h('div.vp-bar', fill);
-  const time = h('span.vp-time', '0:00');
+  const time = h('span.vp-time', Number.isFinite(known) ? fmtDuration(known) : '0:00');
   const bars = h('div.vp-wave', Array.from({ length: 24 }, (_, i) => h('span', { style: `--h:${28 + Math.round(60 * Math.abs(Math.sin(i * 1.7 + url.length)))}%` })));
   const el = h('div.voice', { dataset: { url } }, btn, h('div.vp-track', bars, bar), time, audio);
   const setIcon = (name) => clear(btn, icon(name));
@@ -351,18 +462,21 @@ function voicePlayer(url) {
   });
   audio.addEventListener('play', () => { setIcon('pause'); el.classList.add('playing'); });
   audio.addEventListener('pause', () => { setIcon('play'); el.classList.remove('playing'); });
-  audio.addEventListener('ended', () => { fill.style.width = '0%'; });
+  audio.addEventListener('ended', () => {
+    fill.style.width = '0%';
+    if (Number.isFinite(length())) time.textContent = fmtDuration(length());
+  });
   audio.addEventListener('loadedmetadata', () => {
-    if (Number.isFinite(audio.duration)) time.textContent = fmtDuration(audio.duration);
+    if (Number.isFinite(length())) time.textContent = fmtDuration(length());
   });
   audio.addEventListener('timeupdate', () => {
-    const d = audio.duration;
-    if (Number.isFinite(d) && d > 0) fill.style.width = `${(audio.currentTime / d) * 100}%`;
+    const d = length();
+    if (Number.isFinite(d) && d > 0) fill.style.width = `${Math.min(100, (audio.currentTime / d) * 100)}%`;
     time.textContent = fmtDuration(audio.currentTime);
   });
   audio.addEventListener('error', () => el.classList.add('broken'));
   bar.parentElement?.addEventListener?.('click', (e) => {
-    const d = audio.duration;
+    const d = length();
     if (!Number.isFinite(d)) return;
     const r = e.currentTarget.getBoundingClientRect();
     audio.currentTime = ((e.clientX - r.left) / r.width) * d;

@@ -6,7 +6,7 @@
 
 import { api, refreshSession } from './api.js';
 import { Signal } from './signal.js';
-import { Call } from './call.js';
+import { Call, listMics, preferredMic, preferredVolume } from './call.js';
 import { ChatPanel } from './chat.js';
 import { h, icon, clear, avatar, toast, menu, modal, copyText } from './ui.js';
 
@@ -17,6 +17,7 @@ const JOIN_ERRORS = {
   room_full: ['This room is full', 'It has reached its participant limit. Try again in a little while.'],
   forbidden: ['This room is private', 'Only people the host invited can join. Ask the host for an invite link.'],
   not_found: ['Room not found', 'This room doesn’t exist any more, or the link is wrong.'],
+  removed: ['You were removed from this room', 'The host removed you. You can come back if the host lets you back in.'],
   unauthorized: ['Please sign in again', 'Your session expired.'],
 };
 
@@ -26,6 +27,19 @@ export function shareLink(roomId, inviteCode) {
 }
 
 const roleLabel = { moderator: 'Host', speaker: 'Speaker', listener: 'Listener' };
+
+// The resume token of this tab's place in a room: kept per tab (sessionStorage),
+// so a reload takes the same place back instead of appearing twice.
+const resumeKey = (roomId) => `chorus.resume.${roomId}`;
+function storedResume(roomId) {
+  try { return sessionStorage.getItem(resumeKey(roomId)); } catch { return null; }
+}
+function storeResume(roomId, token) {
+  try {
+    if (token) sessionStorage.setItem(resumeKey(roomId), token);
+    else sessionStorage.removeItem(resumeKey(roomId));
+  } catch { /* storage disabled: a reload joins afresh */ }
+}
 const canPublish = (role) => role === 'moderator' || role === 'speaker';
 
 export class RoomView {
@@ -38,8 +52,14 @@ export class RoomView {
     this.you = null; // our Participant
     this.participants = new Map(); // participantId -> Participant
     this.speaking = new Set();
+    this.avatars = new Map(); // userId -> avatar URL of everyone seen in this room
+    this.handOrder = new Map(); // participantId -> order in which the hand went up
+    this.handSeq = 0;
     this.slots = [];
-    this.resumeToken = null;
+    this.resumeToken = storedResume(roomId);
+    // Presence starts only on an explicit join (a click in the app, the pre-join
+    // card, or this tab's earlier place after a reload): an unjoined card is nobody.
+    this.wantPresence = false;
     this.iceServers = [];
     this.call = null;
     this.wantCall = false;
@@ -76,6 +96,11 @@ export class RoomView {
 
     this.signal = new Signal();
     this.bindSignal(this.signal);
+    // Browsers only play audio after a user gesture. Arriving from a click in the
+    // app counts, and so does a reload of a tab that was in the room; a cold-opened
+    // link gets a one-tap "Join" card and is not in the room until it is tapped.
+    if (this.resumeToken || (navigator.userActivation?.hasBeenActive ?? true)) this.wantPresence = true;
+    else this.showPrejoin();
     this.signal.connect();
     // The browser knows about a lost network before the socket does.
     this.onOffline = () => this.setConn('offline');
@@ -97,10 +122,12 @@ export class RoomView {
     clearTimeout(this.restartTimer);
     clearTimeout(this.callWatchdog);
     clearTimeout(this.rejoinTimer);
-    if (this.signal?.isOpen()) this.signal.send({ type: 'leave_room' });
+    if (this.signal?.isOpen() && this.you) this.signal.send({ type: 'leave_room' });
+    storeResume(this.roomId, null);
     this.signal?.close();
     this.call?.close();
     this.chat?.destroy();
+    this.audioCtx?.close().catch(() => {});
     if (window.chorus?.room === this) delete window.chorus.room;
   }
 
@@ -113,6 +140,7 @@ export class RoomView {
     window.removeEventListener('online', this.onOnline);
     const iconName = /full/i.test(title) ? 'users' : /private|invite|sign/i.test(title) ? 'lock' : /offline|reach/i.test(title) ? 'globe' : /longer/i.test(title) ? 'leave' : 'x';
     this.destroyed = true;
+    storeResume(this.roomId, null);
     this.signal?.close();
     this.call?.close();
     this.chat?.destroy();
@@ -130,8 +158,11 @@ export class RoomView {
 
   bindSignal(s) {
     s.on('open', () => {
-      this.setConn('joining');
-      s.send({ type: 'join_room', roomId: this.roomId, resumeToken: this.resumeToken || undefined });
+      if (!this.wantPresence) {
+        this.setConn('ready');
+        return;
+      }
+      this.sendJoin();
     });
     s.on('close', ({ willRetry, wasOpen }) => {
       if (this.destroyed) return;
@@ -169,9 +200,32 @@ export class RoomView {
     s.on('call_notification', (m) => this.onChat(m.message));
     s.on('message_deleted', (m) => this.chat.remove(m.messageId));
     s.on('removed', (m) => {
-      this.fatal('You’re no longer in this room', m.reason ? `${m.reason.charAt(0).toUpperCase()}${m.reason.slice(1)}${/[.!?]$/.test(m.reason) ? '' : '.'}` : 'A moderator removed you from this room.');
+      if (m.reason === 'room deleted') {
+        this.fatal('This room has ended', 'The host ended the room for everyone.');
+        return;
+      }
+      this.fatal('You were removed from this room', m.reason
+        ? `${m.reason.charAt(0).toUpperCase()}${m.reason.slice(1)}${/[.!?]$/.test(m.reason) ? '' : '.'} You can come back if the host lets you back in.`
+        : 'A moderator removed you. You can come back if the host lets you back in.');
+    });
+    s.on('removed_users', (m) => {
+      this.removedUsers = m.users || [];
+      this.drawRemoved();
     });
     s.on('error', (m) => this.onError(m));
+  }
+
+  sendJoin() {
+    this.setConn('joining');
+    this.signal.send({ type: 'join_room', roomId: this.roomId, resumeToken: this.resumeToken || undefined });
+  }
+
+  /** The pre-join card's button: enter the room (presence) and its call. */
+  joinFromCard() {
+    this.prejoin?.remove();
+    this.prejoin = null;
+    this.wantPresence = true;
+    if (this.signal?.isOpen() && !this.you) this.sendJoin();
   }
 
   onJoined(m) {
@@ -179,19 +233,26 @@ export class RoomView {
     this.joinedOnce = true;
     this.you = m.you;
     this.resumeToken = m.resumeToken;
+    storeResume(this.roomId, m.resumeToken);
     this.iceServers = m.iceServers || [];
     this.participants.set(m.you.participantId, m.you);
     this.setConn('live');
+    if (firstJoin && !m.resumed && canPublish(m.you.role) && !m.you.muted) {
+      // The host enters muted, as in every such app: speaking is a deliberate tap.
+      // Sent before join_call, so not a moment of audio goes out unmuted.
+      this.pendingSelfMute = true;
+      this.you = { ...m.you, muted: true };
+      this.participants.set(m.you.participantId, this.you);
+      this.signal.send({ type: 'mute' });
+      toast('You’re muted. Tap Unmute to speak.', 'info', 4000);
+    }
     if (!firstJoin) {
       toast(m.resumed ? 'Reconnected.' : 'Reconnected to the room.', 'success', 2500);
       this.chat.sync();
     }
 
     if (firstJoin) {
-      // Browsers only play audio after a user gesture. Arriving from a click in
-      // the app counts; a cold-opened link gets a one-tap "Join" card.
-      if (navigator.userActivation?.hasBeenActive ?? true) this.joinCall();
-      else this.showPrejoin();
+      this.joinCall();
     } else if (this.wantCall) {
       this.resumeCall(!!m.resumed);
     }
@@ -292,6 +353,12 @@ export class RoomView {
 
   onActiveSpeakers(list) {
     const now = new Set(list.filter((s) => (s.level ?? 1) >= SPEAKING_LEVEL).map((s) => s.participantId));
+    // The server reports only changes of the set or order, so a steady speaker
+    // keeps the ring until a report leaves them out.
+    this.applySpeaking(now);
+  }
+
+  applySpeaking(now) {
     for (const pid of new Set([...now, ...this.speaking])) {
       const on = now.has(pid);
       for (const el of this.root.querySelectorAll(`[data-pid="${pid}"]`)) el.classList.toggle('speaking', on);
@@ -323,7 +390,7 @@ export class RoomView {
         return;
       }
       const [title, text] = JOIN_ERRORS[m.code] || ['Couldn’t join this room', m.message];
-      this.fatal(title, m.message && m.code !== 'forbidden' && m.code !== 'not_found' ? m.message : text);
+      this.fatal(title, m.message && !['forbidden', 'not_found', 'removed'].includes(m.code) ? m.message : text);
       return;
     }
     if (m.fatal) {
@@ -372,6 +439,11 @@ export class RoomView {
     if (!p) return;
     const prev = this.participants.get(p.participantId);
     this.participants.set(p.participantId, p);
+    if (p.handRaised && !prev?.handRaised) {
+      this.handOrder.set(p.participantId, ++this.handSeq);
+      if (this.you?.role === 'moderator' && p.participantId !== this.you.participantId) this.announceHand(p);
+    }
+    if (!p.handRaised) this.handOrder.delete(p.participantId);
     if (this.you && p.participantId === this.you.participantId) {
       const was = this.you;
       this.you = p;
@@ -401,11 +473,60 @@ export class RoomView {
     this.renderPeople();
   }
 
+  /** Tells moderators someone wants to speak: a toast and a short, soft chime. */
+  announceHand(p) {
+    toast(`${p.name || 'Someone'} raised a hand.`, 'info', 3500);
+    try {
+      this.audioCtx ??= new AudioContext();
+      const ctx = this.audioCtx;
+      const osc = ctx.createOscillator();
+      const gain = ctx.createGain();
+      osc.frequency.value = 880;
+      gain.gain.setValueAtTime(0.0001, ctx.currentTime);
+      gain.gain.exponentialRampToValueAtTime(0.08, ctx.currentTime + 0.02);
+      gain.gain.exponentialRampToValueAtTime(0.0001, ctx.currentTime + 0.35);
+      osc.connect(gain).connect(ctx.destination);
+      osc.start();
+      osc.stop(ctx.currentTime + 0.4);
+    } catch { /* no audio: the toast is enough */ }
+  }
+
+  /** Raised hands, earliest first (the order the hands went up). */
+  handQueue() {
+    return [...this.participants.values()]
+      .filter((p) => p.handRaised && !canPublish(p.role))
+      .sort((a, b) => (this.handOrder.get(a.participantId) ?? 1e9) - (this.handOrder.get(b.participantId) ?? 1e9) || a.participantId - b.participantId);
+  }
+
+  stepBack() {
+    if (!this.you) return;
+    this.signal.send({ type: 'set_role', participantId: this.you.participantId, role: 'listener' });
+  }
+
+  async endRoom() {
+    const confirmBtn = h('button.btn.danger', { type: 'button' }, 'End room for everyone');
+    const dlg = modal('End this room?', h('div.stack',
+      h('p.muted', 'Everyone is told the room has ended, and it leaves the lobby. Its chat is deleted.'),
+      h('div.row.gap', h('button.btn', { type: 'button', onclick: () => dlg.close() }, 'Cancel'), confirmBtn)));
+    confirmBtn.addEventListener('click', async () => {
+      confirmBtn.disabled = true;
+      try {
+        await api.endRoom(this.roomId);
+        dlg.close();
+        this.app.navigate('#/');
+        toast('Room ended.', 'success', 2500);
+      } catch (e) {
+        confirmBtn.disabled = false;
+        toast(e.message || 'Could not end the room.', 'error');
+      }
+    });
+  }
+
   setConn(state) {
     this.connState = state;
     const el = this.connEl;
     if (!el) return;
-    const text = { connecting: 'Connecting…', joining: 'Joining…', live: 'Live', reconnecting: 'Reconnecting…', offline: 'Offline' }[state];
+    const text = { connecting: 'Connecting…', ready: 'Not joined', joining: 'Joining…', live: 'Live', reconnecting: 'Reconnecting…', offline: 'Offline' }[state];
     el.className = `conn conn-${state}`;
     clear(el, h('span.dot'), text);
     const cantReach = state === 'connecting' && (this.failedOpens || 0) >= 2;
@@ -452,11 +573,57 @@ export class RoomView {
 
   moderate(p, anchor) {
     const items = [];
+    const iOwn = this.isOwner();
+    if (iOwn && p.role !== 'moderator') items.push({ label: 'Make co-host', icon: 'star', onclick: () => this.signal.send({ type: 'set_role', participantId: p.participantId, role: 'moderator' }) });
+    if (p.role === 'moderator') {
+      if (iOwn) items.push({ label: 'Remove as co-host', icon: 'down', onclick: () => this.signal.send({ type: 'set_role', participantId: p.participantId, role: 'speaker' }) });
+      if (!items.length) return;
+      menu(anchor, p.name, items);
+      return;
+    }
     if (p.role === 'listener') items.push({ label: 'Invite to speak', icon: 'mic', onclick: () => this.signal.send({ type: 'set_role', participantId: p.participantId, role: 'speaker' }) });
     if (p.role === 'speaker') items.push({ label: 'Move to audience', icon: 'down', onclick: () => this.signal.send({ type: 'set_role', participantId: p.participantId, role: 'listener' }) });
     if (canPublish(p.role) && !p.muted) items.push({ label: 'Mute', icon: 'micOff', onclick: () => this.signal.send({ type: 'mute_participant', participantId: p.participantId }) });
     items.push({ label: 'Remove from room', icon: 'x', danger: true, onclick: () => this.signal.send({ type: 'remove_participant', participantId: p.participantId }) });
     menu(anchor, p.name, items);
+  }
+
+  /** Output volume (this listener's own) and, for speakers, the microphone. */
+  async soundSettings() {
+    const vol = h('input.volume#volume', {
+      type: 'range', min: 0, max: 100, step: 5, value: String(Math.round((this.call?.volume ?? preferredVolume()) * 100)),
+      oninput: () => {
+        this.call?.setVolume(Number(vol.value) / 100);
+        if (!this.call) try { localStorage.setItem('chorus.volume', String(Number(vol.value) / 100)); } catch { /* not remembered */ }
+        volOut.textContent = `${vol.value}%`;
+      },
+    });
+    const volOut = h('output.muted', { for: 'volume' }, `${vol.value}%`);
+    const mics = await listMics();
+    const current = this.call?.mic?.getAudioTracks()[0]?.getSettings?.().deviceId || preferredMic();
+    const micSel = h('select.input#mic-select', {
+      onchange: async () => {
+        try {
+          await this.call?.switchMic(micSel.value);
+          if (!this.call) localStorage.setItem('chorus.micId', micSel.value);
+          toast('Microphone changed.', 'success', 2000);
+        } catch (e) {
+          toast(e.message || 'Could not use that microphone.', 'error');
+        }
+      },
+    }, mics.length
+      ? mics.map((d, i) => h('option', { value: d.deviceId, selected: d.deviceId === current }, d.label || `Microphone ${i + 1}`))
+      : h('option', { value: '' }, 'Default microphone'));
+    modal('Sound', h('div.stack',
+      h('label.label', { for: 'volume' }, 'Volume of the room'),
+      h('div.row.gap', vol, volOut),
+      h('label.label', { for: 'mic-select' }, 'Microphone'),
+      micSel,
+      h('p.muted.small', 'The volume is yours: it changes what you hear, not what others hear.')));
+  }
+
+  isOwner() {
+    return !!(this.meta && this.app.user && this.meta.ownerId === this.app.user.id);
   }
 
   async share() {
@@ -497,7 +664,7 @@ export class RoomView {
         h('p.muted', 'You’re about to join'),
         h('h2', topic),
         h('p.muted.small', 'You’ll join as a listener. Raise your hand to speak.'),
-        h('button.btn.primary.big', { type: 'button', onclick: () => this.joinCall() }, icon('headphones'), 'Join room'),
+        h('button.btn.primary.big', { type: 'button', onclick: () => this.joinFromCard() }, icon('headphones'), 'Join room'),
         h('a.btn.ghost', { href: '#/' }, 'Not now')));
     this.root.querySelector('.room-page').append(this.prejoin);
   }
@@ -529,6 +696,8 @@ export class RoomView {
     this.titleEl = h('div.room-title', h('h1.skeleton-text', 'Loading room…'));
     this.stageEl = h('div.tiles.stage-tiles');
     this.audienceEl = h('div.tiles.audience-tiles');
+    this.removedEl = h('section.removed-list', { hidden: true, 'aria-label': 'Removed from this room' });
+    this.handsEl = h('section.hand-queue', { hidden: true, 'aria-label': 'Raised hands' });
     this.audienceHead = h('h3.section-title');
     this.stageHead = h('h3.section-title', 'On stage');
     this.controlsEl = h('div.controls');
@@ -540,7 +709,8 @@ export class RoomView {
       sendWs: (msg) => (this.signal?.isOpen() && this.you ? this.signal.send(msg) : false),
       avatarFor: (userId) => {
         for (const p of this.participants.values()) if (p.userId === userId && p.avatar) return p.avatar;
-        return null;
+        if (userId && userId === this.app.user?.id && this.app.user.avatar) return this.app.user.avatar;
+        return this.avatars.get(userId) || null;
       },
     });
     this.chatWrap = h('aside.chat-wrap', this.chat.el);
@@ -552,13 +722,15 @@ export class RoomView {
         h('a.icon-btn.ghost', { href: '#/', 'aria-label': 'Back to rooms', title: 'All rooms' }, icon('arrowLeft')),
         this.titleEl,
         h('div.top-actions', this.connEl,
-          h('button.btn.small', { type: 'button', onclick: () => this.share() }, icon('link'), h('span.hide-sm', 'Invite')))),
+          h('button.btn.small', { type: 'button', 'aria-label': 'Invite people', onclick: () => this.share() }, icon('link'), h('span.hide-sm', 'Invite')))),
       this.banner,
       h('div.room-layout',
         h('main.stage-wrap',
           h('div.stage-scroll',
             h('section.stage', this.stageHead, this.stageEl),
-            h('section.audience', this.audienceHead, this.audienceEl)),
+            this.handsEl,
+            h('section.audience', this.audienceHead, this.audienceEl),
+            this.removedEl),
           this.controlsEl),
         this.chatWrap),
       this.audioHost));
@@ -573,6 +745,10 @@ export class RoomView {
 
   renderHeader() {
     const m = this.meta;
+    if (this.isOwner() && !this.endBtn) {
+      this.endBtn = h('button.btn.small.end-room', { type: 'button', 'aria-label': 'End room', onclick: () => this.endRoom() }, icon('x'), h('span.hide-sm', 'End room'));
+      this.root.querySelector('.room-top .top-actions')?.append(this.endBtn);
+    }
     const typeBadge = {
       open: [icon('globe'), 'Open'],
       social: [icon('link'), 'Social'],
@@ -604,6 +780,17 @@ export class RoomView {
 
   drawPeople() {
     const people = this.sortedPeople();
+    // Remember pictures of everyone seen here, so the chat shows them even after they leave.
+    let learned = false;
+    for (const p of people) {
+      if (p.avatar && this.avatars.get(p.userId) !== p.avatar) {
+        this.avatars.set(p.userId, p.avatar);
+        learned = true;
+      }
+    }
+    if (learned) this.chat.refreshAvatars();
+    this.drawRemoved();
+    this.drawHands();
     const stage = people.filter((p) => canPublish(p.role));
     const audience = people.filter((p) => !canPublish(p.role));
     clear(this.stageEl, stage.map((p) => this.tile(p, 'lg')));
@@ -625,7 +812,8 @@ export class RoomView {
 
   tile(p, size) {
     const isYou = this.you && p.participantId === this.you.participantId;
-    const iModerate = this.you?.role === 'moderator' && !isYou;
+    const iModerate = this.you?.role === 'moderator' && !isYou
+      && (p.role !== 'moderator' || (this.isOwner() && p.userId !== this.app.user?.id));
     const av = avatar(p, size);
     const classes = ['tile'];
     if (this.speaking.has(p.participantId) && !p.muted) classes.push('speaking');
@@ -644,6 +832,40 @@ export class RoomView {
     h('div.tile-name', p.role === 'moderator' && icon('star', 'host-star'), h('span', p.name || 'Guest')),
     (size === 'lg' || isYou) && h('div.tile-role', size === 'lg' ? roleLabel[p.role] : '', isYou && h('span.you', size === 'lg' ? ' · You' : 'You')));
     return el;
+  }
+
+  /** Moderators only: raised hands in the order they went up, each with "Invite to speak". */
+  drawHands() {
+    const queue = this.you?.role === 'moderator' ? this.handQueue() : [];
+    this.handsEl.hidden = queue.length === 0;
+    clear(this.handsEl,
+      h('h3.section-title', icon('hand'), 'Raised hands', h('span.count', String(queue.length))),
+      h('ol.hand-list', queue.map((p, i) => h('li.hand-item', { dataset: { handPid: String(p.participantId) } },
+        h('span.hand-pos', String(i + 1)), avatar(p, 'sm'), h('span.removed-name', p.name || 'Guest'),
+        h('button.btn.small.primary', {
+          type: 'button',
+          'aria-label': `Invite ${p.name || 'them'} to speak`,
+          onclick: () => this.signal.send({ type: 'set_role', participantId: p.participantId, role: 'speaker' }),
+        }, icon('mic'), 'Invite')))));
+  }
+
+  /** Moderators only: the people removed from this room, each with "Let back in". */
+  drawRemoved() {
+    const list = this.you?.role === 'moderator' ? this.removedUsers || [] : [];
+    this.removedEl.hidden = list.length === 0;
+    clear(this.removedEl,
+      h('h3.section-title', 'Removed', h('span.count', String(list.length))),
+      h('p.muted.small', 'They can’t come back until you let them back in.'),
+      h('ul.removed-users', list.map((u) => h('li.removed-user', { dataset: { userId: u.userId } },
+        avatar(u, 'sm'), h('span.removed-name', u.name || 'Someone'),
+        h('button.btn.small', {
+          type: 'button',
+          'aria-label': `Let ${u.name || 'them'} back in`,
+          onclick: () => {
+            this.signal.send({ type: 'let_back_in', userId: u.userId });
+            toast(`${u.name || 'They'} can join again.`, 'success', 2500);
+          },
+        }, 'Let back in')))));
   }
 
   setChatOpen(open) {
@@ -665,9 +887,14 @@ export class RoomView {
       'aria-label': you.muted ? 'Unmute microphone' : 'Mute microphone',
       title: this.micError || (you.muted ? 'Unmute' : 'Mute'),
     }, icon(you.muted ? 'micOff' : 'mic'), h('span', you.muted ? 'Unmute' : 'Mute'));
+    const stepBtn = you && speaker && !this.isOwner() && h('button.ctrl.step-btn', {
+      type: 'button', onclick: () => this.stepBack(), title: 'Move to the audience', 'aria-label': 'Leave stage',
+    }, icon('down'), h('span', 'Leave stage'));
     const handBtn = you && !speaker && h(`button.ctrl.hand-btn${you.handRaised ? '.active' : ''}`, {
-      type: 'button', onclick: () => this.toggleHand(), 'aria-pressed': String(!!you.handRaised),
+      type: 'button', onclick: () => this.toggleHand(), 'aria-pressed': String(!!you.handRaised), 'aria-label': you.handRaised ? 'Lower hand' : 'Raise hand',
     }, icon('hand'), h('span', you.handRaised ? 'Lower hand' : 'Raise hand'));
+    const soundBtn = h('button.ctrl.sound-btn', { type: 'button', 'aria-label': 'Sound settings', title: 'Sound settings', onclick: () => this.soundSettings() },
+      icon('headphones'), h('span', 'Sound'));
     const chatBtn = h('button.ctrl.chat-btn', { type: 'button', onclick: () => this.setChatOpen(!this.chatOpen), 'aria-label': 'Chat' },
       icon('chat'), h('span', 'Chat'), this.unread > 0 && h('span.unread', String(Math.min(this.unread, 99))));
     const status = !you ? 'Connecting…'
@@ -676,8 +903,8 @@ export class RoomView {
         : this.callConnected ? (speaker ? (you.muted ? 'You’re muted' : 'You’re live') : 'Listening')
           : 'Connecting audio…';
     clear(this.controlsEl,
-      h('button.ctrl.leave-btn', { type: 'button', onclick: () => this.leave() }, icon('leave'), h('span', 'Leave quietly')),
-      h('div.ctrl-status', { 'data-state': speaker && this.micError ? 'error' : this.callConnected ? 'on' : 'off', title: speaker ? this.micError || '' : '' }, h('span.dot'), status),
-      h('div.ctrl-group', chatBtn, handBtn, micBtn));
+      h('button.ctrl.leave-btn', { type: 'button', 'aria-label': 'Leave quietly', onclick: () => this.leave() }, icon('leave'), h('span', 'Leave quietly')),
+      h('div.ctrl-status', { 'data-state': speaker && this.micError ? 'error' : !this.callConnected ? 'off' : speaker && you.muted ? 'muted' : 'on', title: speaker ? this.micError || '' : '' }, h('span.dot'), status),
+      h('div.ctrl-group', soundBtn, chatBtn, handBtn, stepBtn, micBtn));
   }
 }

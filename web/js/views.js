@@ -8,10 +8,40 @@ import { shareLink } from './room.js';
 
 // ---- login ----------------------------------------------------------------
 
-function normalisePhone(raw) {
+// Country calling codes offered beside the phone field (a typed "+..." wins).
+export const COUNTRIES = [
+  ['US', 'United States', '1'], ['CA', 'Canada', '1'], ['GB', 'United Kingdom', '44'], ['IE', 'Ireland', '353'],
+  ['FR', 'France', '33'], ['DE', 'Germany', '49'], ['ES', 'Spain', '34'], ['IT', 'Italy', '39'], ['PT', 'Portugal', '351'],
+  ['NL', 'Netherlands', '31'], ['BE', 'Belgium', '32'], ['CH', 'Switzerland', '41'], ['AT', 'Austria', '43'],
+  ['SE', 'Sweden', '46'], ['NO', 'Norway', '47'], ['DK', 'Denmark', '45'], ['FI', 'Finland', '358'], ['PL', 'Poland', '48'],
+  ['GR', 'Greece', '30'], ['TR', 'Türkiye', '90'], ['UA', 'Ukraine', '380'], ['IL', 'Israel', '972'], ['AE', 'United Arab Emirates', '971'],
+  ['SA', 'Saudi Arabia', '966'], ['EG', 'Egypt', '20'], ['NG', 'Nigeria', '234'], ['KE', 'Kenya', '254'], ['ZA', 'South Africa', '27'],
+  ['IN', 'India', '91'], ['PK', 'Pakistan', '92'], ['BD', 'Bangladesh', '880'], ['CN', 'China', '86'], ['JP', 'Japan', '81'],
+  ['KR', 'South Korea', '82'], ['SG', 'Singapore', '65'], ['ID', 'Indonesia', '62'], ['PH', 'Philippines', '63'], ['VN', 'Vietnam', '84'],
+  ['TH', 'Thailand', '66'], ['MY', 'Malaysia', '60'], ['AU', 'Australia', '61'], ['NZ', 'New Zealand', '64'],
+  ['MX', 'Mexico', '52'], ['BR', 'Brazil', '55'], ['AR', 'Argentina', '54'], ['CO', 'Colombia', '57'], ['CL', 'Chile', '56'],
+];
+const COUNTRY_KEY = 'chorus.country';
+const RESEND_AFTER_S = 30;
+
+/** A guess at the visitor's country from the browser's language ("en-GB" -> GB). */
+function guessCountry() {
+  const saved = localStorage.getItem(COUNTRY_KEY);
+  if (saved && COUNTRIES.some((c) => c[0] === saved)) return saved;
+  for (const lang of navigator.languages || [navigator.language]) {
+    const region = /-([A-Z]{2})$/i.exec(lang || '')?.[1]?.toUpperCase();
+    if (region && COUNTRIES.some((c) => c[0] === region)) return region;
+  }
+  return 'US';
+}
+
+/** "+44 7700 900123", "0044…", or a national number with the picked country's code. */
+export function normalisePhone(raw, dial = '') {
   const s = String(raw).replace(/[\s().-]/g, '');
+  if (/^\+/.test(s)) return s;
   if (/^00\d/.test(s)) return `+${s.slice(2)}`;
-  return s;
+  // A national number: drop the trunk prefix 0 (UK 07…, FR 06…), add the code.
+  return dial ? `+${dial}${s.replace(/^0+/, '')}` : s;
 }
 
 export function loginView(root, app) {
@@ -26,21 +56,31 @@ export function loginView(root, app) {
     errorEl.hidden = !msg;
   };
   const body = h('div.login-body');
+  let country = guessCountry();
+  let resendTimer = null;
+  const dialOf = (cc) => COUNTRIES.find((c) => c[0] === cc)?.[2] || '';
   const render = () => {
     showError(app.flash());
+    clearInterval(resendTimer);
     if (step === 'phone') {
       const input = h('input.input.big#phone', {
-        type: 'tel', inputMode: 'tel', autocomplete: 'tel', placeholder: '+1 555 010 0000', required: true, value: phone,
-        'aria-label': 'Phone number',
+        type: 'tel', inputMode: 'tel', autocomplete: 'tel-national', placeholder: '555 010 0000', required: true, value: phone,
       });
+      const picker = h('select.input.big.country#country', {
+        'aria-label': 'Country calling code',
+        onchange: () => {
+          country = picker.value;
+          localStorage.setItem(COUNTRY_KEY, country);
+        },
+      }, COUNTRIES.map(([cc, name, dial]) => h('option', { value: cc, selected: cc === country }, `${name} +${dial}`)));
       const submit = h('button.btn.primary.big.wide', { type: 'submit' }, 'Send code');
       clear(body, h('form.stack', {
         onsubmit: async (e) => {
           e.preventDefault();
           if (busy) return;
-          const p = normalisePhone(input.value);
+          const p = normalisePhone(input.value, dialOf(country));
           if (!/^\+[1-9]\d{7,14}$/.test(p)) {
-            showError('Enter your number with its country code, like +1 555 010 0000.');
+            showError('That doesn’t look like a phone number. Pick your country and enter your number.');
             input.focus();
             return;
           }
@@ -62,7 +102,7 @@ export function loginView(root, app) {
         },
       },
       h('label.label', { for: 'phone' }, 'Your phone number'),
-      input,
+      h('div.phone-row', picker, input),
       errorEl,
       submit,
       h('p.muted.small.center', 'We’ll text you a one-time code.')));
@@ -73,6 +113,26 @@ export function loginView(root, app) {
         placeholder: '••••••', required: true, 'aria-label': 'Code',
       });
       const submit = h('button.btn.primary.big.wide', { type: 'submit' }, 'Continue');
+      const resend = h('button.link-btn.resend', {
+        type: 'button',
+        onclick: async () => {
+          if (busy) return;
+          busy = true;
+          resend.disabled = true;
+          showError('');
+          try {
+            const res = await api.sendOtp(phone);
+            hash = res?.hash || hash;
+            toast('A new code is on its way.', 'success', 3000);
+            render();
+          } catch (err) {
+            showError(err.message);
+            resend.disabled = false;
+          } finally {
+            busy = false;
+          }
+        },
+      }, 'Resend code');
       clear(body, h('form.stack', {
         onsubmit: async (e) => {
           e.preventDefault();
@@ -103,8 +163,18 @@ export function loginView(root, app) {
       errorEl,
       submit,
       h('div.dev-note', icon('wave'), h('span', 'Running Chorus in development? The code isn’t texted: it is printed in the ', h('strong', 'server log'), '.')),
-      h('button.link-btn', { type: 'button', onclick: () => { step = 'phone'; render(); } }, 'Use a different number')));
+      h('div.row.gap.resend-row', resend, h('button.link-btn', { type: 'button', onclick: () => { step = 'phone'; render(); } }, 'Use a different number'))));
       setTimeout(() => input.focus(), 0);
+      // "Resend code" after a short wait, to the same number: no retyping.
+      let left = RESEND_AFTER_S;
+      const tick = () => {
+        resend.disabled = left > 0;
+        resend.textContent = left > 0 ? `Resend code in ${left} s` : 'Resend code';
+        left -= 1;
+        if (left < -1) clearInterval(resendTimer);
+      };
+      tick();
+      resendTimer = setInterval(tick, 1000);
     }
   };
 
@@ -116,7 +186,7 @@ export function loginView(root, app) {
       h('p.muted.lead', 'Live voice rooms for your people.'),
       body)));
   render();
-  return () => {};
+  return () => clearInterval(resendTimer);
 }
 
 // ---- profile --------------------------------------------------------------
@@ -284,7 +354,7 @@ export function parseRoomLink(text) {
 export function topBar(app, extra) {
   const u = app.user || {};
   const meBtn = h('button.me-btn', {
-    type: 'button', 'aria-label': 'Account',
+    type: 'button', 'aria-label': `${u.name || 'Account'}: account menu`,
     onclick: () => menu(meBtn, u.name, [
       { label: 'Edit profile', icon: 'camera', onclick: () => app.navigate('#/profile') },
       { label: 'Sign out', icon: 'logout', danger: true, onclick: () => app.logout() },
@@ -299,6 +369,8 @@ export function lobbyView(root, app) {
   let timer = null;
   let stopped = false;
   const grid = h('div.room-grid', { 'aria-live': 'polite' }, skeletonCards());
+  const idleHead = h('h2.section-title.lobby-idle-title', { hidden: true }, 'Quiet rooms');
+  const idleGrid = h('div.room-grid.idle-grid', { hidden: true });
   const linkInput = h('input.input', { type: 'text', placeholder: 'Paste a room link', 'aria-label': 'Room link' });
 
   const load = async () => {
@@ -324,7 +396,15 @@ export function lobbyView(root, app) {
         h('button.btn.primary', { type: 'button', onclick: () => createRoom(app) }, icon('plus'), 'Start a room')));
       return;
     }
-    clear(grid, rooms.map((r) => roomCard(r)));
+    // Live rooms (someone in them) first; idle ones apart, below, so the lobby
+    // never leads with "0 people".
+    const live = rooms.filter((r) => (r.totalPeople ?? 0) > 0);
+    const idle = rooms.filter((r) => !((r.totalPeople ?? 0) > 0));
+    clear(grid,
+      live.length ? live.map((r) => roomCard(r)) : h('p.muted.empty-line', 'Nobody is talking right now. Start a room, or wake up a quiet one.'));
+    clear(idleGrid, idle.map((r) => roomCard(r, true)));
+    idleHead.hidden = idle.length === 0;
+    idleGrid.hidden = idle.length === 0;
   };
 
   const join = (e) => {
@@ -346,8 +426,10 @@ export function lobbyView(root, app) {
           h('p.muted.lead', 'Rooms happening now. Jump in and listen, or start your own.')),
         h('button.btn.primary.big', { type: 'button', onclick: () => createRoom(app) }, icon('plus'), 'Start a room')),
       h('form.join-link', { onsubmit: join }, icon('link'), linkInput, h('button.btn', { type: 'submit' }, 'Join')),
-      h('h2.section-title', 'Open rooms'),
-      grid)));
+      h('h2.section-title', 'Live now'),
+      grid,
+      idleHead,
+      idleGrid)));
   load();
   return () => {
     stopped = true;
@@ -359,13 +441,13 @@ function skeletonCards() {
   return [0, 1, 2].map(() => h('div.room-card.skeleton', h('div.sk-line.w60'), h('div.sk-line.w40'), h('div.sk-avatars')));
 }
 
-function roomCard(r) {
+function roomCard(r, idle = false) {
   const speakers = r.speakers || [];
   const total = r.totalPeople ?? 0;
-  return h('a.room-card', { href: `#/room/${encodeURIComponent(r.id)}`, dataset: { roomId: r.id } },
+  return h(`a.room-card${idle ? '.idle' : ''}`, { href: `#/room/${encodeURIComponent(r.id)}`, dataset: { roomId: r.id } },
     h('div.room-card-top',
-      h('span.live-pill', h('span.dot'), 'Live'),
-      h('span.people', icon('users'), String(total))),
+      idle ? h('span.idle-pill', 'Quiet') : h('span.live-pill', h('span.dot'), 'Live'),
+      h('span.people', { 'aria-label': `${total} ${total === 1 ? 'person' : 'people'} in the room` }, icon('users'), String(total))),
     h('h3.room-topic', r.topic || 'Untitled room'),
     h('div.room-card-foot',
       h('div.avatar-stack', speakers.slice(0, 4).map((s) => avatar(s, 'sm'))),

@@ -13,9 +13,10 @@ use time::OffsetDateTime;
 use utoipa::{IntoParams, ToSchema};
 
 use crate::access::is_valid_room_id;
+use crate::audio_duration::audio_duration_ms;
 use crate::auth::AuthUser;
 use crate::chat;
-use crate::dto::{MessageJson, attachment_url};
+use crate::dto::{MessageJson, attachment_url, voice_text};
 use crate::error::{ApiError, ApiJson, ApiPath, ApiQuery, ApiResult, ErrorBody};
 use crate::handlers::blobs::blob_response;
 use crate::handlers::rooms::visible_room;
@@ -175,14 +176,8 @@ pub async fn post_message(
     ApiPath(room_id): ApiPath<String>,
     ApiJson(req): ApiJson<PostMessageRequest>,
 ) -> ApiResult<(StatusCode, Json<MessageJson>)> {
-    // Control and text-direction characters go; a text with nothing visible left (or
-    // too long) becomes empty, which `post_text` refuses after its room check.
-    let text = crate::text::clean_message(
-        req.message.as_deref().unwrap_or(""),
-        state.config.max_message_chars,
-    )
-    .unwrap_or_default();
-    let msg = chat::post_text(&state, &RoomId(room_id), &auth.user_id, &text).await?;
+    let text = req.message.as_deref().unwrap_or("");
+    let msg = chat::post_text(&state, &RoomId(room_id), &auth.user_id, text).await?;
     state.live.message_created(&msg);
     Ok((StatusCode::CREATED, Json(MessageJson::of(&msg))))
 }
@@ -276,6 +271,11 @@ async fn upload(
     let content_type = (kind.sniff)(&bytes).ok_or_else(|| {
         ApiError::UnsupportedMediaType(format!("Only {} are accepted", kind.accepted))
     })?;
+    // Measured once here: browsers cannot tell a MediaRecorder WebM's length early.
+    let text = match kind.message {
+        MessageType::Voice => voice_text(audio_duration_ms(&bytes)),
+        _ => String::new(),
+    };
     let now = state.now();
     let file = FileId(new_id());
     state
@@ -298,7 +298,7 @@ async fn upload(
         author_id: user.id,
         author_name: name,
         kind: kind.message,
-        text: String::new(),
+        text,
         attachment: Some(file.clone()),
         created_at: now,
     };

@@ -18,7 +18,7 @@ pub mod mongo;
 pub mod sqlite;
 pub mod timed;
 
-pub use mongo::MongoStore;
+pub use mongo::{MongoSettings, MongoStore};
 pub use sqlite::SqliteStore;
 pub use timed::{StoreObserver, Timed};
 
@@ -220,6 +220,10 @@ pub enum StoreError {
     Conflict,
     #[error("not found")]
     NotFound,
+    /// The database cannot be reached right now (down, unreachable, shutting down, or
+    /// an operation past its deadline); worth retrying later. Logged, never shown.
+    #[error("database unavailable: {0}")]
+    Unavailable(String),
     /// Anything from the database itself; logged, never shown to clients.
     #[error("database error: {0}")]
     Backend(String),

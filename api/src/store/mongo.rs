@@ -25,6 +25,7 @@
 //! orphans, which `expire_rooms` sweeps, never a room whose content is half gone.
 
 use std::ops::Range;
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -33,9 +34,12 @@ use futures::{AsyncWriteExt, TryStreamExt};
 use mongodb::bson::{Binary, Bson, DateTime, Document, doc, oid::ObjectId, spec::BinarySubtype};
 use mongodb::error::{ErrorKind, WriteFailure};
 use mongodb::gridfs::{FilesCollectionDocument, GridFsBucket};
-use mongodb::options::{ClientOptions, GridFsBucketOptions, IndexOptions, ReturnDocument};
+use mongodb::options::{
+    ClientOptions, GridFsBucketOptions, IndexOptions, ReturnDocument, WriteConcern,
+};
 use mongodb::{Client, Collection, Database, IndexModel};
 use time::OffsetDateTime;
+use tokio::sync::OnceCell;
 
 use super::{
     BlobKind, BlobMeta, BlobStore, ByteStream, ChunkPlan, FamilyId, FileId, Health, Message,
@@ -60,9 +64,66 @@ const CHUNK_BATCH: u32 = 2;
 
 const DUPLICATE_KEY: i32 = 11000;
 
+pub use mongodb::options::Acknowledgment;
+
+/// How the store talks to MongoDB beyond what the connection string says: how long to
+/// wait for an unreachable server, and which writes count as done.
+#[derive(Clone, Debug)]
+pub struct MongoSettings {
+    /// How long an operation waits for a reachable server (and a new connection for
+    /// its handshake) before it fails with [`StoreError::Unavailable`]. The driver's
+    /// default, 30 s, turns an outage into requests that hang.
+    pub server_selection_timeout: Duration,
+    /// Write concern `w`: `majority` (the default) or a number of members.
+    pub write_acknowledgment: Acknowledgment,
+    /// Write concern `j`: acknowledge a write only once it is in the on-disk journal,
+    /// so a database killed right after the acknowledgment still has it.
+    pub journal: bool,
+}
+
+impl Default for MongoSettings {
+    fn default() -> Self {
+        Self {
+            server_selection_timeout: Duration::from_secs(2),
+            write_acknowledgment: Acknowledgment::Majority,
+            journal: true,
+        }
+    }
+}
+
+impl MongoSettings {
+    /// Parses a write concern `w`: `majority` or a number of members (at least 1).
+    pub fn parse_w(w: &str) -> Result<Acknowledgment, String> {
+        match w.trim() {
+            "majority" => Ok(Acknowledgment::Majority),
+            n => match n.parse::<u32>() {
+                Ok(n) if n >= 1 => Ok(Acknowledgment::Nodes(n)),
+                _ => Err(format!(
+                    "write concern w must be `majority` or a number >= 1, not `{w}`"
+                )),
+            },
+        }
+    }
+
+    fn apply(&self, options: &mut ClientOptions) {
+        options.server_selection_timeout = Some(self.server_selection_timeout);
+        options.connect_timeout = Some(self.server_selection_timeout);
+        options.write_concern = Some(
+            WriteConcern::builder()
+                .w(self.write_acknowledgment.clone())
+                .journal(self.journal)
+                .build(),
+        );
+    }
+}
+
 /// The MongoDB store. Cheap to clone (the driver's handles are reference-counted).
 #[derive(Clone, Debug)]
 pub struct MongoStore {
+    /// Set once the server answered and the indexes exist; until then every operation
+    /// first tries to get there, and fails with `Unavailable` if it cannot.
+    ready: Arc<OnceCell<()>>,
+    room_expiry: Duration,
     db: Database,
     users: Collection<Document>,
     otps: Collection<Document>,
@@ -79,26 +140,57 @@ impl MongoStore {
     /// the idle time after which the TTL index deletes a room; a changed value updates
     /// the existing index.
     pub async fn connect(uri: &str, db_name: &str, room_expiry: Duration) -> StoreResult<Self> {
-        let options = ClientOptions::parse(uri).await.map_err(backend)?;
-        Self::connect_with(options, db_name, room_expiry).await
+        let mut options = ClientOptions::parse(uri).await.map_err(backend)?;
+        MongoSettings::default().apply(&mut options);
+        let store = Self::build(options, db_name, room_expiry)?;
+        store.ensure_ready().await?;
+        Ok(store)
     }
 
     /// Like [`connect`](Self::connect), with the database named in the URI's path
     /// (`mongodb://host/chillout` uses `chillout`), or [`DEFAULT_DB_NAME`] if it names none.
     pub async fn connect_uri(uri: &str, room_expiry: Duration) -> StoreResult<Self> {
-        let options = ClientOptions::parse(uri).await.map_err(backend)?;
+        let store = Self::open(uri, room_expiry, &MongoSettings::default()).await?;
+        store.ensure_ready().await?;
+        Ok(store)
+    }
+
+    /// The store the server runs on: does not wait for the database. Fails only for a
+    /// connection string that does not parse. Until the database answers (and the
+    /// indexes are made), operations and [`Health::ping`] fail with
+    /// [`StoreError::Unavailable`]; a background task keeps trying, so the store becomes
+    /// ready on its own once the database is up.
+    pub async fn open(
+        uri: &str,
+        room_expiry: Duration,
+        settings: &MongoSettings,
+    ) -> StoreResult<Self> {
+        let mut options = ClientOptions::parse(uri).await.map_err(backend)?;
+        settings.apply(&mut options);
         let db_name = options
             .default_database
             .clone()
             .unwrap_or_else(|| DEFAULT_DB_NAME.to_owned());
-        Self::connect_with(options, &db_name, room_expiry).await
+        let store = Self::build(options, &db_name, room_expiry)?;
+        let background = store.clone();
+        tokio::spawn(async move {
+            let mut wait = Duration::from_millis(250);
+            loop {
+                match background.ensure_ready().await {
+                    Ok(()) => {
+                        tracing::info!("MongoDB reachable; store ready");
+                        return;
+                    }
+                    Err(e) => tracing::warn!(error = %e, "waiting for MongoDB"),
+                }
+                tokio::time::sleep(wait).await;
+                wait = (wait * 2).min(Duration::from_secs(5));
+            }
+        });
+        Ok(store)
     }
 
-    async fn connect_with(
-        options: ClientOptions,
-        db_name: &str,
-        room_expiry: Duration,
-    ) -> StoreResult<Self> {
+    fn build(options: ClientOptions, db_name: &str, room_expiry: Duration) -> StoreResult<Self> {
         let client = Client::with_options(options).map_err(backend)?;
         let db = client.database(db_name);
         let bucket = |name: &str| {
@@ -109,7 +201,9 @@ impl MongoStore {
                     .build(),
             )
         };
-        let store = Self {
+        Ok(Self {
+            ready: Arc::new(OnceCell::new()),
+            room_expiry,
             users: db.collection("users"),
             otps: db.collection("otps"),
             tokens: db.collection("refresh_tokens"),
@@ -119,10 +213,22 @@ impl MongoStore {
             images: bucket("images"),
             avatars: bucket("avatars"),
             db,
-        };
-        store.ping().await?;
-        store.create_indexes(room_expiry).await?;
-        Ok(store)
+        })
+    }
+
+    /// The server answered and the indexes exist (made once; concurrent callers wait
+    /// for the one making them, and a failure leaves the next caller to try again).
+    async fn ensure_ready(&self) -> StoreResult<()> {
+        self.ready
+            .get_or_try_init(|| async {
+                self.db
+                    .run_command(doc! { "ping": 1 })
+                    .await
+                    .map_err(backend)?;
+                self.create_indexes(self.room_expiry).await
+            })
+            .await?;
+        Ok(())
     }
 
     async fn create_indexes(&self, room_expiry: Duration) -> StoreResult<()> {
@@ -351,8 +457,25 @@ fn file_oid(id: &FileId) -> Option<ObjectId> {
     }
 }
 
+/// MongoDB errors that mean "cannot reach a usable server right now" (no server to
+/// select, connections lost or refused, a server shutting down or stepping down):
+/// [`StoreError::Unavailable`]. Everything else is a backend failure.
 fn backend(e: mongodb::error::Error) -> StoreError {
-    StoreError::Backend(format!("mongodb: {e}"))
+    /// ShutdownInProgress, InterruptedAtShutdown, InterruptedDueToReplStateChange,
+    /// NotWritablePrimary, NotPrimaryNoSecondaryOk, NotPrimaryOrSecondary,
+    /// PrimarySteppedDown.
+    const UNAVAILABLE_CODES: [i32; 7] = [91, 11600, 11602, 10107, 13435, 13436, 189];
+    let unavailable = match e.kind.as_ref() {
+        ErrorKind::ServerSelection { .. }
+        | ErrorKind::Io(_)
+        | ErrorKind::ConnectionPoolCleared { .. } => true,
+        _ => error_code(&e).is_some_and(|c| UNAVAILABLE_CODES.contains(&c)),
+    };
+    if unavailable {
+        StoreError::Unavailable(format!("mongodb: {e}"))
+    } else {
+        StoreError::Backend(format!("mongodb: {e}"))
+    }
 }
 
 fn error_code(e: &mongodb::error::Error) -> Option<i32> {
@@ -565,6 +688,7 @@ async fn collect_docs<T>(
 #[async_trait]
 impl UserStore for MongoStore {
     async fn find_or_create_user(&self, phone: &str, now: OffsetDateTime) -> StoreResult<User> {
+        self.ensure_ready().await?;
         // Concurrent upserts of one new phone can both miss and both insert; the unique
         // index refuses the loser, who then finds the winner's document.
         for _ in 0..3 {
@@ -603,6 +727,7 @@ impl UserStore for MongoStore {
     }
 
     async fn get_user(&self, id: &UserId) -> StoreResult<Option<User>> {
+        self.ensure_ready().await?;
         self.users
             .find_one(doc! { "_id": id.as_str() })
             .await
@@ -613,6 +738,7 @@ impl UserStore for MongoStore {
     }
 
     async fn get_users(&self, ids: &[UserId]) -> StoreResult<Vec<User>> {
+        self.ensure_ready().await?;
         if ids.is_empty() {
             return Ok(Vec::new());
         }
@@ -631,6 +757,7 @@ impl UserStore for MongoStore {
         name: &str,
         avatar: Option<FileId>,
     ) -> StoreResult<User> {
+        self.ensure_ready().await?;
         let mut set = doc! { "name": name, "activated": true };
         if let Some(a) = &avatar {
             set.insert("avatar", a.as_str());
@@ -661,6 +788,7 @@ impl UserStore for MongoStore {
 #[async_trait]
 impl OtpStore for MongoStore {
     async fn put_otp(&self, c: OtpChallenge) -> StoreResult<()> {
+        self.ensure_ready().await?;
         self.otps
             .insert_one(doc! {
                 "_id": bin(&c.handle_hash),
@@ -675,6 +803,7 @@ impl OtpStore for MongoStore {
     }
 
     async fn get_otp(&self, handle_hash: &[u8]) -> StoreResult<Option<OtpChallenge>> {
+        self.ensure_ready().await?;
         self.otps
             .find_one(doc! { "_id": bin(handle_hash) })
             .await
@@ -685,6 +814,7 @@ impl OtpStore for MongoStore {
     }
 
     async fn spend_otp_attempt(&self, handle_hash: &[u8]) -> StoreResult<Option<u32>> {
+        self.ensure_ready().await?;
         let after = self
             .otps
             .find_one_and_update(
@@ -701,6 +831,7 @@ impl OtpStore for MongoStore {
     }
 
     async fn consume_otp(&self, handle_hash: &[u8]) -> StoreResult<bool> {
+        self.ensure_ready().await?;
         let res = self
             .otps
             .delete_one(doc! { "_id": bin(handle_hash) })
@@ -710,6 +841,7 @@ impl OtpStore for MongoStore {
     }
 
     async fn purge_expired_otps(&self, now: OffsetDateTime) -> StoreResult<u64> {
+        self.ensure_ready().await?;
         let res = self
             .otps
             .delete_many(doc! { "expiresAt": { "$lte": bson_time(now) } })
@@ -722,6 +854,7 @@ impl OtpStore for MongoStore {
 #[async_trait]
 impl SessionStore for MongoStore {
     async fn put_refresh_token(&self, t: RefreshToken) -> StoreResult<()> {
+        self.ensure_ready().await?;
         self.tokens
             .insert_one(doc! {
                 "_id": bin(&t.token_hash),
@@ -736,6 +869,7 @@ impl SessionStore for MongoStore {
     }
 
     async fn get_refresh_token(&self, token_hash: &[u8]) -> StoreResult<Option<RefreshToken>> {
+        self.ensure_ready().await?;
         self.tokens
             .find_one(doc! { "_id": bin(token_hash) })
             .await
@@ -746,6 +880,7 @@ impl SessionStore for MongoStore {
     }
 
     async fn mark_refresh_token_used(&self, token_hash: &[u8]) -> StoreResult<bool> {
+        self.ensure_ready().await?;
         let res = self
             .tokens
             .update_one(
@@ -758,6 +893,7 @@ impl SessionStore for MongoStore {
     }
 
     async fn revoke_family(&self, family: &FamilyId) -> StoreResult<()> {
+        self.ensure_ready().await?;
         self.tokens
             .update_many(
                 doc! { "family": family.as_str() },
@@ -769,6 +905,7 @@ impl SessionStore for MongoStore {
     }
 
     async fn purge_expired_refresh_tokens(&self, now: OffsetDateTime) -> StoreResult<u64> {
+        self.ensure_ready().await?;
         let res = self
             .tokens
             .delete_many(doc! { "expiresAt": { "$lte": bson_time(now) } })
@@ -781,6 +918,7 @@ impl SessionStore for MongoStore {
 #[async_trait]
 impl RoomStore for MongoStore {
     async fn create_room(&self, mut room: Room) -> StoreResult<()> {
+        self.ensure_ready().await?;
         room.invited.sort();
         room.invited.dedup();
         self.rooms
@@ -791,6 +929,7 @@ impl RoomStore for MongoStore {
     }
 
     async fn get_room(&self, id: &RoomId) -> StoreResult<Option<Room>> {
+        self.ensure_ready().await?;
         self.rooms
             .find_one(doc! { "_id": id.as_str() })
             .await
@@ -805,6 +944,7 @@ impl RoomStore for MongoStore {
         after: Option<&RoomCursor>,
         limit: u32,
     ) -> StoreResult<Vec<Room>> {
+        self.ensure_ready().await?;
         let open = RoomType::Open.as_str();
         let filter = match after {
             None => doc! { "roomType": open },
@@ -830,6 +970,7 @@ impl RoomStore for MongoStore {
     }
 
     async fn update_room_topic(&self, id: &RoomId, topic: &str) -> StoreResult<Option<Room>> {
+        self.ensure_ready().await?;
         self.rooms
             .find_one_and_update(
                 doc! { "_id": id.as_str() },
@@ -844,6 +985,7 @@ impl RoomStore for MongoStore {
     }
 
     async fn add_room_invite(&self, id: &RoomId, user: &UserId) -> StoreResult<()> {
+        self.ensure_ready().await?;
         let res = self
             .rooms
             .update_one(
@@ -859,6 +1001,7 @@ impl RoomStore for MongoStore {
     }
 
     async fn set_invite_code(&self, id: &RoomId, code: Option<&str>) -> StoreResult<()> {
+        self.ensure_ready().await?;
         let res = self
             .rooms
             .update_one(
@@ -874,6 +1017,7 @@ impl RoomStore for MongoStore {
     }
 
     async fn touch_room(&self, id: &RoomId, now: OffsetDateTime) -> StoreResult<()> {
+        self.ensure_ready().await?;
         // $max: a late, out-of-order touch never moves the clock back.
         let res = self
             .rooms
@@ -890,6 +1034,7 @@ impl RoomStore for MongoStore {
     }
 
     async fn delete_room(&self, id: &RoomId) -> StoreResult<bool> {
+        self.ensure_ready().await?;
         // Room first: from then on its content is an orphan the sweeper would also find.
         let res = self
             .rooms
@@ -902,6 +1047,7 @@ impl RoomStore for MongoStore {
     }
 
     async fn expire_rooms(&self, cutoff: OffsetDateTime) -> StoreResult<u64> {
+        self.ensure_ready().await?;
         let res = self
             .rooms
             .delete_many(doc! { "lastActivity": { "$lt": bson_time(cutoff) } })
@@ -927,6 +1073,7 @@ impl RoomStore for MongoStore {
 #[async_trait]
 impl MessageStore for MongoStore {
     async fn insert_message(&self, m: Message) -> StoreResult<()> {
+        self.ensure_ready().await?;
         // Bumping the room's activity doubles as the existence check.
         let res = self
             .rooms
@@ -956,6 +1103,7 @@ impl MessageStore for MongoStore {
     }
 
     async fn get_message(&self, id: &MessageId) -> StoreResult<Option<Message>> {
+        self.ensure_ready().await?;
         self.messages
             .find_one(doc! { "_id": id.as_str() })
             .await
@@ -971,6 +1119,7 @@ impl MessageStore for MongoStore {
         before: Option<&MessageCursor>,
         limit: u32,
     ) -> StoreResult<Vec<Message>> {
+        self.ensure_ready().await?;
         let filter = match before {
             None => doc! { "roomId": room.as_str() },
             Some(c) => {
@@ -995,6 +1144,7 @@ impl MessageStore for MongoStore {
     }
 
     async fn delete_message(&self, id: &MessageId) -> StoreResult<Option<Message>> {
+        self.ensure_ready().await?;
         let Some(d) = self
             .messages
             .find_one_and_delete(doc! { "_id": id.as_str() })
@@ -1014,6 +1164,7 @@ impl MessageStore for MongoStore {
 #[async_trait]
 impl BlobStore for MongoStore {
     async fn put_blob(&self, meta: BlobMeta, bytes: Bytes) -> StoreResult<()> {
+        self.ensure_ready().await?;
         let oid = file_oid(&meta.id).ok_or_else(|| {
             StoreError::Backend(format!(
                 "file id {:?} is not 24 lowercase hex digits",
@@ -1065,6 +1216,7 @@ impl BlobStore for MongoStore {
     }
 
     async fn get_blob_meta(&self, id: &FileId) -> StoreResult<Option<BlobMeta>> {
+        self.ensure_ready().await?;
         match self.find_file(id).await? {
             Some((kind, f)) => Ok(Some(blob_from(kind, &f)?)),
             None => Ok(None),
@@ -1072,6 +1224,7 @@ impl BlobStore for MongoStore {
     }
 
     async fn read_blob(&self, id: &FileId, range: Range<u64>) -> StoreResult<ByteStream> {
+        self.ensure_ready().await?;
         let (kind, file) = self.find_file(id).await?.ok_or(StoreError::NotFound)?;
         let chunk_size = u64::from(file.chunk_size_bytes);
         let plan = ChunkPlan::new(range.clone(), file.length, chunk_size)?;
@@ -1116,6 +1269,7 @@ impl BlobStore for MongoStore {
     }
 
     async fn delete_blob(&self, id: &FileId) -> StoreResult<bool> {
+        self.ensure_ready().await?;
         match self.find_file(id).await? {
             Some((kind, f)) => self.delete_file(kind, f.id).await,
             None => Ok(false),
@@ -1126,6 +1280,7 @@ impl BlobStore for MongoStore {
 #[async_trait]
 impl Health for MongoStore {
     async fn ping(&self) -> StoreResult<()> {
+        self.ensure_ready().await?;
         self.db
             .run_command(doc! { "ping": 1 })
             .await

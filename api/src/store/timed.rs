@@ -1,6 +1,9 @@
 //! A store decorator that times every operation and reports it to a [`StoreObserver`]
-//! (the binary turns that into the `chorus_store_operation_duration_seconds` histogram).
-//! It wraps either backend, so both report the same operation names.
+//! (the binary turns that into the `chorus_store_operation_duration_seconds` histogram),
+//! and optionally bounds each operation by a deadline (the MongoDB driver has no
+//! operation timeout of its own: a database that accepts connections but does not
+//! answer would otherwise hold requests forever). It wraps either backend, so both
+//! report the same operation names.
 
 use std::ops::Range;
 use std::sync::Arc;
@@ -13,7 +16,7 @@ use time::OffsetDateTime;
 use super::{
     BlobMeta, BlobStore, ByteStream, FamilyId, FileId, Health, Message, MessageCursor, MessageId,
     MessageStore, OtpChallenge, OtpStore, RefreshToken, Room, RoomCursor, RoomId, RoomStore,
-    SessionStore, Store, StoreResult, User, UserId, UserStore,
+    SessionStore, Store, StoreError, StoreResult, User, UserId, UserStore,
 };
 
 /// Told about every store operation: its trait method name (a fixed, small set of
@@ -26,11 +29,40 @@ pub trait StoreObserver: Send + Sync {
 pub struct Timed {
     inner: Arc<dyn Store>,
     observer: Arc<dyn StoreObserver>,
+    /// Operations still running after this fail with [`StoreError::Unavailable`] (the
+    /// operation itself may still complete: its outcome is unknown, as for any
+    /// timeout). `None`: unbounded.
+    deadline: Option<Duration>,
 }
 
 impl Timed {
     pub fn new(inner: Arc<dyn Store>, observer: Arc<dyn StoreObserver>) -> Self {
-        Self { inner, observer }
+        Self {
+            inner,
+            observer,
+            deadline: None,
+        }
+    }
+
+    /// Bounds every operation (the opening of a byte stream, not its reading).
+    pub fn with_deadline(mut self, deadline: Duration) -> Self {
+        self.deadline = Some(deadline);
+        self
+    }
+
+    async fn bounded<T>(
+        &self,
+        op: &'static str,
+        fut: impl std::future::Future<Output = StoreResult<T>>,
+    ) -> StoreResult<T> {
+        match self.deadline {
+            None => fut.await,
+            Some(d) => tokio::time::timeout(d, fut).await.unwrap_or_else(|_| {
+                Err(StoreError::Unavailable(format!(
+                    "{op} did not finish within {d:?}"
+                )))
+            }),
+        }
     }
 
     fn report<T>(&self, op: &'static str, start: Instant, r: &StoreResult<T>) {
@@ -47,7 +79,9 @@ macro_rules! timed {
             $(
                 async fn $name(&self $(, $arg: $ty)*) -> StoreResult<$ret> {
                     let start = Instant::now();
-                    let r = self.inner.$name($($arg),*).await;
+                    let r = self
+                        .bounded(stringify!($name), self.inner.$name($($arg),*))
+                        .await;
                     self.report(stringify!($name), start, &r);
                     r
                 }
@@ -121,6 +155,21 @@ mod tests {
         fn observe(&self, op: &'static str, _took: Duration, ok: bool) {
             self.0.lock().push((op, ok));
         }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_operation_past_the_deadline_fails_as_unavailable() -> StoreResult<()> {
+        let inner: Arc<dyn Store> = Arc::new(SqliteStore::open_in_memory().await?);
+        let store =
+            Timed::new(inner, Arc::new(Seen::default())).with_deadline(Duration::from_secs(2));
+        store.ping().await?;
+        let started = tokio::time::Instant::now();
+        let hung = store
+            .bounded("ping", std::future::pending::<StoreResult<()>>())
+            .await;
+        assert!(matches!(hung, Err(StoreError::Unavailable(_))), "{hung:?}");
+        assert_eq!(started.elapsed(), Duration::from_secs(2));
+        Ok(())
     }
 
     #[tokio::test]

@@ -15,8 +15,14 @@ use anyhow::{Context, bail};
 /// How long a cold Python start (numpy, WiredTiger) may take on a busy 2-core machine.
 const READY_DEADLINE: Duration = Duration::from_secs(90);
 
+/// The workspace root: this file is compiled into the `api` crate's tests and, by
+/// path, into the root crate's.
 fn repo_root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+    let manifest = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    if manifest.join("scripts/secantus_server.py").exists() {
+        return manifest;
+    }
+    manifest
         .parent()
         .map(PathBuf::from)
         .unwrap_or_else(|| PathBuf::from("."))
@@ -45,6 +51,22 @@ impl SecantusServer {
     }
 
     pub fn start_with_python(python: &Path, ttl_sweep_seconds: f64) -> anyhow::Result<Self> {
+        Self::start_opts(python, 0, None, ttl_sweep_seconds)
+    }
+
+    /// A server on `port` (0: a free one) keeping its data in `storage` (default: a
+    /// temporary directory of its own), so a test can kill it and start it again on
+    /// the same port and data.
+    pub fn start_at(port: u16, storage: &Path) -> anyhow::Result<Self> {
+        Self::start_opts(&python(), port, Some(storage), 1.0)
+    }
+
+    fn start_opts(
+        python: &Path,
+        port: u16,
+        storage: Option<&Path>,
+        ttl_sweep_seconds: f64,
+    ) -> anyhow::Result<Self> {
         if !python.exists() {
             bail!(
                 "SecantusDB's Python ({}) does not exist. The MongoDB store tests need it: \
@@ -56,8 +78,13 @@ impl SecantusServer {
         let script = repo_root().join("scripts/secantus_server.py");
         let mut child = Command::new(python)
             .arg(&script)
-            .args(["--host", "127.0.0.1", "--port", "0"])
+            .args(["--host", "127.0.0.1", "--port", &port.to_string()])
             .args(["--ttl-sweep-seconds", &ttl_sweep_seconds.to_string()])
+            .args(
+                storage
+                    .map(|p| vec!["--storage-path".into(), p.as_os_str().to_owned()])
+                    .unwrap_or_default(),
+            )
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -128,6 +155,17 @@ impl SecantusServer {
                 }
             }
         }
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// SIGKILL, as a crash or the OOM killer would: no shutdown, no final checkpoint.
+    pub fn kill(mut self) -> anyhow::Result<()> {
+        self.child.kill()?;
+        self.child.wait()?;
+        Ok(())
     }
 
     pub fn uri(&self) -> String {

@@ -69,6 +69,9 @@ impl RoomDirectory for FakeDirectory {
     }
 }
 
+/// Longest chat message `FakeChat` accepts.
+pub const FAKE_MAX_CHAT_CHARS: usize = 100;
+
 /// Records every stored message; can hold `store_message` at a gate so tests can see
 /// that nothing is broadcast before the store finished.
 #[derive(Default)]
@@ -96,6 +99,7 @@ impl FakeChat {
             url: None,
             file_id: None,
             created_at: "2026-11-21T00:00:00Z".into(),
+            duration: None,
         }
     }
 
@@ -133,6 +137,14 @@ impl ChatStore for FakeChat {
                 .await
                 .map_err(|e| SignalingError::Backend(e.to_string()))?;
             permit.forget();
+        }
+        // Stands in for the control plane's chat rules: trimmed, 1 to 100 characters.
+        let text = text.trim();
+        if text.is_empty() || text.chars().count() > FAKE_MAX_CHAT_CHARS {
+            return Err(SignalingError::Refused {
+                code: signaling::protocol::ErrorCode::BadMessage,
+                message: format!("Message must be 1 to {FAKE_MAX_CHAT_CHARS} characters"),
+            });
         }
         let m = self.make(room_id, author, text, "text");
         self.messages.lock().push(m.clone());
