@@ -200,8 +200,10 @@ pub struct Config {
     pub media_host: IpAddr,
 
     /// IPs announced to clients as ICE host candidates, comma-separated: the public IPs
-    /// of a 1:1 NAT, or the interface IPs to use. Empty: the bound IP, or every
-    /// non-loopback interface address when bound to 0.0.0.0.
+    /// of a 1:1 NAT, or the interface IPs to use. Empty: the bound IP; when bound to a
+    /// wildcard (0.0.0.0, ::), every address of that family on the interfaces that are
+    /// up, except loopback and link-local, the one that routes outwards first (loopback,
+    /// with a warning, if there is none).
     #[arg(long, env = "ANNOUNCE_IPS", value_delimiter = ',')]
     pub announce_ips: Vec<IpAddr>,
 

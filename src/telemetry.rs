@@ -121,6 +121,126 @@ impl Collector for JoinLatencyCollector {
     }
 }
 
+/// How one SFU metric family reads its series from a stats snapshot.
+type SfuSeries = fn(&media::SfuStats) -> Vec<(&'static str, u64)>;
+
+/// One metric family of the SFU: a gauge, or a counter whose value is the SFU's own
+/// running total (the atomics only grow, so nothing is kept between scrapes).
+struct SfuFamily {
+    desc: Desc,
+    kind: proto::MetricType,
+    /// The family's one label, if it has one.
+    label: Option<&'static str>,
+    /// `(label value, value)` per series; the label value is ignored without a label.
+    series: SfuSeries,
+}
+
+/// The SFU's counters and gauges, read from [`media::Sfu::stats`] at scrape time.
+struct SfuCollector {
+    sfu: media::Sfu,
+    families: Vec<SfuFamily>,
+}
+
+impl SfuCollector {
+    fn new(sfu: media::Sfu) -> prometheus::Result<Self> {
+        use proto::MetricType::{COUNTER, GAUGE};
+        #[rustfmt::skip]
+        let table: [(&str, &str, proto::MetricType, Option<&'static str>, SfuSeries); 14] = [
+            ("chorus_media_participants", "Peer connections on the SFU", GAUGE, None,
+                |s| vec![("", s.participants)]),
+            ("chorus_media_connected", "Peer connections with ICE and DTLS done", GAUGE, None,
+                |s| vec![("", s.connected)]),
+            ("chorus_media_publishers", "Participants allowed to publish audio (published tracks)",
+                GAUGE, None, |s| vec![("", s.publishers)]),
+            ("chorus_media_rooms", "Rooms with at least one peer connection", GAUGE, None,
+                |s| vec![("", s.rooms)]),
+            ("chorus_media_subscriptions",
+                "Audio tracks routed to subscribers (each participant's slots carrying someone else)",
+                GAUGE, None, |s| vec![("", s.subscriptions)]),
+            ("chorus_media_packets_total", "RTP packets by direction", COUNTER, Some("direction"),
+                |s| vec![("received", s.rtp_received), ("forwarded", s.rtp_forwarded)]),
+            ("chorus_media_bytes_total", "RTP payload bytes by direction", COUNTER,
+                Some("direction"),
+                |s| vec![("received", s.rtp_bytes_received), ("forwarded", s.rtp_bytes_forwarded)]),
+            ("chorus_media_packets_dropped_total", "RTP packets not forwarded, by reason", COUNTER,
+                Some("reason"), |s| s.dropped_by_reason().to_vec()),
+            ("chorus_media_rtcp_total", "RTCP packets received, by kind", COUNTER, Some("kind"),
+                |s| vec![("all", s.rtcp_received), ("nack", s.nacks_received)]),
+            ("chorus_media_sender_reports_total",
+                "RTCP sender reports the SFU wrote for the audio slots it forwards", COUNTER, None,
+                |s| vec![("", s.sender_reports)]),
+            ("chorus_media_datagrams_total", "UDP datagrams by direction", COUNTER,
+                Some("direction"),
+                |s| vec![("received", s.datagrams_received), ("sent", s.datagrams_sent)]),
+            ("chorus_media_errors_total", "Media socket and protocol errors, by kind", COUNTER,
+                Some("kind"), |s| s.errors_by_kind().to_vec()),
+            ("chorus_media_early_checks_held_total",
+                "ICE checks that arrived before their connection's answer, held and replayed",
+                COUNTER, None, |s| vec![("", s.early_checks_held)]),
+            ("chorus_media_disconnects_total",
+                "Participants removed by the SFU for ICE failure or timeout", COUNTER, None,
+                |s| vec![("", s.disconnects)]),
+        ];
+        let families = table
+            .into_iter()
+            .map(|(name, help, kind, label, series)| {
+                let labels = label.map(|l| vec![l.to_owned()]).unwrap_or_default();
+                Ok(SfuFamily {
+                    desc: Desc::new(name.into(), help.into(), labels, Default::default())?,
+                    kind,
+                    label,
+                    series,
+                })
+            })
+            .collect::<prometheus::Result<_>>()?;
+        Ok(Self { sfu, families })
+    }
+}
+
+impl Collector for SfuCollector {
+    fn desc(&self) -> Vec<&Desc> {
+        self.families.iter().map(|f| &f.desc).collect()
+    }
+
+    fn collect(&self) -> Vec<proto::MetricFamily> {
+        let stats = self.sfu.stats();
+        self.families
+            .iter()
+            .map(|f| {
+                let metrics = (f.series)(&stats)
+                    .into_iter()
+                    .map(|(value_label, v)| {
+                        let mut m = proto::Metric::default();
+                        if let Some(name) = f.label {
+                            let mut l = proto::LabelPair::default();
+                            l.set_name(name.into());
+                            l.set_value(value_label.into());
+                            m.set_label(vec![l]);
+                        }
+                        let v = v as f64;
+                        if f.kind == proto::MetricType::COUNTER {
+                            let mut c = proto::Counter::default();
+                            c.set_value(v);
+                            m.set_counter(c);
+                        } else {
+                            let mut g = proto::Gauge::default();
+                            g.set_value(v);
+                            m.set_gauge(g);
+                        }
+                        m
+                    })
+                    .collect();
+                let mut mf = proto::MetricFamily::default();
+                mf.set_name(f.desc.fq_name.clone());
+                mf.set_help(f.desc.help.clone());
+                mf.set_field_type(f.kind);
+                mf.set_metric(metrics);
+                mf
+            })
+            .collect()
+    }
+}
+
 impl Telemetry {
     pub fn new() -> anyhow::Result<Self> {
         let registry = Registry::new();
@@ -197,177 +317,12 @@ impl Telemetry {
         self.store.clone()
     }
 
-    /// Exposes the SFU's counters, read from its atomics at each scrape.
+    /// Exposes the SFU's gauges, counters and join latencies, read from its atomics at
+    /// each scrape.
     pub fn register_sfu(&self, sfu: media::Sfu) -> prometheus::Result<()> {
-        let gauge = |name: &str, help: &str| -> prometheus::Result<IntGauge> {
-            let g = IntGauge::new(name, help)?;
-            self.registry.register(Box::new(g.clone()))?;
-            Ok(g)
-        };
-        let counter =
-            |name: &str, help: &str, labels: &[&str]| -> prometheus::Result<IntCounterVec> {
-                let c = IntCounterVec::new(Opts::new(name, help), labels)?;
-                self.registry.register(Box::new(c.clone()))?;
-                Ok(c)
-            };
-        let participants = gauge("chorus_media_participants", "Peer connections on the SFU")?;
-        let connected = gauge(
-            "chorus_media_connected",
-            "Peer connections with ICE and DTLS done",
-        )?;
-        let publishers = gauge(
-            "chorus_media_publishers",
-            "Participants allowed to publish audio (published tracks)",
-        )?;
-        let rooms = gauge(
-            "chorus_media_rooms",
-            "Rooms with at least one peer connection",
-        )?;
-        let subscriptions = gauge(
-            "chorus_media_subscriptions",
-            "Audio tracks routed to subscribers (each participant's slots carrying someone else)",
-        )?;
         self.registry
             .register(Box::new(JoinLatencyCollector::new(sfu.clone())?))?;
-        let packets = counter(
-            "chorus_media_packets_total",
-            "RTP packets by direction",
-            &["direction"],
-        )?;
-        let bytes = counter(
-            "chorus_media_bytes_total",
-            "RTP payload bytes by direction",
-            &["direction"],
-        )?;
-        let dropped = counter(
-            "chorus_media_packets_dropped_total",
-            "RTP packets not forwarded, by reason",
-            &["reason"],
-        )?;
-        let rtcp = counter(
-            "chorus_media_rtcp_total",
-            "RTCP packets received, by kind",
-            &["kind"],
-        )?;
-        let datagrams = counter(
-            "chorus_media_datagrams_total",
-            "UDP datagrams by direction",
-            &["direction"],
-        )?;
-        let errors = counter(
-            "chorus_media_errors_total",
-            "Media socket and protocol errors, by kind",
-            &["kind"],
-        )?;
-        let disconnects = counter(
-            "chorus_media_disconnects_total",
-            "Participants removed by the SFU for ICE failure or timeout",
-            &[],
-        )?;
-        let mut last = media::SfuStats::default();
-        let refresh = move || {
-            let s = sfu.stats();
-            let as_i64 = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
-            participants.set(as_i64(s.participants));
-            connected.set(as_i64(s.connected));
-            publishers.set(as_i64(s.publishers));
-            rooms.set(as_i64(s.rooms));
-            subscriptions.set(as_i64(s.subscriptions));
-            // Counters only move forward: add what changed since the last scrape.
-            let add = |c: &IntCounterVec, labels: &[&str], now: u64, before: u64| {
-                c.with_label_values(labels)
-                    .inc_by(now.saturating_sub(before));
-            };
-            add(&packets, &["received"], s.rtp_received, last.rtp_received);
-            add(
-                &packets,
-                &["forwarded"],
-                s.rtp_forwarded,
-                last.rtp_forwarded,
-            );
-            add(
-                &bytes,
-                &["received"],
-                s.rtp_bytes_received,
-                last.rtp_bytes_received,
-            );
-            add(
-                &bytes,
-                &["forwarded"],
-                s.rtp_bytes_forwarded,
-                last.rtp_bytes_forwarded,
-            );
-            add(&dropped, &["muted"], s.dropped_muted, last.dropped_muted);
-            add(
-                &dropped,
-                &["not_publisher"],
-                s.dropped_not_publisher,
-                last.dropped_not_publisher,
-            );
-            add(
-                &dropped,
-                &["no_subscribers"],
-                s.dropped_no_subscribers,
-                last.dropped_no_subscribers,
-            );
-            add(
-                &dropped,
-                &["not_in_slot"],
-                s.dropped_not_in_slot,
-                last.dropped_not_in_slot,
-            );
-            add(
-                &dropped,
-                &["duplicate"],
-                s.dropped_duplicate,
-                last.dropped_duplicate,
-            );
-            add(
-                &dropped,
-                &["not_ready"],
-                s.dropped_not_ready,
-                last.dropped_not_ready,
-            );
-            add(
-                &dropped,
-                &["congestion"],
-                s.send_would_block,
-                last.send_would_block,
-            );
-            add(
-                &dropped,
-                &["write_error"],
-                s.dropped_write_error,
-                last.dropped_write_error,
-            );
-            add(&rtcp, &["all"], s.rtcp_received, last.rtcp_received);
-            add(&rtcp, &["nack"], s.nacks_received, last.nacks_received);
-            add(
-                &datagrams,
-                &["received"],
-                s.datagrams_received,
-                last.datagrams_received,
-            );
-            add(&datagrams, &["sent"], s.datagrams_sent, last.datagrams_sent);
-            add(&errors, &["malformed"], s.malformed, last.malformed);
-            add(
-                &errors,
-                &["unknown_source"],
-                s.unknown_source,
-                last.unknown_source,
-            );
-            add(&errors, &["send"], s.send_errors, last.send_errors);
-            add(
-                &errors,
-                &["rtc_read"],
-                s.rtc_read_errors,
-                last.rtc_read_errors,
-            );
-            add(&disconnects, &[], s.disconnects, last.disconnects);
-            last = s;
-        };
-        self.refreshers.lock().push(Box::new(refresh));
-        Ok(())
+        self.registry.register(Box::new(SfuCollector::new(sfu)?))
     }
 
     /// Exposes signaling's live counts (connections, rooms, participants by role).
@@ -581,5 +536,72 @@ mod tests {
                     && l.ends_with(" 4")),
             "the four invented methods are counted together: {text}"
         );
+    }
+
+    /// The value of one exposed series (`name{labels}`), or None.
+    fn series(text: &str, name: &str) -> Option<f64> {
+        text.lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+    }
+
+    #[tokio::test]
+    async fn sfu_counters_are_the_sfus_totals_at_every_scrape() {
+        let cfg = media::SfuConfig {
+            bind: "127.0.0.1:0".parse().expect("addr"),
+            threads: 1,
+            ..media::SfuConfig::default()
+        };
+        let (sfu, _events) = media::Sfu::start(cfg).expect("sfu");
+        let t = Telemetry::new().expect("telemetry");
+        t.register_sfu(sfu.clone()).expect("register");
+        // A datagram from nobody the SFU knows: received, and counted as an error.
+        let socket = std::net::UdpSocket::bind("127.0.0.1:0").expect("socket");
+        socket
+            .send_to(b"not stun, not rtp", sfu.local_addr())
+            .expect("send");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while sfu.stats().datagrams_received == 0 {
+            assert!(Instant::now() < deadline, "the SFU never read the datagram");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        for scrape in 0..2 {
+            let text = t.render().expect("render");
+            let received = r#"chorus_media_datagrams_total{direction="received"}"#;
+            assert_eq!(
+                series(&text, received),
+                Some(1.0),
+                "scrape {scrape}: {text}"
+            );
+            let errors: f64 = ["malformed", "unknown_source"]
+                .iter()
+                .filter_map(|k| {
+                    series(
+                        &text,
+                        &format!(r#"chorus_media_errors_total{{kind="{k}"}}"#),
+                    )
+                })
+                .sum();
+            assert_eq!(errors, 1.0, "scrape {scrape}: {text}");
+            for reason in [
+                "muted",
+                "not_publisher",
+                "no_subscribers",
+                "not_in_slot",
+                "congestion",
+            ] {
+                let s = format!(r#"chorus_media_packets_dropped_total{{reason="{reason}"}}"#);
+                assert_eq!(series(&text, &s), Some(0.0), "{s} missing: {text}");
+            }
+            assert_eq!(series(&text, "chorus_media_participants"), Some(0.0));
+            assert_eq!(
+                series(&text, "chorus_media_sender_reports_total"),
+                Some(0.0)
+            );
+            assert_eq!(
+                series(&text, "chorus_media_early_checks_held_total"),
+                Some(0.0)
+            );
+            assert!(!text.contains("rtc_read"), "{text}");
+        }
     }
 }

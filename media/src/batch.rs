@@ -39,6 +39,16 @@ impl SendBatch {
         self.queued.len()
     }
 
+    pub(crate) fn is_empty(&self) -> bool {
+        self.queued.is_empty()
+    }
+
+    /// Takes everything queued, without sending (for a core driven without a socket).
+    #[cfg(test)]
+    pub(crate) fn drain(&mut self) -> std::vec::Drain<'_, (BytesMut, SocketAddr)> {
+        self.queued.drain(..)
+    }
+
     /// Sends everything queued and empties the batch.
     pub(crate) fn flush(&mut self, socket: &UdpSocket) -> Flushed {
         let mut out = Flushed::default();

@@ -1,14 +1,18 @@
-//! The media loop of one media thread: owns its UDP socket, the peer connections of the rooms
-//! placed on it, the timer heap and those rooms. Runs on its thread only; nothing here is
-//! shared or locked (but for the participant-to-shard map, touched once per join and leave).
+//! The media core of one media thread: the peer connections of the rooms placed on it, the
+//! timer heap and those rooms. Sans-I/O, str0m-style: it owns no socket and never reads the
+//! clock. Its driver ([`crate::driver`]) feeds it datagrams ([`Engine::handle_datagram`]),
+//! commands ([`Engine::handle_command`]) and the time ([`Engine::handle_timeout`] when
+//! [`Engine::poll_timeout`] is due), each with `now`; what it queues to send comes out of
+//! [`Engine::poll_transmit`], and the driver reports back what the kernel took
+//! ([`Engine::on_transmitted`]). Events leave through the SFU's event channel. Runs on its
+//! thread only; nothing here is shared or locked (but for the participant-to-shard map,
+//! touched once per join and leave).
 //!
 //! Datagram path: classify -> find the connection (known address, else the STUN USERNAME)
 //! -> `handle_read` -> drain its writes, events and reads -> forward RTP to subscribers'
-//! connections -> drain their writes to the socket. The socket is non-blocking and a send that
-//! would block is dropped and counted, so one slow subscriber never stalls the loop.
+//! connections -> queue their datagrams, which the driver sends together.
 
 use std::collections::HashMap;
-use std::io::ErrorKind;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
@@ -24,11 +28,10 @@ use rtc::rtp;
 use rtc::sansio::Protocol;
 use rtc::shared::marshal::Marshal;
 use rtc::shared::{TaggedBytesMut, TransportContext, TransportProtocol};
-use tokio::net::UdpSocket;
-use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender};
+use tokio::sync::mpsc::UnboundedSender;
 use tokio::sync::oneshot;
 
-use crate::batch::SendBatch;
+use crate::batch::{Flushed, SendBatch};
 use crate::level::AudioLevel;
 use crate::peer::{Peer, PeerParams};
 use crate::report::REPORT_INTERVAL;
@@ -40,10 +43,9 @@ use crate::stun::{self, Kind};
 use crate::timers::{TimerHeap, TimerKey};
 use crate::{DisconnectReason, MediaError, Offer, ParticipantId, RoomKey, SfuConfig, SfuEvent};
 
-/// Largest datagram accepted; anything that fills the buffer was truncated and is dropped.
-const RECV_BUF: usize = 2048;
-/// Datagrams handled per wakeup before commands and timers get a turn.
-const RECV_BATCH: usize = 64;
+/// Largest datagram accepted; anything that fills the driver's buffer of this size was
+/// truncated and is dropped.
+pub(crate) const RECV_BUF: usize = 2048;
 /// Remote addresses remembered per connection (a client has few candidates).
 const MAX_ADDRS_PER_PEER: usize = 8;
 /// ICE checks held per connection while its answer is outstanding (a client sends one per
@@ -96,7 +98,6 @@ pub type SlotMap = (Vec<Option<ParticipantId>>, Option<ParticipantId>);
 
 pub(crate) struct Engine {
     cfg: SfuConfig,
-    socket: UdpSocket,
     /// The address rtc sees as "local" for every datagram: the first announced host candidate
     /// (rtc matches inbound traffic to a local candidate by this address).
     ice_local_addr: SocketAddr,
@@ -121,8 +122,13 @@ pub(crate) struct Engine {
     rtp_out: Vec<u8>,
     /// Wall clock at the engine's start, for the NTP time of sender reports.
     wall_clock: rtc::shared::time::SystemInstant,
-    /// Datagrams of one fan-out, sent together.
+    /// Datagrams queued for the driver to send together (one fan-out, and the
+    /// connections' own writes).
     batch: SendBatch,
+    /// Forwarded RTP copies in `batch`, and their payload bytes: counted as forwarded once
+    /// the driver reports the send, less what the kernel refused.
+    unsent_forwarded: u64,
+    unsent_forwarded_bytes: u64,
     /// The DTLS certificate every connection presents.
     certificate: RTCCertificate,
     removals: Vec<(u32, DisconnectReason)>,
@@ -133,7 +139,12 @@ pub(crate) struct Engine {
 }
 
 impl Engine {
-    pub(crate) fn new(socket: UdpSocket, ctx: ShardContext) -> Result<Engine, MediaError> {
+    /// A core for the socket bound at `local` (its port goes in the candidates).
+    pub(crate) fn new(
+        local: SocketAddr,
+        ctx: ShardContext,
+        now: Instant,
+    ) -> Result<Engine, MediaError> {
         let ShardContext {
             index: _,
             cfg,
@@ -142,18 +153,14 @@ impl Engine {
             events,
             owners,
         } = ctx;
-        let port = socket.local_addr().map_err(MediaError::Bind)?.port();
+        let port = local.port();
         let first = *announce_ips
             .first()
             .ok_or_else(|| MediaError::Config("no announce IP".into()))?;
-        let router = Router::new(
-            RouterConfig::new(cfg.slots, cfg.speaker_interval),
-            Instant::now(),
-        );
+        let router = Router::new(RouterConfig::new(cfg.slots, cfg.speaker_interval), now);
         Ok(Engine {
             router,
             cfg,
-            socket,
             ice_local_addr: SocketAddr::new(first, port),
             announce_ips,
             peers: Vec::new(),
@@ -167,8 +174,10 @@ impl Engine {
             events,
             rtp_scratch: Vec::new(),
             rtp_out: vec![0; RECV_BUF],
-            wall_clock: rtc::shared::time::SystemInstant::now(Instant::now()),
+            wall_clock: rtc::shared::time::SystemInstant::now(now),
             batch: SendBatch::default(),
+            unsent_forwarded: 0,
+            unsent_forwarded_bytes: 0,
             certificate: crate::peer::dtls_certificate()?,
             removals: Vec::new(),
             publishers: 0,
@@ -177,63 +186,60 @@ impl Engine {
         })
     }
 
-    /// Runs until every [`crate::Sfu`] handle is dropped.
-    pub(crate) async fn run(mut self, mut commands: UnboundedReceiver<Command>) {
-        let mut buf = vec![0u8; RECV_BUF];
-        // One timer entry re-armed per iteration rather than a new one per wakeup.
-        let sleep = tokio::time::sleep_until(Instant::now().into());
-        tokio::pin!(sleep);
-        loop {
-            let now = Instant::now();
-            let tick = self.router.poll_timeout();
-            let deadline = self
-                .timers
-                .next_deadline()
-                .map_or(tick, |t| t.min(tick))
-                .max(now);
-            sleep.as_mut().reset(deadline.into());
-            tokio::select! {
-                biased;
-                cmd = commands.recv() => match cmd {
-                    Some(cmd) => self.handle_command(cmd),
-                    None => break,
-                },
-                ready = self.socket.readable() => {
-                    if ready.is_ok() {
-                        self.drain_socket(&mut buf);
-                    }
-                }
-                _ = &mut sleep => {}
-            }
-            self.run_timers(Instant::now());
+    /// When [`Engine::handle_timeout`] is next due (a connection's timer or the router's
+    /// tick).
+    pub(crate) fn poll_timeout(&self) -> Option<Instant> {
+        let tick = self.router.poll_timeout();
+        Some(self.timers.next_deadline().map_or(tick, |t| t.min(tick)))
+    }
+
+    /// The datagrams queued to send, if any: the driver sends them together and reports
+    /// the outcome to [`Engine::on_transmitted`].
+    pub(crate) fn poll_transmit(&mut self) -> Option<&mut SendBatch> {
+        (!self.batch.is_empty()).then_some(&mut self.batch)
+    }
+
+    /// What the driver's send of the queued batch did. A datagram the kernel did not take
+    /// is charged to the forwarded RTP copies (the batch may hold a few RTCP datagrams too).
+    pub(crate) fn on_transmitted(&mut self, f: Flushed) {
+        let c = &self.counters;
+        c.datagrams_sent.fetch_add(f.sent, Relaxed);
+        c.bytes_sent.fetch_add(f.bytes, Relaxed);
+        c.send_would_block.fetch_add(f.would_block, Relaxed);
+        c.send_errors.fetch_add(f.errors, Relaxed);
+        let accepted = std::mem::take(&mut self.unsent_forwarded);
+        let bytes = std::mem::take(&mut self.unsent_forwarded_bytes);
+        let delivered = accepted.saturating_sub(f.would_block + f.errors);
+        if delivered > 0 {
+            c.rtp_forwarded.fetch_add(delivered, Relaxed);
+            let bytes = if delivered == accepted {
+                bytes
+            } else {
+                bytes / accepted * delivered
+            };
+            c.rtp_bytes_forwarded.fetch_add(bytes, Relaxed);
         }
+    }
+
+    /// Closes every connection (the SFU is stopping); the goodbyes are queued to send.
+    pub(crate) fn close(&mut self, now: Instant) {
         let live: Vec<u32> = self.by_pid.values().copied().collect();
         for idx in live {
-            self.remove_peer(idx, None);
+            self.remove_peer(idx, None, now);
         }
     }
 
-    fn drain_socket(&mut self, buf: &mut [u8]) {
-        for _ in 0..RECV_BATCH {
-            match self.socket.try_recv_from(buf) {
-                Ok((n, from)) => {
-                    self.counters.datagrams_received.fetch_add(1, Relaxed);
-                    self.counters.bytes_received.fetch_add(n as u64, Relaxed);
-                    if n == buf.len() {
-                        self.counters.malformed.fetch_add(1, Relaxed);
-                        continue;
-                    }
-                    self.handle_datagram(Instant::now(), from, &buf[..n]);
-                }
-                Err(e) if e.kind() == ErrorKind::WouldBlock => return,
-                // ICMP errors (port unreachable of a departed client) surface here on some
-                // platforms; they concern one peer, never the socket.
-                Err(_) => continue,
-            }
+    /// One datagram received from `from`.
+    pub(crate) fn handle_datagram(&mut self, now: Instant, from: SocketAddr, data: &[u8]) {
+        self.counters.datagrams_received.fetch_add(1, Relaxed);
+        self.counters
+            .bytes_received
+            .fetch_add(data.len() as u64, Relaxed);
+        if data.len() >= RECV_BUF {
+            // It filled the receive buffer: truncated.
+            self.counters.malformed.fetch_add(1, Relaxed);
+            return;
         }
-    }
-
-    fn handle_datagram(&mut self, now: Instant, from: SocketAddr, data: &[u8]) {
         let idx = match stun::classify(data) {
             Kind::Stun => match stun::local_ufrag(data) {
                 Ok(Some(ufrag)) => match self.by_ufrag.get(ufrag).copied() {
@@ -387,16 +393,15 @@ impl Engine {
         self.drain_reads(idx, now);
         self.flush(idx);
         self.reschedule(idx, now);
-        self.process_removals();
+        self.process_removals(now);
     }
 
-    /// Sends a connection's queued datagrams.
+    /// Queues a connection's datagrams for the driver to send.
     fn flush(&mut self, idx: u32) {
         if let Some(peer) = self.peers.get_mut(idx as usize).and_then(Option::as_mut) {
             while let Some(out) = peer.pc.poll_write() {
                 self.batch.push(out.message, out.transport.peer_addr);
             }
-            send_batch(&self.socket, &self.counters, &mut self.batch);
         }
     }
 
@@ -583,15 +588,10 @@ impl Engine {
                 }
             }
         }
-        // Everything this packet fans out into leaves in as few system calls as possible.
-        // The batch may hold a few RTCP datagrams too; a failed send is charged to the
-        // forwarded packets either way.
-        let failed = send_batch(&self.socket, &self.counters, &mut self.batch);
-        let delivered = accepted.saturating_sub(failed);
-        self.counters.rtp_forwarded.fetch_add(delivered, Relaxed);
-        self.counters
-            .rtp_bytes_forwarded
-            .fetch_add(delivered * payload_len, Relaxed);
+        // Everything this packet fans out into leaves together, in as few system calls as
+        // possible, when the driver sends the batch; counted then (`on_transmitted`).
+        self.unsent_forwarded += accepted;
+        self.unsent_forwarded_bytes += accepted * payload_len;
         self.forward_router_events();
     }
 
@@ -652,7 +652,9 @@ impl Engine {
         );
     }
 
-    fn run_timers(&mut self, now: Instant) {
+    /// Runs what is due at `now`: connections' timers (rtc's retransmissions and
+    /// keepalives, sender reports, the connect and peer timeouts) and the router's tick.
+    pub(crate) fn handle_timeout(&mut self, now: Instant) {
         let (peer_timeout, connect_timeout) = (self.cfg.peer_timeout, self.cfg.connect_timeout);
         while let Some(key) = self.timers.pop_due(now) {
             let Some(peer) = self
@@ -675,7 +677,7 @@ impl Engine {
                     DisconnectReason::NeverConnected
                 };
                 self.removals.push((key.slot, reason));
-                self.process_removals();
+                self.process_removals(now);
                 continue;
             }
             let _ = peer.pc.handle_timeout(now);
@@ -709,14 +711,14 @@ impl Engine {
         }
     }
 
-    fn process_removals(&mut self) {
+    fn process_removals(&mut self, now: Instant) {
         while let Some((idx, reason)) = self.removals.pop() {
-            self.remove_peer(idx, Some(reason));
+            self.remove_peer(idx, Some(reason), now);
         }
     }
 
-    fn handle_command(&mut self, cmd: Command) {
-        let now = Instant::now();
+    /// One request from an [`crate::Sfu`] handle; the reply goes out on its channel.
+    pub(crate) fn handle_command(&mut self, now: Instant, cmd: Command) {
         match cmd {
             Command::Join {
                 room,
@@ -761,7 +763,7 @@ impl Engine {
             }
             Command::Leave { pid } => {
                 if let Some(&idx) = self.by_pid.get(&pid) {
-                    self.remove_peer(idx, None);
+                    self.remove_peer(idx, None, now);
                 }
             }
         }
@@ -887,7 +889,7 @@ impl Engine {
     }
 
     /// Removes a connection and everything that refers to it.
-    fn remove_peer(&mut self, idx: u32, reason: Option<DisconnectReason>) {
+    fn remove_peer(&mut self, idx: u32, reason: Option<DisconnectReason>, now: Instant) {
         // Say goodbye (DTLS close_notify) while the connection can still send.
         if let Some(peer) = self.peer_mut(idx) {
             let _ = peer.pc.close();
@@ -915,7 +917,7 @@ impl Engine {
         if peer.connected {
             self.connected -= 1;
         }
-        self.router.remove_participant(peer.pid, Instant::now());
+        self.router.remove_participant(peer.pid, now);
         self.forward_router_events();
         if let Some(reason) = reason {
             self.counters.disconnects.fetch_add(1, Relaxed);
@@ -939,17 +941,6 @@ impl Engine {
         c.subscriptions
             .store(self.router.subscription_count() as u64, Relaxed);
     }
-}
-
-/// Sends what `batch` holds on the shared socket and counts it; what would block is dropped
-/// (and counted) instead of waited for. Returns how many datagrams could not be sent.
-fn send_batch(socket: &UdpSocket, counters: &Counters, batch: &mut SendBatch) -> u64 {
-    let f = batch.flush(socket);
-    counters.datagrams_sent.fetch_add(f.sent, Relaxed);
-    counters.bytes_sent.fetch_add(f.bytes, Relaxed);
-    counters.send_would_block.fetch_add(f.would_block, Relaxed);
-    counters.send_errors.fetch_add(f.errors, Relaxed);
-    f.would_block + f.errors
 }
 
 /// Queues one compound RTCP packet with a sender report for every slot of `peer` that was
@@ -992,5 +983,237 @@ fn housekeeping_due(peer: &Peer, peer_timeout: Duration, connect_timeout: Durati
         peer.last_rx + peer_timeout
     } else {
         peer.created + connect_timeout
+    }
+}
+
+/// The core on virtual time: no socket, no clock; every `now` is the test's.
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sfu::Owners;
+    use tokio::sync::mpsc::{self, UnboundedReceiver};
+
+    const CONNECT: Duration = Duration::from_secs(15);
+    const PEER: Duration = Duration::from_secs(10);
+    const MS: Duration = Duration::from_millis(1);
+
+    struct Harness {
+        core: Engine,
+        events: UnboundedReceiver<SfuEvent>,
+        counters: Arc<Counters>,
+        /// The virtual clock: only moves forward.
+        now: Instant,
+        /// Datagrams the core asked to send, with their destination.
+        sent: Vec<SocketAddr>,
+    }
+
+    impl Harness {
+        fn new() -> Harness {
+            let cfg = SfuConfig {
+                connect_timeout: CONNECT,
+                peer_timeout: PEER,
+                threads: 1,
+                ..SfuConfig::default()
+            };
+            let counters = Arc::new(Counters::default());
+            let (events, rx) = mpsc::unbounded_channel();
+            let ctx = ShardContext {
+                index: 0,
+                cfg,
+                announce_ips: vec![IpAddr::from([127, 0, 0, 1])],
+                counters: counters.clone(),
+                events,
+                owners: Arc::new(Owners::default()),
+            };
+            let now = Instant::now();
+            let core =
+                Engine::new(SocketAddr::from(([127, 0, 0, 1], 40000)), ctx, now).expect("core");
+            Harness {
+                core,
+                events: rx,
+                counters,
+                now,
+                sent: Vec::new(),
+            }
+        }
+
+        /// What the driver does after every input: send the queued datagrams (here: note
+        /// where they go) and report them all sent.
+        fn transmit(&mut self) {
+            if let Some(batch) = self.core.poll_transmit() {
+                let mut f = Flushed::default();
+                for (d, to) in batch.drain() {
+                    f.sent += 1;
+                    f.bytes += d.len() as u64;
+                    self.sent.push(to);
+                }
+                self.core.on_transmitted(f);
+            }
+        }
+
+        fn join(&mut self, pid: u64) -> Offer {
+            let (reply, mut rx) = oneshot::channel();
+            let cmd = Command::Join {
+                room: RoomKey(1),
+                pid: ParticipantId(pid),
+                can_publish: true,
+                ticket: 1,
+                reply,
+            };
+            self.core.handle_command(self.now, cmd);
+            self.transmit();
+            rx.try_recv().expect("replied at once").expect("joined")
+        }
+
+        fn datagram(&mut self, from: SocketAddr, data: &[u8]) {
+            self.core.handle_datagram(self.now, from, data);
+            self.transmit();
+        }
+
+        /// Runs every timeout the core asks for up to `until`, as the driver would on a
+        /// clock that jumps straight to each deadline.
+        fn advance_to(&mut self, until: Instant) {
+            let mut stuck = 0;
+            loop {
+                let at = match self.core.poll_timeout() {
+                    Some(at) if at <= until => at.max(self.now),
+                    _ => break,
+                };
+                // A core that keeps asking for the same instant would spin a real driver.
+                stuck = if at == self.now { stuck + 1 } else { 0 };
+                assert!(stuck < 100, "the core asks for {at:?} again and again");
+                self.now = at;
+                self.core.handle_timeout(at);
+                self.transmit();
+            }
+            self.now = until;
+            self.core.handle_timeout(until);
+            self.transmit();
+        }
+
+        fn participants(&self) -> u64 {
+            self.counters.participants.load(Relaxed)
+        }
+
+        fn disconnections(&mut self) -> Vec<(ParticipantId, DisconnectReason)> {
+            std::iter::from_fn(|| self.events.try_recv().ok())
+                .filter_map(|e| match e {
+                    SfuEvent::Disconnected { pid, reason } => Some((pid, reason)),
+                    _ => None,
+                })
+                .collect()
+        }
+
+        fn ufrag(&mut self, pid: u64) -> String {
+            let idx = self.core.by_pid[&ParticipantId(pid)];
+            self.core.peer_mut(idx).expect("peer").ufrag.clone()
+        }
+    }
+
+    /// A STUN binding request naming `ufrag` as ours (RFC 8445 USERNAME "ours:theirs").
+    fn binding_request(ufrag: &str) -> Vec<u8> {
+        let username = format!("{ufrag}:client");
+        let mut body = Vec::new();
+        body.extend_from_slice(&0x0006u16.to_be_bytes());
+        body.extend_from_slice(&(username.len() as u16).to_be_bytes());
+        body.extend_from_slice(username.as_bytes());
+        while body.len() % 4 != 0 {
+            body.push(0);
+        }
+        let mut out = vec![0x00, 0x01];
+        out.extend_from_slice(&(body.len() as u16).to_be_bytes());
+        out.extend_from_slice(&[0x21, 0x12, 0xA4, 0x42]);
+        out.extend_from_slice(&[7u8; 12]);
+        out.extend_from_slice(&body);
+        out
+    }
+
+    #[test]
+    fn a_peer_that_never_connects_is_removed_exactly_at_the_connect_timeout() {
+        let mut h = Harness::new();
+        let t0 = h.now;
+        let offer = h.join(1);
+        assert!(
+            offer.sdp.contains("127.0.0.1 40000 typ host"),
+            "{}",
+            offer.sdp
+        );
+        assert_eq!(h.participants(), 1);
+
+        h.advance_to(t0 + CONNECT - MS);
+        assert_eq!(h.participants(), 1, "still waiting a millisecond before");
+        assert_eq!(h.disconnections(), vec![]);
+
+        h.advance_to(t0 + CONNECT);
+        assert_eq!(h.participants(), 0);
+        assert_eq!(
+            h.disconnections(),
+            vec![(ParticipantId(1), DisconnectReason::NeverConnected)]
+        );
+        assert_eq!(h.counters.disconnects.load(Relaxed), 1);
+        assert_eq!(h.counters.ufrags.load(Relaxed), 0, "its ufrag is forgotten");
+    }
+
+    #[test]
+    fn a_connected_peer_is_removed_peer_timeout_after_its_last_datagram_and_not_before() {
+        let mut h = Harness::new();
+        let t0 = h.now;
+        h.join(1);
+        let client = SocketAddr::from(([127, 0, 0, 1], 50000));
+        // A check before the answer: held for it, and its address learnt.
+        h.now = t0 + Duration::from_secs(1);
+        let ufrag = h.ufrag(1);
+        h.datagram(client, &binding_request(&ufrag));
+        assert_eq!(h.counters.early_checks_held.load(Relaxed), 1);
+        assert!(
+            !h.sent.contains(&client),
+            "a held check is not answered yet"
+        );
+        // ICE and DTLS are out of this test's reach: the connection is marked connected,
+        // as the real handshake would.
+        let idx = h.core.by_pid[&ParticipantId(1)];
+        h.core.peer_mut(idx).expect("peer").ever_connected = true;
+        // Traffic from the learnt address (a DTLS record rtc cannot use) is a sign of life.
+        let last = t0 + Duration::from_secs(8);
+        h.advance_to(last);
+        h.datagram(client, &[22, 0xfe, 0xfd, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]);
+        assert_eq!(h.counters.unknown_source.load(Relaxed), 0);
+
+        h.advance_to(t0 + CONNECT + Duration::from_secs(1));
+        assert_eq!(
+            h.participants(),
+            1,
+            "a connected peer outlives the connect timeout"
+        );
+        h.advance_to(last + PEER - MS);
+        assert_eq!(h.participants(), 1, "still within the peer timeout");
+        assert_eq!(h.disconnections(), vec![]);
+
+        h.advance_to(last + PEER);
+        assert_eq!(h.participants(), 0);
+        assert_eq!(
+            h.disconnections(),
+            vec![(ParticipantId(1), DisconnectReason::Timeout)]
+        );
+        assert_eq!(
+            h.counters.remote_addrs.load(Relaxed),
+            0,
+            "its address is forgotten"
+        );
+    }
+
+    #[test]
+    fn datagrams_from_nobody_and_truncated_ones_are_counted_and_dropped() {
+        let mut h = Harness::new();
+        h.join(1);
+        let stranger = SocketAddr::from(([127, 0, 0, 1], 50001));
+        h.datagram(stranger, &[22, 0xfe, 0xfd, 0, 0]);
+        h.datagram(stranger, &binding_request("nosuchufrag"));
+        assert_eq!(h.counters.unknown_source.load(Relaxed), 2);
+        h.datagram(stranger, &vec![0x80; RECV_BUF]);
+        assert_eq!(h.counters.malformed.load(Relaxed), 1);
+        assert_eq!(h.counters.datagrams_received.load(Relaxed), 3);
+        assert!(!h.sent.contains(&stranger), "nothing is sent to a stranger");
+        assert_eq!(h.participants(), 1);
     }
 }

@@ -20,6 +20,7 @@
 //!   tested on virtual time.
 
 mod batch;
+mod driver;
 mod engine;
 pub mod ids;
 pub mod level;
@@ -48,7 +49,8 @@ pub struct SfuConfig {
     pub bind: SocketAddr,
     /// Host candidate IPs put in the SDP (1:1 NAT public IPs, or the interfaces to use),
     /// one candidate each, all on the one socket's port. Empty: the bound IP if it is not
-    /// unspecified, else the address of the interface that routes outwards (127.0.0.1, with
+    /// unspecified, else every address of the bound family on the interfaces that are up,
+    /// except loopback and link-local, the one that routes outwards first (loopback, with
     /// a warning, if there is none). The first one is what `rtc` sees as the local address
     /// of every datagram, so list the primary address first and keep to one IP family.
     pub announce_ips: Vec<IpAddr>,

@@ -13,9 +13,9 @@
 //! close_notify).
 
 use std::collections::HashMap;
-use std::net::{IpAddr, Ipv4Addr, SocketAddr, UdpSocket as StdUdpSocket};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, UdpSocket as StdUdpSocket};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tokio::sync::mpsc::{self, UnboundedReceiver, UnboundedSender};
 use tokio::sync::oneshot;
@@ -329,13 +329,16 @@ fn spawn_shard(
                 }
             };
             runtime.block_on(async move {
-                let engine = tokio::net::UdpSocket::from_std(socket)
+                let started = tokio::net::UdpSocket::from_std(socket)
+                    .and_then(|socket| Ok((socket.local_addr()?, socket)))
                     .map_err(MediaError::Bind)
-                    .and_then(|socket| Engine::new(socket, ctx));
-                match engine {
-                    Ok(engine) => {
+                    .and_then(|(local, socket)| {
+                        Ok((Engine::new(local, ctx, Instant::now())?, socket))
+                    });
+                match started {
+                    Ok((engine, socket)) => {
                         let _ = ready_tx.send(Ok(()));
-                        engine.run(commands).await;
+                        crate::driver::run(engine, socket, commands).await;
                     }
                     Err(e) => {
                         let _ = ready_tx.send(Err(e));
@@ -413,24 +416,89 @@ fn validate(cfg: &SfuConfig) -> Result<(), MediaError> {
     Ok(())
 }
 
-/// The bound IP if specific; otherwise the address of the interface that routes outwards
-/// (found by "connecting" a UDP socket, which sends nothing), falling back to loopback.
+/// What is announced when `announce_ips` is empty: the bound IP if specific; when bound
+/// to a wildcard, every usable interface address of the bound family (see
+/// [`announceable`]), the one that routes outwards first; loopback (with a warning) if
+/// there is none.
 fn default_announce_ips(bound: IpAddr) -> Vec<IpAddr> {
     if !bound.is_unspecified() {
         return vec![bound];
     }
-    let probe = StdUdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0))
-        .and_then(|s| s.connect((Ipv4Addr::new(192, 0, 2, 1), 9)).map(|_| s))
-        .and_then(|s| s.local_addr());
-    match probe {
-        Ok(addr) if !addr.ip().is_unspecified() && !addr.ip().is_loopback() => vec![addr.ip()],
-        _ => {
-            tracing::warn!(
-                "no routable interface found; announcing 127.0.0.1 (set announce_ips for real clients)"
-            );
-            vec![IpAddr::V4(Ipv4Addr::LOCALHOST)]
+    let interfaces = match nix::ifaddrs::getifaddrs() {
+        Ok(addrs) => addrs
+            .filter(|a| a.flags.contains(nix::net::if_::InterfaceFlags::IFF_UP))
+            .filter_map(|a| {
+                let addr = a.address?;
+                if let Some(v4) = addr.as_sockaddr_in() {
+                    Some(IpAddr::V4(v4.ip()))
+                } else {
+                    addr.as_sockaddr_in6().map(|v6| IpAddr::V6(v6.ip()))
+                }
+            })
+            .collect(),
+        Err(e) => {
+            tracing::warn!(error = %e, "listing network interfaces failed");
+            Vec::new()
+        }
+    };
+    let ips = announceable(bound, routed_ip(bound), &interfaces);
+    if ips.is_empty() {
+        let loopback = if bound.is_ipv4() {
+            IpAddr::V4(Ipv4Addr::LOCALHOST)
+        } else {
+            IpAddr::V6(Ipv6Addr::LOCALHOST)
+        };
+        tracing::warn!(
+            %loopback,
+            "no usable interface address found; announcing loopback (set announce_ips for real clients)"
+        );
+        return vec![loopback];
+    }
+    ips
+}
+
+/// The address of the interface that routes outwards, found by "connecting" a UDP socket
+/// of the bound family to a documentation address (this sends nothing).
+fn routed_ip(bound: IpAddr) -> Option<IpAddr> {
+    let (local, remote): (SocketAddr, SocketAddr) = if bound.is_ipv4() {
+        (
+            (Ipv4Addr::UNSPECIFIED, 0).into(),
+            (Ipv4Addr::new(192, 0, 2, 1), 9).into(),
+        )
+    } else {
+        (
+            (Ipv6Addr::UNSPECIFIED, 0).into(),
+            (Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 1), 9).into(),
+        )
+    };
+    let s = StdUdpSocket::bind(local).ok()?;
+    s.connect(remote).ok()?;
+    Some(s.local_addr().ok()?.ip())
+}
+
+/// The interface addresses worth announcing for a socket bound to the wildcard `bound`:
+/// those of the socket's own family (an IPv4 socket cannot answer on IPv6, and `rtc`
+/// takes the first announced address as the local one of every datagram), neither
+/// loopback, unspecified, multicast nor link-local; the routed one first, then the rest
+/// in interface order, without repeats.
+fn announceable(bound: IpAddr, routed: Option<IpAddr>, interfaces: &[IpAddr]) -> Vec<IpAddr> {
+    let usable = |ip: &IpAddr| {
+        ip.is_ipv4() == bound.is_ipv4()
+            && !ip.is_loopback()
+            && !ip.is_unspecified()
+            && !ip.is_multicast()
+            && match ip {
+                IpAddr::V4(v4) => !v4.is_link_local(),
+                IpAddr::V6(v6) => !v6.is_unicast_link_local(),
+            }
+    };
+    let mut out: Vec<IpAddr> = Vec::new();
+    for ip in routed.iter().chain(interfaces) {
+        if usable(ip) && !out.contains(ip) {
+            out.push(*ip);
         }
     }
+    out
 }
 
 #[cfg(test)]
@@ -480,5 +548,49 @@ mod tests {
     fn specific_bind_ip_is_announced() {
         let ip = IpAddr::V4(Ipv4Addr::LOCALHOST);
         assert_eq!(default_announce_ips(ip), vec![ip]);
+    }
+
+    #[test]
+    fn wildcard_announces_every_usable_address_of_its_family_routed_first() {
+        let ip = |s: &str| -> IpAddr { s.parse().expect("ip") };
+        let interfaces = [
+            ip("127.0.0.1"),
+            ip("10.0.0.5"),
+            ip("::1"),
+            ip("fe80::1"),
+            ip("2001:db8::7"),
+            ip("169.254.3.4"),
+            ip("192.168.1.20"),
+            ip("10.0.0.5"),
+        ];
+        let v4 = ip("0.0.0.0");
+        assert_eq!(
+            announceable(v4, Some(ip("192.168.1.20")), &interfaces),
+            vec![ip("192.168.1.20"), ip("10.0.0.5")],
+            "routed first, then interface order; no loopback, link-local, IPv6 or repeats"
+        );
+        assert_eq!(
+            announceable(v4, None, &interfaces),
+            vec![ip("10.0.0.5"), ip("192.168.1.20")]
+        );
+        assert_eq!(
+            announceable(v4, Some(ip("127.0.0.1")), &[ip("127.0.0.1")]),
+            Vec::<IpAddr>::new(),
+            "loopback only: nothing usable (the caller falls back to loopback)"
+        );
+        assert_eq!(
+            announceable(ip("::"), Some(ip("2001:db8::7")), &interfaces),
+            vec![ip("2001:db8::7")]
+        );
+    }
+
+    #[test]
+    fn wildcard_bind_announces_this_hosts_addresses_or_loopback() {
+        let ips = default_announce_ips(IpAddr::V4(Ipv4Addr::UNSPECIFIED));
+        assert!(!ips.is_empty());
+        assert!(ips.iter().all(|ip| ip.is_ipv4()), "{ips:?}");
+        if ips != [IpAddr::V4(Ipv4Addr::LOCALHOST)] {
+            assert!(ips.iter().all(|ip| !ip.is_loopback()), "{ips:?}");
+        }
     }
 }

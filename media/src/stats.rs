@@ -4,6 +4,8 @@
 
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
+use crate::router::DropReason;
+
 macro_rules! counters {
     ($($(#[$doc:meta])* $name:ident),* $(,)?) => {
         /// Live atomics shared between the media thread and [`crate::Sfu`] handles.
@@ -70,8 +72,6 @@ counters! {
     unknown_source,
     /// Datagrams too short or malformed to classify (including bad STUN).
     malformed,
-    /// Errors `rtc` returned while handling a datagram (bad DTLS/SRTP, replay, ...).
-    rtc_read_errors,
     /// ICE checks that arrived before their connection's answer and were held for it.
     early_checks_held,
     /// RTP packets received from publishers (after SRTP).
@@ -105,6 +105,39 @@ counters! {
     /// RTCP sender reports written for the audio slots (forwarded audio bypasses rtc's
     /// interceptors, so these are the engine's own).
     sender_reports,
+}
+
+impl SfuStats {
+    /// RTP packets not forwarded, by reason, each with its stable metric label: the
+    /// router's reasons labelled by [`DropReason::as_str`], then the forwarding leg's.
+    pub fn dropped_by_reason(&self) -> [(&'static str, u64); 8] {
+        [
+            (DropReason::Muted.as_str(), self.dropped_muted),
+            (
+                DropReason::NotPublisher.as_str(),
+                self.dropped_not_publisher,
+            ),
+            (
+                DropReason::NoSubscribers.as_str(),
+                self.dropped_no_subscribers,
+            ),
+            (DropReason::NotInSlot.as_str(), self.dropped_not_in_slot),
+            ("duplicate", self.dropped_duplicate),
+            ("not_ready", self.dropped_not_ready),
+            // The socket's send buffer was full.
+            ("congestion", self.send_would_block),
+            ("write_error", self.dropped_write_error),
+        ]
+    }
+
+    /// Media socket and protocol errors, by kind, with their metric labels.
+    pub fn errors_by_kind(&self) -> [(&'static str, u64); 3] {
+        [
+            ("malformed", self.malformed),
+            ("unknown_source", self.unknown_source),
+            ("send", self.send_errors),
+        ]
+    }
 }
 
 /// Upper bounds (seconds) of the join-latency histogram's buckets; a last, unbounded
@@ -201,5 +234,23 @@ mod tests {
         assert_eq!(s.rtp_forwarded, 3);
         assert_eq!(s.participants, 2);
         assert_eq!(s.malformed, 0);
+    }
+
+    #[test]
+    fn drop_reasons_use_the_routers_labels_and_read_their_own_counters() {
+        let c = Counters::default();
+        c.dropped_muted.fetch_add(1, Relaxed);
+        c.dropped_not_in_slot.fetch_add(2, Relaxed);
+        c.send_would_block.fetch_add(5, Relaxed);
+        let drops = c.snapshot().dropped_by_reason();
+        let get = |label| drops.iter().find(|d| d.0 == label).map(|d| d.1);
+        assert_eq!(get("muted"), Some(1));
+        assert_eq!(get(DropReason::NotInSlot.as_str()), Some(2));
+        assert_eq!(get("congestion"), Some(5));
+        assert_eq!(get("not_publisher"), Some(0));
+        let mut labels: Vec<_> = drops.iter().map(|d| d.0).collect();
+        labels.sort_unstable();
+        labels.dedup();
+        assert_eq!(labels.len(), drops.len(), "labels are distinct");
     }
 }

@@ -1,13 +1,14 @@
-//! A minimal HTTP/1.1 client for the few control-plane calls the harness makes
-//! (create a room, log in, scrape `/metrics`). One request per connection
-//! (`Connection: close`), bounded response size and time. Plain HTTP only: the harness
-//! targets a server on loopback or a lab network, and the WebSocket client has no TLS.
+//! The few control-plane calls the harness makes (create a room, log in, scrape
+//! `/metrics`), over reqwest: one shared client, bounded response size and time. Plain
+//! HTTP only: the harness targets a server on loopback or a lab network, and the WebSocket
+//! client has no TLS.
 
 use super::HarnessError;
+use reqwest::Url;
+use reqwest::header::{AUTHORIZATION, CONTENT_TYPE, HOST, USER_AGENT};
 use std::net::SocketAddr;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 
 /// Largest response body accepted (a `/metrics` page is a few tens of KB).
 const MAX_RESPONSE: usize = 8 << 20;
@@ -20,36 +21,35 @@ pub struct BaseUrl {
 }
 
 impl BaseUrl {
-    /// Parses `http://host[:port][/]`. Anything else is refused with a reason.
+    /// Parses `http://host[:port][/]` (with the `url` crate). Anything else is refused
+    /// with a reason.
     pub fn parse(url: &str) -> Result<Self, HarnessError> {
         let bad = |why: &str| HarnessError::Config(format!("bad --url {url:?}: {why}"));
-        let rest = if let Some(r) = url.strip_prefix("http://") {
-            r
-        } else if url.starts_with("https://") {
-            return Err(bad(
-                "https is not supported (the harness speaks plain HTTP/WS)",
-            ));
-        } else {
-            return Err(bad("expected http://host:port"));
-        };
-        let hostport = rest.trim_end_matches('/');
-        if hostport.contains('/') {
+        let parsed =
+            Url::parse(url).map_err(|e| bad(&format!("expected http://host:port ({e})")))?;
+        match parsed.scheme() {
+            "http" => {}
+            "https" => {
+                return Err(bad(
+                    "https is not supported (the harness speaks plain HTTP/WS)",
+                ));
+            }
+            _ => return Err(bad("expected http://host:port")),
+        }
+        if parsed.path() != "/" || parsed.query().is_some() || parsed.fragment().is_some() {
             return Err(bad("no path allowed, only http://host:port"));
         }
-        let (host, port) = match hostport.rsplit_once(':') {
-            Some((h, p)) if !h.ends_with(']') || h.starts_with('[') => {
-                let port = p.parse::<u16>().map_err(|_| bad("invalid port"))?;
-                (h, port)
-            }
-            _ => (hostport, 80),
-        };
-        let host = host.trim_start_matches('[').trim_end_matches(']');
-        if host.is_empty() {
-            return Err(bad("empty host"));
+        if !parsed.username().is_empty() || parsed.password().is_some() {
+            return Err(bad("no credentials allowed, only http://host:port"));
         }
+        let host = match parsed.host() {
+            Some(url::Host::Ipv6(ip)) => ip.to_string(),
+            Some(h) => h.to_string(),
+            None => return Err(bad("empty host")),
+        };
         Ok(Self {
-            host: host.to_owned(),
-            port,
+            host,
+            port: parsed.port_or_known_default().unwrap_or(80),
         })
     }
 
@@ -104,7 +104,32 @@ impl Response {
     }
 }
 
-/// Sends one request and reads the whole response within `timeout`.
+/// The harness's one HTTP client (connections are pooled across calls).
+fn client() -> Result<&'static reqwest::Client, HarnessError> {
+    static CLIENT: OnceLock<Result<reqwest::Client, String>> = OnceLock::new();
+    CLIENT
+        .get_or_init(|| {
+            // Plain HTTP only, but reqwest's rustls build wants a TLS configuration (and a
+            // crypto provider): one that trusts nothing.
+            let tls = rustls::ClientConfig::builder_with_provider(Arc::new(
+                rustls::crypto::ring::default_provider(),
+            ))
+            .with_safe_default_protocol_versions()
+            .map_err(|e| e.to_string())?
+            .with_root_certificates(rustls::RootCertStore::empty())
+            .with_no_client_auth();
+            reqwest::Client::builder()
+                .tls_backend_preconfigured(tls)
+                .http1_only()
+                .build()
+                .map_err(|e| e.to_string())
+        })
+        .as_ref()
+        .map_err(|e| HarnessError::Http(format!("cannot build the HTTP client: {e}")))
+}
+
+/// Sends one request to `addr` (with `Host: host`) and reads the whole response within
+/// `timeout`.
 pub async fn request(
     addr: SocketAddr,
     host: &str,
@@ -115,113 +140,53 @@ pub async fn request(
     timeout: Duration,
 ) -> Result<Response, HarnessError> {
     let fut = async {
-        let mut stream = TcpStream::connect(addr)
-            .await
-            .map_err(|e| HarnessError::Http(format!("connect {addr}: {e}")))?;
-        let body = match json_body {
-            Some(v) => serde_json::to_vec(v).map_err(|e| HarnessError::Http(e.to_string()))?,
-            None => Vec::new(),
-        };
-        let mut head = format!(
-            "{method} {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\nUser-Agent: chorus-loadtest\r\nAccept: */*\r\n"
-        );
+        let err = |e: reqwest::Error| HarnessError::Http(format!("{method} {path}: {e}"));
+        let method = reqwest::Method::from_bytes(method.as_bytes())
+            .map_err(|e| HarnessError::Http(format!("bad method {method:?}: {e}")))?;
+        let url = Url::parse(&format!("http://{addr}"))
+            .and_then(|base| base.join(path))
+            .map_err(|e| HarnessError::Http(format!("bad path {path:?}: {e}")))?;
+        let mut req = client()?
+            .request(method, url)
+            .header(HOST, host)
+            .header(USER_AGENT, "chorus-loadtest");
         if let Some(t) = bearer {
-            head.push_str(&format!("Authorization: Bearer {t}\r\n"));
+            req = req.header(AUTHORIZATION, format!("Bearer {t}"));
         }
-        if json_body.is_some() {
-            head.push_str("Content-Type: application/json\r\n");
+        if let Some(v) = json_body {
+            let body = serde_json::to_vec(v).map_err(|e| HarnessError::Http(e.to_string()))?;
+            req = req.header(CONTENT_TYPE, "application/json").body(body);
         }
-        head.push_str(&format!("Content-Length: {}\r\n\r\n", body.len()));
-        stream
-            .write_all(head.as_bytes())
-            .await
-            .map_err(|e| HarnessError::Http(format!("write: {e}")))?;
-        stream
-            .write_all(&body)
-            .await
-            .map_err(|e| HarnessError::Http(format!("write: {e}")))?;
-        let mut raw = Vec::new();
-        let mut buf = [0u8; 16 * 1024];
-        loop {
-            let n = stream
-                .read(&mut buf)
-                .await
-                .map_err(|e| HarnessError::Http(format!("read: {e}")))?;
-            if n == 0 {
-                break;
-            }
-            raw.extend_from_slice(&buf[..n]);
-            if raw.len() > MAX_RESPONSE {
+        let mut resp = req.send().await.map_err(err)?;
+        let status = resp.status().as_u16();
+        let headers = resp
+            .headers()
+            .iter()
+            .map(|(k, v)| {
+                let v = String::from_utf8_lossy(v.as_bytes()).into_owned();
+                (k.as_str().to_owned(), v)
+            })
+            .collect();
+        let mut body = Vec::new();
+        while let Some(chunk) = resp.chunk().await.map_err(err)? {
+            body.extend_from_slice(&chunk);
+            if body.len() > MAX_RESPONSE {
                 return Err(HarnessError::Http(format!(
                     "response larger than {MAX_RESPONSE} bytes"
                 )));
             }
         }
-        parse_response(&raw)
+        Ok(Response {
+            status,
+            headers,
+            body,
+        })
     };
     match tokio::time::timeout(timeout, fut).await {
         Ok(r) => r,
         Err(_) => Err(HarnessError::Http(format!(
             "{method} {path}: no response within {timeout:?}"
         ))),
-    }
-}
-
-/// Parses a complete HTTP/1.1 response (Content-Length, chunked, or read-to-close).
-pub fn parse_response(raw: &[u8]) -> Result<Response, HarnessError> {
-    let bad = |why: &str| HarnessError::Http(format!("malformed HTTP response: {why}"));
-    let end = raw
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .ok_or_else(|| bad("no end of headers"))?;
-    let head = std::str::from_utf8(&raw[..end]).map_err(|_| bad("headers not UTF-8"))?;
-    let mut lines = head.split("\r\n");
-    let status_line = lines.next().ok_or_else(|| bad("no status line"))?;
-    let status = status_line
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse::<u16>().ok())
-        .ok_or_else(|| bad("no status code"))?;
-    let headers: Vec<(String, String)> = lines
-        .filter_map(|l| l.split_once(':'))
-        .map(|(k, v)| (k.trim().to_owned(), v.trim().to_owned()))
-        .collect();
-    let rest = &raw[end + 4..];
-    let get = |name: &str| {
-        headers
-            .iter()
-            .find(|(k, _)| k.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_str())
-    };
-    let body = if get("transfer-encoding").is_some_and(|v| v.eq_ignore_ascii_case("chunked")) {
-        dechunk(rest).ok_or_else(|| bad("broken chunked body"))?
-    } else if let Some(len) = get("content-length") {
-        let len: usize = len.parse().map_err(|_| bad("bad content-length"))?;
-        rest.get(..len)
-            .ok_or_else(|| bad("body shorter than content-length"))?
-            .to_vec()
-    } else {
-        rest.to_vec()
-    };
-    Ok(Response {
-        status,
-        headers,
-        body,
-    })
-}
-
-fn dechunk(mut data: &[u8]) -> Option<Vec<u8>> {
-    let mut out = Vec::new();
-    loop {
-        let line_end = data.windows(2).position(|w| w == b"\r\n")?;
-        let size_str = std::str::from_utf8(&data[..line_end]).ok()?;
-        let size = usize::from_str_radix(size_str.split(';').next()?.trim(), 16).ok()?;
-        data = &data[line_end + 2..];
-        if size == 0 {
-            return Some(out);
-        }
-        out.extend_from_slice(data.get(..size)?);
-        data = data.get(size + 2..)?;
     }
 }
 
@@ -265,20 +230,95 @@ mod tests {
         assert!(local.resolve(false).await.is_ok());
     }
 
-    #[test]
-    fn responses_with_length_chunked_and_close_framing_parse() {
-        let r = parse_response(b"HTTP/1.1 201 Created\r\nContent-Length: 2\r\nX: y\r\n\r\n{}junk")
+    /// A one-shot server on loopback: reads a request, answers `reply` and returns what
+    /// it read.
+    async fn serve_once(reply: &'static [u8]) -> (SocketAddr, tokio::task::JoinHandle<String>) {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
             .unwrap_or_else(|e| panic!("{e}"));
-        assert_eq!((r.status, r.body.as_slice()), (201, &b"{}"[..]));
-        assert_eq!(r.header("x"), Some("y"));
-        let r = parse_response(
-            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n2\r\nde\r\n0\r\n\r\n",
+        let addr = listener.local_addr().unwrap_or_else(|e| panic!("{e}"));
+        let task = tokio::spawn(async move {
+            let (mut s, _) = listener.accept().await.unwrap_or_else(|e| panic!("{e}"));
+            let mut raw = Vec::new();
+            let mut buf = [0u8; 4096];
+            // Headers, then the JSON body (the test's is small and sent at once).
+            while !String::from_utf8_lossy(&raw).contains("\r\n\r\n{")
+                && !String::from_utf8_lossy(&raw).starts_with("GET")
+            {
+                let n = s.read(&mut buf).await.unwrap_or(0);
+                if n == 0 {
+                    break;
+                }
+                raw.extend_from_slice(&buf[..n]);
+            }
+            let _ = s.write_all(reply).await;
+            let _ = s.shutdown().await;
+            String::from_utf8_lossy(&raw).into_owned()
+        });
+        (addr, task)
+    }
+
+    #[tokio::test]
+    async fn a_json_request_carries_host_token_and_body_and_reads_a_chunked_reply() {
+        let (addr, server) = serve_once(
+            b"HTTP/1.1 201 Created\r\nTransfer-Encoding: chunked\r\nX: y\r\n\r\n3\r\n{\"a\r\n4\r\n\":1}\r\n0\r\n\r\n",
         )
+        .await;
+        let r = request(
+            addr,
+            "chorus.test",
+            "POST",
+            "/api/rooms",
+            Some("tok"),
+            Some(&serde_json::json!({ "topic": "t" })),
+            Duration::from_secs(10),
+        )
+        .await
         .unwrap_or_else(|e| panic!("{e}"));
-        assert_eq!(r.body, b"abcde");
-        let r = parse_response(b"HTTP/1.1 200 OK\r\n\r\nrest").unwrap_or_else(|e| panic!("{e}"));
-        assert_eq!(r.body, b"rest");
-        assert!(parse_response(b"garbage").is_err());
-        assert!(parse_response(b"HTTP/1.1 200 OK\r\nContent-Length: 9\r\n\r\nab").is_err());
+        assert_eq!(r.status, 201);
+        assert_eq!(r.header("x"), Some("y"));
+        assert_eq!(
+            r.json::<serde_json::Value>().ok(),
+            Some(serde_json::json!({ "a": 1 }))
+        );
+        let seen = server
+            .await
+            .unwrap_or_else(|e| panic!("{e}"))
+            .to_ascii_lowercase();
+        assert!(seen.starts_with("post /api/rooms http/1.1\r\n"), "{seen}");
+        assert!(seen.contains("host: chorus.test\r\n"), "{seen}");
+        assert!(seen.contains("authorization: bearer tok\r\n"), "{seen}");
+        assert!(
+            seen.contains("content-type: application/json\r\n"),
+            "{seen}"
+        );
+        assert!(seen.ends_with(r#"{"topic":"t"}"#), "{seen}");
+    }
+
+    #[tokio::test]
+    async fn a_reply_that_never_comes_is_a_timeout_error() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        let addr = listener.local_addr().unwrap_or_else(|e| panic!("{e}"));
+        let err = request(
+            addr,
+            "x",
+            "GET",
+            "/metrics",
+            None,
+            None,
+            Duration::from_millis(300),
+        )
+        .await
+        .err()
+        .map(|e| e.to_string());
+        assert!(
+            err.as_deref()
+                .is_some_and(|e| e.contains("no response within")),
+            "{err:?}"
+        );
+        drop(listener);
     }
 }

@@ -16,6 +16,8 @@ pub struct Sample {
 }
 
 /// Parses the Prometheus text exposition format (comments and malformed lines skipped).
+/// Kept here rather than `prometheus-parse`: that crate's sample regex ends the label set
+/// at the first `}`, which cuts the server's route labels (`/api/rooms/{room_id}`).
 pub fn parse(text: &str) -> Vec<Sample> {
     let mut out = Vec::new();
     for line in text.lines() {
