@@ -5,8 +5,8 @@
 //! useless, and the media thread must not stall.
 
 use std::net::SocketAddr;
+use std::ops::Range;
 
-use bytes::BytesMut;
 use tokio::net::UdpSocket;
 
 /// Datagrams per system call (the kernel's own limit, UIO_MAXIOV, is 1024).
@@ -23,15 +23,47 @@ pub(crate) struct Flushed {
     pub(crate) errors: u64,
 }
 
-/// Datagrams queued for one flush.
+/// Datagrams queued for one flush, written back to back into one buffer: a fan-out of one
+/// packet to a thousand listeners costs no allocation per copy (the buffer keeps its
+/// capacity from one flush to the next; it is per media thread, not per connection).
 #[derive(Default)]
 pub(crate) struct SendBatch {
-    queued: Vec<(BytesMut, SocketAddr)>,
+    /// The queued datagrams' bytes, back to back.
+    buf: Vec<u8>,
+    /// Where each queued datagram lies in `buf`, and where it goes.
+    queued: Vec<(Range<usize>, SocketAddr)>,
 }
 
 impl SendBatch {
-    pub(crate) fn push(&mut self, datagram: BytesMut, to: SocketAddr) {
-        self.queued.push((datagram, to));
+    /// Queues a copy of `datagram`.
+    pub(crate) fn push(&mut self, datagram: &[u8], to: SocketAddr) {
+        let start = self.buf.len();
+        self.buf.extend_from_slice(datagram);
+        self.queued.push((start..self.buf.len(), to));
+    }
+
+    /// Queues the datagram `write` appends to the batch's buffer, addressed to the address
+    /// it returns. `Ok(None)` or an error queues nothing (whatever `write` appended is
+    /// dropped); says whether a datagram was queued.
+    pub(crate) fn push_with<E>(
+        &mut self,
+        write: impl FnOnce(&mut Vec<u8>) -> Result<Option<SocketAddr>, E>,
+    ) -> Result<bool, E> {
+        let start = self.buf.len();
+        match write(&mut self.buf) {
+            Ok(Some(to)) if self.buf.len() > start => {
+                self.queued.push((start..self.buf.len(), to));
+                Ok(true)
+            }
+            Ok(_) => {
+                self.buf.truncate(start);
+                Ok(false)
+            }
+            Err(e) => {
+                self.buf.truncate(start);
+                Err(e)
+            }
+        }
     }
 
     #[cfg(test)]
@@ -45,23 +77,35 @@ impl SendBatch {
 
     /// Takes everything queued, without sending (for a core driven without a socket).
     #[cfg(test)]
-    pub(crate) fn drain(&mut self) -> std::vec::Drain<'_, (BytesMut, SocketAddr)> {
-        self.queued.drain(..)
+    pub(crate) fn drain(&mut self) -> Vec<(Vec<u8>, SocketAddr)> {
+        let out = self
+            .queued
+            .drain(..)
+            .map(|(range, to)| (self.buf[range].to_vec(), to))
+            .collect();
+        self.buf.clear();
+        out
     }
 
     /// Sends everything queued and empties the batch.
     pub(crate) fn flush(&mut self, socket: &UdpSocket) -> Flushed {
         let mut out = Flushed::default();
         for chunk in self.queued.chunks(MAX_BATCH) {
-            send_chunk(socket, chunk, &mut out);
+            send_chunk(socket, &self.buf, chunk, &mut out);
         }
         self.queued.clear();
+        self.buf.clear();
         out
     }
 }
 
 #[cfg(target_os = "linux")]
-fn send_chunk(socket: &UdpSocket, chunk: &[(BytesMut, SocketAddr)], out: &mut Flushed) {
+fn send_chunk(
+    socket: &UdpSocket,
+    buf: &[u8],
+    chunk: &[(Range<usize>, SocketAddr)],
+    out: &mut Flushed,
+) {
     use nix::errno::Errno;
     use nix::sys::socket::{MsgFlags, MultiHeaders, SockaddrStorage, sendmmsg};
     use std::io::IoSlice;
@@ -71,7 +115,10 @@ fn send_chunk(socket: &UdpSocket, chunk: &[(BytesMut, SocketAddr)], out: &mut Fl
     let mut headers = MultiHeaders::<SockaddrStorage>::preallocate(chunk.len(), None);
     let mut rest = chunk;
     while !rest.is_empty() {
-        let slices: Vec<[IoSlice<'_>; 1]> = rest.iter().map(|(b, _)| [IoSlice::new(b)]).collect();
+        let slices: Vec<[IoSlice<'_>; 1]> = rest
+            .iter()
+            .map(|(r, _)| [IoSlice::new(&buf[r.clone()])])
+            .collect();
         let addrs: Vec<Option<SockaddrStorage>> = rest
             .iter()
             .map(|(_, a)| Some(SockaddrStorage::from(*a)))
@@ -81,7 +128,7 @@ fn send_chunk(socket: &UdpSocket, chunk: &[(BytesMut, SocketAddr)], out: &mut Fl
         match result {
             Ok(n) if n > 0 => {
                 out.sent += n as u64;
-                out.bytes += rest[..n].iter().map(|(b, _)| b.len() as u64).sum::<u64>();
+                out.bytes += rest[..n].iter().map(|(r, _)| r.len() as u64).sum::<u64>();
                 rest = &rest[n..];
             }
             // The send buffer is full: the rest would fail the same way now.
@@ -101,9 +148,14 @@ fn send_chunk(socket: &UdpSocket, chunk: &[(BytesMut, SocketAddr)], out: &mut Fl
 }
 
 #[cfg(not(target_os = "linux"))]
-fn send_chunk(socket: &UdpSocket, chunk: &[(BytesMut, SocketAddr)], out: &mut Flushed) {
-    for (datagram, to) in chunk {
-        match socket.try_send_to(datagram, *to) {
+fn send_chunk(
+    socket: &UdpSocket,
+    buf: &[u8],
+    chunk: &[(Range<usize>, SocketAddr)],
+    out: &mut Flushed,
+) {
+    for (range, to) in chunk {
+        match socket.try_send_to(&buf[range.clone()], *to) {
             Ok(n) => {
                 out.sent += 1;
                 out.bytes += n as u64;
@@ -129,7 +181,7 @@ mod tests {
         let n = MAX_BATCH + 10;
         for i in 0..n {
             let to = if i % 2 == 0 { a_addr } else { b_addr };
-            batch.push(BytesMut::from(format!("datagram {i}").as_bytes()), to);
+            batch.push(format!("datagram {i}").as_bytes(), to);
         }
         assert_eq!(batch.len(), n);
         let done = batch.flush(&tx);
@@ -150,17 +202,39 @@ mod tests {
         }
     }
 
+    #[test]
+    fn a_write_that_fails_or_declines_queues_nothing_and_leaves_the_others_intact() {
+        let to: SocketAddr = "127.0.0.1:9".parse().expect("addr");
+        let mut batch = SendBatch::default();
+        batch.push(b"first", to);
+        let failed = batch.push_with(|buf| {
+            buf.extend_from_slice(b"half written");
+            Err::<Option<SocketAddr>, &str>("cipher refused")
+        });
+        assert_eq!(failed, Err("cipher refused"));
+        let declined = batch.push_with(|buf| {
+            buf.extend_from_slice(b"not ready");
+            Ok::<_, ()>(None)
+        });
+        assert_eq!(declined, Ok(false));
+        let written = batch.push_with(|buf| {
+            buf.extend_from_slice(b"second");
+            Ok::<_, ()>(Some(to))
+        });
+        assert_eq!(written, Ok(true));
+        let queued: Vec<Vec<u8>> = batch.drain().into_iter().map(|(d, _)| d).collect();
+        assert_eq!(queued, vec![b"first".to_vec(), b"second".to_vec()]);
+        assert!(batch.is_empty());
+    }
+
     #[tokio::test]
     async fn an_unsendable_datagram_is_counted_and_the_rest_still_go() {
         let tx = UdpSocket::bind("127.0.0.1:0").await.expect("bind");
         let rx = UdpSocket::bind("127.0.0.1:0").await.expect("bind");
         let mut batch = SendBatch::default();
         // Port 0 is not a valid destination: the kernel refuses that one datagram.
-        batch.push(
-            BytesMut::from(&b"lost"[..]),
-            "127.0.0.1:0".parse().expect("addr"),
-        );
-        batch.push(BytesMut::from(&b"kept"[..]), rx.local_addr().expect("addr"));
+        batch.push(b"lost", "127.0.0.1:0".parse().expect("addr"));
+        batch.push(b"kept", rx.local_addr().expect("addr"));
         let done = batch.flush(&tx);
         assert_eq!((done.sent, done.errors), (1, 1), "{done:?}");
         let mut buf = [0u8; 16];

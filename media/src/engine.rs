@@ -120,6 +120,9 @@ pub(crate) struct Engine {
     rtp_scratch: Vec<rtp::Packet>,
     /// Reused buffer a forwarded packet is marshalled into before encryption.
     rtp_out: Vec<u8>,
+    /// Reused header of a forwarded copy: its extension list keeps its capacity, so setting
+    /// the audio level allocates nothing per copy.
+    rtp_header: rtp::Header,
     /// Wall clock at the engine's start, for the NTP time of sender reports.
     wall_clock: rtc::shared::time::SystemInstant,
     /// Datagrams queued for the driver to send together (one fan-out, and the
@@ -174,6 +177,10 @@ impl Engine {
             events,
             rtp_scratch: Vec::new(),
             rtp_out: vec![0; RECV_BUF],
+            rtp_header: rtp::Header {
+                version: 2,
+                ..Default::default()
+            },
             wall_clock: rtc::shared::time::SystemInstant::now(now),
             batch: SendBatch::default(),
             unsent_forwarded: 0,
@@ -400,7 +407,7 @@ impl Engine {
     fn flush(&mut self, idx: u32) {
         if let Some(peer) = self.peers.get_mut(idx as usize).and_then(Option::as_mut) {
             while let Some(out) = peer.pc.poll_write() {
-                self.batch.push(out.message, out.transport.peer_addr);
+                self.batch.push(&out.message, out.transport.peer_addr);
             }
         }
     }
@@ -542,24 +549,25 @@ impl Engine {
                     continue;
                 }
             };
-            let mut header = rtp::Header {
-                version: 2,
-                marker: out.marker,
-                payload_type: pt,
-                sequence_number: out.seq,
-                timestamp: out.ts,
-                ssrc: out.ssrc,
-                ..Default::default()
-            };
+            let header = &mut self.rtp_header;
+            header.marker = out.marker;
+            header.payload_type = pt;
+            header.sequence_number = out.seq;
+            header.timestamp = out.ts;
+            header.ssrc = out.ssrc;
+            header.extension = false;
+            header.extension_profile = 0;
+            header.extensions.clear();
             if let (Some(id), Some(level)) = (leg.audio_level_id, &level_ext) {
                 // Only the audio level survives: the publisher's other extensions (mid,
                 // transport-cc, ...) were negotiated on its leg, not this one. Cloning
                 // `Bytes` is a refcount bump.
                 let _ = header.set_extension(id, level.clone());
             }
-            // The lean path: marshal once into a reused buffer and encrypt straight into the
-            // datagram (`protect_rtp`, PATCHES.md), instead of moving the packet through
-            // rtc's handler queues. Sender reports for the slot are ours (`sender_reports`).
+            // The lean path: marshal once into a reused buffer and encrypt it straight into the
+            // send batch's buffer (`protect_rtp_into`, PATCHES.md), instead of moving the
+            // packet through rtc's handler queues and allocating a buffer per copy. Sender
+            // reports for the slot are ours (`sender_reports`).
             let plain = &mut self.rtp_out;
             let Ok(n) = header.marshal_to(plain) else {
                 self.counters.dropped_write_error.fetch_add(1, Relaxed);
@@ -573,14 +581,17 @@ impl Engine {
                 continue;
             };
             plain[n..end].copy_from_slice(&packet.payload);
-            match sub.pc.protect_rtp(now, &plain[..end]) {
-                Ok(Some(datagram)) => {
+            let pc = &mut sub.pc;
+            let plain = &plain[..end];
+            match self
+                .batch
+                .push_with(|buf| pc.protect_rtp_into(now, header, plain, buf))
+            {
+                Ok(true) => {
                     leg.sent.on_packet(out.ts, packet.payload.len(), now);
-                    self.batch
-                        .push(datagram.message, datagram.transport.peer_addr);
                     accepted += 1;
                 }
-                Ok(None) => {
+                Ok(false) => {
                     self.counters.dropped_not_ready.fetch_add(1, Relaxed);
                 }
                 Err(_) => {

@@ -57,6 +57,26 @@ impl Cipher for CipherAeadAesGcm {
         Ok(writer)
     }
 
+    fn encrypt_rtp_into(
+        &mut self,
+        payload: &[u8],
+        header: &rtp::Header,
+        roc: u32,
+        out: &mut Vec<u8>,
+    ) -> Result<()> {
+        let header_len = header.marshal_size();
+        let nonce = self.rtp_initialization_vector(header, roc);
+        let start = out.len();
+        out.extend_from_slice(payload);
+        let (aad, plaintext) = out[start..].split_at_mut(header_len);
+        let mut tag = [0; CIPHER_AEAD_AES_GCM_AUTH_TAG_LEN];
+        self.srtp_cipher
+            .seal_in_place(&nonce, aad, plaintext, &mut tag)
+            .map_err(crypto_error)?;
+        out.extend_from_slice(&tag);
+        Ok(())
+    }
+
     fn decrypt_rtp(
         &mut self,
         ciphertext: &[u8],

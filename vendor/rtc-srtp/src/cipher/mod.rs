@@ -53,6 +53,20 @@ pub(crate) trait Cipher: Send {
     /// Encrypt RTP payload.
     fn encrypt_rtp(&mut self, payload: &[u8], header: &rtp::Header, roc: u32) -> Result<BytesMut>;
 
+    /// Encrypts an RTP packet like [`Cipher::encrypt_rtp`], appending the protected packet to
+    /// `out` instead of allocating a buffer for it. On error `out` may hold a partial write;
+    /// the caller truncates it.
+    fn encrypt_rtp_into(
+        &mut self,
+        payload: &[u8],
+        header: &rtp::Header,
+        roc: u32,
+        out: &mut Vec<u8>,
+    ) -> Result<()> {
+        out.extend_from_slice(&self.encrypt_rtp(payload, header, roc)?);
+        Ok(())
+    }
+
     /// Decrypt RTP payload.
     fn decrypt_rtp(&mut self, payload: &[u8], header: &rtp::Header, roc: u32) -> Result<BytesMut>;
 

@@ -88,6 +88,42 @@ impl Context {
         Ok(dst)
     }
 
+    /// Encrypts an RTP packet whose header the caller has just built, appending the protected
+    /// packet to `out` instead of returning a new buffer.
+    ///
+    /// For senders that protect many packets in a row (an SFU fanning one packet out to many
+    /// connections): the datagrams can share one caller-owned buffer, so protecting a packet
+    /// allocates nothing. `plaintext` is the marshalled packet, `header` its header. On error
+    /// `out` is left as it was.
+    ///
+    /// # Errors
+    ///
+    /// Fails if the packet is shorter than its header, if 2^48 packets have been protected
+    /// with this key, or if the cipher rejects the input.
+    pub fn encrypt_rtp_into(
+        &mut self,
+        plaintext: &[u8],
+        header: &rtp::Header,
+        out: &mut Vec<u8>,
+    ) -> Result<()> {
+        if plaintext.len() < header.marshal_size() {
+            return Err(Error::ErrTooShortRtp);
+        }
+        let state = self.get_srtp_ssrc_state(header.ssrc);
+        let (roc, diff, ovf) = state.next_rollover_count(header.sequence_number);
+        if ovf {
+            return Err(Error::ErrExceededMaxPackets);
+        }
+        let start = out.len();
+        if let Err(e) = self.cipher.encrypt_rtp_into(plaintext, header, roc, out) {
+            out.truncate(start);
+            return Err(e);
+        }
+        self.get_srtp_ssrc_state(header.ssrc)
+            .update_rollover_count(header.sequence_number, diff);
+        Ok(())
+    }
+
     /// EncryptRTP marshals and encrypts an RTP packet, writing to the dst buffer provided.
     /// If the dst buffer does not have the capacity to hold `len(plaintext) + 10` bytes, a new one will be allocated and returned.
     pub fn encrypt_rtp(&mut self, plaintext: &[u8]) -> Result<BytesMut> {

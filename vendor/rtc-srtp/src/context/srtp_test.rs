@@ -175,6 +175,52 @@ fn test_rtp_lifecyle() -> Result<()> {
     Ok(())
 }
 
+#[test]
+fn test_encrypt_rtp_into_appends_what_encrypt_rtp_returns() -> Result<()> {
+    let master_key = [7u8; 16];
+    let master_salt = [9u8; 14];
+    for profile in [
+        ProtectionProfile::Aes128CmHmacSha1_80,
+        ProtectionProfile::AeadAes128Gcm,
+    ] {
+        let new_context = || {
+            Context::new(
+                &master_key,
+                &master_salt[..profile.salt_len()],
+                profile,
+                None,
+                None,
+                test_crypto_provider().crypto(),
+            )
+        };
+        let (mut by_value, mut into, mut decrypt) = (new_context()?, new_context()?, new_context()?);
+        let mut out = b"earlier datagram".to_vec();
+        for sequence_number in [65534u16, 65535, 0, 1] {
+            let header = rtp::Header {
+                sequence_number,
+                ssrc: 0x1234_5678,
+                ..Default::default()
+            };
+            let plain = rtp::Packet {
+                header: header.clone(),
+                payload: RTP_TEST_CASE_DECRYPTED.clone(),
+            }
+            .marshal()?;
+            let expected = by_value.encrypt_rtp(&plain)?;
+            let start = out.len();
+            into.encrypt_rtp_into(&plain, &header, &mut out)?;
+            assert_eq!(&out[start..], &expected[..], "{profile:?} seq {sequence_number}");
+            assert_eq!(decrypt.decrypt_rtp(&out[start..])?, plain);
+        }
+        assert!(out.starts_with(b"earlier datagram"));
+        let len = out.len();
+        let header = rtp::Header::default();
+        assert!(into.encrypt_rtp_into(&[0x80, 0], &header, &mut out).is_err());
+        assert_eq!(out.len(), len, "a failed call leaves the buffer as it was");
+    }
+    Ok(())
+}
+
 //TODO: BenchmarkEncryptRTP
 //TODO: BenchmarkEncryptRTPInPlace
 //TODO: BenchmarkDecryptRTP

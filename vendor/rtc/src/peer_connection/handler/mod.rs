@@ -33,6 +33,7 @@ use log::warn;
 use shared::TaggedBytesMut;
 use shared::error::{Error, flatten_errs};
 use std::collections::VecDeque;
+use std::net::SocketAddr;
 use std::time::Instant;
 
 /// Forward handler list - invokes callback with handler list
@@ -191,6 +192,44 @@ impl RTCPeerConnection {
             transport,
             message,
         }))
+    }
+
+    /// Like [`RTCPeerConnection::protect_rtp`], for a packet whose header the caller has just
+    /// built: appends the protected packet to `out` (no allocation per packet, no re-parsing
+    /// of the header) and returns the address to send it to, over the selected ICE pair.
+    ///
+    /// Lets a sender that protects one packet for many connections build all the datagrams
+    /// in one buffer. `packet` is the marshalled packet and `header` its header. Returns
+    /// `Ok(None)`, with `out` untouched, until DTLS-SRTP keys exist and ICE has selected a
+    /// pair; on error `out` is untouched too.
+    pub fn protect_rtp_into(
+        &mut self,
+        now: Instant,
+        header: &rtp::header::Header,
+        packet: &[u8],
+        out: &mut Vec<u8>,
+    ) -> Result<Option<SocketAddr>, Error> {
+        self.pipeline_context.observe(now);
+        let Some(context) = self
+            .pipeline_context
+            .srtp_handler_context
+            .local_srtp_context
+            .as_mut()
+        else {
+            return Ok(None);
+        };
+        let Some((_, remote)) = self
+            .pipeline_context
+            .ice_handler_context
+            .ice_transport
+            .agent
+            .get_selected_candidate_pair()
+        else {
+            return Ok(None);
+        };
+        let to = remote.addr();
+        context.encrypt_rtp_into(packet, header, out)?;
+        Ok(Some(to))
     }
 
     /*
