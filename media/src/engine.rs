@@ -692,12 +692,20 @@ impl Engine {
                 continue;
             }
             let _ = peer.pc.handle_timeout(now);
-            if now >= peer.report_at {
+            let housekeeping = now >= peer.report_at;
+            if housekeeping {
                 peer.report_at = now + REPORT_INTERVAL;
                 let sent = send_sender_reports(peer, now, &self.wall_clock);
                 self.counters.sender_reports.fetch_add(sent, Relaxed);
             }
             self.after_io(key.slot, now);
+            if housekeeping {
+                // Once per report interval, after everything queued has been drained:
+                // give back the queue storage `rtc` grew during the handshake or a burst.
+                if let Some(peer) = self.peer_mut(key.slot) {
+                    peer.pc.release_idle_buffers();
+                }
+            }
         }
         self.update_gauges();
         let live = self.by_pid.len();

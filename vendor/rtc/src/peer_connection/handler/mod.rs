@@ -232,6 +232,44 @@ impl RTCPeerConnection {
         Ok(Some(to))
     }
 
+    /// Frees the storage of this connection's internal queues that are empty.
+    ///
+    /// Each handler of the pipeline queues messages between calls, and a queue keeps the
+    /// capacity it once grew to: after a burst (the DTLS handshake, a run of RTCP) every
+    /// connection holds a few kilobytes of empty queue. A server holding thousands of
+    /// mostly idle connections can call this now and then (not after every packet: a
+    /// queue that is in use would only grow again) to give that memory back. Queues that
+    /// hold messages are left as they are.
+    pub fn release_idle_buffers(&mut self) {
+        fn release<T>(queue: &mut VecDeque<T>) {
+            if queue.is_empty() && queue.capacity() > 0 {
+                *queue = VecDeque::new();
+            }
+        }
+        macro_rules! release_handler {
+            ($($ctx:ident),*) => {$(
+                release(&mut self.pipeline_context.$ctx.read_outs);
+                release(&mut self.pipeline_context.$ctx.write_outs);
+                release(&mut self.pipeline_context.$ctx.event_outs);
+            )*};
+        }
+        release_handler!(
+            demuxer_handler_context,
+            ice_handler_context,
+            dtls_handler_context,
+            sctp_handler_context,
+            datachannel_handler_context,
+            srtp_handler_context,
+            interceptor_handler_context,
+            endpoint_handler_context
+        );
+        let context = &mut self.pipeline_context;
+        release(&mut context.media_read_outs);
+        release(&mut context.data_read_outs);
+        release(&mut context.write_outs);
+        release(&mut context.event_outs);
+    }
+
     /*
      Pipeline Flow (Read Path):
      Raw Bytes -> Demuxer -> ICE -> DTLS -> SCTP -> DataChannel -> SRTP -> Interceptor -> Endpoint -> Application
