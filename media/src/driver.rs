@@ -8,19 +8,15 @@ use std::io::ErrorKind;
 use std::time::Instant;
 
 use tokio::net::UdpSocket;
-use tokio::sync::mpsc::UnboundedReceiver;
 
-use crate::engine::{Command, Engine, RECV_BUF};
+use crate::commands::CommandReceiver;
+use crate::engine::{Engine, RECV_BUF};
 
 /// Datagrams handled per wakeup before commands and timers get a turn.
 const RECV_BATCH: usize = 64;
 
 /// Runs the core until every [`crate::Sfu`] handle is dropped, then closes its connections.
-pub(crate) async fn run(
-    mut engine: Engine,
-    socket: UdpSocket,
-    mut commands: UnboundedReceiver<Command>,
-) {
+pub(crate) async fn run(mut engine: Engine, socket: UdpSocket, mut commands: CommandReceiver) {
     let mut buf = vec![0u8; RECV_BUF];
     // One timer entry re-armed per iteration rather than a new one per wakeup.
     let sleep = tokio::time::sleep_until(Instant::now().into());

@@ -4,9 +4,10 @@
 //! commands ([`Engine::handle_command`]) and the time ([`Engine::handle_timeout`] when
 //! [`Engine::poll_timeout`] is due), each with `now`; what it queues to send comes out of
 //! [`Engine::poll_transmit`], and the driver reports back what the kernel took
-//! ([`Engine::on_transmitted`]). Events leave through the SFU's event channel. Runs on its
-//! thread only; nothing here is shared or locked (but for the participant-to-shard map,
-//! touched once per join and leave).
+//! ([`Engine::on_transmitted`]). Events leave through the SFU's event queue
+//! ([`crate::events`], one short lock per event). Runs on its thread only; nothing else
+//! here is shared or locked (but for the participant-to-shard map, touched once per join
+//! and leave).
 //!
 //! Datagram path: classify -> find the connection (known address, else the STUN USERNAME)
 //! -> `handle_read` -> drain its writes, events and reads -> forward RTP to subscribers'
@@ -28,10 +29,10 @@ use rtc::rtp;
 use rtc::sansio::Protocol;
 use rtc::shared::marshal::Marshal;
 use rtc::shared::{TaggedBytesMut, TransportContext, TransportProtocol};
-use tokio::sync::mpsc::UnboundedSender;
 use tokio::sync::oneshot;
 
 use crate::batch::{Flushed, SendBatch};
+use crate::events::EventSender;
 use crate::level::AudioLevel;
 use crate::peer::{Peer, PeerParams};
 use crate::report::REPORT_INTERVAL;
@@ -83,6 +84,8 @@ pub(crate) enum Command {
     SetMuted {
         pid: ParticipantId,
         muted: bool,
+        /// The join this mute state was set for: a late one never reaches a later join.
+        ticket: u64,
     },
     Leave {
         pid: ParticipantId,
@@ -115,7 +118,7 @@ pub(crate) struct Engine {
     /// a new connection in the same slab slot.
     next_generation: u64,
     counters: Arc<Counters>,
-    events: UnboundedSender<SfuEvent>,
+    events: EventSender,
     /// Reused buffer (no per-datagram allocation for bookkeeping).
     rtp_scratch: Vec<rtp::Packet>,
     /// Reused buffer a forwarded packet is marshalled into before encryption.
@@ -287,7 +290,7 @@ impl Engine {
             self.counters.dropped_not_publisher.fetch_add(1, Relaxed);
             if !peer.refused_reported {
                 peer.refused_reported = true;
-                let _ = self.events.send(SfuEvent::MediaRefused { pid: peer.pid });
+                self.events.send(SfuEvent::MediaRefused { pid: peer.pid });
             }
             return;
         }
@@ -435,7 +438,7 @@ impl Engine {
                             self.counters
                                 .join
                                 .observe(now.saturating_duration_since(peer.created));
-                            let _ = self.events.send(SfuEvent::Connected { pid: peer.pid });
+                            self.events.send(SfuEvent::Connected { pid: peer.pid });
                         }
                     }
                     RTCPeerConnectionState::Disconnected => {
@@ -631,7 +634,7 @@ impl Engine {
                     SfuEvent::MediaRefused { pid }
                 }
             };
-            let _ = self.events.send(event);
+            self.events.send(event);
         }
     }
 
@@ -769,9 +772,12 @@ impl Engine {
                 let result = self.restart_ice(pid, now);
                 let _ = reply.send(result);
             }
-            Command::SetMuted { pid, muted } => {
-                let _ = self.router.set_muted(pid, muted, now);
-                self.forward_router_events();
+            Command::SetMuted { pid, muted, ticket } => {
+                let current = self.with_peer(pid, |p| Ok(p.ticket == ticket));
+                if current.unwrap_or(false) {
+                    let _ = self.router.set_muted(pid, muted, now);
+                    self.forward_router_events();
+                }
             }
             Command::SlotMap { room, reply } => {
                 let map = self
@@ -940,7 +946,7 @@ impl Engine {
         self.forward_router_events();
         if let Some(reason) = reason {
             self.counters.disconnects.fetch_add(1, Relaxed);
-            let _ = self.events.send(SfuEvent::Disconnected {
+            self.events.send(SfuEvent::Disconnected {
                 pid: peer.pid,
                 reason,
             });
@@ -1009,8 +1015,8 @@ fn housekeeping_due(peer: &Peer, peer_timeout: Duration, connect_timeout: Durati
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::events::{self, EventReceiver};
     use crate::sfu::Owners;
-    use tokio::sync::mpsc::{self, UnboundedReceiver};
 
     const CONNECT: Duration = Duration::from_secs(15);
     const PEER: Duration = Duration::from_secs(10);
@@ -1018,7 +1024,7 @@ mod tests {
 
     struct Harness {
         core: Engine,
-        events: UnboundedReceiver<SfuEvent>,
+        events: EventReceiver,
         counters: Arc<Counters>,
         /// The virtual clock: only moves forward.
         now: Instant,
@@ -1035,7 +1041,7 @@ mod tests {
                 ..SfuConfig::default()
             };
             let counters = Arc::new(Counters::default());
-            let (events, rx) = mpsc::unbounded_channel();
+            let (events, rx) = events::channel();
             let ctx = ShardContext {
                 index: 0,
                 cfg,
@@ -1115,7 +1121,7 @@ mod tests {
         }
 
         fn disconnections(&mut self) -> Vec<(ParticipantId, DisconnectReason)> {
-            std::iter::from_fn(|| self.events.try_recv().ok())
+            std::iter::from_fn(|| self.events.try_recv())
                 .filter_map(|e| match e {
                     SfuEvent::Disconnected { pid, reason } => Some((pid, reason)),
                     _ => None,
@@ -1218,6 +1224,49 @@ mod tests {
             h.counters.remote_addrs.load(Relaxed),
             0,
             "its address is forgotten"
+        );
+    }
+
+    #[test]
+    fn a_stalled_consumer_finds_the_rooms_latest_slots_then_every_disconnect_in_order() {
+        let mut h = Harness::new();
+        let t0 = h.now;
+        for pid in 1..=3 {
+            h.advance_to(t0 + (pid as u32) * MS);
+            h.join(pid);
+        }
+        // Nobody connects; nobody reads the events. Two of three time out...
+        h.advance_to(t0 + MS * 2 + CONNECT);
+        let latest = h
+            .core
+            .router
+            .slot_map(RoomKey(1))
+            .map(|(s, p)| (s.to_vec(), p));
+        let Some((slots, spare)) = latest else {
+            panic!("participant 3 is still in the room");
+        };
+        // ...then the last, which empties the room (no slot event for an empty room).
+        h.advance_to(t0 + MS * 3 + CONNECT);
+        assert_eq!(h.participants(), 0);
+        assert_eq!(h.events.len(), 4, "the slot changes wait as one entry");
+        let events: Vec<SfuEvent> = std::iter::from_fn(|| h.events.try_recv()).collect();
+        let gone = |pid| SfuEvent::Disconnected {
+            pid: ParticipantId(pid),
+            reason: DisconnectReason::NeverConnected,
+        };
+        assert_eq!(
+            events,
+            vec![
+                SfuEvent::SlotsChanged {
+                    room: RoomKey(1),
+                    slots,
+                    spare
+                },
+                gone(1),
+                gone(2),
+                gone(3),
+            ],
+            "the latest slot map in the first one's place, then the lifecycle in order"
         );
     }
 

@@ -4,12 +4,16 @@
 //! by the sans-I/O `rtc` crate on a dedicated media thread. Opus packets from publishers are
 //! forwarded, never decoded, onto a fixed number of outgoing "slots" per subscriber.
 //!
-//! The public surface is [`Sfu`] (a cheap clonable handle), [`SfuConfig`], [`SfuEvent`] and
-//! [`SfuStats`]. media knows nothing of users, HTTP or storage: ids are opaque numbers that
+//! The public surface is [`Sfu`] (a cheap clonable handle), [`SfuConfig`], [`SfuEvent`] (read
+//! from an [`EventReceiver`]) and [`SfuStats`]. media knows nothing of users, HTTP or storage: ids are opaque numbers that
 //! the signaling layer allocates.
 //!
 //! Module map:
 //! - [`sfu`]: the async handle, its commands and the media thread's start-up.
+//! - `commands`: a media thread's command queue (bounded requests; leave and mute never
+//!   refused).
+//! - [`events`]: the event queue to signaling (room state coalesced per room, lifecycle
+//!   events kept in order).
 //! - `engine`: the media loop: socket, demultiplexing, timers, forwarding, cleanup.
 //! - `peer`: one participant's `rtc` peer connection and its negotiated legs.
 //! - `stun`: the tiny STUN parse used to demultiplex new remote addresses.
@@ -20,8 +24,10 @@
 //!   tested on virtual time.
 
 mod batch;
+mod commands;
 mod driver;
 mod engine;
+pub mod events;
 pub mod ids;
 pub mod level;
 mod peer;
@@ -38,6 +44,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
 pub use engine::SlotMap;
+pub use events::EventReceiver;
 pub use ids::{ParticipantId, RoomKey};
 pub use sfu::Sfu;
 pub use stats::{JOIN_BUCKETS, JoinLatency, SfuStats};
@@ -66,6 +73,14 @@ pub struct SfuConfig {
     /// Media threads, each with its own socket on port `bind.port + i` (or an ephemeral
     /// port each when `bind.port` is 0); rooms are spread over them. Default: one per core.
     pub threads: usize,
+    /// Requests (join, answer, role change, ICE restart, slot map) queued per media thread
+    /// at most; beyond it they fail at once with [`MediaError::Busy`]. Leaves and mute
+    /// changes are never refused. Default 1024.
+    pub command_capacity: usize,
+    /// Events waiting for their consumer beyond which joins are refused with
+    /// [`MediaError::Busy`]. Speaker and slot events coalesce per room and lifecycle events
+    /// are never dropped (see [`events`]). Default 16384.
+    pub event_backlog: usize,
 }
 
 impl Default for SfuConfig {
@@ -79,6 +94,8 @@ impl Default for SfuConfig {
             connect_timeout: Duration::from_secs(15),
             threads: std::thread::available_parallelism()
                 .map_or(1, |n| n.get().min(sfu::MAX_THREADS)),
+            command_capacity: 1024,
+            event_backlog: 16384,
         }
     }
 }
@@ -152,6 +169,10 @@ pub enum MediaError {
     Full,
     #[error("WebRTC stack error: {0}")]
     Rtc(String),
+    /// Refused to keep a queue bounded (see `SfuConfig::command_capacity` and
+    /// `event_backlog`); the caller may retry later.
+    #[error("the media server is busy: {0}")]
+    Busy(&'static str),
     #[error("the media thread has stopped")]
     Stopped,
 }

@@ -6,9 +6,13 @@
 //! stays on one thread without locks, and rooms spread over the cores.
 //!
 //! [`Sfu`] is a cheap `Clone` over an `Arc`; its methods send [`Command`]s to the right
-//! shard over a channel and await a oneshot reply, so no lock is held across an await and
-//! the HTTP runtime never runs media work. Which shard holds a participant is kept in a small
-//! map the handle fills at join and the shard empties when it removes the participant.
+//! shard over its command queue ([`crate::commands`]: bounded for requests, which get
+//! [`MediaError::Busy`] when it is full, never refusing a leave or a mute) and await a
+//! oneshot reply, so no lock is held across an await and the HTTP runtime never runs media
+//! work. Every shard's events reach the one [`EventReceiver`] ([`crate::events`]); while
+//! its backlog is at `event_backlog`, joins are refused with [`MediaError::Busy`]. Which
+//! shard holds a participant is kept in a small map the handle fills at join and the shard
+//! empties when it removes the participant.
 //! Dropping the last handle stops the media threads (every connection is closed with a DTLS
 //! close_notify).
 
@@ -17,12 +21,13 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, UdpSocket as StdUdpSocket
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use tokio::sync::mpsc::{self, UnboundedReceiver, UnboundedSender};
 use tokio::sync::oneshot;
 
+use crate::commands::{self, CommandReceiver, CommandSender};
 use crate::engine::{Command, Engine, Reply, SlotMap};
+use crate::events::{self, BacklogProbe, EventReceiver, EventSender};
 use crate::stats::{Counters, JoinLatency, SfuStats};
-use crate::{MediaError, Offer, ParticipantId, RoomKey, SfuConfig, SfuEvent};
+use crate::{MediaError, Offer, ParticipantId, RoomKey, SfuConfig};
 
 /// Handle to the running SFU. Cheap to clone; the loops run on their own OS threads.
 #[derive(Clone)]
@@ -33,11 +38,15 @@ pub struct Sfu {
 struct Inner {
     shards: Vec<Shard>,
     owners: Arc<Owners>,
+    /// The event queue's length, for the admission of joins.
+    events: BacklogProbe,
+    /// Joins are refused while `events` holds this many.
+    event_backlog: usize,
 }
 
 /// One media thread as seen from the handle.
 struct Shard {
-    commands: UnboundedSender<Command>,
+    commands: CommandSender,
     local_addr: SocketAddr,
     counters: Arc<Counters>,
 }
@@ -83,6 +92,11 @@ impl Owners {
         self.lock().get(&pid).map(|(shard, _)| *shard)
     }
 
+    /// The shard holding `pid` and the ticket of its join.
+    fn get_with_ticket(&self, pid: ParticipantId) -> Option<(usize, u64)> {
+        self.lock().get(&pid).copied()
+    }
+
     fn take(&self, pid: ParticipantId) -> Option<usize> {
         self.lock().remove(&pid).map(|(shard, _)| shard)
     }
@@ -90,8 +104,9 @@ impl Owners {
 
 impl Sfu {
     /// Binds the sockets and starts the media threads. Events of every shard come out of the
-    /// returned receiver.
-    pub fn start(cfg: SfuConfig) -> Result<(Sfu, UnboundedReceiver<SfuEvent>), MediaError> {
+    /// returned receiver, which should be read steadily: while `event_backlog` events wait
+    /// in it, joins are refused.
+    pub fn start(cfg: SfuConfig) -> Result<(Sfu, EventReceiver), MediaError> {
         validate(&cfg)?;
         let threads = cfg.threads;
         let mut sockets = Vec::with_capacity(threads);
@@ -106,12 +121,12 @@ impl Sfu {
             cfg.announce_ips.clone()
         };
         let owners = Arc::new(Owners::default());
-        let (event_tx, event_rx) = mpsc::unbounded_channel();
+        let (event_tx, event_rx) = events::channel();
         let mut shards = Vec::with_capacity(threads);
         for (i, socket) in sockets.into_iter().enumerate() {
             let local_addr = socket.local_addr().map_err(MediaError::Bind)?;
             let counters = Arc::new(Counters::default());
-            let (cmd_tx, cmd_rx) = mpsc::unbounded_channel();
+            let (cmd_tx, cmd_rx) = commands::channel(cfg.command_capacity);
             let ctx = ShardContext {
                 index: i,
                 cfg: cfg.clone(),
@@ -129,9 +144,15 @@ impl Sfu {
         }
         let addrs: Vec<String> = shards.iter().map(|s| s.local_addr.to_string()).collect();
         tracing::info!(threads, sockets = %addrs.join(","), "media SFU listening");
+        let inner = Inner {
+            shards,
+            owners,
+            events: event_tx.probe(),
+            event_backlog: cfg.event_backlog,
+        };
         Ok((
             Sfu {
-                inner: Arc::new(Inner { shards, owners }),
+                inner: Arc::new(inner),
             },
             event_rx,
         ))
@@ -156,13 +177,17 @@ impl Sfu {
 
     /// Creates the participant's peer connection; returns the server's SDP offer. Layout is
     /// fixed: the microphone m-line (recvonly on the server when `can_publish`, inactive
-    /// otherwise) then `slots` sendonly audio m-lines.
+    /// otherwise) then `slots` sendonly audio m-lines. `Busy` while the event backlog is
+    /// full (signaling is not keeping up) or the shard's command queue is.
     pub async fn join(
         &self,
         room: RoomKey,
         pid: ParticipantId,
         can_publish: bool,
     ) -> Result<Offer, MediaError> {
+        if self.inner.events.backlog() >= self.inner.event_backlog {
+            return Err(MediaError::Busy("the event backlog is full"));
+        }
         let shard = self.shard_of_room(room);
         let ticket = self
             .inner
@@ -213,23 +238,23 @@ impl Sfu {
             .await
     }
 
-    /// Server-enforced mute: a muted publisher's packets are not forwarded.
+    /// Server-enforced mute: a muted publisher's packets are not forwarded. Never refused:
+    /// the shard applies the latest state set, in order with the other commands.
     pub fn set_muted(&self, pid: ParticipantId, muted: bool) {
-        if let Some(shard) = self.inner.owners.get(pid) {
-            let _ = self.inner.shards[shard]
+        if let Some((shard, ticket)) = self.inner.owners.get_with_ticket(pid) {
+            self.inner.shards[shard]
                 .commands
-                .send(Command::SetMuted { pid, muted });
+                .set_muted(pid, ticket, muted);
         }
     }
 
-    /// Removes the participant and everything it owns. Unknown ids are ignored.
+    /// Removes the participant and everything it owns. Unknown ids are ignored. Never
+    /// refused, even when the shard's command queue is full.
     pub fn leave(&self, pid: ParticipantId) {
         // Forgotten here, at once, so the same id can join again right away; the shard
         // processes the leave before any later join it is sent.
         if let Some(shard) = self.inner.owners.take(pid) {
-            let _ = self.inner.shards[shard]
-                .commands
-                .send(Command::Leave { pid });
+            self.inner.shards[shard].commands.leave(pid);
         }
     }
 
@@ -287,10 +312,7 @@ impl Sfu {
         make: impl FnOnce(Reply<T>) -> Command,
     ) -> Result<T, MediaError> {
         let (tx, rx) = oneshot::channel();
-        self.inner.shards[shard]
-            .commands
-            .send(make(tx))
-            .map_err(|_| MediaError::Stopped)?;
+        self.inner.shards[shard].commands.request(make(tx))?;
         rx.await.map_err(|_| MediaError::Stopped)?
     }
 }
@@ -301,7 +323,7 @@ pub(crate) struct ShardContext {
     pub(crate) cfg: SfuConfig,
     pub(crate) announce_ips: Vec<IpAddr>,
     pub(crate) counters: Arc<Counters>,
-    pub(crate) events: UnboundedSender<SfuEvent>,
+    pub(crate) events: EventSender,
     pub(crate) owners: Arc<Owners>,
 }
 
@@ -310,7 +332,7 @@ pub(crate) struct ShardContext {
 fn spawn_shard(
     socket: StdUdpSocket,
     ctx: ShardContext,
-    commands: UnboundedReceiver<Command>,
+    commands: CommandReceiver,
 ) -> Result<(), MediaError> {
     let (ready_tx, ready_rx) = std::sync::mpsc::channel();
     std::thread::Builder::new()
@@ -371,6 +393,10 @@ fn shard_addr(bind: SocketAddr, i: usize) -> Result<SocketAddr, MediaError> {
 /// Media threads at most (one per core is the useful number).
 pub const MAX_THREADS: usize = 64;
 
+/// Largest `command_capacity` and `event_backlog` accepted (a bound that does not bound
+/// anything is a configuration mistake).
+pub const MAX_QUEUE: usize = 1 << 20;
+
 /// Kernel socket buffers asked for (the kernel caps them at net.core.[rw]mem_max): every
 /// participant's traffic shares this one socket, so a burst (one packet fanned out to a
 /// large room) must fit in the send buffer, or the excess is dropped as would-block.
@@ -398,6 +424,18 @@ fn validate(cfg: &SfuConfig) -> Result<(), MediaError> {
         return Err(MediaError::Config(format!(
             "slots must be 1..=16, got {}",
             cfg.slots
+        )));
+    }
+    if !(1..=MAX_QUEUE).contains(&cfg.command_capacity) {
+        return Err(MediaError::Config(format!(
+            "command_capacity must be 1..={MAX_QUEUE}, got {}",
+            cfg.command_capacity
+        )));
+    }
+    if !(1..=MAX_QUEUE).contains(&cfg.event_backlog) {
+        return Err(MediaError::Config(format!(
+            "event_backlog must be 1..={MAX_QUEUE}, got {}",
+            cfg.event_backlog
         )));
     }
     let interval = cfg.speaker_interval;
@@ -519,6 +557,70 @@ mod tests {
             ..SfuConfig::default()
         };
         assert!(matches!(validate(&bad), Err(MediaError::Config(_))));
+        for (command_capacity, event_backlog) in [(0, 16), (16, 0), (MAX_QUEUE + 1, 16)] {
+            let bad = SfuConfig {
+                command_capacity,
+                event_backlog,
+                ..SfuConfig::default()
+            };
+            assert!(matches!(validate(&bad), Err(MediaError::Config(_))));
+        }
+    }
+
+    /// A handle over one shard whose media thread never runs: its queue only fills.
+    fn stalled_handle(capacity: usize) -> (Sfu, CommandReceiver, EventReceiver) {
+        let (commands, receiver) = commands::channel(capacity);
+        let (events, event_rx) = events::channel();
+        let inner = Inner {
+            shards: vec![Shard {
+                commands,
+                local_addr: SocketAddr::from(([127, 0, 0, 1], 9)),
+                counters: Arc::new(Counters::default()),
+            }],
+            owners: Arc::new(Owners::default()),
+            events: events.probe(),
+            event_backlog: 16,
+        };
+        (
+            Sfu {
+                inner: Arc::new(inner),
+            },
+            receiver,
+            event_rx,
+        )
+    }
+
+    #[tokio::test]
+    async fn requests_to_a_full_shard_are_busy_but_leave_and_mute_still_go() {
+        let (sfu, mut queue, _events) = stalled_handle(2);
+        let room = RoomKey(1);
+        for n in 1..=2 {
+            // Polled once: the join is queued, then its wait for a reply is given up.
+            let join = sfu.join(room, ParticipantId(n), true);
+            let waited = tokio::time::timeout(Duration::ZERO, join).await;
+            assert!(waited.is_err(), "no reply from a stalled shard");
+        }
+        let refused = sfu.join(room, ParticipantId(3), true).await;
+        assert!(matches!(refused, Err(MediaError::Busy(_))), "{refused:?}");
+        assert!(
+            sfu.inner.owners.get(ParticipantId(3)).is_none(),
+            "a refused join leaves no claim behind"
+        );
+        let refused = sfu.slot_map(room).await;
+        assert!(matches!(refused, Err(MediaError::Busy(_))), "{refused:?}");
+        sfu.set_muted(ParticipantId(1), true);
+        sfu.leave(ParticipantId(1));
+        let seen: Vec<String> = std::iter::from_fn(|| queue.try_recv())
+            .map(|cmd| match cmd {
+                Command::Join { pid, .. } => format!("join {}", pid.0),
+                Command::SetMuted { pid, muted, .. } => format!("mute {} {muted}", pid.0),
+                Command::Leave { pid } => format!("leave {}", pid.0),
+                _ => "other".into(),
+            })
+            .collect();
+        assert_eq!(seen, ["join 1", "join 2", "mute 1 true", "leave 1"]);
+        let queued = tokio::time::timeout(Duration::ZERO, sfu.slot_map(room)).await;
+        assert!(queued.is_err(), "taken off the queue, requests fit again");
     }
 
     #[test]

@@ -5,7 +5,6 @@
 
 use async_trait::async_trait;
 use futures::StreamExt;
-use tokio::sync::mpsc::UnboundedReceiver;
 
 use crate::error::SignalingError;
 use crate::ports::{MediaControl, MediaDisconnect, MediaEvent, MediaEvents, MediaOffer, RoomKey};
@@ -113,7 +112,7 @@ pub fn translate_event(event: media::SfuEvent) -> MediaEvent {
 
 /// The SFU's event receiver (from `media::Sfu::start`) as the stream `Signaling::new`
 /// consumes.
-pub fn sfu_events(rx: UnboundedReceiver<media::SfuEvent>) -> MediaEvents {
+pub fn sfu_events(rx: media::EventReceiver) -> MediaEvents {
     futures::stream::unfold(rx, |mut rx| async move {
         rx.recv().await.map(|e| (translate_event(e), rx))
     })

@@ -454,7 +454,7 @@ pub fn dominant_tone(pcm: &[i16], candidates: &[f64]) -> Option<f64> {
 pub struct Events(Arc<Mutex<Vec<media::SfuEvent>>>);
 
 impl Events {
-    pub fn spawn(mut rx: tokio::sync::mpsc::UnboundedReceiver<media::SfuEvent>) -> Events {
+    pub fn spawn(mut rx: media::EventReceiver) -> Events {
         let events = Events::default();
         let sink = events.clone();
         tokio::spawn(async move {
