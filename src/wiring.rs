@@ -127,21 +127,38 @@ fn chat_refusal(e: api::ApiError) -> SignalingError {
     SignalingError::Refused { code, message }
 }
 
-/// The protocol's chat message from a stored one (same JSON as the HTTP API's).
+/// The one adapter between the two chat message types: `api`'s `MessageJson` (what the
+/// HTTP API returns) as the protocol's `ChatMessage` (what the socket broadcasts), which
+/// cannot be one type because neither crate may depend on the other. Every path that puts
+/// a stored message on the socket (posted over the socket or over HTTP, uploads, call
+/// notices) comes through here, so both carry the same JSON; the destructuring names every
+/// field, so a field added to `MessageJson` does not compile until it is carried over.
 pub fn chat_message(m: &Message) -> ChatMessage {
-    let j = MessageJson::of(m);
+    let MessageJson {
+        underscore_id,
+        id,
+        room_id,
+        user_id,
+        username,
+        message,
+        kind,
+        url,
+        file_id,
+        created_at,
+        duration,
+    } = MessageJson::of(m);
     ChatMessage {
-        underscore_id: j.underscore_id,
-        id: j.id,
-        room_id: j.room_id,
-        user_id: j.user_id,
-        username: j.username,
-        message: j.message,
-        kind: m.kind.as_str().to_owned(),
-        url: j.url,
-        file_id: j.file_id,
-        created_at: j.created_at,
-        duration: j.duration,
+        underscore_id,
+        id,
+        room_id,
+        user_id,
+        username,
+        message,
+        kind: kind.as_str().to_owned(),
+        url,
+        file_id,
+        created_at,
+        duration,
     }
 }
 
@@ -270,5 +287,42 @@ impl LiveRooms for SignalingLiveRooms {
             .into_iter()
             .map(RoomId)
             .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use api::store::FileId;
+    use time::macros::datetime;
+
+    use super::*;
+
+    #[test]
+    fn the_socket_carries_a_message_with_the_http_apis_json() {
+        let message = |kind, text: &str, attachment: Option<&str>| Message {
+            id: MessageId("m1".into()),
+            room_id: RoomId("r1".into()),
+            author_id: UserId("u1".into()),
+            author_name: "Alice".into(),
+            kind,
+            text: text.into(),
+            attachment: attachment.map(|f| FileId(f.into())),
+            created_at: datetime!(2026-01-02 03:04:05.678 UTC),
+        };
+        for m in [
+            message(MessageType::Text, "hi", None),
+            message(
+                MessageType::Voice,
+                &api::dto::voice_text(Some(2500)),
+                Some("f1"),
+            ),
+            message(MessageType::Image, "", Some("f2")),
+            message(MessageType::CallNotification, "Alice joined the call", None),
+            message(MessageType::CallEnded, "Alice left the call", None),
+        ] {
+            let http = serde_json::to_value(MessageJson::of(&m)).expect("http json");
+            let socket = serde_json::to_value(chat_message(&m)).expect("socket json");
+            assert_eq!(socket, http, "{:?}", m.kind);
+        }
     }
 }

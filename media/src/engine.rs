@@ -37,7 +37,7 @@ use crate::level::AudioLevel;
 use crate::peer::{Peer, PeerParams};
 use crate::report::REPORT_INTERVAL;
 use crate::rewrite::RtpIn;
-use crate::router::{Delivery, DropReason, Route, Router, RouterConfig, RouterEvent};
+use crate::router::{Delivery, DropReason, Route, Router, RouterConfig};
 use crate::sfu::{Owners, ShardContext};
 use crate::stats::Counters;
 use crate::stun::{self, Kind};
@@ -609,31 +609,22 @@ impl Engine {
         self.forward_router_events();
     }
 
-    /// Maps the router's queued events onto `SfuEvent`s.
+    /// Passes the router's queued events on; a refusal only once per participant (it is
+    /// usually reported already at the socket, before decryption).
     fn forward_router_events(&mut self) {
         while let Some(event) = self.router.poll_event() {
-            let event = match event {
-                RouterEvent::ActiveSpeakers { room, speakers } => {
-                    SfuEvent::ActiveSpeakers { room, speakers }
+            if let SfuEvent::MediaRefused { pid } = event {
+                let Some(&idx) = self.by_pid.get(&pid) else {
+                    continue;
+                };
+                let Some(peer) = self.peer_mut(idx) else {
+                    continue;
+                };
+                if peer.refused_reported {
+                    continue;
                 }
-                RouterEvent::SlotsChanged { room, slots, spare } => {
-                    SfuEvent::SlotsChanged { room, slots, spare }
-                }
-                RouterEvent::MediaRefused { pid } => {
-                    // Usually reported already at the socket (before decryption); once.
-                    let Some(&idx) = self.by_pid.get(&pid) else {
-                        continue;
-                    };
-                    let Some(peer) = self.peer_mut(idx) else {
-                        continue;
-                    };
-                    if peer.refused_reported {
-                        continue;
-                    }
-                    peer.refused_reported = true;
-                    SfuEvent::MediaRefused { pid }
-                }
-            };
+                peer.refused_reported = true;
+            }
             self.events.send(event);
         }
     }

@@ -20,6 +20,7 @@
 use std::collections::{HashMap, VecDeque};
 use std::time::{Duration, Instant};
 
+use crate::SfuEvent;
 use crate::ids::{IdHashBuilder, ParticipantId, RoomKey};
 use crate::level::{AudioLevel, LevelConfig, LevelMeter, LevelSmoothing};
 use crate::slots::{ActiveSpeakers, Candidate, SlotAllocator, SlotConfig};
@@ -59,25 +60,6 @@ impl Default for RouterConfig {
             max_active_speakers: 10,
         }
     }
-}
-
-/// What the router tells the SFU loop; it maps these onto `SfuEvent`s.
-#[derive(Clone, Debug, PartialEq)]
-pub enum RouterEvent {
-    /// Speaking publishers of a room, loudest first (levels 0..=1); emitted from `tick`
-    /// only when the set or order changed.
-    ActiveSpeakers {
-        room: RoomKey,
-        speakers: Vec<(ParticipantId, f32)>,
-    },
-    /// The room's slot map changed (see MEDIA-API.md for the rule).
-    SlotsChanged {
-        room: RoomKey,
-        slots: Vec<Option<ParticipantId>>,
-        spare: Option<ParticipantId>,
-    },
-    /// Media arrived from a participant not allowed to publish (once per role change).
-    MediaRefused { pid: ParticipantId },
 }
 
 /// Why a packet was not forwarded. Bounded set, usable as a metrics label.
@@ -224,7 +206,7 @@ pub struct Router<T: Copy = ()> {
     smoothing: LevelSmoothing,
     participants: HashMap<ParticipantId, Participant, IdHashBuilder>,
     rooms: HashMap<RoomKey, Room<T>, IdHashBuilder>,
-    events: VecDeque<RouterEvent>,
+    events: VecDeque<SfuEvent>,
     next_tick: Instant,
     /// When the last decision ran: the length of the level window it closed.
     last_tick: Instant,
@@ -409,7 +391,7 @@ impl<T: Copy> Router<T> {
         if !p.can_publish {
             if !p.refused_reported {
                 p.refused_reported = true;
-                self.events.push_back(RouterEvent::MediaRefused { pid });
+                self.events.push_back(SfuEvent::MediaRefused { pid });
             }
             return Route::Drop(DropReason::NotPublisher);
         }
@@ -497,7 +479,7 @@ impl<T: Copy> Router<T> {
             let changed = room.active.update(scratch);
             if changed || room.active_dirty {
                 room.active_dirty = false;
-                events.push_back(RouterEvent::ActiveSpeakers {
+                events.push_back(SfuEvent::ActiveSpeakers {
                     room: key,
                     speakers: room.active.current().to_vec(),
                 });
@@ -505,8 +487,11 @@ impl<T: Copy> Router<T> {
         }
     }
 
-    /// Next queued event, if any. Drain after every input.
-    pub fn poll_event(&mut self) -> Option<RouterEvent> {
+    /// Next queued event, if any. Drain after every input. Only room state
+    /// ([`SfuEvent::ActiveSpeakers`] from `tick`, when the set or order changed;
+    /// [`SfuEvent::SlotsChanged`]) and [`SfuEvent::MediaRefused`] (once per role change)
+    /// come from here; connection events are the engine's.
+    pub fn poll_event(&mut self) -> Option<SfuEvent> {
         self.events.pop_front()
     }
 
@@ -668,7 +653,7 @@ fn slots_changed<T: Copy>(
     key: RoomKey,
     room: &mut Room<T>,
     participants: &HashMap<ParticipantId, Participant, IdHashBuilder>,
-    events: &mut VecDeque<RouterEvent>,
+    events: &mut VecDeque<SfuEvent>,
 ) {
     room.spare_fanout.clear();
     if let Some(spare) = room.allocator.spare() {
@@ -689,7 +674,7 @@ fn slots_changed<T: Copy>(
             }
         }
     }
-    events.push_back(RouterEvent::SlotsChanged {
+    events.push_back(SfuEvent::SlotsChanged {
         room: key,
         slots: room.allocator.slots().to_vec(),
         spare: room.allocator.spare(),
@@ -717,7 +702,7 @@ mod tests {
     struct Sim {
         r: Router<u64>,
         now: Instant,
-        events: Vec<RouterEvent>,
+        events: Vec<SfuEvent>,
     }
 
     impl Sim {
@@ -794,13 +779,13 @@ mod tests {
         fn slots_changed_count(&self) -> usize {
             self.events
                 .iter()
-                .filter(|e| matches!(e, RouterEvent::SlotsChanged { .. }))
+                .filter(|e| matches!(e, SfuEvent::SlotsChanged { .. }))
                 .count()
         }
 
         fn last_active(&self) -> Option<Vec<u64>> {
             self.events.iter().rev().find_map(|e| match e {
-                RouterEvent::ActiveSpeakers { speakers, .. } => {
+                SfuEvent::ActiveSpeakers { speakers, .. } => {
                     Some(speakers.iter().map(|s| s.0.0).collect())
                 }
                 _ => None,
@@ -1009,7 +994,7 @@ mod tests {
         let refused = |s: &Sim| {
             s.events
                 .iter()
-                .filter(|e| matches!(e, RouterEvent::MediaRefused { pid } if *pid == p(1)))
+                .filter(|e| matches!(e, SfuEvent::MediaRefused { pid } if *pid == p(1)))
                 .count()
         };
         assert_eq!(refused(&s), 1);
@@ -1133,7 +1118,7 @@ mod tests {
         s.drain();
         assert_eq!(
             s.events,
-            vec![RouterEvent::SlotsChanged {
+            vec![SfuEvent::SlotsChanged {
                 room: ROOM,
                 slots: vec![Some(p(2))],
                 spare: None
@@ -1169,7 +1154,7 @@ mod tests {
         let actives: Vec<_> = s
             .events
             .iter()
-            .filter(|e| matches!(e, RouterEvent::ActiveSpeakers { .. }))
+            .filter(|e| matches!(e, SfuEvent::ActiveSpeakers { .. }))
             .collect();
         assert_eq!(actives.len(), 1, "{actives:?}");
         assert_eq!(s.last_active(), Some(vec![1, 2]));

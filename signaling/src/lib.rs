@@ -31,12 +31,12 @@ pub use config::SignalingConfig;
 pub use error::SignalingError;
 #[cfg(feature = "server")]
 pub use ports::{
-    AuthUser, Authenticator, CallEvent, ChatStore, DeleteOutcome, MediaControl, MediaDisconnect,
-    MediaEvent, MediaEvents, MediaOffer, RoomAccess, RoomDirectory, RoomKey,
+    AuthUser, Authenticator, CallEvent, ChatStore, DeleteOutcome, MediaControl, MediaEvents,
+    RoomAccess, RoomDirectory,
 };
 #[cfg(feature = "server")]
 pub use rooms::{RoomSnapshot, SignalingStats};
 #[cfg(feature = "server")]
 pub use server::{ACCESS_COOKIE, Signaling, SignalingPorts};
 #[cfg(feature = "server")]
-pub use sfu::{sfu_events, translate_event};
+pub use sfu::sfu_events;

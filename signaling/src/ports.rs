@@ -3,10 +3,12 @@
 //! The `chorus` binary implements `Authenticator`, `RoomDirectory` and `ChatStore`
 //! over the control plane (`api`), and `MediaControl` is implemented for
 //! `media::Sfu` in `sfu.rs`. Tests implement all four with fakes. Signaling never
-//! depends on `api`: these traits are the whole contract.
+//! depends on `api`: these traits are the whole contract. With media, which signaling
+//! does depend on, it shares media's own types (`RoomKey`, `Offer`, `SfuEvent`).
 
 use async_trait::async_trait;
 use futures::stream::BoxStream;
+use media::{Offer, RoomKey, SfuEvent};
 
 use crate::error::SignalingError;
 use crate::protocol::{ChatMessage, ParticipantId};
@@ -98,58 +100,12 @@ pub trait ChatStore: Send + Sync + 'static {
     async fn touch_room(&self, room_id: &str) -> Result<(), SignalingError>;
 }
 
-/// Signaling's number for a room on the media side (allocated here, one per live room).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct RoomKey(pub u64);
+/// The stream of media events signaling consumes (one consumer): the SFU's own events,
+/// in media's ids (the same numbers as signaling's: see `sfu.rs`).
+pub type MediaEvents = BoxStream<'static, SfuEvent>;
 
-/// A server SDP offer (see `ServerMessage::Offer`).
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct MediaOffer {
-    pub sdp: String,
-    pub publish_mid: String,
-    pub slot_mids: Vec<String>,
-}
-
-/// Why media gave up on a participant.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum MediaDisconnect {
-    IceFailed,
-    Timeout,
-    NeverConnected,
-}
-
-/// Events from the media side, in signaling's ids.
-#[derive(Clone, Debug, PartialEq)]
-pub enum MediaEvent {
-    Connected {
-        pid: ParticipantId,
-    },
-    /// Media already removed the participant's peer connection.
-    Disconnected {
-        pid: ParticipantId,
-        reason: MediaDisconnect,
-    },
-    /// Loudest first, smoothed level 0..=1.
-    ActiveSpeakers {
-        room: RoomKey,
-        speakers: Vec<(ParticipantId, f32)>,
-    },
-    /// Room-level slot map; a participant in `slots[j]` hears `spare` in slot j.
-    SlotsChanged {
-        room: RoomKey,
-        slots: Vec<Option<ParticipantId>>,
-        spare: Option<ParticipantId>,
-    },
-    /// A participant that may not publish sent audio; it was dropped.
-    MediaRefused {
-        pid: ParticipantId,
-    },
-}
-
-/// The stream of media events signaling consumes (one consumer).
-pub type MediaEvents = BoxStream<'static, MediaEvent>;
-
-/// What signaling drives on the SFU. Mirrors `media::Sfu` so tests can use a fake.
+/// What signaling drives on the SFU: `media::Sfu`'s methods, in signaling's participant
+/// ids, so that tests can use a fake. Room keys and offers are media's own types.
 #[async_trait]
 pub trait MediaControl: Send + Sync + 'static {
     /// Creates the participant's peer connection and returns the server's offer.
@@ -158,7 +114,7 @@ pub trait MediaControl: Send + Sync + 'static {
         room: RoomKey,
         pid: ParticipantId,
         can_publish: bool,
-    ) -> Result<MediaOffer, SignalingError>;
+    ) -> Result<Offer, SignalingError>;
     /// The client's answer to the latest offer.
     async fn accept_answer(&self, pid: ParticipantId, sdp: String) -> Result<(), SignalingError>;
     /// Role change: renegotiates, returning the new offer.
@@ -166,9 +122,9 @@ pub trait MediaControl: Send + Sync + 'static {
         &self,
         pid: ParticipantId,
         can_publish: bool,
-    ) -> Result<MediaOffer, SignalingError>;
+    ) -> Result<Offer, SignalingError>;
     /// ICE restart: new offer with new ICE credentials.
-    async fn restart_ice(&self, pid: ParticipantId) -> Result<MediaOffer, SignalingError>;
+    async fn restart_ice(&self, pid: ParticipantId) -> Result<Offer, SignalingError>;
     /// Server-enforced mute (takes effect without renegotiation).
     fn set_muted(&self, pid: ParticipantId, muted: bool);
     /// Removes the participant's peer connection and everything it owns.

@@ -12,7 +12,9 @@ use axum::extract::ws::Utf8Bytes;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use crate::ports::{AuthUser, RoomKey};
+use media::RoomKey;
+
+use crate::ports::AuthUser;
 use crate::protocol::{Participant, ParticipantId, RemovedUser, Role, ServerMessage, SpeakerLevel};
 
 /// At most this many removed users are remembered per room; past it the earliest

@@ -12,6 +12,7 @@ use axum::http::HeaderMap;
 use axum::response::Response;
 use axum::routing::get;
 use futures::StreamExt;
+use media::{RoomKey, SfuEvent};
 use parking_lot::Mutex;
 use serde::Deserialize;
 use tokio_util::sync::CancellationToken;
@@ -19,8 +20,7 @@ use tokio_util::sync::CancellationToken;
 use crate::config::SignalingConfig;
 use crate::error::SignalingError;
 use crate::ports::{
-    AuthUser, Authenticator, CallEvent, ChatStore, MediaControl, MediaEvent, MediaEvents,
-    RoomDirectory, RoomKey,
+    AuthUser, Authenticator, CallEvent, ChatStore, MediaControl, MediaEvents, RoomDirectory,
 };
 use crate::protocol::{ChatMessage, ErrorCode, ParticipantId, Role, ServerMessage, SpeakerLevel};
 use crate::rooms::{CallPhase, Part, RoomSnapshot, SignalingStats, State};
@@ -343,9 +343,10 @@ impl Inner {
         }
     }
 
-    fn on_media_event(self: &Arc<Self>, event: MediaEvent) {
+    fn on_media_event(self: &Arc<Self>, event: SfuEvent) {
         match event {
-            MediaEvent::Connected { pid } => {
+            SfuEvent::Connected { pid } => {
+                let pid = ParticipantId::from(pid);
                 let mut st = self.state.lock();
                 if let Some(part) = st.parts.get_mut(&pid)
                     && part.call == CallPhase::InCall
@@ -355,7 +356,8 @@ impl Inner {
                     st.send_to(pid, &ServerMessage::CallState { connected: true });
                 }
             }
-            MediaEvent::Disconnected { pid, reason } => {
+            SfuEvent::Disconnected { pid, reason } => {
+                let pid = ParticipantId::from(pid);
                 tracing::debug!(pid = pid.0, ?reason, "media disconnected");
                 // Socket gone too: nothing left to resume into a call, leave the room.
                 let gone = self.remove_participant_if(pid, |p| {
@@ -392,15 +394,15 @@ impl Inner {
                         .await;
                 });
             }
-            MediaEvent::ActiveSpeakers { room, speakers } => {
+            SfuEvent::ActiveSpeakers { room, speakers } => {
                 let mut st = self.state.lock();
                 let Some(room_id) = st.room_by_key.get(&room).cloned() else {
                     return;
                 };
                 let speakers: Vec<SpeakerLevel> = speakers
                     .into_iter()
-                    .map(|(participant_id, level)| SpeakerLevel {
-                        participant_id,
+                    .map(|(pid, level)| SpeakerLevel {
+                        participant_id: pid.into(),
                         level,
                     })
                     .collect();
@@ -409,20 +411,20 @@ impl Inner {
                 }
                 st.broadcast(&room_id, &ServerMessage::ActiveSpeakers { speakers }, None);
             }
-            MediaEvent::SlotsChanged { room, slots, spare } => {
+            SfuEvent::SlotsChanged { room, slots, spare } => {
                 let mut st = self.state.lock();
                 let Some(room_id) = st.room_by_key.get(&room).cloned() else {
                     return;
                 };
                 if let Some(r) = st.rooms.get_mut(&room_id) {
-                    r.slots = slots;
-                    r.spare = spare;
+                    r.slots = slots.into_iter().map(|s| s.map(Into::into)).collect();
+                    r.spare = spare.map(Into::into);
                 }
                 st.send_slots(&room_id, None);
             }
-            MediaEvent::MediaRefused { pid } => {
+            SfuEvent::MediaRefused { pid } => {
                 self.state.lock().send_to(
-                    pid,
+                    pid.into(),
                     &ServerMessage::Error {
                         code: ErrorCode::Forbidden,
                         message: "your role may not publish audio; raise your hand to ask".into(),

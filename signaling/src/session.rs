@@ -17,7 +17,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::SignalingConfig;
 use crate::error::SignalingError;
-use crate::ports::{AuthUser, CallEvent, DeleteOutcome, MediaOffer, RoomAccess};
+use crate::ports::{AuthUser, CallEvent, DeleteOutcome, RoomAccess};
 use crate::protocol::{
     ClientMessage, ErrorCode, Participant, ParticipantId, RemovedUser, Role, ServerMessage,
 };
@@ -1104,7 +1104,7 @@ fn places_to_free(
     Ok(resumable)
 }
 
-fn offer_message(offer: MediaOffer) -> ServerMessage {
+fn offer_message(offer: media::Offer) -> ServerMessage {
     ServerMessage::Offer {
         sdp: offer.sdp,
         publish_mid: offer.publish_mid,

@@ -10,7 +10,7 @@ mod common;
 use std::time::Duration;
 
 use common::*;
-use signaling::MediaEvent;
+use media::SfuEvent;
 use signaling::protocol::{ClientMessage, ErrorCode, ParticipantId, Role, ServerMessage};
 
 type R = anyhow::Result<()>;
@@ -201,7 +201,9 @@ async fn a_place_that_never_had_audio_is_given_up_after_the_short_grace() -> R {
     // Carol's audio connected: her place keeps the full resume grace.
     let (mut carol, carol_pid) = h.join("carol", "open").await?;
     carol.join_call().await?;
-    h.emit(MediaEvent::Connected { pid: carol_pid })?;
+    h.emit(SfuEvent::Connected {
+        pid: carol_pid.into(),
+    })?;
     carol
         .expect("call_state", |m| {
             matches!(m, ServerMessage::CallState { connected: true })
@@ -252,7 +254,9 @@ async fn with_the_default_graces_a_place_without_audio_goes_after_5_s_one_with_a
     let (_watcher, _) = h.join("alice", "open").await?;
     let (mut carol, carol_pid) = h.join("carol", "open").await?;
     carol.join_call().await?;
-    h.emit(MediaEvent::Connected { pid: carol_pid })?;
+    h.emit(SfuEvent::Connected {
+        pid: carol_pid.into(),
+    })?;
     carol
         .expect("call_state", |m| {
             matches!(m, ServerMessage::CallState { connected: true })

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::*;
-use signaling::MediaEvent;
+use media::SfuEvent;
 use signaling::protocol::{ClientMessage, ErrorCode, Role, ServerMessage};
 
 type R = anyhow::Result<()>;
@@ -410,7 +410,7 @@ async fn promotion_renegotiates_the_target_and_everyone_sees_the_new_role() -> R
     let first = bob.join_call().await?;
     h.media_saw(|c| {
         *c == MediaCall::Join {
-            room: h.media.room_of(bob_id).unwrap_or(signaling::RoomKey(0)),
+            room: h.media.room_of(bob_id).unwrap_or(media::RoomKey(0)),
             pid: bob_id,
             can_publish: false,
         }
@@ -654,7 +654,9 @@ async fn call_join_and_leave_are_stored_as_system_messages_and_notified() -> R {
         .await?;
     alice.expect_error(ErrorCode::BadMessage).await?;
 
-    h.emit(MediaEvent::Connected { pid: alice_id })?;
+    h.emit(SfuEvent::Connected {
+        pid: alice_id.into(),
+    })?;
     alice
         .expect("call_state connected", |m| {
             *m == ServerMessage::CallState { connected: true }
@@ -695,9 +697,9 @@ async fn media_disconnect_takes_the_participant_out_of_the_call() -> R {
     let (mut alice, alice_id) = h.join("alice", "open").await?;
     let (mut bob, _) = h.join("bob", "open").await?;
     alice.join_call().await?;
-    h.emit(MediaEvent::Disconnected {
-        pid: alice_id,
-        reason: signaling::MediaDisconnect::IceFailed,
+    h.emit(SfuEvent::Disconnected {
+        pid: alice_id.into(),
+        reason: media::DisconnectReason::IceFailed,
     })?;
     alice
         .expect("call_state lost", |m| {
@@ -865,10 +867,10 @@ async fn slots_are_personalised_so_nobody_hears_themself() -> R {
         c.join_call().await?;
     }
     let room = h.media.room_of(alice_id).expect("alice joined media");
-    h.emit(MediaEvent::SlotsChanged {
+    h.emit(SfuEvent::SlotsChanged {
         room,
-        slots: vec![Some(alice_id), Some(bob_id), None],
-        spare: Some(carol_id),
+        slots: vec![Some(alice_id.into()), Some(bob_id.into()), None],
+        spare: Some(carol_id.into()),
     })?;
     alice
         .expect("alice's slots", |m| {
@@ -907,9 +909,9 @@ async fn active_speakers_from_media_are_relayed_to_the_room() -> R {
     let (mut bob, _) = h.join("bob", "open").await?;
     alice.join_call().await?;
     let room = h.media.room_of(alice_id).expect("alice joined media");
-    h.emit(MediaEvent::ActiveSpeakers {
+    h.emit(SfuEvent::ActiveSpeakers {
         room,
-        speakers: vec![(alice_id, 0.75)],
+        speakers: vec![(alice_id.into(), 0.75)],
     })?;
     let expected = ServerMessage::ActiveSpeakers {
         speakers: vec![signaling::protocol::SpeakerLevel {
@@ -931,7 +933,7 @@ async fn media_refusing_a_listeners_audio_is_reported_to_that_listener() -> R {
     let h = start(test_config()).await?;
     let (mut bob, bob_id) = h.join("bob", "open").await?;
     bob.join_call().await?;
-    h.emit(MediaEvent::MediaRefused { pid: bob_id })?;
+    h.emit(SfuEvent::MediaRefused { pid: bob_id.into() })?;
     let (_, fatal) = bob.expect_error(ErrorCode::Forbidden).await?;
     assert!(!fatal);
     Ok(())
@@ -974,9 +976,9 @@ async fn media_disconnect_of_a_participant_whose_socket_is_gone_removes_it_at_on
     bob.join_call().await?;
     bob.drop_connection();
     wait_reconnecting(&h, "open", 1).await?;
-    h.emit(MediaEvent::Disconnected {
-        pid: bob_id,
-        reason: signaling::MediaDisconnect::Timeout,
+    h.emit(SfuEvent::Disconnected {
+        pid: bob_id.into(),
+        reason: media::DisconnectReason::Timeout,
     })?;
     alice
         .expect("bob removed", |m| {
@@ -1023,7 +1025,7 @@ async fn a_client_that_does_not_read_is_disconnected_instead_of_stalling_the_roo
     };
     // ~5 KB per broadcast, far more in total than loopback socket buffers hold.
     let speakers: Vec<_> = (0..200)
-        .map(|i| (signaling::protocol::ParticipantId(1000 + i), 0.5))
+        .map(|i| (media::ParticipantId(1000 + i), 0.5))
         .collect();
     let reader = tokio::spawn(async move {
         alice
@@ -1037,7 +1039,7 @@ async fn a_client_that_does_not_read_is_disconnected_instead_of_stalling_the_roo
         if reader.is_finished() {
             break;
         }
-        h.emit(MediaEvent::ActiveSpeakers {
+        h.emit(SfuEvent::ActiveSpeakers {
             room,
             speakers: speakers.clone(),
         })?;

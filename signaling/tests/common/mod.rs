@@ -12,12 +12,12 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use async_trait::async_trait;
 use futures::{SinkExt, StreamExt};
+use media::{Offer, RoomKey, SfuEvent};
 use parking_lot::Mutex;
 use signaling::protocol::{ChatMessage, ClientMessage, ParticipantId, ServerMessage};
 use signaling::{
-    AuthUser, Authenticator, CallEvent, ChatStore, DeleteOutcome, MediaControl, MediaEvent,
-    MediaOffer, RoomAccess, RoomDirectory, RoomKey, Signaling, SignalingConfig, SignalingError,
-    SignalingPorts,
+    AuthUser, Authenticator, CallEvent, ChatStore, DeleteOutcome, MediaControl, RoomAccess,
+    RoomDirectory, Signaling, SignalingConfig, SignalingError, SignalingPorts,
 };
 use tokio::net::TcpStream;
 use tokio::sync::{Semaphore, mpsc};
@@ -228,9 +228,9 @@ pub struct FakeMedia {
 }
 
 impl FakeMedia {
-    fn offer(&self, pid: ParticipantId, why: &str) -> MediaOffer {
+    fn offer(&self, pid: ParticipantId, why: &str) -> Offer {
         let n = self.offers.fetch_add(1, Ordering::Relaxed) + 1;
-        MediaOffer {
+        Offer {
             sdp: format!("v=0 fake {why} offer {n} for {}", pid.0),
             publish_mid: "0".into(),
             slot_mids: vec!["1".into(), "2".into(), "3".into()],
@@ -256,7 +256,7 @@ impl MediaControl for FakeMedia {
         room: RoomKey,
         pid: ParticipantId,
         can_publish: bool,
-    ) -> Result<MediaOffer, SignalingError> {
+    ) -> Result<Offer, SignalingError> {
         self.calls.lock().push(MediaCall::Join {
             room,
             pid,
@@ -282,7 +282,7 @@ impl MediaControl for FakeMedia {
         &self,
         pid: ParticipantId,
         can_publish: bool,
-    ) -> Result<MediaOffer, SignalingError> {
+    ) -> Result<Offer, SignalingError> {
         self.calls
             .lock()
             .push(MediaCall::SetCanPublish { pid, can_publish });
@@ -292,7 +292,7 @@ impl MediaControl for FakeMedia {
         Ok(self.offer(pid, "renegotiation"))
     }
 
-    async fn restart_ice(&self, pid: ParticipantId) -> Result<MediaOffer, SignalingError> {
+    async fn restart_ice(&self, pid: ParticipantId) -> Result<Offer, SignalingError> {
         self.calls.lock().push(MediaCall::RestartIce { pid });
         Ok(self.offer(pid, "restart"))
     }
@@ -312,7 +312,7 @@ pub struct Harness {
     pub signaling: Signaling,
     pub chat: Arc<FakeChat>,
     pub media: Arc<FakeMedia>,
-    pub events: mpsc::UnboundedSender<MediaEvent>,
+    pub events: mpsc::UnboundedSender<SfuEvent>,
 }
 
 /// Test defaults: production values except short timings where a test waits on them.
@@ -429,7 +429,7 @@ impl Harness {
         Ok((c, pid))
     }
 
-    pub fn emit(&self, ev: MediaEvent) -> anyhow::Result<()> {
+    pub fn emit(&self, ev: SfuEvent) -> anyhow::Result<()> {
         self.events.send(ev).context("media event channel closed")
     }
 
