@@ -28,25 +28,6 @@ fn config(max_participants: usize) -> signaling::SignalingConfig {
     }
 }
 
-/// Waits until `room` has `n` participants waiting for a resume.
-async fn wait_reconnecting(h: &Harness, room: &str, n: usize) -> R {
-    let deadline = tokio::time::Instant::now() + DEADLINE;
-    loop {
-        let now = h
-            .signaling
-            .room_snapshot(room)
-            .map_or(0, |s| s.reconnecting);
-        if now == n {
-            return Ok(());
-        }
-        anyhow::ensure!(
-            tokio::time::Instant::now() < deadline,
-            "{room}: {now} reconnecting, expected {n}"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-}
-
 fn people(h: &Harness, room: &str) -> usize {
     h.signaling
         .room_snapshot(room)

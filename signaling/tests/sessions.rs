@@ -766,13 +766,20 @@ async fn resume_within_grace_keeps_the_participant_id_and_nobody_sees_a_leave() 
     })
     .await?;
 
-    // Watch alice's socket until well past the grace period: no leave, no rejoin.
+    // Well past the grace period, on virtual time (the grace timer is the server's own;
+    // no socket is read meanwhile, so the clock's auto-advance cannot fire a client
+    // deadline), then everything alice was sent: no leave, no rejoin.
     let grace = h.signaling.config().resume_grace;
-    let mut seen = Vec::new();
-    while tokio::time::Instant::now() < dropped_at + grace + Duration::from_millis(700) {
-        seen.extend(alice.sync().await?);
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    tokio::time::pause();
+    let late = tokio::time::Instant::now().max(dropped_at) + grace + Duration::from_millis(700);
+    tokio::time::sleep_until(late).await;
+    tokio::time::resume();
+    assert_eq!(
+        h.signaling.room_snapshot("open").map(|s| s.total_people),
+        Some(2),
+        "bob's place was given up"
+    );
+    let seen = alice.sync().await?;
     assert!(
         !seen.iter().any(|m| matches!(
             m,
@@ -801,12 +808,14 @@ async fn resume_within_grace_keeps_the_participant_id_and_nobody_sees_a_leave() 
     Ok(())
 }
 
+/// The place is held for the grace and given up after it, on virtual time once the socket
+/// is gone (the exchanges before and after run on real time: the clock's auto-advance
+/// would otherwise fire the client's deadlines while it waits on I/O).
 #[tokio::test]
 async fn after_the_grace_period_the_participant_leaves_for_real() -> R {
-    let cfg = signaling::SignalingConfig {
-        resume_grace: Duration::from_millis(300),
-        ..test_config()
-    };
+    let cfg = test_config();
+    // Bob's audio never connects, so his place has the shorter of the two graces.
+    let grace = cfg.resume_grace.min(cfg.unconnected_grace);
     let h = start(cfg).await?;
     let (mut alice, _) = h.join("alice", "open").await?;
     let (mut bob, bob_id) = h.join("bob", "open").await?;
@@ -816,7 +825,18 @@ async fn after_the_grace_period_the_participant_leaves_for_real() -> R {
             matches!(m, ServerMessage::ParticipantJoined { .. })
         })
         .await?;
+    let before = tokio::time::Instant::now();
     bob.drop_connection();
+    wait_reconnecting(&h, "open", 1).await?;
+    let after = tokio::time::Instant::now();
+    // The grace started between `before` and `after`.
+    let people = || h.signaling.room_snapshot("open").map(|s| s.total_people);
+    tokio::time::pause();
+    tokio::time::sleep_until(before + grace - Duration::from_millis(100)).await;
+    assert_eq!(people(), Some(2), "bob's place is held during the grace");
+    tokio::time::sleep_until(after + grace + Duration::from_millis(100)).await;
+    assert_eq!(people(), Some(1), "and given up after it");
+    tokio::time::resume();
     alice
         .expect("bob left after grace", |m| {
             matches!(m, ServerMessage::ParticipantLeft { participant_id } if *participant_id == bob_id)
@@ -829,10 +849,6 @@ async fn after_the_grace_period_the_participant_leaves_for_real() -> R {
             matches!(m, ServerMessage::CallNotification { message } if message.kind == "call_ended")
         })
         .await?;
-    assert_eq!(
-        h.signaling.room_snapshot("open").map(|s| s.total_people),
-        Some(1)
-    );
     Ok(())
 }
 

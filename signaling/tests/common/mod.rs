@@ -603,3 +603,22 @@ pub fn map_of(m: &[signaling::protocol::Participant]) -> HashMap<ParticipantId, 
         .map(|p| (p.participant_id, p.user_id.clone()))
         .collect()
 }
+
+/// Waits until `room` has `n` participants waiting for a resume.
+pub async fn wait_reconnecting(h: &Harness, room: &str, n: usize) -> anyhow::Result<()> {
+    let deadline = tokio::time::Instant::now() + DEADLINE;
+    loop {
+        let now = h
+            .signaling
+            .room_snapshot(room)
+            .map_or(0, |s| s.reconnecting);
+        if now == n {
+            return Ok(());
+        }
+        anyhow::ensure!(
+            tokio::time::Instant::now() < deadline,
+            "{room}: {now} reconnecting, expected {n}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
