@@ -15,6 +15,8 @@
 //! - `stun`: the tiny STUN parse used to demultiplex new remote addresses.
 //! - `timers`: the deadline heap over all connections.
 //! - `stats`: counters for metrics.
+//! - [`relay`]: the node-to-node relay of a room's top speakers (issue 11): wire format,
+//!   authentication and replay checks.
 //! - [`ids`], [`level`], [`slots`], [`rewrite`], [`router`]: the socket-free logic of who
 //!   receives what (audio levels, slot allocation with hysteresis, per-slot RTP rewriting),
 //!   tested on virtual time.
@@ -25,6 +27,7 @@ mod engine;
 pub mod ids;
 pub mod level;
 mod peer;
+pub mod relay;
 mod report;
 pub mod rewrite;
 pub mod router;
@@ -39,6 +42,7 @@ use std::time::Duration;
 
 pub use engine::SlotMap;
 pub use ids::{ParticipantId, RoomKey};
+pub use relay::RelaySecret;
 pub use sfu::Sfu;
 pub use stats::{JOIN_BUCKETS, JoinLatency, SfuStats};
 
@@ -66,6 +70,34 @@ pub struct SfuConfig {
     /// Media threads, each with its own socket on port `bind.port + i` (or an ephemeral
     /// port each when `bind.port` is 0); rooms are spread over them. Default: one per core.
     pub threads: usize,
+    /// The node-to-node relay (one room across several nodes); off without a secret.
+    pub relay: RelayConfig,
+}
+
+/// Configuration of the node-to-node relay (see [`relay`]).
+#[derive(Clone, Debug)]
+pub struct RelayConfig {
+    /// Relay socket of the first media thread; thread i binds port `bind.port + i` (each
+    /// thread relays the rooms it holds), or an ephemeral port each when `bind.port` is 0.
+    /// Default `0.0.0.0:7782`.
+    pub bind: SocketAddr,
+    /// The secret shared by every node of the cluster, which authenticates relay datagrams
+    /// (HMAC-SHA256). `None` (the default): the relay is off and no socket is bound.
+    pub secret: Option<RelaySecret>,
+    /// A remote source (a publisher on another node) that stops arriving for this long is
+    /// removed from its room here. Default 2 s (a silent publisher with DTX still sends a
+    /// packet every 400 ms).
+    pub remote_timeout: Duration,
+}
+
+impl Default for RelayConfig {
+    fn default() -> Self {
+        RelayConfig {
+            bind: SocketAddr::from(([0, 0, 0, 0], 7782)),
+            secret: None,
+            remote_timeout: Duration::from_secs(2),
+        }
+    }
 }
 
 impl Default for SfuConfig {
@@ -79,6 +111,7 @@ impl Default for SfuConfig {
             connect_timeout: Duration::from_secs(15),
             threads: std::thread::available_parallelism()
                 .map_or(1, |n| n.get().min(sfu::MAX_THREADS)),
+            relay: RelayConfig::default(),
         }
     }
 }
