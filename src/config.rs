@@ -199,6 +199,16 @@ pub struct Config {
     #[arg(long, env = "MEDIA_HOST", default_value = "0.0.0.0")]
     pub media_host: IpAddr,
 
+    /// UDP port of the first media thread's node-to-node relay socket (on MEDIA_HOST);
+    /// thread i listens on RELAY_PORT + i. Used only with RELAY_SECRET.
+    #[arg(long, env = "RELAY_PORT", default_value_t = 7782)]
+    pub relay_port: u16,
+
+    /// Secret shared by the nodes of a cluster, authenticating relayed media
+    /// (HMAC-SHA256; 16+ bytes, use 32+ random characters). Unset: the relay is off.
+    #[arg(long, env = "RELAY_SECRET", hide_env_values = true)]
+    pub relay_secret: Option<String>,
+
     /// IPs announced to clients as ICE host candidates, comma-separated: the public IPs
     /// of a 1:1 NAT, or the interface IPs to use. Empty: the bound IP; when bound to a
     /// wildcard (0.0.0.0, ::), every address of that family on the interfaces that are
@@ -312,6 +322,16 @@ impl Config {
             threads: match self.media_threads {
                 0 => media::SfuConfig::default().threads,
                 n => n,
+            },
+            relay: media::RelayConfig {
+                bind: std::net::SocketAddr::new(self.media_host, self.relay_port),
+                secret: self
+                    .relay_secret
+                    .as_deref()
+                    .map(|s| media::RelaySecret::new(s.as_bytes().to_vec()))
+                    .transpose()
+                    .map_err(|e| anyhow::anyhow!("RELAY_SECRET: {e}"))?,
+                ..media::RelayConfig::default()
             },
             ..media::SfuConfig::default()
         })
@@ -611,6 +631,29 @@ mod tests {
 
         let bad = Config::try_parse_from(["chorus", "--otp-max-attempts", "0"]).expect("parses");
         assert!(bad.api_config().is_err());
+    }
+
+    #[test]
+    fn the_relay_is_off_without_a_secret_and_binds_relay_port_on_media_host() {
+        let off = Config::try_parse_from(["chorus"]).expect("parses");
+        let sfu = off.sfu_config().expect("valid");
+        assert!(sfu.relay.secret.is_none());
+        assert_eq!(sfu.relay.bind.port(), 7782);
+        let on = Config::try_parse_from([
+            "chorus",
+            "--media-host",
+            "10.0.0.5",
+            "--relay-port",
+            "9000",
+            "--relay-secret",
+            "0123456789abcdef0123",
+        ])
+        .expect("parses");
+        let sfu = on.sfu_config().expect("valid");
+        assert!(sfu.relay.secret.is_some());
+        assert_eq!(sfu.relay.bind.to_string(), "10.0.0.5:9000");
+        let short = Config::try_parse_from(["chorus", "--relay-secret", "short"]).expect("parses");
+        assert!(short.sfu_config().is_err(), "a short secret is refused");
     }
 
     #[test]

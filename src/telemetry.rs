@@ -145,7 +145,7 @@ impl SfuCollector {
     fn new(sfu: media::Sfu) -> prometheus::Result<Self> {
         use proto::MetricType::{COUNTER, GAUGE};
         #[rustfmt::skip]
-        let table: [(&str, &str, proto::MetricType, Option<&'static str>, SfuSeries); 14] = [
+        let table: [(&str, &str, proto::MetricType, Option<&'static str>, SfuSeries); 19] = [
             ("chorus_media_participants", "Peer connections on the SFU", GAUGE, None,
                 |s| vec![("", s.participants)]),
             ("chorus_media_connected", "Peer connections with ICE and DTLS done", GAUGE, None,
@@ -180,6 +180,22 @@ impl SfuCollector {
             ("chorus_media_disconnects_total",
                 "Participants removed by the SFU for ICE failure or timeout", COUNTER, None,
                 |s| vec![("", s.disconnects)]),
+            ("chorus_media_relay_datagrams_total",
+                "Node-to-node relay datagrams: received on the relay sockets, accepted and routed, sent to other nodes, dropped by the kernel on sending",
+                COUNTER, Some("direction"),
+                |s| vec![("received", s.relay_datagrams_received), ("accepted", s.relay_received),
+                    ("sent", s.relay_sent), ("send_dropped", s.relay_send_dropped)]),
+            ("chorus_media_relay_dropped_total", "Relay datagrams refused, by reason", COUNTER,
+                Some("reason"), |s| s.relay_dropped_by_reason().to_vec()),
+            ("chorus_media_relay_remote_sources",
+                "Publishers on other nodes heard here over the relay", GAUGE, None,
+                |s| vec![("", s.remote_sources)]),
+            ("chorus_media_relay_subscriptions",
+                "(room, node) pairs this node relays its rooms' top speakers to", GAUGE, None,
+                |s| vec![("", s.relay_subscriptions)]),
+            ("chorus_media_relay_remote_timeouts_total",
+                "Remote sources removed because nothing arrived from them for the remote timeout",
+                COUNTER, None, |s| vec![("", s.remote_sources_timed_out)]),
         ];
         let families = table
             .into_iter()

@@ -44,6 +44,9 @@ use crate::stun::{self, Kind};
 use crate::timers::{TimerHeap, TimerKey};
 use crate::{DisconnectReason, MediaError, Offer, ParticipantId, RoomKey, SfuConfig, SfuEvent};
 
+mod relay_io;
+use relay_io::RelayState;
+
 /// Largest datagram accepted; anything that fills the driver's buffer of this size was
 /// truncated and is dropped.
 pub(crate) const RECV_BUF: usize = 2048;
@@ -94,6 +97,15 @@ pub(crate) enum Command {
         room: RoomKey,
         reply: Reply<Option<SlotMap>>,
     },
+    /// Relay `room`'s local top speakers to the node at `node`.
+    RelayAddSubscriber {
+        room: RoomKey,
+        node: SocketAddr,
+    },
+    RelayRemoveSubscriber {
+        room: RoomKey,
+        node: SocketAddr,
+    },
 }
 
 /// A room's slot map and spare, as in `SfuEvent::SlotsChanged`.
@@ -142,6 +154,8 @@ pub(crate) struct Engine {
     connected: u64,
     /// Which shard holds each participant; this engine releases its own when it removes one.
     owners: Arc<Owners>,
+    /// The node-to-node relay, when a secret is configured.
+    relay: Option<RelayState>,
 }
 
 impl Engine {
@@ -164,7 +178,9 @@ impl Engine {
             .first()
             .ok_or_else(|| MediaError::Config("no announce IP".into()))?;
         let router = Router::new(RouterConfig::new(cfg.slots, cfg.speaker_interval), now);
+        let relay = RelayState::new(&cfg.relay, now);
         Ok(Engine {
+            relay,
             router,
             cfg,
             ice_local_addr: SocketAddr::new(first, port),
@@ -199,7 +215,10 @@ impl Engine {
     /// When [`Engine::handle_timeout`] is next due (a connection's timer or the router's
     /// tick).
     pub(crate) fn poll_timeout(&self) -> Option<Instant> {
-        let tick = self.router.poll_timeout();
+        let mut tick = self.router.poll_timeout();
+        if let Some(relay) = &self.relay {
+            tick = tick.min(relay.poll_timeout());
+        }
         Some(self.timers.next_deadline().map_or(tick, |t| t.min(tick)))
     }
 
@@ -507,6 +526,24 @@ impl Engine {
             .mic_audio_level_id
             .and_then(|id| packet.header.get_extension(id));
         let level = level_ext.as_deref().and_then(AudioLevel::from_payload);
+        if self.relay.as_ref().is_some_and(|r| r.is_sending()) {
+            self.relay_out(src_pid, level, &packet, now);
+        }
+        self.fan_out(src_pid, level, level_ext, &packet, now);
+    }
+
+    /// Sends one packet of `src_pid` (a local publisher, or a remote source heard over the
+    /// relay) to every local subscriber the router picks. `level_ext` is the audio-level
+    /// extension's payload, copied onto the subscribers' legs.
+    fn fan_out(
+        &mut self,
+        src_pid: ParticipantId,
+        level: Option<AudioLevel>,
+        level_ext: Option<bytes::Bytes>,
+        packet: &rtp::Packet,
+        now: Instant,
+    ) {
+        let payload_len = packet.payload.len() as u64;
         let fanout = match self.router.on_packet(src_pid, level, now) {
             Route::Forward(fanout) => fanout,
             Route::Drop(reason) => {
@@ -715,6 +752,7 @@ impl Engine {
         self.counters
             .timer_entries
             .store(self.timers.len() as u64, Relaxed);
+        self.relay_timeout(now);
         if now >= self.router.poll_timeout() {
             self.router.tick(now);
             self.forward_router_events();
@@ -782,6 +820,10 @@ impl Engine {
                     self.remove_peer(idx, None, now);
                 }
             }
+            Command::RelayAddSubscriber { room, node } => self.relay_subscribe(room, node, true),
+            Command::RelayRemoveSubscriber { room, node } => {
+                self.relay_subscribe(room, node, false);
+            }
         }
     }
 
@@ -814,6 +856,9 @@ impl Engine {
         if self.by_pid.len() >= MAX_PEERS {
             return Err(MediaError::Full);
         }
+        // A participant that was heard from another node until now (it moved here) is
+        // local from now on.
+        self.drop_remote_source(pid, now);
         let params = PeerParams {
             certificate: &self.certificate,
             announce_ips: &self.announce_ips,

@@ -19,6 +19,8 @@
 //! - `stun`: the tiny STUN parse used to demultiplex new remote addresses.
 //! - `timers`: the deadline heap over all connections.
 //! - `stats`: counters for metrics.
+//! - [`relay`]: the node-to-node relay of a room's top speakers (issue 11): wire format,
+//!   authentication and replay checks.
 //! - [`ids`], [`level`], [`slots`], [`rewrite`], [`router`]: the socket-free logic of who
 //!   receives what (audio levels, slot allocation with hysteresis, per-slot RTP rewriting),
 //!   tested on virtual time.
@@ -31,6 +33,7 @@ pub mod events;
 pub mod ids;
 pub mod level;
 mod peer;
+pub mod relay;
 mod report;
 pub mod rewrite;
 pub mod router;
@@ -46,6 +49,7 @@ use std::time::Duration;
 pub use engine::SlotMap;
 pub use events::EventReceiver;
 pub use ids::{ParticipantId, RoomKey};
+pub use relay::RelaySecret;
 pub use sfu::Sfu;
 pub use stats::{JOIN_BUCKETS, JoinLatency, SfuStats};
 
@@ -81,6 +85,34 @@ pub struct SfuConfig {
     /// [`MediaError::Busy`]. Speaker and slot events coalesce per room and lifecycle events
     /// are never dropped (see [`events`]). Default 16384.
     pub event_backlog: usize,
+    /// The node-to-node relay (one room across several nodes); off without a secret.
+    pub relay: RelayConfig,
+}
+
+/// Configuration of the node-to-node relay (see [`relay`]).
+#[derive(Clone, Debug)]
+pub struct RelayConfig {
+    /// Relay socket of the first media thread; thread i binds port `bind.port + i` (each
+    /// thread relays the rooms it holds), or an ephemeral port each when `bind.port` is 0.
+    /// Default `0.0.0.0:7782`.
+    pub bind: SocketAddr,
+    /// The secret shared by every node of the cluster, which authenticates relay datagrams
+    /// (HMAC-SHA256). `None` (the default): the relay is off and no socket is bound.
+    pub secret: Option<RelaySecret>,
+    /// A remote source (a publisher on another node) that stops arriving for this long is
+    /// removed from its room here. Default 2 s (a silent publisher with DTX still sends a
+    /// packet every 400 ms).
+    pub remote_timeout: Duration,
+}
+
+impl Default for RelayConfig {
+    fn default() -> Self {
+        RelayConfig {
+            bind: SocketAddr::from(([0, 0, 0, 0], 7782)),
+            secret: None,
+            remote_timeout: Duration::from_secs(2),
+        }
+    }
 }
 
 impl Default for SfuConfig {
@@ -96,6 +128,7 @@ impl Default for SfuConfig {
                 .map_or(1, |n| n.get().min(sfu::MAX_THREADS)),
             command_capacity: 1024,
             event_backlog: 16384,
+            relay: RelayConfig::default(),
         }
     }
 }

@@ -94,6 +94,8 @@ pub enum RouterError {
     AlreadyPresent(ParticipantId),
     #[error("participant {0} is not registered")]
     UnknownParticipant(ParticipantId),
+    #[error("room {0} has no local members")]
+    UnknownRoom(RoomKey),
 }
 
 /// One receiver of a packet: forward it to `subscriber` on its slot `slot` leg.
@@ -170,8 +172,8 @@ struct Member<T> {
 #[derive(Debug)]
 struct Participant {
     room: RoomKey,
-    /// Index in the room's `members`.
-    member_index: usize,
+    /// Index in the room's `members`; `None` for a remote source (it receives nothing here).
+    member_index: Option<usize>,
     can_publish: bool,
     muted: bool,
     /// Whether MediaRefused was already reported since the last role change.
@@ -262,7 +264,7 @@ impl<T: Copy> Router<T> {
             pid,
             Participant {
                 room,
-                member_index: r.members.len() - 1,
+                member_index: Some(r.members.len() - 1),
                 can_publish,
                 muted: false,
                 refused_reported: false,
@@ -275,6 +277,57 @@ impl<T: Copy> Router<T> {
         Ok(())
     }
 
+    /// Registers a remote source in `room`: a publisher on another node whose packets
+    /// arrive over the relay. It takes part in the room's speaker selection like a local
+    /// publisher, but is no member: it receives nothing here. The room must exist (have
+    /// local members); it is removed with [`Router::remove_participant`], or with the room
+    /// when its last local member leaves.
+    pub fn add_remote_source(
+        &mut self,
+        pid: ParticipantId,
+        room: RoomKey,
+        now: Instant,
+    ) -> Result<(), RouterError> {
+        if self.participants.contains_key(&pid) {
+            return Err(RouterError::AlreadyPresent(pid));
+        }
+        let r = self
+            .rooms
+            .get_mut(&room)
+            .ok_or(RouterError::UnknownRoom(room))?;
+        r.publishers.push(pid);
+        self.participants.insert(
+            pid,
+            Participant {
+                room,
+                member_index: None,
+                can_publish: true,
+                muted: false,
+                refused_reported: false,
+                meter: LevelMeter::new(),
+            },
+        );
+        self.refill(room, now);
+        Ok(())
+    }
+
+    /// The room of `pid` and whether it is a remote source there.
+    pub fn source_kind(&self, pid: ParticipantId) -> Option<(RoomKey, bool)> {
+        self.participants
+            .get(&pid)
+            .map(|p| (p.room, p.member_index.is_none()))
+    }
+
+    /// The room in which the local participant `pid` holds a slot, if it does: what the
+    /// relay sends to other nodes (a room's top speakers, never a remote source, so
+    /// nothing relayed comes back).
+    pub fn local_slot_holder_room(&self, pid: ParticipantId) -> Option<RoomKey> {
+        let p = self.participants.get(&pid)?;
+        p.member_index?;
+        let room = self.rooms.get(&p.room)?;
+        room.allocator.slot_of(pid).map(|_| p.room)
+    }
+
     /// Removes a participant and everything that refers to it; an emptied room is
     /// dropped. A slot it held is refilled at once. Returns whether it was registered.
     pub fn remove_participant(&mut self, pid: ParticipantId, now: Instant) -> bool {
@@ -284,14 +337,20 @@ impl<T: Copy> Router<T> {
         let Some(room) = self.rooms.get_mut(&p.room) else {
             return true; // unreachable by construction; nothing left to clean
         };
-        room.members.swap_remove(p.member_index);
-        if let Some(moved) = room.members.get(p.member_index)
-            && let Some(mp) = self.participants.get_mut(&moved.pid)
-        {
-            mp.member_index = p.member_index;
+        if let Some(index) = p.member_index {
+            room.members.swap_remove(index);
+            if let Some(moved) = room.members.get(index)
+                && let Some(mp) = self.participants.get_mut(&moved.pid)
+            {
+                mp.member_index = Some(index);
+            }
         }
         room.publishers.retain(|x| *x != pid);
         if room.members.is_empty() {
+            // Remote sources only exist for local members to hear: they go with the room.
+            for source in &room.publishers {
+                self.participants.remove(source);
+            }
             self.rooms.remove(&p.room);
             return true;
         }
@@ -366,7 +425,7 @@ impl<T: Copy> Router<T> {
             .get(&pid)
             .ok_or(RouterError::UnknownParticipant(pid))?;
         if let Some(room) = self.rooms.get_mut(&p.room) {
-            if let Some(m) = room.members.get_mut(p.member_index) {
+            if let Some(m) = p.member_index.and_then(|i| room.members.get_mut(i)) {
                 m.data = data;
             }
             for d in room.spare_fanout.iter_mut().filter(|d| d.subscriber == pid) {
@@ -405,7 +464,8 @@ impl<T: Copy> Router<T> {
             return Route::Drop(DropReason::UnknownParticipant);
         };
         if let Some(slot) = room.allocator.slot_of(pid) {
-            if room.members.len() <= 1 {
+            // The holder is skipped if it is a member (a remote source is none).
+            if room.members.len() <= usize::from(p.member_index.is_some()) {
                 return Route::Drop(DropReason::NoSubscribers);
             }
             return Route::Forward(Fanout {
@@ -547,11 +607,23 @@ impl<T: Copy> Router<T> {
             .map(|r| {
                 let occupied = r.allocator.slots().iter().flatten().count();
                 let members = r.members.len() * occupied;
-                // A slot holder hears the spare in its own slot, or nothing without one.
+                // A slot holder hears the spare in its own slot, or nothing without one;
+                // a remote holder is no member here.
                 if r.allocator.spare().is_some() {
                     members
                 } else {
-                    members - occupied
+                    let local_holders = r
+                        .allocator
+                        .slots()
+                        .iter()
+                        .flatten()
+                        .filter(|h| {
+                            self.participants
+                                .get(h)
+                                .is_some_and(|p| p.member_index.is_some())
+                        })
+                        .count();
+                    members - local_holders
                 }
             })
             .sum()
@@ -664,7 +736,8 @@ fn slots_changed<T: Copy>(
             }
             let member = participants
                 .get(&holder)
-                .and_then(|p| room.members.get(p.member_index));
+                .and_then(|p| p.member_index)
+                .and_then(|i| room.members.get(i));
             if let Some(m) = member {
                 room.spare_fanout.push(Delivery {
                     subscriber: holder,
@@ -1059,6 +1132,55 @@ mod tests {
             s.r.set_data(p(8), 1),
             Err(RouterError::UnknownParticipant(p(8)))
         );
+    }
+
+    #[test]
+    fn a_remote_source_competes_for_slots_is_heard_by_every_member_and_receives_nothing() {
+        let mut s = Sim::new(1);
+        s.join(1, true);
+        s.join(3, false);
+        assert_eq!(
+            s.r.add_remote_source(p(50), RoomKey(9), s.now),
+            Err(RouterError::UnknownRoom(RoomKey(9))),
+            "no local members there"
+        );
+        assert_eq!(
+            s.r.add_remote_source(p(3), ROOM, s.now),
+            Err(RouterError::AlreadyPresent(p(3)))
+        );
+        s.r.add_remote_source(p(50), ROOM, s.now).unwrap();
+        s.drain();
+        assert_eq!(s.r.source_kind(p(50)), Some((ROOM, true)));
+        assert_eq!(s.r.source_kind(p(1)), Some((ROOM, false)));
+        assert_eq!(s.r.local_slot_holder_room(p(1)), Some(ROOM));
+        // The remote source is louder for long enough: it takes the one slot.
+        s.run(Duration::from_secs(2), &[(1, 60), (50, 10)]);
+        assert_eq!(
+            s.r.slot_map(ROOM).unwrap(),
+            (&[Some(p(50))][..], Some(p(1)))
+        );
+        assert_eq!(s.r.local_slot_holder_room(p(50)), None, "never relayed on");
+        assert_eq!(
+            s.r.local_slot_holder_room(p(1)),
+            None,
+            "no slot, not relayed"
+        );
+        let mut heard = s.send(50, 10).unwrap();
+        heard.sort_unstable();
+        assert_eq!(heard, vec![(1, 0), (3, 0)], "every member, nobody as 50");
+        assert_eq!(
+            s.send(1, 60),
+            Err(DropReason::NoSubscribers),
+            "the spare's holder is remote"
+        );
+        assert_eq!(s.r.subscription_count(), 2);
+        // Its last local members leave: the room goes, and the remote source with it.
+        s.r.remove_participant(p(1), s.now);
+        s.r.remove_participant(p(3), s.now);
+        assert_eq!(s.r.room_count(), 0);
+        assert_eq!(s.r.source_kind(p(50)), None);
+        assert!(!s.r.mentions(p(50)));
+        assert_eq!(s.r.participant_count(), 0);
     }
 
     #[test]

@@ -48,6 +48,8 @@ struct Inner {
 struct Shard {
     commands: CommandSender,
     local_addr: SocketAddr,
+    /// Where other nodes send this shard's rooms' relayed media; `None` with the relay off.
+    relay_addr: Option<SocketAddr>,
     counters: Arc<Counters>,
 }
 
@@ -114,17 +116,33 @@ impl Sfu {
             let addr = shard_addr(cfg.bind, i)?;
             sockets.push(bind_socket(addr).map_err(MediaError::Bind)?);
         }
+        let mut relay_sockets = Vec::with_capacity(threads);
+        if cfg.relay.secret.is_some() {
+            for i in 0..threads {
+                let addr = shard_addr(cfg.relay.bind, i)?;
+                relay_sockets.push(bind_socket(addr).map_err(MediaError::Bind)?);
+            }
+        }
         let first = sockets[0].local_addr().map_err(MediaError::Bind)?;
         let announce_ips = if cfg.announce_ips.is_empty() {
             default_announce_ips(first.ip())
         } else {
             cfg.announce_ips.clone()
         };
+        let mut relay_sockets = relay_sockets.into_iter();
         let owners = Arc::new(Owners::default());
         let (event_tx, event_rx) = events::channel();
         let mut shards = Vec::with_capacity(threads);
         for (i, socket) in sockets.into_iter().enumerate() {
             let local_addr = socket.local_addr().map_err(MediaError::Bind)?;
+            let relay_socket = relay_sockets.next();
+            let relay_addr = match &relay_socket {
+                Some(s) => {
+                    let bound = s.local_addr().map_err(MediaError::Bind)?;
+                    Some(advertised(bound, &announce_ips))
+                }
+                None => None,
+            };
             let counters = Arc::new(Counters::default());
             let (cmd_tx, cmd_rx) = commands::channel(cfg.command_capacity);
             let ctx = ShardContext {
@@ -135,15 +153,24 @@ impl Sfu {
                 events: event_tx.clone(),
                 owners: owners.clone(),
             };
-            spawn_shard(socket, ctx, cmd_rx)?;
+            spawn_shard(socket, relay_socket, ctx, cmd_rx)?;
             shards.push(Shard {
                 commands: cmd_tx,
                 local_addr,
+                relay_addr,
                 counters,
             });
         }
         let addrs: Vec<String> = shards.iter().map(|s| s.local_addr.to_string()).collect();
         tracing::info!(threads, sockets = %addrs.join(","), "media SFU listening");
+        let relays: Vec<String> = shards
+            .iter()
+            .filter_map(|s| s.relay_addr)
+            .map(|a| a.to_string())
+            .collect();
+        if !relays.is_empty() {
+            tracing::info!(sockets = %relays.join(","), "media relay listening");
+        }
         let inner = Inner {
             shards,
             owners,
@@ -267,6 +294,58 @@ impl Sfu {
             .await
     }
 
+    /// The address other nodes send `room`'s relayed media to: the relay socket of the
+    /// media thread that holds the room (its bound IP, or the first announced IP when it is
+    /// bound to a wildcard). `None` when the relay is off (no secret).
+    pub fn relay_local_addr(&self, room: RoomKey) -> Option<SocketAddr> {
+        self.inner.shards[self.shard_of_room(room)].relay_addr
+    }
+
+    /// The relay addresses of every media thread, in shard order (empty with the relay off).
+    pub fn relay_local_addrs(&self) -> Vec<SocketAddr> {
+        self.inner
+            .shards
+            .iter()
+            .filter_map(|s| s.relay_addr)
+            .collect()
+    }
+
+    /// From now on, packets of `room`'s local publishers that hold one of its slots (its
+    /// top speakers) are sent, one copy each, to the node whose relay address for the room
+    /// is `node_addr` (its [`Sfu::relay_local_addr`]). Idempotent; ignored with the relay
+    /// off, and beyond 64 nodes per room. [`MediaError::Busy`] when the media thread's
+    /// command queue is full.
+    pub fn relay_add_subscriber(
+        &self,
+        room: RoomKey,
+        node_addr: SocketAddr,
+    ) -> Result<(), MediaError> {
+        let shard = self.shard_of_room(room);
+        self.inner.shards[shard]
+            .commands
+            .request(Command::RelayAddSubscriber {
+                room,
+                node: node_addr,
+            })
+    }
+
+    /// Stops sending `room` to `node_addr`. Unknown pairs are ignored. Like
+    /// [`Sfu::relay_add_subscriber`], fails with [`MediaError::Busy`] when the media thread's
+    /// command queue is full (the caller retries on its next reconciliation).
+    pub fn relay_remove_subscriber(
+        &self,
+        room: RoomKey,
+        node_addr: SocketAddr,
+    ) -> Result<(), MediaError> {
+        let shard = self.shard_of_room(room);
+        self.inner.shards[shard]
+            .commands
+            .request(Command::RelayRemoveSubscriber {
+                room,
+                node: node_addr,
+            })
+    }
+
     /// Join latency so far (all media threads): peer connection created to first ICE+DTLS
     /// connection.
     pub fn join_latency(&self) -> JoinLatency {
@@ -331,6 +410,7 @@ pub(crate) struct ShardContext {
 /// its engine is up.
 fn spawn_shard(
     socket: StdUdpSocket,
+    relay_socket: Option<StdUdpSocket>,
     ctx: ShardContext,
     commands: CommandReceiver,
 ) -> Result<(), MediaError> {
@@ -351,16 +431,20 @@ fn spawn_shard(
                 }
             };
             runtime.block_on(async move {
+                let relay = relay_socket
+                    .map(tokio::net::UdpSocket::from_std)
+                    .transpose()
+                    .map_err(MediaError::Bind);
                 let started = tokio::net::UdpSocket::from_std(socket)
                     .and_then(|socket| Ok((socket.local_addr()?, socket)))
                     .map_err(MediaError::Bind)
                     .and_then(|(local, socket)| {
-                        Ok((Engine::new(local, ctx, Instant::now())?, socket))
+                        Ok((Engine::new(local, ctx, Instant::now())?, socket, relay?))
                     });
                 match started {
-                    Ok((engine, socket)) => {
+                    Ok((engine, socket, relay)) => {
                         let _ = ready_tx.send(Ok(()));
-                        crate::driver::run(engine, socket, commands).await;
+                        crate::driver::run(engine, socket, relay, commands).await;
                     }
                     Err(e) => {
                         let _ = ready_tx.send(Err(e));
@@ -444,6 +528,11 @@ fn validate(cfg: &SfuConfig) -> Result<(), MediaError> {
             "speaker_interval must be 200..=500 ms, got {interval:?}"
         )));
     }
+    if cfg.relay.remote_timeout < Duration::from_millis(500) {
+        return Err(MediaError::Config(
+            "relay remote_timeout must be at least 500 ms".into(),
+        ));
+    }
     if cfg.peer_timeout < Duration::from_millis(500)
         || cfg.connect_timeout < Duration::from_millis(500)
     {
@@ -452,6 +541,15 @@ fn validate(cfg: &SfuConfig) -> Result<(), MediaError> {
         ));
     }
     Ok(())
+}
+
+/// The address to give other nodes for a socket bound at `bound`: itself, or with a
+/// wildcard IP the first announced one.
+fn advertised(bound: SocketAddr, announce_ips: &[IpAddr]) -> SocketAddr {
+    match announce_ips.first() {
+        Some(ip) if bound.ip().is_unspecified() => SocketAddr::new(*ip, bound.port()),
+        _ => bound,
+    }
 }
 
 /// What is announced when `announce_ips` is empty: the bound IP if specific; when bound
@@ -575,6 +673,7 @@ mod tests {
             shards: vec![Shard {
                 commands,
                 local_addr: SocketAddr::from(([127, 0, 0, 1], 9)),
+                relay_addr: None,
                 counters: Arc::new(Counters::default()),
             }],
             owners: Arc::new(Owners::default()),

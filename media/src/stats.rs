@@ -105,6 +105,32 @@ counters! {
     /// RTCP sender reports written for the audio slots (forwarded audio bypasses rtc's
     /// interceptors, so these are the engine's own).
     sender_reports,
+    /// Gauge: remote sources (publishers on other nodes heard over the relay) in rooms here.
+    remote_sources,
+    /// Gauge: (room, node) pairs this node relays its rooms' top speakers to.
+    relay_subscriptions,
+    /// Datagrams received on the relay sockets.
+    relay_datagrams_received,
+    /// Relayed packets accepted (authentic, fresh, new) and routed to local listeners.
+    relay_received,
+    /// Relay datagrams sent to other nodes.
+    relay_sent,
+    /// Relay datagrams the kernel did not take (full send buffer or an error).
+    relay_send_dropped,
+    /// Relay datagrams dropped: malformed (length, magic, RTP).
+    relay_dropped_malformed,
+    /// Relay datagrams dropped: wrong HMAC tag (another secret, or altered).
+    relay_dropped_bad_tag,
+    /// Relay datagrams dropped: sent too long ago or in the future (clock skew, delay).
+    relay_dropped_stale,
+    /// Relay datagrams dropped: sequence number seen already or out of the window.
+    relay_dropped_replay,
+    /// Relay datagrams dropped: the room has no local members here.
+    relay_dropped_unknown_room,
+    /// Relay datagrams dropped: the source's id is taken here by someone else.
+    relay_dropped_id_collision,
+    /// Remote sources removed because nothing arrived from them for the remote timeout.
+    remote_sources_timed_out,
 }
 
 impl SfuStats {
@@ -127,6 +153,20 @@ impl SfuStats {
             // The socket's send buffer was full.
             ("congestion", self.send_would_block),
             ("write_error", self.dropped_write_error),
+        ]
+    }
+
+    /// Relay datagrams not used, by reason, with their metric labels
+    /// ([`crate::relay::RelayDrop::as_str`]).
+    pub fn relay_dropped_by_reason(&self) -> [(&'static str, u64); 6] {
+        use crate::relay::RelayDrop as R;
+        [
+            (R::Malformed.as_str(), self.relay_dropped_malformed),
+            (R::BadTag.as_str(), self.relay_dropped_bad_tag),
+            (R::Stale.as_str(), self.relay_dropped_stale),
+            (R::Replay.as_str(), self.relay_dropped_replay),
+            (R::UnknownRoom.as_str(), self.relay_dropped_unknown_room),
+            (R::IdCollision.as_str(), self.relay_dropped_id_collision),
         ]
     }
 
