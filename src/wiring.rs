@@ -21,6 +21,17 @@ fn backend(e: impl std::fmt::Display) -> SignalingError {
     SignalingError::Backend(e.to_string())
 }
 
+/// A room id from the socket. A malformed one names no room, as over HTTP.
+fn parse_room(s: &str) -> Result<RoomId, SignalingError> {
+    RoomId::parse(s).map_err(|_| SignalingError::RoomNotFound)
+}
+
+/// A user id signaling got from [`ApiAuthenticator`], so always well formed; anything
+/// else was not vouched for by the control plane.
+fn parse_user(s: &str) -> Result<UserId, SignalingError> {
+    UserId::parse(s).map_err(|_| SignalingError::Unauthorized)
+}
+
 /// Access tokens from the control plane, resolved to the user's public profile.
 pub struct ApiAuthenticator {
     pub verifier: TokenVerifier,
@@ -42,7 +53,7 @@ impl Authenticator for ApiAuthenticator {
             .map_err(backend)?;
         Ok(match user {
             Some(u) => AuthUser {
-                user_id: u.id.0.clone(),
+                user_id: u.id.to_string(),
                 name: u.name.clone().unwrap_or_else(|| guest_name(&u.id)),
                 avatar: u.avatar.as_ref().map(|f| avatar_url(&self.base_url, f)),
             },
@@ -51,7 +62,7 @@ impl Authenticator for ApiAuthenticator {
             // API key): admit it under a generated name.
             None => AuthUser {
                 name: guest_name(&claims.user_id),
-                user_id: claims.user_id.0,
+                user_id: claims.user_id.into_string(),
                 avatar: None,
             },
         })
@@ -59,14 +70,15 @@ impl Authenticator for ApiAuthenticator {
 }
 
 fn guest_name(id: &UserId) -> String {
-    let tail: String =
-        id.0.chars()
-            .rev()
-            .take(4)
-            .collect::<Vec<_>>()
-            .into_iter()
-            .rev()
-            .collect();
+    let tail: String = id
+        .as_str()
+        .chars()
+        .rev()
+        .take(4)
+        .collect::<Vec<_>>()
+        .into_iter()
+        .rev()
+        .collect();
     format!("Guest {tail}")
 }
 
@@ -82,15 +94,10 @@ impl RoomDirectory for ApiRoomDirectory {
         room_id: &str,
         user: &AuthUser,
     ) -> Result<RoomAccess, SignalingError> {
-        match can_join(
-            self.store.as_ref(),
-            &RoomId(room_id.to_owned()),
-            &UserId(user.user_id.clone()),
-        )
-        .await
-        {
+        let room = parse_room(room_id)?;
+        match can_join(self.store.as_ref(), &room, &parse_user(&user.user_id)?).await {
             Ok(room) => Ok(RoomAccess {
-                owner_user_id: room.owner_id.0,
+                owner_user_id: room.owner_id.into_string(),
             }),
             // A private room the user may not see is reported like a missing one, as
             // over HTTP, so room ids cannot be probed.
@@ -174,8 +181,8 @@ impl ChatStore for ApiChatStore {
         // (trimming, length, an activated profile, room visibility) for both paths.
         let posted = api::chat::post_text(
             &self.state,
-            &RoomId(room_id.to_owned()),
-            &UserId(author.user_id.clone()),
+            &parse_room(room_id)?,
+            &parse_user(&author.user_id)?,
             text,
         )
         .await;
@@ -191,14 +198,13 @@ impl ChatStore for ApiChatStore {
         message_id: &str,
         user_id: &str,
     ) -> Result<DeleteOutcome, SignalingError> {
-        // The same rule and checks as `DELETE /api/room/{roomId}/messages/{id}`.
-        let deleted = api::chat::delete_message(
-            &self.state,
-            &RoomId(room_id.to_owned()),
-            message_id,
-            &UserId(user_id.to_owned()),
-        )
-        .await;
+        // The same rule and checks as `DELETE /api/room/{roomId}/messages/{id}`; a
+        // malformed id names nothing, as over HTTP.
+        let (Ok(room), Ok(message)) = (RoomId::parse(room_id), MessageId::parse(message_id)) else {
+            return Ok(DeleteOutcome::NotFound);
+        };
+        let deleted =
+            api::chat::delete_message(&self.state, &room, &message, &parse_user(user_id)?).await;
         match deleted {
             Ok(_) => Ok(DeleteOutcome::Deleted),
             Err(api::ApiError::NotFound(_)) => Ok(DeleteOutcome::NotFound),
@@ -225,8 +231,8 @@ impl ChatStore for ApiChatStore {
         };
         let msg = api::chat::post_system(
             &self.state,
-            &RoomId(room_id.to_owned()),
-            &UserId(user.user_id.clone()),
+            &parse_room(room_id)?,
+            &parse_user(&user.user_id)?,
             &user.name,
             kind,
             &text,
@@ -239,7 +245,7 @@ impl ChatStore for ApiChatStore {
     async fn touch_room(&self, room_id: &str) -> Result<(), SignalingError> {
         self.state
             .store
-            .touch_room(&RoomId(room_id.to_owned()), self.state.now())
+            .touch_room(&parse_room(room_id)?, self.state.now())
             .await
             .map_err(backend)
     }
@@ -258,7 +264,12 @@ impl LiveRooms for SignalingLiveRooms {
         match self.signaling.room_snapshot(room.as_str()) {
             Some(s) => LiveRoomInfo {
                 total_people: u32::try_from(s.total_people).unwrap_or(u32::MAX),
-                speakers: s.speakers.into_iter().map(UserId).collect(),
+                // Signaling's users came from ApiAuthenticator, so their ids parse.
+                speakers: s
+                    .speakers
+                    .into_iter()
+                    .filter_map(|u| UserId::parse(u).ok())
+                    .collect(),
             },
             None => LiveRoomInfo::default(),
         }
@@ -285,7 +296,7 @@ impl LiveRooms for SignalingLiveRooms {
         self.signaling
             .occupied_rooms()
             .into_iter()
-            .map(RoomId)
+            .filter_map(|r| RoomId::parse(r).ok())
             .collect()
     }
 }

@@ -122,17 +122,23 @@ impl TokenVerifier {
             jsonwebtoken::decode::<AccessClaims>(token, &self.inner.key, &self.inner.validation)
                 .map_err(|_| AuthError::Invalid)?;
         let c = data.claims;
-        if c.typ != "access" || c.sub.is_empty() {
+        if c.typ != "access" {
             return Err(AuthError::Invalid);
         }
+        let user_id = UserId::parse(c.sub).map_err(|_| AuthError::Invalid)?;
+        let family = c
+            .fam
+            .map(FamilyId::parse)
+            .transpose()
+            .map_err(|_| AuthError::Invalid)?;
         let expires_at =
             OffsetDateTime::from_unix_timestamp(c.exp).map_err(|_| AuthError::Invalid)?;
         if self.inner.clock.now() >= expires_at {
             return Err(AuthError::Expired);
         }
         Ok(AuthUser {
-            user_id: UserId(c.sub),
-            family: c.fam.map(FamilyId),
+            user_id,
+            family,
             expires_at,
         })
     }
@@ -167,11 +173,11 @@ impl TokenService {
         ttl: time::Duration,
     ) -> Result<String, ApiError> {
         let claims = AccessClaims {
-            sub: user.0.clone(),
+            sub: user.to_string(),
             iat: now.unix_timestamp(),
             exp: (now + ttl).unix_timestamp(),
             typ: "access".into(),
-            fam: family.map(|f| f.0.clone()),
+            fam: family.map(FamilyId::to_string),
         };
         jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &self.encoding)
             .map_err(ApiError::internal)
@@ -202,7 +208,7 @@ impl TokenService {
     }
 
     pub fn new_family(&self) -> FamilyId {
-        FamilyId(crate::store::new_id())
+        FamilyId::generate()
     }
 }
 

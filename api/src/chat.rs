@@ -4,11 +4,10 @@
 //! [`crate::live::LiveRooms`] hooks afterwards, and signaling broadcasts itself.
 //! Errors are [`ApiError`]s: signaling can forward their `code()` and message.
 
-use crate::access::is_valid_room_id;
 use crate::error::{ApiError, ApiResult};
 use crate::handlers::rooms::visible_room;
 use crate::state::AppState;
-use crate::store::{Message, MessageId, MessageType, RoomId, User, UserId, new_id};
+use crate::store::{Message, MessageId, MessageType, RoomId, User, UserId};
 
 /// The author and their display name; posting needs a name (messages record it).
 pub async fn author(state: &AppState, user: &UserId) -> ApiResult<(User, String)> {
@@ -54,11 +53,11 @@ pub async fn post_text(
     user: &UserId,
     text: &str,
 ) -> ApiResult<Message> {
-    let room = visible_room(state, room.as_str(), user).await?;
+    let room = visible_room(state, room, user).await?;
     let text = validate_text(state, text)?;
     let (user, name) = author(state, user).await?;
     let msg = Message {
-        id: MessageId(new_id()),
+        id: MessageId::generate(),
         room_id: room.id,
         author_id: user.id,
         author_name: name,
@@ -89,9 +88,9 @@ pub async fn post_system(
             "Only call notices are system messages",
         ));
     }
-    let room = visible_room(state, room.as_str(), user).await?;
+    let room = visible_room(state, room, user).await?;
     let msg = Message {
-        id: MessageId(new_id()),
+        id: MessageId::generate(),
         room_id: room.id,
         author_id: user.clone(),
         author_name: author_name.to_owned(),
@@ -109,16 +108,13 @@ pub async fn post_system(
 pub async fn delete_message(
     state: &AppState,
     room: &RoomId,
-    message: &str,
+    message: &MessageId,
     user: &UserId,
 ) -> ApiResult<Message> {
-    let room = visible_room(state, room.as_str(), user).await?;
-    if !is_valid_room_id(message) {
-        return Err(ApiError::NotFound("message"));
-    }
+    let room = visible_room(state, room, user).await?;
     let msg = state
         .store
-        .get_message(&MessageId(message.to_owned()))
+        .get_message(message)
         .await?
         .filter(|m| m.room_id == room.id)
         .ok_or(ApiError::NotFound("message"))?;

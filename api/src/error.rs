@@ -10,6 +10,7 @@ use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 use utoipa::ToSchema;
 
+use crate::ids::{FileId, MessageId, RoomId, UserId};
 use crate::store::StoreError;
 
 /// `Retry-After` of a 503: a database outage is retried after this many seconds.
@@ -236,10 +237,57 @@ impl<T: Serialize> IntoResponse for ApiJson<T> {
     }
 }
 
-/// `Path` whose rejections are [`ApiError`]s (a path that does not parse is a 404).
-#[derive(Debug, Clone, Copy, Default, axum::extract::FromRequestParts)]
-#[from_request(via(axum::extract::Path), rejection(ApiError))]
+/// Path parameters as typed ids. A malformed id is answered exactly like a well-formed
+/// one that names nothing: 404 `not_found`, "Room not found" (the id's kind).
+#[derive(Debug, Clone, Copy, Default)]
 pub struct ApiPath<T>(pub T);
+
+/// What [`ApiPath`] can extract: one typed id, or two (`/room/{roomId}/messages/{id}`).
+pub trait FromPath: Sized {
+    /// The segments as axum hands them over, before the ids are checked.
+    type Raw: serde::de::DeserializeOwned + Send;
+    fn from_path(raw: Self::Raw) -> Result<Self, ApiError>;
+}
+
+macro_rules! path_id {
+    ($($id:ty),*) => {$(
+        impl FromPath for $id {
+            type Raw = String;
+            fn from_path(raw: String) -> Result<Self, ApiError> {
+                <$id>::parse(raw).map_err(|e| ApiError::NotFound(e.kind))
+            }
+        }
+    )*};
+}
+path_id!(RoomId, MessageId, FileId, UserId);
+
+impl<A, B> FromPath for (A, B)
+where
+    A: FromPath<Raw = String>,
+    B: FromPath<Raw = String>,
+{
+    type Raw = (String, String);
+    fn from_path((a, b): (String, String)) -> Result<Self, ApiError> {
+        Ok((A::from_path(a)?, B::from_path(b)?))
+    }
+}
+
+impl<S, T> axum::extract::FromRequestParts<S> for ApiPath<T>
+where
+    S: Send + Sync,
+    T: FromPath,
+{
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        state: &S,
+    ) -> Result<Self, ApiError> {
+        let axum::extract::Path(raw) =
+            axum::extract::Path::<T::Raw>::from_request_parts(parts, state).await?;
+        T::from_path(raw).map(ApiPath)
+    }
+}
 
 /// `Query` whose rejections are [`ApiError`]s.
 #[derive(Debug, Clone, Copy, Default, axum::extract::FromRequestParts)]
