@@ -7,6 +7,7 @@ use std::sync::Arc;
 
 use api::access::{AccessError, can_join};
 use api::auth::TokenVerifier;
+use api::chat::ChatError;
 use api::dto::{MessageJson, avatar_url};
 use api::store::{Message, MessageId, MessageType, RoomId, Store, UserId};
 use api::{LiveRoomInfo, LiveRooms};
@@ -115,23 +116,33 @@ pub struct ApiChatStore {
 
 /// A refusal of the chat rules as the socket reports it: the same message as over HTTP,
 /// with the protocol's nearest error code. Store failures stay internal.
-fn chat_refusal(e: api::ApiError) -> SignalingError {
+fn chat_refusal(e: ChatError) -> SignalingError {
     let message = e.to_string();
     let code = match e {
-        api::ApiError::BadRequest { .. } => ErrorCode::BadMessage,
-        api::ApiError::Forbidden { .. } => ErrorCode::Forbidden,
+        ChatError::InvalidText { .. } | ChatError::NotASystemMessage => ErrorCode::BadMessage,
+        ChatError::NotActivated | ChatError::NotAuthor => ErrorCode::Forbidden,
         // A validly signed token for a user the store does not know (a minted load-test
         // guest): joining and calls are open to it, posting is not, as over HTTP.
-        api::ApiError::Unauthorized { .. } => {
+        ChatError::UnknownUser => {
             return SignalingError::Refused {
                 code: ErrorCode::Forbidden,
                 message: "Sign in and set your name before posting".into(),
             };
         }
-        api::ApiError::NotFound(_) => ErrorCode::NotFound,
-        other => return backend(other),
+        ChatError::RoomNotFound | ChatError::MessageNotFound => ErrorCode::NotFound,
+        ChatError::Store(e) => return backend(e),
     };
     SignalingError::Refused { code, message }
+}
+
+/// A delete over the socket: refusals are outcomes, only store failures are errors.
+fn delete_outcome(result: Result<Message, ChatError>) -> Result<DeleteOutcome, SignalingError> {
+    match result {
+        Ok(_) => Ok(DeleteOutcome::Deleted),
+        Err(ChatError::RoomNotFound | ChatError::MessageNotFound) => Ok(DeleteOutcome::NotFound),
+        Err(ChatError::NotAuthor) => Ok(DeleteOutcome::Forbidden),
+        Err(e) => Err(chat_refusal(e)),
+    }
 }
 
 /// The one adapter between the two chat message types: `api`'s `MessageJson` (what the
@@ -203,14 +214,9 @@ impl ChatStore for ApiChatStore {
         let (Ok(room), Ok(message)) = (RoomId::parse(room_id), MessageId::parse(message_id)) else {
             return Ok(DeleteOutcome::NotFound);
         };
-        let deleted =
-            api::chat::delete_message(&self.state, &room, &message, &parse_user(user_id)?).await;
-        match deleted {
-            Ok(_) => Ok(DeleteOutcome::Deleted),
-            Err(api::ApiError::NotFound(_)) => Ok(DeleteOutcome::NotFound),
-            Err(api::ApiError::Forbidden { .. }) => Ok(DeleteOutcome::Forbidden),
-            Err(e) => Err(backend(e)),
-        }
+        delete_outcome(
+            api::chat::delete_message(&self.state, &room, &message, &parse_user(user_id)?).await,
+        )
     }
 
     async fn store_call_event(
@@ -311,13 +317,13 @@ mod tests {
     #[test]
     fn the_socket_carries_a_message_with_the_http_apis_json() {
         let message = |kind, text: &str, attachment: Option<&str>| Message {
-            id: MessageId("m1".into()),
-            room_id: RoomId("r1".into()),
-            author_id: UserId("u1".into()),
+            id: MessageId::parse("m1").expect("valid id"),
+            room_id: RoomId::parse("r1").expect("valid id"),
+            author_id: UserId::parse("u1").expect("valid id"),
             author_name: "Alice".into(),
             kind,
             text: text.into(),
-            attachment: attachment.map(|f| FileId(f.into())),
+            attachment: attachment.map(|f| FileId::parse(f).expect("valid id")),
             created_at: datetime!(2026-01-02 03:04:05.678 UTC),
         };
         for m in [
@@ -335,5 +341,73 @@ mod tests {
             let socket = serde_json::to_value(chat_message(&m)).expect("socket json");
             assert_eq!(socket, http, "{:?}", m.kind);
         }
+    }
+}
+
+#[cfg(test)]
+mod chat_error_tests {
+    use super::*;
+    use api::store::StoreError;
+
+    fn refusal(e: ChatError) -> (ErrorCode, String) {
+        match chat_refusal(e) {
+            SignalingError::Refused { code, message } => (code, message),
+            other => panic!("not a refusal: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn chat_refusals_reach_the_socket_with_the_http_message_and_nearest_code() {
+        assert_eq!(
+            refusal(ChatError::InvalidText { max: 5 }),
+            (
+                ErrorCode::BadMessage,
+                "Message must be 1 to 5 visible characters".to_owned()
+            )
+        );
+        assert_eq!(
+            refusal(ChatError::NotActivated),
+            (
+                ErrorCode::Forbidden,
+                "Set your name before posting (POST /api/activate)".to_owned()
+            )
+        );
+        assert_eq!(
+            refusal(ChatError::UnknownUser),
+            (
+                ErrorCode::Forbidden,
+                "Sign in and set your name before posting".to_owned()
+            )
+        );
+        assert_eq!(
+            refusal(ChatError::RoomNotFound),
+            (ErrorCode::NotFound, "room not found".to_owned())
+        );
+    }
+
+    #[test]
+    fn store_failures_stay_internal() {
+        let e = chat_refusal(ChatError::Store(StoreError::Backend("disk on fire".into())));
+        assert!(matches!(e, SignalingError::Backend(_)), "{e:?}");
+    }
+
+    #[test]
+    fn delete_refusals_are_outcomes() {
+        assert_eq!(
+            delete_outcome(Err(ChatError::MessageNotFound)).ok(),
+            Some(DeleteOutcome::NotFound)
+        );
+        assert_eq!(
+            delete_outcome(Err(ChatError::RoomNotFound)).ok(),
+            Some(DeleteOutcome::NotFound)
+        );
+        assert_eq!(
+            delete_outcome(Err(ChatError::NotAuthor)).ok(),
+            Some(DeleteOutcome::Forbidden)
+        );
+        assert!(matches!(
+            delete_outcome(Err(ChatError::Store(StoreError::Unavailable("x".into())))),
+            Err(SignalingError::Backend(_))
+        ));
     }
 }

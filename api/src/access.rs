@@ -22,8 +22,9 @@ pub fn may_see(room: &Room, user: &UserId) -> bool {
     }
 }
 
-/// The room if `user` may see and join it. Used by signaling before admitting a socket.
-pub async fn can_join<S: RoomStore + ?Sized>(
+/// The room if `user` may see it: the opening of every room and chat operation, over
+/// HTTP and the socket alike.
+pub async fn visible_room<S: RoomStore + ?Sized>(
     store: &S,
     room: &RoomId,
     user: &UserId,
@@ -32,4 +33,14 @@ pub async fn can_join<S: RoomStore + ?Sized>(
         Some(r) if may_see(&r, user) => Ok(r),
         _ => Err(AccessError::NotFound),
     }
+}
+
+/// The room if `user` may see and join it ([`visible_room`]: seeing a room is what
+/// admits to it). Used by signaling before admitting a socket.
+pub async fn can_join<S: RoomStore + ?Sized>(
+    store: &S,
+    room: &RoomId,
+    user: &UserId,
+) -> Result<Room, AccessError> {
+    visible_room(store, room, user).await
 }

@@ -80,6 +80,11 @@ impl From<AuthError> for ApiError {
     }
 }
 
+/// An access token could not be signed (a server fault, never the client's).
+#[derive(Debug, thiserror::Error)]
+#[error("cannot sign access token: {0}")]
+pub struct SigningError(#[from] pub jsonwebtoken::errors::Error);
+
 #[derive(Debug, Serialize, Deserialize)]
 struct AccessClaims {
     sub: String,
@@ -171,7 +176,7 @@ impl TokenService {
         family: Option<&FamilyId>,
         now: OffsetDateTime,
         ttl: time::Duration,
-    ) -> Result<String, ApiError> {
+    ) -> Result<String, SigningError> {
         let claims = AccessClaims {
             sub: user.to_string(),
             iat: now.unix_timestamp(),
@@ -179,8 +184,11 @@ impl TokenService {
             typ: "access".into(),
             fam: family.map(FamilyId::to_string),
         };
-        jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &self.encoding)
-            .map_err(ApiError::internal)
+        Ok(jsonwebtoken::encode(
+            &Header::new(Algorithm::HS256),
+            &claims,
+            &self.encoding,
+        )?)
     }
 
     /// A fresh opaque refresh token (not yet stored).

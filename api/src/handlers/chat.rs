@@ -12,13 +12,13 @@ use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 use utoipa::{IntoParams, ToSchema};
 
+use crate::access::visible_room;
 use crate::audio_duration::audio_duration_ms;
 use crate::auth::AuthUser;
 use crate::chat;
 use crate::dto::{MessageJson, attachment_url, voice_text};
 use crate::error::{ApiError, ApiJson, ApiPath, ApiQuery, ApiResult, ErrorBody};
 use crate::handlers::blobs::blob_response;
-use crate::handlers::rooms::visible_room;
 use crate::media::{sniff_audio, sniff_image};
 use crate::state::AppState;
 use crate::store::{
@@ -154,7 +154,7 @@ async fn get_or_create_chat_room(
             Err(e) => return Err(e.into()),
         }
     }
-    visible_room(state, slug, user).await
+    Ok(visible_room(state.store.as_ref(), slug, user).await?)
 }
 
 /// Posts a text message.
@@ -260,7 +260,7 @@ async fn upload(
     kind: &UploadKind,
     max: usize,
 ) -> ApiResult<(StatusCode, Json<UploadResponse>)> {
-    let room = visible_room(&state, &room_id, &auth.user_id).await?;
+    let room = visible_room(state.store.as_ref(), &room_id, &auth.user_id).await?;
     let (user, name) = chat::author(&state, &auth.user_id).await?;
     let mp = mp.map_err(|r| ApiError::bad_request("invalid_multipart", r.body_text()))?;
     let bytes = read_file_field(mp, kind.field, max).await?;
@@ -301,7 +301,7 @@ async fn upload(
     if let Err(e) = chat::store_message(&state, &msg).await {
         // Do not leave orphaned bytes behind.
         let _ = state.store.delete_blob(&file).await;
-        return Err(e);
+        return Err(e.into());
     }
     state.live.message_created(&msg);
     Ok((
@@ -369,7 +369,7 @@ async fn download(
         .filter(|m| m.kind == kind)
         .ok_or(ApiError::NotFound("file"))?;
     let room = meta.room_id.as_ref().ok_or(ApiError::NotFound("file"))?;
-    visible_room(&state, room, &auth.user_id)
+    visible_room(state.store.as_ref(), room, &auth.user_id)
         .await
         .map_err(|_| ApiError::NotFound("file"))?;
     blob_response(

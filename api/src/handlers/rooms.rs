@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 use subtle::ConstantTimeEq;
 use utoipa::{IntoParams, ToSchema};
 
-use crate::access::{AccessError, can_join};
+use crate::access::visible_room;
 use crate::auth::{AuthUser, random_token};
 use crate::dto::{PublicUser, RoomJson};
 use crate::error::{ApiError, ApiJson, ApiPath, ApiQuery, ApiResult, ErrorBody};
@@ -114,20 +114,6 @@ pub fn check_room_quota(state: &AppState, user: &UserId) -> ApiResult<()> {
     crate::ratelimit::check(&state.limits.create_room_user, user.as_str())
 }
 
-fn access_error(e: AccessError) -> ApiError {
-    match e {
-        AccessError::NotFound => ApiError::NotFound("room"),
-        AccessError::Store(s) => s.into(),
-    }
-}
-
-/// The room if the caller may see it, else 404.
-pub async fn visible_room(state: &AppState, id: &RoomId, user: &UserId) -> ApiResult<Room> {
-    can_join(state.store.as_ref(), id, user)
-        .await
-        .map_err(access_error)
-}
-
 /// The room named by the path's `{roomId}`, which the caller may see and owns: the
 /// opening of every owner-only room route. In order: 401 without a valid token, 404 for
 /// a malformed id, an unknown room or a private room the caller may not see (all
@@ -144,7 +130,7 @@ impl FromRequestParts<AppState> for OwnedRoom {
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> ApiResult<Self> {
         let owner = AuthUser::from_request_parts(parts, state).await?;
         let ApiPath(room_id) = ApiPath::<RoomId>::from_request_parts(parts, state).await?;
-        let room = visible_room(state, &room_id, &owner.user_id).await?;
+        let room = visible_room(state.store.as_ref(), &room_id, &owner.user_id).await?;
         if room.owner_id != owner.user_id {
             return Err(ApiError::forbidden(
                 "not_owner",
@@ -306,7 +292,7 @@ pub async fn get_room(
     auth: AuthUser,
     ApiPath(room_id): ApiPath<RoomId>,
 ) -> ApiResult<Json<RoomJson>> {
-    let room = visible_room(&state, &room_id, &auth.user_id).await?;
+    let room = visible_room(state.store.as_ref(), &room_id, &auth.user_id).await?;
     Ok(Json(render_room(&state, &room, &auth.user_id).await?))
 }
 
@@ -444,6 +430,6 @@ pub async fn redeem_invite(
             Err(e) => return Err(e.into()),
         }
     }
-    let room = visible_room(&state, &room.id, &auth.user_id).await?;
+    let room = visible_room(state.store.as_ref(), &room.id, &auth.user_id).await?;
     Ok(Json(render_room(&state, &room, &auth.user_id).await?))
 }
