@@ -7,6 +7,7 @@ use std::sync::Arc;
 
 use api::access::{AccessError, can_join};
 use api::auth::TokenVerifier;
+use api::chat::ChatError;
 use api::dto::{MessageJson, avatar_url};
 use api::store::{Message, MessageId, MessageType, RoomId, Store, UserId};
 use api::{LiveRoomInfo, LiveRooms};
@@ -19,6 +20,17 @@ use signaling::{
 
 fn backend(e: impl std::fmt::Display) -> SignalingError {
     SignalingError::Backend(e.to_string())
+}
+
+/// A room id from the socket. A malformed one names no room, as over HTTP.
+fn parse_room(s: &str) -> Result<RoomId, SignalingError> {
+    RoomId::parse(s).map_err(|_| SignalingError::RoomNotFound)
+}
+
+/// A user id signaling got from [`ApiAuthenticator`], so always well formed; anything
+/// else was not vouched for by the control plane.
+fn parse_user(s: &str) -> Result<UserId, SignalingError> {
+    UserId::parse(s).map_err(|_| SignalingError::Unauthorized)
 }
 
 /// Access tokens from the control plane, resolved to the user's public profile.
@@ -42,7 +54,7 @@ impl Authenticator for ApiAuthenticator {
             .map_err(backend)?;
         Ok(match user {
             Some(u) => AuthUser {
-                user_id: u.id.0.clone(),
+                user_id: u.id.to_string(),
                 name: u.name.clone().unwrap_or_else(|| guest_name(&u.id)),
                 avatar: u.avatar.as_ref().map(|f| avatar_url(&self.base_url, f)),
             },
@@ -51,7 +63,7 @@ impl Authenticator for ApiAuthenticator {
             // API key): admit it under a generated name.
             None => AuthUser {
                 name: guest_name(&claims.user_id),
-                user_id: claims.user_id.0,
+                user_id: claims.user_id.into_string(),
                 avatar: None,
             },
         })
@@ -59,14 +71,15 @@ impl Authenticator for ApiAuthenticator {
 }
 
 fn guest_name(id: &UserId) -> String {
-    let tail: String =
-        id.0.chars()
-            .rev()
-            .take(4)
-            .collect::<Vec<_>>()
-            .into_iter()
-            .rev()
-            .collect();
+    let tail: String = id
+        .as_str()
+        .chars()
+        .rev()
+        .take(4)
+        .collect::<Vec<_>>()
+        .into_iter()
+        .rev()
+        .collect();
     format!("Guest {tail}")
 }
 
@@ -82,15 +95,10 @@ impl RoomDirectory for ApiRoomDirectory {
         room_id: &str,
         user: &AuthUser,
     ) -> Result<RoomAccess, SignalingError> {
-        match can_join(
-            self.store.as_ref(),
-            &RoomId(room_id.to_owned()),
-            &UserId(user.user_id.clone()),
-        )
-        .await
-        {
+        let room = parse_room(room_id)?;
+        match can_join(self.store.as_ref(), &room, &parse_user(&user.user_id)?).await {
             Ok(room) => Ok(RoomAccess {
-                owner_user_id: room.owner_id.0,
+                owner_user_id: room.owner_id.into_string(),
             }),
             // A private room the user may not see is reported like a missing one, as
             // over HTTP, so room ids cannot be probed.
@@ -108,23 +116,33 @@ pub struct ApiChatStore {
 
 /// A refusal of the chat rules as the socket reports it: the same message as over HTTP,
 /// with the protocol's nearest error code. Store failures stay internal.
-fn chat_refusal(e: api::ApiError) -> SignalingError {
+fn chat_refusal(e: ChatError) -> SignalingError {
     let message = e.to_string();
     let code = match e {
-        api::ApiError::BadRequest { .. } => ErrorCode::BadMessage,
-        api::ApiError::Forbidden { .. } => ErrorCode::Forbidden,
+        ChatError::InvalidText { .. } | ChatError::NotASystemMessage => ErrorCode::BadMessage,
+        ChatError::NotActivated | ChatError::NotAuthor => ErrorCode::Forbidden,
         // A validly signed token for a user the store does not know (a minted load-test
         // guest): joining and calls are open to it, posting is not, as over HTTP.
-        api::ApiError::Unauthorized { .. } => {
+        ChatError::UnknownUser => {
             return SignalingError::Refused {
                 code: ErrorCode::Forbidden,
                 message: "Sign in and set your name before posting".into(),
             };
         }
-        api::ApiError::NotFound(_) => ErrorCode::NotFound,
-        other => return backend(other),
+        ChatError::RoomNotFound | ChatError::MessageNotFound => ErrorCode::NotFound,
+        ChatError::Store(e) => return backend(e),
     };
     SignalingError::Refused { code, message }
+}
+
+/// A delete over the socket: refusals are outcomes, only store failures are errors.
+fn delete_outcome(result: Result<Message, ChatError>) -> Result<DeleteOutcome, SignalingError> {
+    match result {
+        Ok(_) => Ok(DeleteOutcome::Deleted),
+        Err(ChatError::RoomNotFound | ChatError::MessageNotFound) => Ok(DeleteOutcome::NotFound),
+        Err(ChatError::NotAuthor) => Ok(DeleteOutcome::Forbidden),
+        Err(e) => Err(chat_refusal(e)),
+    }
 }
 
 /// The one adapter between the two chat message types: `api`'s `MessageJson` (what the
@@ -174,8 +192,8 @@ impl ChatStore for ApiChatStore {
         // (trimming, length, an activated profile, room visibility) for both paths.
         let posted = api::chat::post_text(
             &self.state,
-            &RoomId(room_id.to_owned()),
-            &UserId(author.user_id.clone()),
+            &parse_room(room_id)?,
+            &parse_user(&author.user_id)?,
             text,
         )
         .await;
@@ -191,20 +209,14 @@ impl ChatStore for ApiChatStore {
         message_id: &str,
         user_id: &str,
     ) -> Result<DeleteOutcome, SignalingError> {
-        // The same rule and checks as `DELETE /api/room/{roomId}/messages/{id}`.
-        let deleted = api::chat::delete_message(
-            &self.state,
-            &RoomId(room_id.to_owned()),
-            message_id,
-            &UserId(user_id.to_owned()),
+        // The same rule and checks as `DELETE /api/room/{roomId}/messages/{id}`; a
+        // malformed id names nothing, as over HTTP.
+        let (Ok(room), Ok(message)) = (RoomId::parse(room_id), MessageId::parse(message_id)) else {
+            return Ok(DeleteOutcome::NotFound);
+        };
+        delete_outcome(
+            api::chat::delete_message(&self.state, &room, &message, &parse_user(user_id)?).await,
         )
-        .await;
-        match deleted {
-            Ok(_) => Ok(DeleteOutcome::Deleted),
-            Err(api::ApiError::NotFound(_)) => Ok(DeleteOutcome::NotFound),
-            Err(api::ApiError::Forbidden { .. }) => Ok(DeleteOutcome::Forbidden),
-            Err(e) => Err(backend(e)),
-        }
     }
 
     async fn store_call_event(
@@ -225,8 +237,8 @@ impl ChatStore for ApiChatStore {
         };
         let msg = api::chat::post_system(
             &self.state,
-            &RoomId(room_id.to_owned()),
-            &UserId(user.user_id.clone()),
+            &parse_room(room_id)?,
+            &parse_user(&user.user_id)?,
             &user.name,
             kind,
             &text,
@@ -239,7 +251,7 @@ impl ChatStore for ApiChatStore {
     async fn touch_room(&self, room_id: &str) -> Result<(), SignalingError> {
         self.state
             .store
-            .touch_room(&RoomId(room_id.to_owned()), self.state.now())
+            .touch_room(&parse_room(room_id)?, self.state.now())
             .await
             .map_err(backend)
     }
@@ -258,7 +270,12 @@ impl LiveRooms for SignalingLiveRooms {
         match self.signaling.room_snapshot(room.as_str()) {
             Some(s) => LiveRoomInfo {
                 total_people: u32::try_from(s.total_people).unwrap_or(u32::MAX),
-                speakers: s.speakers.into_iter().map(UserId).collect(),
+                // Signaling's users came from ApiAuthenticator, so their ids parse.
+                speakers: s
+                    .speakers
+                    .into_iter()
+                    .filter_map(|u| UserId::parse(u).ok())
+                    .collect(),
             },
             None => LiveRoomInfo::default(),
         }
@@ -285,7 +302,7 @@ impl LiveRooms for SignalingLiveRooms {
         self.signaling
             .occupied_rooms()
             .into_iter()
-            .map(RoomId)
+            .filter_map(|r| RoomId::parse(r).ok())
             .collect()
     }
 }
@@ -300,13 +317,13 @@ mod tests {
     #[test]
     fn the_socket_carries_a_message_with_the_http_apis_json() {
         let message = |kind, text: &str, attachment: Option<&str>| Message {
-            id: MessageId("m1".into()),
-            room_id: RoomId("r1".into()),
-            author_id: UserId("u1".into()),
+            id: MessageId::parse("m1").expect("valid id"),
+            room_id: RoomId::parse("r1").expect("valid id"),
+            author_id: UserId::parse("u1").expect("valid id"),
             author_name: "Alice".into(),
             kind,
             text: text.into(),
-            attachment: attachment.map(|f| FileId(f.into())),
+            attachment: attachment.map(|f| FileId::parse(f).expect("valid id")),
             created_at: datetime!(2026-01-02 03:04:05.678 UTC),
         };
         for m in [
@@ -324,5 +341,73 @@ mod tests {
             let socket = serde_json::to_value(chat_message(&m)).expect("socket json");
             assert_eq!(socket, http, "{:?}", m.kind);
         }
+    }
+}
+
+#[cfg(test)]
+mod chat_error_tests {
+    use super::*;
+    use api::store::StoreError;
+
+    fn refusal(e: ChatError) -> (ErrorCode, String) {
+        match chat_refusal(e) {
+            SignalingError::Refused { code, message } => (code, message),
+            other => panic!("not a refusal: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn chat_refusals_reach_the_socket_with_the_http_message_and_nearest_code() {
+        assert_eq!(
+            refusal(ChatError::InvalidText { max: 5 }),
+            (
+                ErrorCode::BadMessage,
+                "Message must be 1 to 5 visible characters".to_owned()
+            )
+        );
+        assert_eq!(
+            refusal(ChatError::NotActivated),
+            (
+                ErrorCode::Forbidden,
+                "Set your name before posting (POST /api/activate)".to_owned()
+            )
+        );
+        assert_eq!(
+            refusal(ChatError::UnknownUser),
+            (
+                ErrorCode::Forbidden,
+                "Sign in and set your name before posting".to_owned()
+            )
+        );
+        assert_eq!(
+            refusal(ChatError::RoomNotFound),
+            (ErrorCode::NotFound, "room not found".to_owned())
+        );
+    }
+
+    #[test]
+    fn store_failures_stay_internal() {
+        let e = chat_refusal(ChatError::Store(StoreError::Backend("disk on fire".into())));
+        assert!(matches!(e, SignalingError::Backend(_)), "{e:?}");
+    }
+
+    #[test]
+    fn delete_refusals_are_outcomes() {
+        assert_eq!(
+            delete_outcome(Err(ChatError::MessageNotFound)).ok(),
+            Some(DeleteOutcome::NotFound)
+        );
+        assert_eq!(
+            delete_outcome(Err(ChatError::RoomNotFound)).ok(),
+            Some(DeleteOutcome::NotFound)
+        );
+        assert_eq!(
+            delete_outcome(Err(ChatError::NotAuthor)).ok(),
+            Some(DeleteOutcome::Forbidden)
+        );
+        assert!(matches!(
+            delete_outcome(Err(ChatError::Store(StoreError::Unavailable("x".into())))),
+            Err(SignalingError::Backend(_))
+        ));
     }
 }

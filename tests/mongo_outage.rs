@@ -209,7 +209,7 @@ async fn no_acknowledged_message_is_lost_when_mongodb_is_killed_mid_stream() -> 
         .collect();
     // Kill the database while the posts stream in.
     let probe = s.server().store.clone();
-    let room_id = RoomId(room.clone());
+    let room_id = RoomId::parse(room.clone()).expect("valid id");
     eventually_async(RECOVERY, "posts acknowledged before the kill", || {
         let (probe, room_id) = (probe.clone(), room_id.clone());
         async move {
@@ -243,7 +243,7 @@ async fn no_acknowledged_message_is_lost_when_mongodb_is_killed_mid_stream() -> 
             created_at: last.created_at,
             id: last.id.clone(),
         });
-        stored.extend(page.iter().map(|m| m.id.0.clone()));
+        stored.extend(page.iter().map(|m| m.id.to_string()));
     }
     let lost: Vec<&String> = acked.iter().filter(|id| !stored.contains(*id)).collect();
     println!(

@@ -7,20 +7,11 @@ use crate::store::{Room, RoomId, RoomStore, RoomType, StoreError, UserId};
 
 #[derive(Debug, thiserror::Error)]
 pub enum AccessError {
-    /// Unknown, malformed, or private and the user is not admitted (indistinguishable on purpose).
+    /// Unknown, or private and the user is not admitted (indistinguishable on purpose).
     #[error("room not found")]
     NotFound,
     #[error(transparent)]
     Store(#[from] StoreError),
-}
-
-/// Room ids are 24-hex generated ids or chat slugs: `^[A-Za-z0-9_-]{1,64}$`.
-pub fn is_valid_room_id(id: &str) -> bool {
-    !id.is_empty()
-        && id.len() <= 64
-        && id
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
 }
 
 /// Whether `user` may see `room`.
@@ -31,17 +22,25 @@ pub fn may_see(room: &Room, user: &UserId) -> bool {
     }
 }
 
-/// The room if `user` may see and join it. Used by signaling before admitting a socket.
+/// The room if `user` may see it: the opening of every room and chat operation, over
+/// HTTP and the socket alike.
+pub async fn visible_room<S: RoomStore + ?Sized>(
+    store: &S,
+    room: &RoomId,
+    user: &UserId,
+) -> Result<Room, AccessError> {
+    match store.get_room(room).await? {
+        Some(r) if may_see(&r, user) => Ok(r),
+        _ => Err(AccessError::NotFound),
+    }
+}
+
+/// The room if `user` may see and join it ([`visible_room`]: seeing a room is what
+/// admits to it). Used by signaling before admitting a socket.
 pub async fn can_join<S: RoomStore + ?Sized>(
     store: &S,
     room: &RoomId,
     user: &UserId,
 ) -> Result<Room, AccessError> {
-    if !is_valid_room_id(room.as_str()) {
-        return Err(AccessError::NotFound);
-    }
-    match store.get_room(room).await? {
-        Some(r) if may_see(&r, user) => Ok(r),
-        _ => Err(AccessError::NotFound),
-    }
+    visible_room(store, room, user).await
 }

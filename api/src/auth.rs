@@ -80,6 +80,11 @@ impl From<AuthError> for ApiError {
     }
 }
 
+/// An access token could not be signed (a server fault, never the client's).
+#[derive(Debug, thiserror::Error)]
+#[error("cannot sign access token: {0}")]
+pub struct SigningError(#[from] pub jsonwebtoken::errors::Error);
+
 #[derive(Debug, Serialize, Deserialize)]
 struct AccessClaims {
     sub: String,
@@ -122,17 +127,23 @@ impl TokenVerifier {
             jsonwebtoken::decode::<AccessClaims>(token, &self.inner.key, &self.inner.validation)
                 .map_err(|_| AuthError::Invalid)?;
         let c = data.claims;
-        if c.typ != "access" || c.sub.is_empty() {
+        if c.typ != "access" {
             return Err(AuthError::Invalid);
         }
+        let user_id = UserId::parse(c.sub).map_err(|_| AuthError::Invalid)?;
+        let family = c
+            .fam
+            .map(FamilyId::parse)
+            .transpose()
+            .map_err(|_| AuthError::Invalid)?;
         let expires_at =
             OffsetDateTime::from_unix_timestamp(c.exp).map_err(|_| AuthError::Invalid)?;
         if self.inner.clock.now() >= expires_at {
             return Err(AuthError::Expired);
         }
         Ok(AuthUser {
-            user_id: UserId(c.sub),
-            family: c.fam.map(FamilyId),
+            user_id,
+            family,
             expires_at,
         })
     }
@@ -165,16 +176,19 @@ impl TokenService {
         family: Option<&FamilyId>,
         now: OffsetDateTime,
         ttl: time::Duration,
-    ) -> Result<String, ApiError> {
+    ) -> Result<String, SigningError> {
         let claims = AccessClaims {
-            sub: user.0.clone(),
+            sub: user.to_string(),
             iat: now.unix_timestamp(),
             exp: (now + ttl).unix_timestamp(),
             typ: "access".into(),
-            fam: family.map(|f| f.0.clone()),
+            fam: family.map(FamilyId::to_string),
         };
-        jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &self.encoding)
-            .map_err(ApiError::internal)
+        Ok(jsonwebtoken::encode(
+            &Header::new(Algorithm::HS256),
+            &claims,
+            &self.encoding,
+        )?)
     }
 
     /// A fresh opaque refresh token (not yet stored).
@@ -202,7 +216,7 @@ impl TokenService {
     }
 
     pub fn new_family(&self) -> FamilyId {
-        FamilyId(crate::store::new_id())
+        FamilyId::generate()
     }
 }
 

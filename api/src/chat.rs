@@ -2,27 +2,72 @@
 //! binary's adapter): who may post and delete, message validation, and storage with room
 //! activity. These functions do not notify the live side; the HTTP handlers call
 //! [`crate::live::LiveRooms`] hooks afterwards, and signaling broadcasts itself.
-//! Errors are [`ApiError`]s: signaling can forward their `code()` and message.
+//! Errors are [`ChatError`]s, which carry no HTTP status: the HTTP edge turns them into
+//! `ApiError`s (`From<ChatError> for ApiError`), the binary's socket adapter into
+//! signaling's refusals.
 
-use crate::access::is_valid_room_id;
-use crate::error::{ApiError, ApiResult};
-use crate::handlers::rooms::visible_room;
+use crate::access::{AccessError, visible_room};
 use crate::state::AppState;
-use crate::store::{Message, MessageId, MessageType, RoomId, User, UserId, new_id};
+use crate::store::{Message, MessageId, MessageType, RoomId, StoreError, User, UserId};
+
+/// Why a chat operation was refused. The `Display` text is what a client is shown.
+#[derive(Debug, thiserror::Error)]
+pub enum ChatError {
+    /// Unknown, or a private room the user may not see (indistinguishable on purpose).
+    #[error("room not found")]
+    RoomNotFound,
+    /// Unknown, or a message of another room.
+    #[error("message not found")]
+    MessageNotFound,
+    /// The author is not a stored user (a validly signed token for an unknown user).
+    #[error("Unknown user")]
+    UnknownUser,
+    /// Posting needs a display name.
+    #[error("Set your name before posting (POST /api/activate)")]
+    NotActivated,
+    /// Empty after cleaning, or too long.
+    #[error("Message must be 1 to {max} visible characters")]
+    InvalidText { max: usize },
+    /// Only call notices are system messages.
+    #[error("Only call notices are system messages")]
+    NotASystemMessage,
+    /// Deleting takes the author or the room owner.
+    #[error("Only the author or the room owner can delete this message")]
+    NotAuthor,
+    #[error(transparent)]
+    Store(StoreError),
+}
+
+impl From<AccessError> for ChatError {
+    fn from(e: AccessError) -> Self {
+        match e {
+            AccessError::NotFound => Self::RoomNotFound,
+            AccessError::Store(s) => s.into(),
+        }
+    }
+}
+
+impl From<StoreError> for ChatError {
+    fn from(e: StoreError) -> Self {
+        match e {
+            // Writes into a room that no longer exists (deleted meanwhile).
+            StoreError::NotFound => Self::RoomNotFound,
+            other => Self::Store(other),
+        }
+    }
+}
+
+pub type ChatResult<T> = Result<T, ChatError>;
 
 /// The author and their display name; posting needs a name (messages record it).
-pub async fn author(state: &AppState, user: &UserId) -> ApiResult<(User, String)> {
+pub async fn author(state: &AppState, user: &UserId) -> ChatResult<(User, String)> {
     let user = state
         .store
         .get_user(user)
-        .await?
-        .ok_or_else(|| ApiError::unauthorized("invalid_token", "Unknown user"))?;
-    let name = user.name.clone().ok_or_else(|| {
-        ApiError::forbidden(
-            "not_activated",
-            "Set your name before posting (POST /api/activate)",
-        )
-    })?;
+        .await
+        .map_err(ChatError::Store)?
+        .ok_or(ChatError::UnknownUser)?;
+    let name = user.name.clone().ok_or(ChatError::NotActivated)?;
     Ok((user, name))
 }
 
@@ -30,18 +75,13 @@ pub async fn author(state: &AppState, user: &UserId) -> ApiResult<(User, String)
 /// text-direction overrides go, the rest is trimmed, and what is left must be visible and
 /// within the configured length. The one place chat text is checked, for HTTP and the
 /// socket alike (signaling's adapter calls [`post_text`]).
-pub fn validate_text(state: &AppState, raw: &str) -> ApiResult<String> {
+pub fn validate_text(state: &AppState, raw: &str) -> ChatResult<String> {
     let max = state.config.max_message_chars;
-    crate::text::clean_message(raw, max).map_err(|_| {
-        ApiError::bad_request(
-            "invalid_message",
-            format!("Message must be 1 to {max} visible characters"),
-        )
-    })
+    crate::text::clean_message(raw, max).map_err(|_| ChatError::InvalidText { max })
 }
 
 /// Stores a message and moves the room's activity forward.
-pub async fn store_message(state: &AppState, msg: &Message) -> ApiResult<()> {
+pub async fn store_message(state: &AppState, msg: &Message) -> ChatResult<()> {
     state.store.insert_message(msg.clone()).await?;
     state.store.touch_room(&msg.room_id, msg.created_at).await?;
     Ok(())
@@ -53,12 +93,12 @@ pub async fn post_text(
     room: &RoomId,
     user: &UserId,
     text: &str,
-) -> ApiResult<Message> {
-    let room = visible_room(state, room.as_str(), user).await?;
+) -> ChatResult<Message> {
+    let room = visible_room(state.store.as_ref(), room, user).await?;
     let text = validate_text(state, text)?;
     let (user, name) = author(state, user).await?;
     let msg = Message {
-        id: MessageId(new_id()),
+        id: MessageId::generate(),
         room_id: room.id,
         author_id: user.id,
         author_name: name,
@@ -82,16 +122,13 @@ pub async fn post_system(
     author_name: &str,
     kind: MessageType,
     text: &str,
-) -> ApiResult<Message> {
+) -> ChatResult<Message> {
     if !matches!(kind, MessageType::CallNotification | MessageType::CallEnded) {
-        return Err(ApiError::bad_request(
-            "invalid_message_type",
-            "Only call notices are system messages",
-        ));
+        return Err(ChatError::NotASystemMessage);
     }
-    let room = visible_room(state, room.as_str(), user).await?;
+    let room = visible_room(state.store.as_ref(), room, user).await?;
     let msg = Message {
-        id: MessageId(new_id()),
+        id: MessageId::generate(),
         room_id: room.id,
         author_id: user.clone(),
         author_name: author_name.to_owned(),
@@ -109,25 +146,24 @@ pub async fn post_system(
 pub async fn delete_message(
     state: &AppState,
     room: &RoomId,
-    message: &str,
+    message: &MessageId,
     user: &UserId,
-) -> ApiResult<Message> {
-    let room = visible_room(state, room.as_str(), user).await?;
-    if !is_valid_room_id(message) {
-        return Err(ApiError::NotFound("message"));
-    }
+) -> ChatResult<Message> {
+    let room = visible_room(state.store.as_ref(), room, user).await?;
     let msg = state
         .store
-        .get_message(&MessageId(message.to_owned()))
-        .await?
+        .get_message(message)
+        .await
+        .map_err(ChatError::Store)?
         .filter(|m| m.room_id == room.id)
-        .ok_or(ApiError::NotFound("message"))?;
+        .ok_or(ChatError::MessageNotFound)?;
     if msg.author_id != *user && room.owner_id != *user {
-        return Err(ApiError::forbidden(
-            "not_author",
-            "Only the author or the room owner can delete this message",
-        ));
+        return Err(ChatError::NotAuthor);
     }
-    state.store.delete_message(&msg.id).await?;
+    state
+        .store
+        .delete_message(&msg.id)
+        .await
+        .map_err(ChatError::Store)?;
     Ok(msg)
 }

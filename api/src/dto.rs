@@ -40,7 +40,7 @@ pub struct UserJson {
 impl UserJson {
     pub fn own(u: &User, base_url: &str) -> Self {
         Self {
-            id: u.id.0.clone(),
+            id: u.id.to_string(),
             phone: u.phone.clone(),
             name: u.name.clone(),
             avatar: u.avatar.as_ref().map(|f| avatar_url(base_url, f)),
@@ -61,7 +61,7 @@ pub struct PublicUser {
 impl PublicUser {
     pub fn of(u: &User, base_url: &str) -> Self {
         Self {
-            id: u.id.0.clone(),
+            id: u.id.to_string(),
             name: u.name.clone(),
             avatar: u.avatar.as_ref().map(|f| avatar_url(base_url, f)),
         }
@@ -109,10 +109,10 @@ impl RoomJson {
         viewer_is_owner: bool,
     ) -> Self {
         Self {
-            id: room.id.0.clone(),
+            id: room.id.to_string(),
             topic: room.topic.clone(),
             room_type: room.room_type,
-            owner_id: room.owner_id.0.clone(),
+            owner_id: room.owner_id.to_string(),
             owner,
             speakers,
             total_people,
@@ -153,10 +153,10 @@ pub struct MessageJson {
 impl MessageJson {
     pub fn of(m: &Message) -> Self {
         Self {
-            underscore_id: m.id.0.clone(),
-            id: m.id.0.clone(),
-            room_id: m.room_id.0.clone(),
-            user_id: m.author_id.0.clone(),
+            underscore_id: m.id.to_string(),
+            id: m.id.to_string(),
+            room_id: m.room_id.to_string(),
+            user_id: m.author_id.to_string(),
             username: m.author_name.clone(),
             message: if m.kind == MessageType::Voice {
                 String::new()
@@ -168,7 +168,7 @@ impl MessageJson {
                 .attachment
                 .as_ref()
                 .and_then(|f| attachment_url(m.kind, f)),
-            file_id: m.attachment.as_ref().map(|f| f.0.clone()),
+            file_id: m.attachment.as_ref().map(|f| f.to_string()),
             created_at: rfc3339(m.created_at),
             duration: voice_duration(m),
         }

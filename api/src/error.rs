@@ -10,6 +10,10 @@ use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 use utoipa::ToSchema;
 
+use crate::access::AccessError;
+use crate::auth::SigningError;
+use crate::chat::ChatError;
+use crate::ids::{FileId, MessageId, RoomId, UserId};
 use crate::store::StoreError;
 
 /// `Retry-After` of a 503: a database outage is retried after this many seconds.
@@ -198,6 +202,38 @@ impl From<StoreError> for ApiError {
     }
 }
 
+/// Domain errors carry no status; this is where each gets one.
+impl From<AccessError> for ApiError {
+    fn from(e: AccessError) -> Self {
+        match e {
+            AccessError::NotFound => Self::NotFound("room"),
+            AccessError::Store(s) => s.into(),
+        }
+    }
+}
+
+impl From<ChatError> for ApiError {
+    fn from(e: ChatError) -> Self {
+        let message = e.to_string();
+        match e {
+            ChatError::RoomNotFound => Self::NotFound("room"),
+            ChatError::MessageNotFound => Self::NotFound("message"),
+            ChatError::UnknownUser => Self::unauthorized("invalid_token", message),
+            ChatError::NotActivated => Self::forbidden("not_activated", message),
+            ChatError::InvalidText { .. } => Self::bad_request("invalid_message", message),
+            ChatError::NotASystemMessage => Self::bad_request("invalid_message_type", message),
+            ChatError::NotAuthor => Self::forbidden("not_author", message),
+            ChatError::Store(s) => s.into(),
+        }
+    }
+}
+
+impl From<SigningError> for ApiError {
+    fn from(e: SigningError) -> Self {
+        Self::internal(e)
+    }
+}
+
 impl From<JsonRejection> for ApiError {
     fn from(r: JsonRejection) -> Self {
         match r.status() {
@@ -236,10 +272,57 @@ impl<T: Serialize> IntoResponse for ApiJson<T> {
     }
 }
 
-/// `Path` whose rejections are [`ApiError`]s (a path that does not parse is a 404).
-#[derive(Debug, Clone, Copy, Default, axum::extract::FromRequestParts)]
-#[from_request(via(axum::extract::Path), rejection(ApiError))]
+/// Path parameters as typed ids. A malformed id is answered exactly like a well-formed
+/// one that names nothing: 404 `not_found`, "Room not found" (the id's kind).
+#[derive(Debug, Clone, Copy, Default)]
 pub struct ApiPath<T>(pub T);
+
+/// What [`ApiPath`] can extract: one typed id, or two (`/room/{roomId}/messages/{id}`).
+pub trait FromPath: Sized {
+    /// The segments as axum hands them over, before the ids are checked.
+    type Raw: serde::de::DeserializeOwned + Send;
+    fn from_path(raw: Self::Raw) -> Result<Self, ApiError>;
+}
+
+macro_rules! path_id {
+    ($($id:ty),*) => {$(
+        impl FromPath for $id {
+            type Raw = String;
+            fn from_path(raw: String) -> Result<Self, ApiError> {
+                <$id>::parse(raw).map_err(|e| ApiError::NotFound(e.kind))
+            }
+        }
+    )*};
+}
+path_id!(RoomId, MessageId, FileId, UserId);
+
+impl<A, B> FromPath for (A, B)
+where
+    A: FromPath<Raw = String>,
+    B: FromPath<Raw = String>,
+{
+    type Raw = (String, String);
+    fn from_path((a, b): (String, String)) -> Result<Self, ApiError> {
+        Ok((A::from_path(a)?, B::from_path(b)?))
+    }
+}
+
+impl<S, T> axum::extract::FromRequestParts<S> for ApiPath<T>
+where
+    S: Send + Sync,
+    T: FromPath,
+{
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        state: &S,
+    ) -> Result<Self, ApiError> {
+        let axum::extract::Path(raw) =
+            axum::extract::Path::<T::Raw>::from_request_parts(parts, state).await?;
+        T::from_path(raw).map(ApiPath)
+    }
+}
 
 /// `Query` whose rejections are [`ApiError`]s.
 #[derive(Debug, Clone, Copy, Default, axum::extract::FromRequestParts)]
@@ -247,3 +330,114 @@ pub struct ApiPath<T>(pub T);
 pub struct ApiQuery<T>(pub T);
 
 pub type ApiResult<T> = Result<T, ApiError>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn shown(e: impl Into<ApiError>) -> (StatusCode, &'static str, String) {
+        let e = e.into();
+        (e.status(), e.code(), e.public_message())
+    }
+
+    #[test]
+    fn chat_errors_keep_their_http_status_code_and_message() {
+        let cases = [
+            (
+                ChatError::RoomNotFound,
+                404,
+                "not_found",
+                "Room not found".to_owned(),
+            ),
+            (
+                ChatError::MessageNotFound,
+                404,
+                "not_found",
+                "Message not found".to_owned(),
+            ),
+            (
+                ChatError::UnknownUser,
+                401,
+                "invalid_token",
+                "Unknown user".to_owned(),
+            ),
+            (
+                ChatError::NotActivated,
+                403,
+                "not_activated",
+                "Set your name before posting (POST /api/activate)".to_owned(),
+            ),
+            (
+                ChatError::InvalidText { max: 7 },
+                400,
+                "invalid_message",
+                "Message must be 1 to 7 visible characters".to_owned(),
+            ),
+            (
+                ChatError::NotASystemMessage,
+                400,
+                "invalid_message_type",
+                "Only call notices are system messages".to_owned(),
+            ),
+            (
+                ChatError::NotAuthor,
+                403,
+                "not_author",
+                "Only the author or the room owner can delete this message".to_owned(),
+            ),
+            (
+                ChatError::Store(StoreError::Unavailable("down".into())),
+                503,
+                "not_ready",
+                "Service unavailable".to_owned(),
+            ),
+            (
+                ChatError::Store(StoreError::Backend("secret detail".into())),
+                500,
+                "internal",
+                "Internal server error".to_owned(),
+            ),
+        ];
+        for (e, status, code, message) in cases {
+            let what = format!("{e:?}");
+            assert_eq!(
+                shown(e),
+                (StatusCode::from_u16(status).expect("status"), code, message),
+                "{what}"
+            );
+        }
+    }
+
+    #[test]
+    fn access_and_signing_errors_get_404_and_500() {
+        assert_eq!(
+            shown(AccessError::NotFound),
+            (
+                StatusCode::NOT_FOUND,
+                "not_found",
+                "Room not found".to_owned()
+            )
+        );
+        assert_eq!(
+            shown(AccessError::Store(StoreError::Conflict)).0,
+            StatusCode::CONFLICT
+        );
+        let signing = SigningError(jsonwebtoken::errors::ErrorKind::InvalidEcdsaKey.into());
+        assert_eq!(
+            shown(signing),
+            (
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal",
+                "Internal server error".to_owned()
+            )
+        );
+    }
+
+    #[test]
+    fn a_write_into_a_vanished_room_is_a_missing_room() {
+        assert!(matches!(
+            ChatError::from(StoreError::NotFound),
+            ChatError::RoomNotFound
+        ));
+    }
+}

@@ -15,6 +15,7 @@ pub mod config;
 pub mod dto;
 pub mod error;
 pub mod handlers;
+pub mod ids;
 pub mod live;
 pub mod media;
 pub mod otp;

@@ -300,9 +300,12 @@ async fn the_chat_functions_for_signaling_apply_the_same_rules() {
     let app = TestApp::new().await;
     let a = app.user("+14155550001", "Alice").await;
     let b = app.user("+14155550002", "Bob").await;
-    let (ua, ub) = (UserId(a.user_id.clone()), UserId(b.user_id.clone()));
+    let (ua, ub) = (
+        UserId::parse(a.user_id.clone()).expect("valid id"),
+        UserId::parse(b.user_id.clone()).expect("valid id"),
+    );
     app.get("/api/room/lobby", &a.access).await;
-    let lobby = RoomId("lobby".into());
+    let lobby = RoomId::parse("lobby").expect("valid id");
 
     let m = api::chat::post_text(&app.state, &lobby, &ub, " over the socket ")
         .await
@@ -312,7 +315,10 @@ async fn the_chat_functions_for_signaling_apply_the_same_rules() {
     let err = api::chat::post_text(&app.state, &lobby, &ub, "")
         .await
         .expect_err("empty text");
-    assert_eq!(err.code(), "invalid_message");
+    assert!(
+        matches!(err, api::chat::ChatError::InvalidText { .. }),
+        "{err:?}"
+    );
 
     app.clock.advance(time::Duration::milliseconds(1));
     let notice = api::chat::post_system(
@@ -338,16 +344,21 @@ async fn the_chat_functions_for_signaling_apply_the_same_rules() {
         .as_str()
         .expect("id")
         .to_owned();
-    let err = api::chat::post_text(&app.state, &RoomId(private), &ub, "hi")
-        .await
-        .expect_err("outsider");
-    assert_eq!(err.code(), "not_found");
+    let err = api::chat::post_text(
+        &app.state,
+        &RoomId::parse(private).expect("valid id"),
+        &ub,
+        "hi",
+    )
+    .await
+    .expect_err("outsider");
+    assert!(matches!(err, api::chat::ChatError::RoomNotFound), "{err:?}");
 
-    let err = api::chat::delete_message(&app.state, &lobby, notice.id.as_str(), &ub)
+    let err = api::chat::delete_message(&app.state, &lobby, &notice.id, &ub)
         .await
         .expect_err("not the author");
-    assert_eq!(err.code(), "not_author");
-    api::chat::delete_message(&app.state, &lobby, m.id.as_str(), &ub)
+    assert!(matches!(err, api::chat::ChatError::NotAuthor), "{err:?}");
+    api::chat::delete_message(&app.state, &lobby, &m.id, &ub)
         .await
         .expect("author deletes");
     assert!(

@@ -255,7 +255,7 @@ async fn storage_serves_only_avatars() {
     }
     // A chat image id is not served from /storage (that route has no access check).
     app.get("/api/room/lobby", &s.access).await;
-    let id = api::store::FileId(api::store::new_id());
+    let id = api::store::FileId::generate();
     app.state
         .store
         .put_blob(
@@ -264,7 +264,7 @@ async fn storage_serves_only_avatars() {
                 kind: api::store::BlobKind::Image,
                 content_type: "image/png".into(),
                 len: 3,
-                room_id: Some(api::store::RoomId("lobby".into())),
+                room_id: Some(api::store::RoomId::parse("lobby").expect("valid id")),
                 created_at: app.state.now(),
             },
             bytes::Bytes::from_static(b"abc"),

@@ -151,13 +151,13 @@ async fn room_json_reports_live_speakers_and_people_without_phones() {
     let room = app.create_room(&a, "live", "open").await;
     let id = room["id"].as_str().expect("id").to_owned();
     app.live.rooms.lock().insert(
-        RoomId(id.clone()),
+        RoomId::parse(id.clone()).expect("valid id"),
         LiveRoomInfo {
             total_people: 7,
             speakers: vec![
                 user_id(&a),
                 user_id(&b),
-                UserId("ffffffffffffffffffffffff".into()),
+                UserId::parse("ffffffffffffffffffffffff").expect("valid id"),
             ],
         },
     );
@@ -232,7 +232,7 @@ async fn private_rooms_are_404_to_outsiders_and_visible_after_an_invite() {
     assert!(matches!(
         api::can_join(
             app.state.store.as_ref(),
-            &RoomId(id.clone()),
+            &RoomId::parse(id.clone()).expect("valid id"),
             &user_id(&guest)
         )
         .await,
@@ -248,9 +248,13 @@ async fn private_rooms_are_404_to_outsiders_and_visible_after_an_invite() {
         .await;
     assert_eq!(r.status, StatusCode::NO_CONTENT);
     assert_eq!(app.get(&url, &guest.access).await.status, StatusCode::OK);
-    let room = api::can_join(app.state.store.as_ref(), &RoomId(id), &user_id(&guest))
-        .await
-        .expect("invited user may join");
+    let room = api::can_join(
+        app.state.store.as_ref(),
+        &RoomId::parse(id).expect("valid id"),
+        &user_id(&guest),
+    )
+    .await
+    .expect("invited user may join");
     assert_eq!(room.topic, "secret");
 
     app.post(
@@ -415,13 +419,16 @@ async fn only_the_owner_deletes_and_deletion_cascades_to_messages() {
     assert!(
         app.state
             .store
-            .get_message(&api::store::MessageId(msg_id))
+            .get_message(&api::store::MessageId::parse(msg_id).expect("valid id"))
             .await
             .expect("store")
             .is_none(),
         "messages go with the room"
     );
-    assert_eq!(app.live.rooms_deleted.lock().as_slice(), &[RoomId(id)]);
+    assert_eq!(
+        app.live.rooms_deleted.lock().as_slice(),
+        &[RoomId::parse(id).expect("valid id")]
+    );
 }
 
 #[tokio::test]
@@ -487,7 +494,7 @@ async fn a_room_id_as_cursor_tells_nothing_about_private_rooms() {
     // answers exactly like one naming a room that never existed at that time.
     let at = time::OffsetDateTime::now_utc();
     let private_room = api::store::Room {
-        id: RoomId(private.clone()),
+        id: RoomId::parse(private.clone()).expect("valid id"),
         topic: String::new(),
         room_type: api::store::RoomType::Private,
         owner_id: user_id(&a),
@@ -499,7 +506,7 @@ async fn a_room_id_as_cursor_tells_nothing_about_private_rooms() {
     let forged =
         api::handlers::rooms::encode_room_cursor(&api::store::RoomCursor::after(&private_room));
     let unknown_room = api::store::Room {
-        id: RoomId(unknown),
+        id: RoomId::parse(unknown).expect("valid id"),
         ..private_room
     };
     let forged_unknown =
@@ -553,4 +560,157 @@ async fn the_next_page_survives_the_deletion_of_the_cursor_room() {
         .filter_map(|r| r["id"].as_str().map(str::to_owned))
         .collect();
     assert_eq!(page, ids[2..4]);
+}
+
+/// The full error body, not only the code: a malformed id must answer exactly like an
+/// unknown one, naming what was looked for.
+#[track_caller]
+fn assert_not_found(r: &common::Resp, what: &str) {
+    assert_eq!(
+        r.status,
+        StatusCode::NOT_FOUND,
+        "{}",
+        String::from_utf8_lossy(&r.body)
+    );
+    assert_eq!(
+        r.json(),
+        json!({"code": "not_found", "message": format!("{what} not found")})
+    );
+}
+
+#[tokio::test]
+async fn malformed_ids_in_paths_get_the_same_404_body_as_unknown_ones() {
+    let app = TestApp::new().await;
+    let a = app.user("+14155550001", "Alice").await;
+    let room = app.create_room(&a, "real", "open").await;
+    let room = room["id"].as_str().expect("id");
+    let unknown = api::store::new_id();
+    for id in [
+        unknown.as_str(),
+        "no%20such",
+        "a.b",
+        "%C3%A9",
+        &"x".repeat(65),
+    ] {
+        assert_not_found(
+            &app.get(&format!("/api/rooms/{id}"), &a.access).await,
+            "Room",
+        );
+        if id != unknown {
+            // A well-formed unknown slug would create a chat room; a malformed one is 404.
+            assert_not_found(
+                &app.get(&format!("/api/room/{id}"), &a.access).await,
+                "Room",
+            );
+            let post = app
+                .post(
+                    &format!("/api/room/{id}/messages"),
+                    &a.access,
+                    json!({"message": "hi"}),
+                )
+                .await;
+            assert_not_found(&post, "Room");
+        }
+        assert_not_found(
+            &app.call(
+                Method::DELETE,
+                &format!("/api/room/{room}/messages/{id}"),
+                Some(&a.access),
+                None,
+            )
+            .await,
+            "Message",
+        );
+        for files in ["/api/voice", "/api/image"] {
+            assert_not_found(&app.get(&format!("{files}/{id}"), &a.access).await, "File");
+        }
+        let avatar = app
+            .call(Method::GET, &format!("/storage/{id}"), None, None)
+            .await;
+        assert_not_found(&avatar, "File");
+    }
+}
+
+/// The five owner-only routes share one opening (`OwnedRoom`): each answers alike.
+#[tokio::test]
+async fn owner_only_routes_are_401_404_403_in_that_order_and_change_nothing() {
+    let app = TestApp::new().await;
+    let owner = app.user("+14155550001", "Owner").await;
+    let member = app.user("+14155550002", "Member").await;
+    let outsider = app.user("+14155550003", "Outsider").await;
+    let room = app.create_room(&owner, "mine", "private").await;
+    let id = room["id"].as_str().expect("id").to_owned();
+    let invite = app
+        .post(
+            &format!("/api/rooms/{id}/invites"),
+            &owner.access,
+            json!({"userId": member.user_id}),
+        )
+        .await;
+    assert_eq!(invite.status, StatusCode::NO_CONTENT);
+
+    let routes = |id: &str| {
+        [
+            (
+                Method::PATCH,
+                format!("/api/rooms/{id}"),
+                Some(json!({"topic": "x"})),
+            ),
+            (Method::DELETE, format!("/api/rooms/{id}"), None),
+            (
+                Method::POST,
+                format!("/api/rooms/{id}/invites"),
+                Some(json!({"userId": "0123456789abcdef01234567"})),
+            ),
+            (Method::POST, format!("/api/rooms/{id}/invite-code"), None),
+            (Method::DELETE, format!("/api/rooms/{id}/invite-code"), None),
+        ]
+    };
+    for (method, url, body) in routes(&id) {
+        let anonymous = app.call(method.clone(), &url, None, body.clone()).await;
+        anonymous.assert_error(StatusCode::UNAUTHORIZED, "unauthenticated");
+        // The private room does not exist for an outsider: the same body as a missing room.
+        let hidden = app
+            .call(method.clone(), &url, Some(&outsider.access), body.clone())
+            .await;
+        assert_not_found(&hidden, "Room");
+        let malformed = url.replace(&id, "not.an.id");
+        assert_not_found(
+            &app.call(
+                method.clone(),
+                &malformed,
+                Some(&owner.access),
+                body.clone(),
+            )
+            .await,
+            "Room",
+        );
+        // Seen but not owned: 403, before the body is even read.
+        let refused = app
+            .call(
+                method.clone(),
+                &url,
+                Some(&member.access),
+                Some(json!("not an object")),
+            )
+            .await;
+        assert_eq!(
+            refused.json(),
+            json!({"code": "not_owner", "message": "Only the room owner can do this"}),
+            "{method} {url}"
+        );
+        assert_eq!(refused.status, StatusCode::FORBIDDEN);
+    }
+    // An id in a JSON body is a field error, not a missing resource.
+    app.post(
+        &format!("/api/rooms/{id}/invites"),
+        &owner.access,
+        json!({"userId": "not an id"}),
+    )
+    .await
+    .assert_error(StatusCode::BAD_REQUEST, "invalid_user_id");
+    let after = app.get(&format!("/api/rooms/{id}"), &owner.access).await;
+    assert_eq!(after.status, StatusCode::OK);
+    assert_eq!(after.json()["topic"], "mine");
+    assert!(after.json().get("inviteCode").is_none(), "no code was made");
 }

@@ -267,7 +267,7 @@ async fn the_sweeper_deletes_rooms_idle_past_the_expiry_and_keeps_active_ones() 
         .expect("id")
         .to_owned();
     app.live.rooms.lock().insert(
-        api::store::RoomId(quiet.clone()),
+        api::store::RoomId::parse(quiet.clone()).expect("valid id"),
         LiveRoomInfo {
             total_people: 2,
             speakers: vec![],

@@ -29,7 +29,7 @@ fn now_ms() -> OffsetDateTime {
 
 fn room(id: &str, kind: RoomType, owner: &UserId, at: OffsetDateTime) -> Room {
     Room {
-        id: RoomId(id.to_owned()),
+        id: RoomId::parse(id.to_owned()).expect("valid id"),
         topic: format!("topic of {id}"),
         room_type: kind,
         owner_id: owner.clone(),
@@ -42,9 +42,9 @@ fn room(id: &str, kind: RoomType, owner: &UserId, at: OffsetDateTime) -> Room {
 
 fn message(room: &RoomId, at: OffsetDateTime, text: &str) -> Message {
     Message {
-        id: MessageId(new_id()),
+        id: MessageId::generate(),
         room_id: room.clone(),
-        author_id: UserId(new_id()),
+        author_id: UserId::generate(),
         author_name: "Ada".into(),
         kind: MessageType::Text,
         text: text.into(),
@@ -55,7 +55,7 @@ fn message(room: &RoomId, at: OffsetDateTime, text: &str) -> Message {
 
 fn blob_meta(kind: BlobKind, room: Option<&RoomId>, at: OffsetDateTime, len: usize) -> BlobMeta {
     BlobMeta {
-        id: FileId(new_id()),
+        id: FileId::generate(),
         kind,
         content_type: match kind {
             BlobKind::Voice => "audio/webm".into(),
@@ -82,8 +82,8 @@ async fn read_all(store: &dyn Store, id: &FileId, range: std::ops::Range<u64>) -
 
 /// A room with one text message, one voice note (bytes + message) and one image.
 async fn populated_room(store: &dyn Store, id: &str, at: OffsetDateTime) -> Result<Vec<FileId>> {
-    let owner = UserId(new_id());
-    let rid = RoomId(id.to_owned());
+    let owner = UserId::generate();
+    let rid = RoomId::parse(id.to_owned()).expect("valid id");
     store
         .create_room(room(id, RoomType::Open, &owner, at))
         .await?;
@@ -128,7 +128,7 @@ pub mod cases {
         assert_ne!(b.id, a.id);
 
         assert_eq!(store.get_user(&a.id).await?, Some(a.clone()));
-        assert_eq!(store.get_user(&UserId(new_id())).await?, None);
+        assert_eq!(store.get_user(&UserId::generate()).await?, None);
         Ok(())
     }
 
@@ -156,7 +156,7 @@ pub mod cases {
         let b = store.find_or_create_user("+15550000012", t0).await?;
         let _c = store.find_or_create_user("+15550000013", t0).await?;
         let mut got = store
-            .get_users(&[a.id.clone(), UserId(new_id()), b.id.clone(), a.id.clone()])
+            .get_users(&[a.id.clone(), UserId::generate(), b.id.clone(), a.id.clone()])
             .await?;
         got.sort_by(|x, y| x.id.cmp(&y.id));
         let mut want = vec![a, b];
@@ -216,7 +216,9 @@ pub mod cases {
             "re-setting the same avatar keeps its bytes"
         );
 
-        let missing = store.activate_user(&UserId(new_id()), "Nobody", None).await;
+        let missing = store
+            .activate_user(&UserId::generate(), "Nobody", None)
+            .await;
         assert!(matches!(missing, Err(StoreError::NotFound)), "{missing:?}");
         Ok(())
     }
@@ -310,7 +312,7 @@ pub mod cases {
         RefreshToken {
             token_hash: hash.to_vec(),
             family: family.clone(),
-            user_id: UserId("0123456789abcdef01234567".into()),
+            user_id: UserId::parse("0123456789abcdef01234567").expect("valid id"),
             expires_at,
             used: false,
         }
@@ -318,7 +320,7 @@ pub mod cases {
 
     pub async fn refresh_tokens_round_trip_conflict_and_purge(store: Arc<dyn Store>) -> Result<()> {
         let now = now_ms();
-        let fam = FamilyId(new_id());
+        let fam = FamilyId::generate();
         let live = token(b"live-token", &fam, now + Duration::days(30));
         let dead = token(b"dead-token", &fam, now - Duration::seconds(1));
         store.put_refresh_token(live.clone()).await?;
@@ -339,7 +341,7 @@ pub mod cases {
     pub async fn refresh_token_mark_used_has_exactly_one_winner(
         store: Arc<dyn Store>,
     ) -> Result<()> {
-        let fam = FamilyId(new_id());
+        let fam = FamilyId::generate();
         store
             .put_refresh_token(token(b"race", &fam, now_ms() + Duration::days(1)))
             .await?;
@@ -370,8 +372,8 @@ pub mod cases {
         store: Arc<dyn Store>,
     ) -> Result<()> {
         let exp = now_ms() + Duration::days(1);
-        let fam = FamilyId(new_id());
-        let other = FamilyId(new_id());
+        let fam = FamilyId::generate();
+        let other = FamilyId::generate();
         store.put_refresh_token(token(b"f1", &fam, exp)).await?;
         store.put_refresh_token(token(b"f2", &fam, exp)).await?;
         store.put_refresh_token(token(b"o1", &other, exp)).await?;
@@ -383,7 +385,7 @@ pub mod cases {
         }
         let o = store.get_refresh_token(b"o1").await?.context("kept")?;
         assert!(!o.used, "another login is untouched");
-        store.revoke_family(&FamilyId(new_id())).await?;
+        store.revoke_family(&FamilyId::generate()).await?;
         Ok(())
     }
 
@@ -391,9 +393,9 @@ pub mod cases {
         store: Arc<dyn Store>,
     ) -> Result<()> {
         let t0 = now_ms();
-        let owner = UserId(new_id());
+        let owner = UserId::generate();
         let mut r = room("general", RoomType::Private, &owner, t0);
-        r.invited = vec![UserId(new_id()), UserId(new_id())];
+        r.invited = vec![UserId::generate(), UserId::generate()];
         r.invited.sort();
         r.invite_code = Some("s3cret".into());
         store.create_room(r.clone()).await?;
@@ -405,7 +407,12 @@ pub mod cases {
             .create_room(room("general", RoomType::Open, &owner, t0))
             .await;
         assert!(matches!(dup, Err(StoreError::Conflict)), "{dup:?}");
-        assert_eq!(store.get_room(&RoomId("nope".into())).await?, None);
+        assert_eq!(
+            store
+                .get_room(&RoomId::parse("nope").expect("valid id"))
+                .await?,
+            None
+        );
         Ok(())
     }
 
@@ -413,7 +420,7 @@ pub mod cases {
         store: Arc<dyn Store>,
     ) -> Result<()> {
         let t0 = now_ms() - Duration::hours(1);
-        let owner = UserId(new_id());
+        let owner = UserId::generate();
         let mut expected = Vec::new();
         // Five distinct times, and three rooms sharing one time (ties broken by id).
         for i in 0..5 {
@@ -473,7 +480,7 @@ pub mod cases {
         );
         let made_up = RoomCursor {
             created_at: expected[6].created_at,
-            id: RoomId("zzzzzzzzzzzzzzzzzzzzzzzz".into()),
+            id: RoomId::parse("zzzzzzzzzzzzzzzzzzzzzzzz").expect("valid id"),
         };
         assert_eq!(
             store.list_open_rooms(Some(&made_up), 100).await?,
@@ -487,10 +494,10 @@ pub mod cases {
         store: Arc<dyn Store>,
     ) -> Result<()> {
         let t0 = now_ms();
-        let owner = UserId(new_id());
+        let owner = UserId::generate();
         let r = room("priv", RoomType::Private, &owner, t0);
         store.create_room(r.clone()).await?;
-        let guest = UserId(new_id());
+        let guest = UserId::generate();
         store.add_room_invite(&r.id, &guest).await?;
         store.add_room_invite(&r.id, &guest).await?;
         let got = store.get_room(&r.id).await?.context("room")?;
@@ -512,7 +519,7 @@ pub mod cases {
             None
         );
 
-        let ghost = RoomId("ghost".into());
+        let ghost = RoomId::parse("ghost").expect("valid id");
         let e = store.add_room_invite(&ghost, &guest).await;
         assert!(matches!(e, Err(StoreError::NotFound)), "{e:?}");
         let e = store.set_invite_code(&ghost, Some("x")).await;
@@ -522,7 +529,7 @@ pub mod cases {
 
     pub async fn update_room_topic_returns_the_updated_room(store: Arc<dyn Store>) -> Result<()> {
         let t0 = now_ms();
-        let r = room("topical", RoomType::Open, &UserId(new_id()), t0);
+        let r = room("topical", RoomType::Open, &UserId::generate(), t0);
         store.create_room(r.clone()).await?;
         let updated = store
             .update_room_topic(&r.id, "new topic")
@@ -532,7 +539,9 @@ pub mod cases {
         assert_eq!(updated.id, r.id);
         assert_eq!(store.get_room(&r.id).await?, Some(updated));
         assert_eq!(
-            store.update_room_topic(&RoomId("nope".into()), "x").await?,
+            store
+                .update_room_topic(&RoomId::parse("nope").expect("valid id"), "x")
+                .await?,
             None
         );
         Ok(())
@@ -540,7 +549,7 @@ pub mod cases {
 
     pub async fn touch_room_moves_last_activity_forward_only(store: Arc<dyn Store>) -> Result<()> {
         let t0 = now_ms() - Duration::days(3);
-        let r = room("touchy", RoomType::Social, &UserId(new_id()), t0);
+        let r = room("touchy", RoomType::Social, &UserId::generate(), t0);
         store.create_room(r.clone()).await?;
         let later = t0 + Duration::days(2);
         store.touch_room(&r.id, later).await?;
@@ -554,7 +563,9 @@ pub mod cases {
             later,
             "an older touch never moves the clock back"
         );
-        let e = store.touch_room(&RoomId("nope".into()), later).await;
+        let e = store
+            .touch_room(&RoomId::parse("nope").expect("valid id"), later)
+            .await;
         assert!(matches!(e, Err(StoreError::NotFound)), "{e:?}");
         Ok(())
     }
@@ -565,8 +576,8 @@ pub mod cases {
         let t0 = now_ms();
         let doomed_files = populated_room(store.as_ref(), "doomed", t0).await?;
         let kept_files = populated_room(store.as_ref(), "kept", t0).await?;
-        let doomed = RoomId("doomed".into());
-        let kept = RoomId("kept".into());
+        let doomed = RoomId::parse("doomed").expect("valid id");
+        let kept = RoomId::parse("kept").expect("valid id");
         let doomed_msgs = store.list_messages(&doomed, None, 100).await?;
         assert_eq!(doomed_msgs.len(), 3);
 
@@ -602,8 +613,8 @@ pub mod cases {
         store: Arc<dyn Store>,
     ) -> Result<()> {
         let t0 = now_ms() - Duration::hours(2);
-        let owner = UserId(new_id());
-        let rid = RoomId("chat".into());
+        let owner = UserId::generate();
+        let rid = RoomId::parse("chat").expect("valid id");
         store
             .create_room(room("chat", RoomType::Open, &owner, t0))
             .await?;
@@ -623,7 +634,11 @@ pub mod cases {
             expected.push(m);
         }
         store
-            .insert_message(message(&RoomId("elsewhere".into()), t0, "not here"))
+            .insert_message(message(
+                &RoomId::parse("elsewhere").expect("valid id"),
+                t0,
+                "not here",
+            ))
             .await?;
         expected.sort_by(|a, b| b.created_at.cmp(&a.created_at).then(b.id.cmp(&a.id)));
 
@@ -646,7 +661,7 @@ pub mod cases {
             store.get_message(&expected[0].id).await?,
             Some(expected[0].clone())
         );
-        assert_eq!(store.get_message(&MessageId(new_id())).await?, None);
+        assert_eq!(store.get_message(&MessageId::generate()).await?, None);
 
         let room = store.get_room(&rid).await?.context("room")?;
         assert_eq!(
@@ -658,7 +673,11 @@ pub mod cases {
         let dup = store.insert_message(expected[0].clone()).await;
         assert!(matches!(dup, Err(StoreError::Conflict)), "{dup:?}");
         let orphan = store
-            .insert_message(message(&RoomId("no-room".into()), t0, "x"))
+            .insert_message(message(
+                &RoomId::parse("no-room").expect("valid id"),
+                t0,
+                "x",
+            ))
             .await;
         assert!(matches!(orphan, Err(StoreError::NotFound)), "{orphan:?}");
         Ok(())
@@ -667,7 +686,7 @@ pub mod cases {
     pub async fn delete_message_removes_its_attachment_bytes(store: Arc<dyn Store>) -> Result<()> {
         let t0 = now_ms();
         let files = populated_room(store.as_ref(), "uploads", t0).await?;
-        let rid = RoomId("uploads".into());
+        let rid = RoomId::parse("uploads").expect("valid id");
         let msgs = store.list_messages(&rid, None, 10).await?;
         let voice = msgs
             .iter()
@@ -699,11 +718,16 @@ pub mod cases {
         const CHUNK: u64 = 256 * 1024;
         let t0 = now_ms();
         store
-            .create_room(room("blobs", RoomType::Open, &UserId(new_id()), t0))
+            .create_room(room("blobs", RoomType::Open, &UserId::generate(), t0))
             .await?;
         let len = (2 * CHUNK + 12_345) as usize;
         let data = pattern(len);
-        let mut meta = blob_meta(BlobKind::Voice, Some(&RoomId("blobs".into())), t0, 0);
+        let mut meta = blob_meta(
+            BlobKind::Voice,
+            Some(&RoomId::parse("blobs").expect("valid id")),
+            t0,
+            0,
+        );
         meta.content_type = "audio/ogg".into();
         let id = meta.id.clone();
         store.put_blob(meta.clone(), data.clone()).await?;
@@ -712,7 +736,7 @@ pub mod cases {
         assert_eq!(got.len, len as u64, "length comes from the bytes");
         assert_eq!(got.content_type, "audio/ogg");
         assert_eq!(got.kind, BlobKind::Voice);
-        assert_eq!(got.room_id, Some(RoomId("blobs".into())));
+        assert_eq!(got.room_id, Some(RoomId::parse("blobs").expect("valid id")));
         assert_eq!(got.created_at, t0);
 
         let l = len as u64;
@@ -742,7 +766,7 @@ pub mod cases {
         let backwards = std::ops::Range { start: 10, end: 5 };
         assert!(store.read_blob(&id, backwards).await.is_err());
         assert!(matches!(
-            store.read_blob(&FileId(new_id()), 0..0).await.err(),
+            store.read_blob(&FileId::generate(), 0..0).await.err(),
             Some(StoreError::NotFound)
         ));
 
@@ -765,7 +789,12 @@ pub mod cases {
     }
 
     pub async fn put_blob_for_a_missing_room_is_not_found(store: Arc<dyn Store>) -> Result<()> {
-        let meta = blob_meta(BlobKind::Image, Some(&RoomId("nope".into())), now_ms(), 3);
+        let meta = blob_meta(
+            BlobKind::Image,
+            Some(&RoomId::parse("nope").expect("valid id")),
+            now_ms(),
+            3,
+        );
         let id = meta.id.clone();
         let e = store.put_blob(meta, Bytes::from_static(b"abc")).await;
         assert!(matches!(e, Err(StoreError::NotFound)), "{e:?}");
@@ -784,19 +813,22 @@ pub mod cases {
         // An old room that was touched recently stays.
         populated_room(store.as_ref(), "revived", old).await?;
         store
-            .touch_room(&RoomId("revived".into()), now - Duration::days(1))
+            .touch_room(
+                &RoomId::parse("revived").expect("valid id"),
+                now - Duration::days(1),
+            )
             .await?;
         let avatar = blob_meta(BlobKind::Avatar, None, old, 5);
         let avatar_id = avatar.id.clone();
         store.put_blob(avatar, pattern(5)).await?;
         let idle_msgs = store
-            .list_messages(&RoomId("idle".into()), None, 10)
+            .list_messages(&RoomId::parse("idle").expect("valid id"), None, 10)
             .await?;
 
         let removed = store.expire_rooms(now - Duration::days(30)).await?;
         assert_eq!(removed, 2);
         for gone in ["idle", "idle-2"] {
-            let id = RoomId(gone.into());
+            let id = RoomId::parse(gone).expect("valid id");
             assert_eq!(store.get_room(&id).await?, None);
             assert!(store.list_messages(&id, None, 10).await?.is_empty());
         }
@@ -807,7 +839,7 @@ pub mod cases {
             assert_eq!(store.get_blob_meta(&f).await?, None);
         }
         for kept in ["busy", "revived"] {
-            let id = RoomId(kept.into());
+            let id = RoomId::parse(kept).expect("valid id");
             assert!(store.get_room(&id).await?.is_some(), "{kept} kept");
             assert_eq!(store.list_messages(&id, None, 10).await?.len(), 3);
         }
@@ -910,7 +942,7 @@ async fn sqlite_file_data_survives_reopen() -> Result<()> {
     };
     let store = api::store::SqliteStore::open(&path).await?;
     assert_eq!(store.get_user(&user.id).await?, Some(user));
-    let rid = RoomId("persistent".into());
+    let rid = RoomId::parse("persistent").expect("valid id");
     assert!(store.get_room(&rid).await?.is_some());
     assert_eq!(store.list_messages(&rid, None, 10).await?.len(), 3);
     for f in files {
@@ -951,8 +983,8 @@ mod mongo_specific {
         let db = format!("chorus_ttl_{}", new_id());
         let store = connect(&db, StdDuration::from_secs(3600)).await?;
         let now = now_ms();
-        let stale = RoomId("stale".into());
-        let fresh = RoomId("fresh".into());
+        let stale = RoomId::parse("stale").expect("valid id");
+        let fresh = RoomId::parse("fresh").expect("valid id");
         let stale_files = populated_room(&store, "stale", now - Duration::hours(2)).await?;
         let fresh_files = populated_room(&store, "fresh", now).await?;
         let stale_msgs = store.list_messages(&stale, None, 10).await?;
@@ -1105,10 +1137,15 @@ mod mongo_specific {
         assert_eq!(msg.get_str("attachment")?, files[0].as_str());
 
         // A file id that is not an ObjectId's hex is simply unknown, never an error.
-        assert_eq!(store.get_blob_meta(&FileId("not-hex".into())).await?, None);
+        assert_eq!(
+            store
+                .get_blob_meta(&FileId::parse("not-hex").expect("valid id"))
+                .await?,
+            None
+        );
         assert!(
             !store
-                .delete_blob(&FileId("ABCDEF0123456789ABCDEF01".into()))
+                .delete_blob(&FileId::parse("ABCDEF0123456789ABCDEF01").expect("valid id"))
                 .await?
         );
         Ok(())

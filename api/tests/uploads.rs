@@ -309,7 +309,7 @@ async fn deleting_a_voice_message_deletes_its_bytes() {
     assert!(
         app.state
             .store
-            .get_blob_meta(&api::store::FileId(file))
+            .get_blob_meta(&api::store::FileId::parse(file).expect("valid id"))
             .await
             .expect("store")
             .is_none()

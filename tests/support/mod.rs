@@ -137,7 +137,7 @@ impl TestServer {
     pub fn token(&self, user: &str) -> String {
         self.tokens
             .issue_access(
-                &UserId(user.to_owned()),
+                &UserId::parse(user.to_owned()).expect("valid id"),
                 None,
                 time::OffsetDateTime::now_utc(),
                 time::Duration::hours(1),
@@ -153,7 +153,7 @@ impl TestServer {
             .store
             .find_or_create_user(phone, time::OffsetDateTime::now_utc())
             .await?;
-        Ok(user.id.0)
+        Ok(user.id.into_string())
     }
 
     /// A user who logged in and set their name (`POST /api/activate`); returns its id.
@@ -161,7 +161,7 @@ impl TestServer {
         let id = self.new_user(phone).await?;
         self.server()
             .store
-            .activate_user(&UserId(id.clone()), name, None)
+            .activate_user(&UserId::parse(id.clone()).expect("valid id"), name, None)
             .await?;
         Ok(id)
     }

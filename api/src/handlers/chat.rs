@@ -12,19 +12,18 @@ use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 use utoipa::{IntoParams, ToSchema};
 
-use crate::access::is_valid_room_id;
+use crate::access::visible_room;
 use crate::audio_duration::audio_duration_ms;
 use crate::auth::AuthUser;
 use crate::chat;
 use crate::dto::{MessageJson, attachment_url, voice_text};
 use crate::error::{ApiError, ApiJson, ApiPath, ApiQuery, ApiResult, ErrorBody};
 use crate::handlers::blobs::blob_response;
-use crate::handlers::rooms::visible_room;
 use crate::media::{sniff_audio, sniff_image};
 use crate::state::AppState;
 use crate::store::{
     BlobKind, BlobMeta, FileId, Message, MessageCursor, MessageId, MessageType, Room, RoomId,
-    RoomType, StoreError, UserId, new_id,
+    RoomType, StoreError, UserId,
 };
 
 pub const DEFAULT_HISTORY_PAGE: u32 = 50;
@@ -74,12 +73,9 @@ fn encode_cursor(m: &Message) -> String {
 fn decode_cursor(s: &str) -> Option<MessageCursor> {
     let (nanos, id) = s.split_once('_')?;
     let created_at = OffsetDateTime::from_unix_timestamp_nanos(nanos.parse().ok()?).ok()?;
-    if !is_valid_room_id(id) {
-        return None;
-    }
     Some(MessageCursor {
         created_at,
-        id: MessageId(id.to_owned()),
+        id: MessageId::parse(id).ok()?,
     })
 }
 
@@ -97,12 +93,9 @@ fn decode_cursor(s: &str) -> Option<MessageCursor> {
 pub async fn get_chat_room(
     State(state): State<AppState>,
     auth: AuthUser,
-    ApiPath(room_id): ApiPath<String>,
+    ApiPath(room_id): ApiPath<RoomId>,
     ApiQuery(q): ApiQuery<HistoryQuery>,
 ) -> ApiResult<Json<ChatRoomResponse>> {
-    if !is_valid_room_id(&room_id) {
-        return Err(ApiError::NotFound("room"));
-    }
     let limit = q.limit.unwrap_or(DEFAULT_HISTORY_PAGE);
     if !(1..=MAX_HISTORY_PAGE).contains(&limit) {
         return Err(ApiError::bad_request(
@@ -131,20 +124,23 @@ pub async fn get_chat_room(
     };
     page.reverse();
     Ok(Json(ChatRoomResponse {
-        room_id: room.id.0,
+        room_id: room.id.into_string(),
         messages: page.iter().map(MessageJson::of).collect(),
         next_cursor,
     }))
 }
 
-async fn get_or_create_chat_room(state: &AppState, slug: &str, user: &UserId) -> ApiResult<Room> {
-    let id = RoomId(slug.to_owned());
-    if state.store.get_room(&id).await?.is_none() {
+async fn get_or_create_chat_room(
+    state: &AppState,
+    slug: &RoomId,
+    user: &UserId,
+) -> ApiResult<Room> {
+    if state.store.get_room(slug).await?.is_none() {
         crate::handlers::rooms::check_room_quota(state, user)?;
         let now = state.now();
         let room = Room {
-            id: id.clone(),
-            topic: slug.to_owned(),
+            id: slug.clone(),
+            topic: slug.to_string(),
             room_type: RoomType::Social,
             owner_id: user.clone(),
             invited: Vec::new(),
@@ -158,7 +154,7 @@ async fn get_or_create_chat_room(state: &AppState, slug: &str, user: &UserId) ->
             Err(e) => return Err(e.into()),
         }
     }
-    visible_room(state, slug, user).await
+    Ok(visible_room(state.store.as_ref(), slug, user).await?)
 }
 
 /// Posts a text message.
@@ -173,11 +169,11 @@ async fn get_or_create_chat_room(state: &AppState, slug: &str, user: &UserId) ->
 pub async fn post_message(
     State(state): State<AppState>,
     auth: AuthUser,
-    ApiPath(room_id): ApiPath<String>,
+    ApiPath(room_id): ApiPath<RoomId>,
     ApiJson(req): ApiJson<PostMessageRequest>,
 ) -> ApiResult<(StatusCode, Json<MessageJson>)> {
     let text = req.message.as_deref().unwrap_or("");
-    let msg = chat::post_text(&state, &RoomId(room_id), &auth.user_id, text).await?;
+    let msg = chat::post_text(&state, &room_id, &auth.user_id, text).await?;
     state.live.message_created(&msg);
     Ok((StatusCode::CREATED, Json(MessageJson::of(&msg))))
 }
@@ -193,9 +189,9 @@ pub async fn post_message(
 pub async fn delete_message(
     State(state): State<AppState>,
     auth: AuthUser,
-    ApiPath((room_id, message_id)): ApiPath<(String, String)>,
+    ApiPath((room_id, message_id)): ApiPath<(RoomId, MessageId)>,
 ) -> ApiResult<StatusCode> {
-    let msg = chat::delete_message(&state, &RoomId(room_id), &message_id, &auth.user_id).await?;
+    let msg = chat::delete_message(&state, &room_id, &message_id, &auth.user_id).await?;
     state.live.message_deleted(&msg.room_id, &msg.id);
     Ok(StatusCode::NO_CONTENT)
 }
@@ -259,12 +255,12 @@ const IMAGE: UploadKind = UploadKind {
 async fn upload(
     state: AppState,
     auth: AuthUser,
-    room_id: String,
+    room_id: RoomId,
     mp: Result<Multipart, MultipartRejection>,
     kind: &UploadKind,
     max: usize,
 ) -> ApiResult<(StatusCode, Json<UploadResponse>)> {
-    let room = visible_room(&state, &room_id, &auth.user_id).await?;
+    let room = visible_room(state.store.as_ref(), &room_id, &auth.user_id).await?;
     let (user, name) = chat::author(&state, &auth.user_id).await?;
     let mp = mp.map_err(|r| ApiError::bad_request("invalid_multipart", r.body_text()))?;
     let bytes = read_file_field(mp, kind.field, max).await?;
@@ -277,7 +273,7 @@ async fn upload(
         _ => String::new(),
     };
     let now = state.now();
-    let file = FileId(new_id());
+    let file = FileId::generate();
     state
         .store
         .put_blob(
@@ -293,7 +289,7 @@ async fn upload(
         )
         .await?;
     let msg = Message {
-        id: MessageId(new_id()),
+        id: MessageId::generate(),
         room_id: room.id,
         author_id: user.id,
         author_name: name,
@@ -305,7 +301,7 @@ async fn upload(
     if let Err(e) = chat::store_message(&state, &msg).await {
         // Do not leave orphaned bytes behind.
         let _ = state.store.delete_blob(&file).await;
-        return Err(e);
+        return Err(e.into());
     }
     state.live.message_created(&msg);
     Ok((
@@ -331,7 +327,7 @@ async fn upload(
 pub async fn upload_voice(
     State(state): State<AppState>,
     auth: AuthUser,
-    ApiPath(room_id): ApiPath<String>,
+    ApiPath(room_id): ApiPath<RoomId>,
     mp: Result<Multipart, MultipartRejection>,
 ) -> ApiResult<(StatusCode, Json<UploadResponse>)> {
     let max = state.config.max_voice_bytes;
@@ -352,7 +348,7 @@ pub async fn upload_voice(
 pub async fn upload_image(
     State(state): State<AppState>,
     auth: AuthUser,
-    ApiPath(room_id): ApiPath<String>,
+    ApiPath(room_id): ApiPath<RoomId>,
     mp: Result<Multipart, MultipartRejection>,
 ) -> ApiResult<(StatusCode, Json<UploadResponse>)> {
     let max = state.config.max_image_bytes;
@@ -362,21 +358,18 @@ pub async fn upload_image(
 async fn download(
     state: AppState,
     auth: AuthUser,
-    file_id: String,
+    file_id: FileId,
     kind: BlobKind,
     headers: HeaderMap,
 ) -> ApiResult<Response> {
-    if !is_valid_room_id(&file_id) {
-        return Err(ApiError::NotFound("file"));
-    }
     let meta = state
         .store
-        .get_blob_meta(&FileId(file_id))
+        .get_blob_meta(&file_id)
         .await?
         .filter(|m| m.kind == kind)
         .ok_or(ApiError::NotFound("file"))?;
     let room = meta.room_id.as_ref().ok_or(ApiError::NotFound("file"))?;
-    visible_room(&state, room.as_str(), &auth.user_id)
+    visible_room(state.store.as_ref(), room, &auth.user_id)
         .await
         .map_err(|_| ApiError::NotFound("file"))?;
     blob_response(
@@ -401,7 +394,7 @@ async fn download(
 pub async fn get_voice(
     State(state): State<AppState>,
     auth: AuthUser,
-    ApiPath(file_id): ApiPath<String>,
+    ApiPath(file_id): ApiPath<FileId>,
     headers: HeaderMap,
 ) -> ApiResult<Response> {
     download(state, auth, file_id, BlobKind::Voice, headers).await
@@ -420,7 +413,7 @@ pub async fn get_voice(
 pub async fn get_image(
     State(state): State<AppState>,
     auth: AuthUser,
-    ApiPath(file_id): ApiPath<String>,
+    ApiPath(file_id): ApiPath<FileId>,
     headers: HeaderMap,
 ) -> ApiResult<Response> {
     download(state, auth, file_id, BlobKind::Image, headers).await

@@ -8,14 +8,13 @@ use axum::response::Response;
 use serde::Deserialize;
 use utoipa::ToSchema;
 
-use crate::access::is_valid_room_id;
 use crate::auth::AuthUser;
 use crate::avatar::{AvatarError, process_avatar};
 use crate::dto::{AuthResponse, UserJson};
 use crate::error::{ApiError, ApiJson, ApiPath, ApiResult, ErrorBody};
 use crate::handlers::blobs::blob_response;
 use crate::state::AppState;
-use crate::store::{BlobKind, BlobMeta, FileId, new_id};
+use crate::store::{BlobKind, BlobMeta, FileId};
 
 pub const MAX_NAME_CHARS: usize = 64;
 
@@ -87,7 +86,7 @@ pub async fn activate(
                 AvatarError::Encode(_) => ApiError::internal(e),
                 other => ApiError::bad_request("invalid_avatar", other.to_string()),
             })?;
-            let id = FileId(new_id());
+            let id = FileId::generate();
             state
                 .store
                 .put_blob(
@@ -154,15 +153,12 @@ pub async fn me(State(state): State<AppState>, auth: AuthUser) -> ApiResult<Json
     ))]
 pub async fn storage(
     State(state): State<AppState>,
-    ApiPath(file_id): ApiPath<String>,
+    ApiPath(file_id): ApiPath<FileId>,
     headers: HeaderMap,
 ) -> ApiResult<Response> {
-    if !is_valid_room_id(&file_id) {
-        return Err(ApiError::NotFound("file"));
-    }
     let meta = state
         .store
-        .get_blob_meta(&FileId(file_id))
+        .get_blob_meta(&file_id)
         .await?
         .filter(|m| m.kind == BlobKind::Avatar)
         .ok_or(ApiError::NotFound("file"))?;

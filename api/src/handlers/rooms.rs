@@ -4,19 +4,20 @@
 use std::collections::HashMap;
 
 use axum::Json;
-use axum::extract::State;
+use axum::extract::{FromRequestParts, State};
+use axum::http::request::Parts;
 use axum::http::{HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
 use subtle::ConstantTimeEq;
 use utoipa::{IntoParams, ToSchema};
 
-use crate::access::{AccessError, can_join, is_valid_room_id};
+use crate::access::visible_room;
 use crate::auth::{AuthUser, random_token};
 use crate::dto::{PublicUser, RoomJson};
 use crate::error::{ApiError, ApiJson, ApiPath, ApiQuery, ApiResult, ErrorBody};
 use crate::state::AppState;
-use crate::store::{Room, RoomCursor, RoomId, RoomType, StoreError, UserId, new_id};
+use crate::store::{Room, RoomCursor, RoomId, RoomType, StoreError, UserId};
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 
@@ -102,12 +103,9 @@ pub fn decode_room_cursor(s: &str) -> Option<RoomCursor> {
     let millis: i64 = millis.parse().ok()?;
     let created_at =
         time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(millis) * 1_000_000).ok()?;
-    if !is_valid_room_id(id) {
-        return None;
-    }
     Some(RoomCursor {
         created_at,
-        id: RoomId(id.to_owned()),
+        id: RoomId::parse(id).ok()?,
     })
 }
 
@@ -116,28 +114,30 @@ pub fn check_room_quota(state: &AppState, user: &UserId) -> ApiResult<()> {
     crate::ratelimit::check(&state.limits.create_room_user, user.as_str())
 }
 
-fn access_error(e: AccessError) -> ApiError {
-    match e {
-        AccessError::NotFound => ApiError::NotFound("room"),
-        AccessError::Store(s) => s.into(),
-    }
+/// The room named by the path's `{roomId}`, which the caller may see and owns: the
+/// opening of every owner-only room route. In order: 401 without a valid token, 404 for
+/// a malformed id, an unknown room or a private room the caller may not see (all
+/// alike), 403 `not_owner` for a room the caller sees but does not own. Being a request
+/// part, it is checked before the body is read.
+pub struct OwnedRoom {
+    pub room: Room,
+    pub owner: AuthUser,
 }
 
-/// The room if the caller may see it, else 404.
-pub async fn visible_room(state: &AppState, id: &str, user: &UserId) -> ApiResult<Room> {
-    can_join(state.store.as_ref(), &RoomId(id.to_owned()), user)
-        .await
-        .map_err(access_error)
-}
+impl FromRequestParts<AppState> for OwnedRoom {
+    type Rejection = ApiError;
 
-fn require_owner(room: &Room, user: &UserId) -> ApiResult<()> {
-    if room.owner_id == *user {
-        Ok(())
-    } else {
-        Err(ApiError::forbidden(
-            "not_owner",
-            "Only the room owner can do this",
-        ))
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> ApiResult<Self> {
+        let owner = AuthUser::from_request_parts(parts, state).await?;
+        let ApiPath(room_id) = ApiPath::<RoomId>::from_request_parts(parts, state).await?;
+        let room = visible_room(state.store.as_ref(), &room_id, &owner.user_id).await?;
+        if room.owner_id != owner.user_id {
+            return Err(ApiError::forbidden(
+                "not_owner",
+                "Only the room owner can do this",
+            ));
+        }
+        Ok(Self { room, owner })
     }
 }
 
@@ -210,7 +210,7 @@ pub async fn create_room(
     check_room_quota(&state, &auth.user_id)?;
     let now = state.now();
     let room = Room {
-        id: RoomId(new_id()),
+        id: RoomId::generate(),
         topic,
         room_type,
         owner_id: auth.user_id.clone(),
@@ -290,9 +290,9 @@ pub async fn list_rooms(
 pub async fn get_room(
     State(state): State<AppState>,
     auth: AuthUser,
-    ApiPath(room_id): ApiPath<String>,
+    ApiPath(room_id): ApiPath<RoomId>,
 ) -> ApiResult<Json<RoomJson>> {
-    let room = visible_room(&state, &room_id, &auth.user_id).await?;
+    let room = visible_room(state.store.as_ref(), &room_id, &auth.user_id).await?;
     Ok(Json(render_room(&state, &room, &auth.user_id).await?))
 }
 
@@ -307,19 +307,16 @@ pub async fn get_room(
     ))]
 pub async fn update_room(
     State(state): State<AppState>,
-    auth: AuthUser,
-    ApiPath(room_id): ApiPath<String>,
+    OwnedRoom { room, owner }: OwnedRoom,
     ApiJson(req): ApiJson<UpdateRoomRequest>,
 ) -> ApiResult<Json<RoomJson>> {
-    let room = visible_room(&state, &room_id, &auth.user_id).await?;
-    require_owner(&room, &auth.user_id)?;
     let topic = validate_topic(req.topic.as_deref())?;
     let room = state
         .store
         .update_room_topic(&room.id, &topic)
         .await?
         .ok_or(ApiError::NotFound("room"))?;
-    Ok(Json(render_room(&state, &room, &auth.user_id).await?))
+    Ok(Json(render_room(&state, &room, &owner.user_id).await?))
 }
 
 /// Deletes the room with its messages and stored bytes (owner only).
@@ -332,11 +329,8 @@ pub async fn update_room(
     ))]
 pub async fn delete_room(
     State(state): State<AppState>,
-    auth: AuthUser,
-    ApiPath(room_id): ApiPath<String>,
+    OwnedRoom { room, .. }: OwnedRoom,
 ) -> ApiResult<StatusCode> {
-    let room = visible_room(&state, &room_id, &auth.user_id).await?;
-    require_owner(&room, &auth.user_id)?;
     state.store.delete_room(&room.id).await?;
     state.live.room_deleted(&room.id);
     Ok(StatusCode::NO_CONTENT)
@@ -353,16 +347,12 @@ pub async fn delete_room(
     ))]
 pub async fn invite_user(
     State(state): State<AppState>,
-    auth: AuthUser,
-    ApiPath(room_id): ApiPath<String>,
+    OwnedRoom { room, .. }: OwnedRoom,
     ApiJson(req): ApiJson<InviteRequest>,
 ) -> ApiResult<StatusCode> {
-    let room = visible_room(&state, &room_id, &auth.user_id).await?;
-    require_owner(&room, &auth.user_id)?;
     let user_id = req
         .user_id
-        .filter(|u| is_valid_room_id(u))
-        .map(UserId)
+        .and_then(|u| UserId::parse(u).ok())
         .ok_or_else(|| ApiError::bad_request("invalid_user_id", "userId is required"))?;
     if state.store.get_user(&user_id).await?.is_none() {
         return Err(ApiError::NotFound("user"));
@@ -381,15 +371,12 @@ pub async fn invite_user(
     ))]
 pub async fn create_invite_code(
     State(state): State<AppState>,
-    auth: AuthUser,
-    ApiPath(room_id): ApiPath<String>,
+    OwnedRoom { room, .. }: OwnedRoom,
 ) -> ApiResult<Json<InviteCodeResponse>> {
-    let room = visible_room(&state, &room_id, &auth.user_id).await?;
-    require_owner(&room, &auth.user_id)?;
     let code = random_token();
     state.store.set_invite_code(&room.id, Some(&code)).await?;
     Ok(Json(InviteCodeResponse {
-        room_id: room.id.0,
+        room_id: room.id.into_string(),
         code,
     }))
 }
@@ -404,11 +391,8 @@ pub async fn create_invite_code(
     ))]
 pub async fn delete_invite_code(
     State(state): State<AppState>,
-    auth: AuthUser,
-    ApiPath(room_id): ApiPath<String>,
+    OwnedRoom { room, .. }: OwnedRoom,
 ) -> ApiResult<StatusCode> {
-    let room = visible_room(&state, &room_id, &auth.user_id).await?;
-    require_owner(&room, &auth.user_id)?;
     state.store.set_invite_code(&room.id, None).await?;
     Ok(StatusCode::NO_CONTENT)
 }
@@ -424,15 +408,12 @@ pub async fn delete_invite_code(
 pub async fn redeem_invite(
     State(state): State<AppState>,
     auth: AuthUser,
-    ApiPath(room_id): ApiPath<String>,
+    ApiPath(room_id): ApiPath<RoomId>,
     ApiJson(req): ApiJson<RedeemRequest>,
 ) -> ApiResult<Json<RoomJson>> {
-    if !is_valid_room_id(&room_id) {
-        return Err(ApiError::NotFound("room"));
-    }
     let room = state
         .store
-        .get_room(&RoomId(room_id))
+        .get_room(&room_id)
         .await?
         .ok_or(ApiError::NotFound("room"))?;
     let presented = req.code.unwrap_or_default();
@@ -449,6 +430,6 @@ pub async fn redeem_invite(
             Err(e) => return Err(e.into()),
         }
     }
-    let room = visible_room(&state, room.id.as_str(), &auth.user_id).await?;
+    let room = visible_room(state.store.as_ref(), &room.id, &auth.user_id).await?;
     Ok(Json(render_room(&state, &room, &auth.user_id).await?))
 }

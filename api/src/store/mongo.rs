@@ -450,8 +450,9 @@ fn bucket_name(kind: BlobKind) -> &'static str {
 fn file_oid(id: &FileId) -> Option<ObjectId> {
     // ObjectId::parse_str accepts upper case too; FileIds are lower case, so refuse
     // anything else rather than alias two spellings to one file.
-    if id.0.len() == 24 && id.0.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) {
-        ObjectId::parse_str(&id.0).ok()
+    let id = id.as_str();
+    if id.len() == 24 && id.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) {
+        ObjectId::parse_str(id).ok()
     } else {
         None
     }
@@ -526,6 +527,21 @@ impl Fields<'_> {
             .map_err(|_| corrupt(key))
     }
 
+    /// A typed id; a malformed one is corruption like any mistyped field.
+    fn id<T: std::str::FromStr>(&self, key: &str) -> StoreResult<T> {
+        self.0
+            .get_str(key)
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .ok_or_else(|| corrupt(key))
+    }
+
+    fn opt_id<T: std::str::FromStr>(&self, key: &str) -> StoreResult<Option<T>> {
+        self.opt_str(key)?
+            .map(|s| s.parse().map_err(|_| corrupt(key)))
+            .transpose()
+    }
+
     fn opt_str(&self, key: &str) -> StoreResult<Option<String>> {
         match self.0.get(key) {
             None | Some(Bson::Null) => Ok(None),
@@ -567,10 +583,10 @@ impl Fields<'_> {
 fn user_from(d: &Document) -> StoreResult<User> {
     let f = Fields(d);
     Ok(User {
-        id: UserId(f.str("_id")?),
+        id: f.id("_id")?,
         phone: f.str("phone")?,
         name: f.opt_str("name")?,
-        avatar: f.opt_str("avatar")?.map(FileId),
+        avatar: f.opt_id("avatar")?,
         activated: f.bool("activated")?,
         created_at: f.time("createdAt")?,
     })
@@ -591,8 +607,8 @@ fn token_from(d: &Document) -> StoreResult<RefreshToken> {
     let f = Fields(d);
     Ok(RefreshToken {
         token_hash: f.bytes("_id")?,
-        family: FamilyId(f.str("family")?),
-        user_id: UserId(f.str("userId")?),
+        family: f.id("family")?,
+        user_id: f.id("userId")?,
         expires_at: f.time("expiresAt")?,
         used: f.bool("used")?,
     })
@@ -605,17 +621,17 @@ fn room_from(d: &Document) -> StoreResult<Room> {
         Some(Bson::Array(a)) => a
             .iter()
             .map(|b| match b {
-                Bson::String(s) => Ok(UserId(s.clone())),
+                Bson::String(s) => UserId::parse(s.as_str()).map_err(|_| corrupt("invited")),
                 _ => Err(corrupt("invited")),
             })
             .collect::<StoreResult<_>>()?,
         Some(_) => return Err(corrupt("invited")),
     };
     Ok(Room {
-        id: RoomId(f.str("_id")?),
+        id: f.id("_id")?,
         topic: f.str("topic")?,
         room_type: RoomType::parse(&f.str("roomType")?).ok_or_else(|| corrupt("roomType"))?,
-        owner_id: UserId(f.str("ownerId")?),
+        owner_id: f.id("ownerId")?,
         invited,
         invite_code: f.opt_str("inviteCode")?,
         created_at: f.time("createdAt")?,
@@ -640,21 +656,21 @@ fn room_doc(r: &Room) -> Document {
 fn message_from(d: &Document) -> StoreResult<Message> {
     let f = Fields(d);
     Ok(Message {
-        id: MessageId(f.str("_id")?),
-        room_id: RoomId(f.str("roomId")?),
-        author_id: UserId(f.str("authorId")?),
+        id: f.id("_id")?,
+        room_id: f.id("roomId")?,
+        author_id: f.id("authorId")?,
         author_name: f.str("authorName")?,
         kind: MessageType::parse(&f.str("type")?).ok_or_else(|| corrupt("type"))?,
         text: f.str("text")?,
-        attachment: f.opt_str("attachment")?.map(FileId),
+        attachment: f.opt_id("attachment")?,
         created_at: f.time("createdAt")?,
     })
 }
 
 fn blob_from(kind: BlobKind, f: &FilesCollectionDocument) -> StoreResult<BlobMeta> {
     let id = match &f.id {
-        Bson::ObjectId(oid) => FileId(oid.to_hex()),
-        Bson::String(s) => FileId(s.clone()),
+        Bson::ObjectId(oid) => FileId::parse(oid.to_hex()).map_err(|_| corrupt("files._id"))?,
+        Bson::String(s) => FileId::parse(s.as_str()).map_err(|_| corrupt("files._id"))?,
         _ => return Err(corrupt("files._id")),
     };
     let empty = Document::new();
@@ -672,7 +688,7 @@ fn blob_from(kind: BlobKind, f: &FilesCollectionDocument) -> StoreResult<BlobMet
             .opt_str("contentType")?
             .unwrap_or_else(|| "application/octet-stream".to_owned()),
         len: f.length,
-        room_id: meta.opt_str("roomId")?.map(RoomId),
+        room_id: meta.opt_id("roomId")?,
         created_at,
     })
 }
@@ -1041,8 +1057,7 @@ impl RoomStore for MongoStore {
             .delete_one(doc! { "_id": id.as_str() })
             .await
             .map_err(backend)?;
-        self.delete_room_content(std::slice::from_ref(&id.0))
-            .await?;
+        self.delete_room_content(&[id.to_string()]).await?;
         Ok(res.deleted_count == 1)
     }
 
@@ -1168,7 +1183,7 @@ impl BlobStore for MongoStore {
         let oid = file_oid(&meta.id).ok_or_else(|| {
             StoreError::Backend(format!(
                 "file id {:?} is not 24 lowercase hex digits",
-                meta.id.0
+                meta.id.as_str()
             ))
         })?;
         if let Some(room) = &meta.room_id

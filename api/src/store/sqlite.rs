@@ -27,6 +27,26 @@ use super::{
     from_millis, new_id, to_millis,
 };
 
+/// Ids are stored as text; one read back is checked like any other id entering the
+/// control plane (a malformed one is a conversion error, reported as a backend error).
+macro_rules! sql_id {
+    ($($id:ty),*) => {$(
+        impl rusqlite::types::FromSql for $id {
+            fn column_result(v: rusqlite::types::ValueRef<'_>) -> rusqlite::types::FromSqlResult<Self> {
+                let s = v.as_str()?;
+                <$id>::parse(s).map_err(|e| rusqlite::types::FromSqlError::Other(Box::new(e)))
+            }
+        }
+
+        impl rusqlite::types::ToSql for $id {
+            fn to_sql(&self) -> rusqlite::Result<rusqlite::types::ToSqlOutput<'_>> {
+                Ok(rusqlite::types::ToSqlOutput::from(self.as_str()))
+            }
+        }
+    )*};
+}
+sql_id!(UserId, RoomId, MessageId, FileId, FamilyId);
+
 /// Blob bytes are stored in rows of this size; a range read loads one row at a time.
 pub const BLOB_CHUNK_SIZE: usize = 256 * 1024;
 
@@ -327,10 +347,10 @@ const USER_COLS: &str = "id, phone, name, avatar, activated, created_at";
 
 fn user_row(row: &Row<'_>) -> rusqlite::Result<User> {
     Ok(User {
-        id: UserId(row.get(0)?),
+        id: row.get(0)?,
         phone: row.get(1)?,
         name: row.get(2)?,
-        avatar: row.get::<_, Option<String>>(3)?.map(FileId),
+        avatar: row.get(3)?,
         activated: row.get(4)?,
         created_at: time_col(row, 5)?,
     })
@@ -353,8 +373,8 @@ const TOKEN_COLS: &str = "token_hash, family, user_id, expires_at, used";
 fn token_row(row: &Row<'_>) -> rusqlite::Result<RefreshToken> {
     Ok(RefreshToken {
         token_hash: row.get(0)?,
-        family: FamilyId(row.get(1)?),
-        user_id: UserId(row.get(2)?),
+        family: row.get(1)?,
+        user_id: row.get(2)?,
         expires_at: time_col(row, 3)?,
         used: row.get(4)?,
     })
@@ -365,10 +385,10 @@ const ROOM_COLS: &str = "id, topic, room_type, owner_id, invite_code, created_at
 /// A room without its invite list (filled in by [`load_invites`]).
 fn room_row(row: &Row<'_>) -> rusqlite::Result<Room> {
     Ok(Room {
-        id: RoomId(row.get(0)?),
+        id: row.get(0)?,
         topic: row.get(1)?,
         room_type: parse_col(row, 2, RoomType::parse)?,
-        owner_id: UserId(row.get(3)?),
+        owner_id: row.get(3)?,
         invited: Vec::new(),
         invite_code: row.get(4)?,
         created_at: time_col(row, 5)?,
@@ -381,13 +401,13 @@ const MESSAGE_COLS: &str =
 
 fn message_row(row: &Row<'_>) -> rusqlite::Result<Message> {
     Ok(Message {
-        id: MessageId(row.get(0)?),
-        room_id: RoomId(row.get(1)?),
-        author_id: UserId(row.get(2)?),
+        id: row.get(0)?,
+        room_id: row.get(1)?,
+        author_id: row.get(2)?,
         author_name: row.get(3)?,
         kind: parse_col(row, 4, MessageType::parse)?,
         text: row.get(5)?,
-        attachment: row.get::<_, Option<String>>(6)?.map(FileId),
+        attachment: row.get(6)?,
         created_at: time_col(row, 7)?,
     })
 }
@@ -396,11 +416,11 @@ const BLOB_COLS: &str = "id, kind, content_type, len, room_id, created_at";
 
 fn blob_row(row: &Row<'_>) -> rusqlite::Result<BlobMeta> {
     Ok(BlobMeta {
-        id: FileId(row.get(0)?),
+        id: row.get(0)?,
         kind: parse_col(row, 1, BlobKind::parse)?,
         content_type: row.get(2)?,
         len: row.get::<_, i64>(3)?.max(0) as u64,
-        room_id: row.get::<_, Option<String>>(4)?.map(RoomId),
+        room_id: row.get(4)?,
         created_at: time_col(row, 5)?,
     })
 }
@@ -428,14 +448,14 @@ fn load_invites(conn: &Connection, rooms: &mut [Room]) -> StoreResult<()> {
         let ids: Vec<&str> = batch.iter().map(|r| r.id.as_str()).collect();
         let pairs = stmt
             .query_map(rusqlite::params_from_iter(ids), |r| {
-                Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?))
+                Ok((r.get::<_, RoomId>(0)?, r.get::<_, UserId>(1)?))
             })
             .map_err(backend)?
             .collect::<rusqlite::Result<Vec<_>>>()
             .map_err(backend)?;
         for (room_id, user_id) in pairs {
-            if let Some(room) = batch.iter_mut().find(|r| r.id.0 == room_id) {
-                room.invited.push(UserId(user_id));
+            if let Some(room) = batch.iter_mut().find(|r| r.id == room_id) {
+                room.invited.push(user_id);
             }
         }
     }
@@ -507,7 +527,7 @@ impl UserStore for SqliteStore {
     }
 
     async fn get_user(&self, id: &UserId) -> StoreResult<Option<User>> {
-        let id = id.0.clone();
+        let id = id.to_string();
         self.run(move |conn| {
             conn.query_row(
                 &format!("SELECT {USER_COLS} FROM users WHERE id = ?1"),
@@ -521,7 +541,7 @@ impl UserStore for SqliteStore {
     }
 
     async fn get_users(&self, ids: &[UserId]) -> StoreResult<Vec<User>> {
-        let mut ids: Vec<String> = ids.iter().map(|i| i.0.clone()).collect();
+        let mut ids: Vec<String> = ids.iter().map(|i| i.to_string()).collect();
         ids.sort();
         ids.dedup();
         self.run(move |conn| {
@@ -550,7 +570,7 @@ impl UserStore for SqliteStore {
         name: &str,
         avatar: Option<FileId>,
     ) -> StoreResult<User> {
-        let id = id.0.clone();
+        let id = id.to_string();
         let name = name.to_owned();
         self.write(move |tx| {
             let old_avatar: Option<String> = tx
@@ -560,7 +580,9 @@ impl UserStore for SqliteStore {
                 .optional()
                 .map_err(backend)?
                 .ok_or(StoreError::NotFound)?;
-            let new_avatar = avatar.map(|a| a.0).or_else(|| old_avatar.clone());
+            let new_avatar = avatar
+                .map(FileId::into_string)
+                .or_else(|| old_avatar.clone());
             tx.execute(
                 "UPDATE users SET name = ?2, avatar = ?3, activated = 1 WHERE id = ?1",
                 params![id, name, new_avatar],
@@ -661,8 +683,8 @@ impl SessionStore for SqliteStore {
                 &format!("INSERT INTO refresh_tokens ({TOKEN_COLS}) VALUES (?1, ?2, ?3, ?4, ?5)"),
                 params![
                     t.token_hash,
-                    t.family.0,
-                    t.user_id.0,
+                    t.family.as_str(),
+                    t.user_id.as_str(),
                     to_millis(t.expires_at),
                     t.used
                 ],
@@ -702,7 +724,7 @@ impl SessionStore for SqliteStore {
     }
 
     async fn revoke_family(&self, family: &FamilyId) -> StoreResult<()> {
-        let family = family.0.clone();
+        let family = family.to_string();
         self.run(move |conn| {
             conn.execute(
                 "UPDATE refresh_tokens SET used = 1 WHERE family = ?1",
@@ -735,10 +757,10 @@ impl RoomStore for SqliteStore {
             tx.execute(
                 &format!("INSERT INTO rooms ({ROOM_COLS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)"),
                 params![
-                    room.id.0,
+                    room.id.as_str(),
                     room.topic,
                     room.room_type.as_str(),
-                    room.owner_id.0,
+                    room.owner_id.as_str(),
                     room.invite_code,
                     to_millis(room.created_at),
                     to_millis(room.last_activity)
@@ -749,7 +771,8 @@ impl RoomStore for SqliteStore {
                 .prepare("INSERT OR IGNORE INTO room_invites (room_id, user_id) VALUES (?1, ?2)")
                 .map_err(backend)?;
             for user in &room.invited {
-                stmt.execute(params![room.id.0, user.0]).map_err(backend)?;
+                stmt.execute(params![room.id.as_str(), user.as_str()])
+                    .map_err(backend)?;
             }
             Ok(())
         })
@@ -757,7 +780,7 @@ impl RoomStore for SqliteStore {
     }
 
     async fn get_room(&self, id: &RoomId) -> StoreResult<Option<Room>> {
-        let id = id.0.clone();
+        let id = id.to_string();
         self.run(move |conn| get_room_conn(conn, &id)).await
     }
 
@@ -766,7 +789,7 @@ impl RoomStore for SqliteStore {
         after: Option<&RoomCursor>,
         limit: u32,
     ) -> StoreResult<Vec<Room>> {
-        let after = after.map(|a| (to_millis(a.created_at), a.id.0.clone()));
+        let after = after.map(|a| (to_millis(a.created_at), a.id.to_string()));
         self.run(move |conn| {
             let open = RoomType::Open.as_str();
             let mut rooms = match after {
@@ -806,7 +829,7 @@ impl RoomStore for SqliteStore {
     }
 
     async fn update_room_topic(&self, id: &RoomId, topic: &str) -> StoreResult<Option<Room>> {
-        let id = id.0.clone();
+        let id = id.to_string();
         let topic = topic.to_owned();
         self.write(move |tx| {
             let n = tx
@@ -824,8 +847,8 @@ impl RoomStore for SqliteStore {
     }
 
     async fn add_room_invite(&self, id: &RoomId, user: &UserId) -> StoreResult<()> {
-        let id = id.0.clone();
-        let user = user.0.clone();
+        let id = id.to_string();
+        let user = user.to_string();
         self.run(move |conn| {
             conn.execute(
                 "INSERT OR IGNORE INTO room_invites (room_id, user_id) VALUES (?1, ?2)",
@@ -838,7 +861,7 @@ impl RoomStore for SqliteStore {
     }
 
     async fn set_invite_code(&self, id: &RoomId, code: Option<&str>) -> StoreResult<()> {
-        let id = id.0.clone();
+        let id = id.to_string();
         let code = code.map(str::to_owned);
         self.run(move |conn| {
             let n = conn
@@ -857,7 +880,7 @@ impl RoomStore for SqliteStore {
     }
 
     async fn touch_room(&self, id: &RoomId, now: OffsetDateTime) -> StoreResult<()> {
-        let id = id.0.clone();
+        let id = id.to_string();
         self.run(move |conn| {
             // max(): a late, out-of-order touch never moves the clock back.
             let n = conn
@@ -876,7 +899,7 @@ impl RoomStore for SqliteStore {
     }
 
     async fn delete_room(&self, id: &RoomId) -> StoreResult<bool> {
-        let id = id.0.clone();
+        let id = id.to_string();
         self.write(move |tx| {
             // Messages, blobs (and their chunks) and invites cascade.
             let n = tx
@@ -907,19 +930,19 @@ impl RoomStore for SqliteStore {
 impl MessageStore for SqliteStore {
     async fn insert_message(&self, m: Message) -> StoreResult<()> {
         self.write(move |tx| {
-            require_room(tx, &m.room_id.0)?;
+            require_room(tx, m.room_id.as_str())?;
             tx.execute(
                 &format!(
                     "INSERT INTO messages ({MESSAGE_COLS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)"
                 ),
                 params![
-                    m.id.0,
-                    m.room_id.0,
-                    m.author_id.0,
+                    m.id.as_str(),
+                    m.room_id.as_str(),
+                    m.author_id.as_str(),
                     m.author_name,
                     m.kind.as_str(),
                     m.text,
-                    m.attachment.as_ref().map(|a| a.0.as_str()),
+                    m.attachment.as_ref().map(|a| a.as_str()),
                     to_millis(m.created_at)
                 ],
             )
@@ -927,7 +950,7 @@ impl MessageStore for SqliteStore {
             // A message is activity: keep the room alive without a second call.
             tx.execute(
                 "UPDATE rooms SET last_activity = max(last_activity, ?2) WHERE id = ?1",
-                params![m.room_id.0, to_millis(m.created_at)],
+                params![m.room_id.as_str(), to_millis(m.created_at)],
             )
             .map_err(backend)?;
             Ok(())
@@ -936,7 +959,7 @@ impl MessageStore for SqliteStore {
     }
 
     async fn get_message(&self, id: &MessageId) -> StoreResult<Option<Message>> {
-        let id = id.0.clone();
+        let id = id.to_string();
         self.run(move |conn| {
             conn.query_row(
                 &format!("SELECT {MESSAGE_COLS} FROM messages WHERE id = ?1"),
@@ -955,8 +978,8 @@ impl MessageStore for SqliteStore {
         before: Option<&MessageCursor>,
         limit: u32,
     ) -> StoreResult<Vec<Message>> {
-        let room = room.0.clone();
-        let before = before.map(|c| (to_millis(c.created_at), c.id.0.clone()));
+        let room = room.to_string();
+        let before = before.map(|c| (to_millis(c.created_at), c.id.to_string()));
         self.run(move |conn| {
             let rows = match before {
                 None => {
@@ -989,7 +1012,7 @@ impl MessageStore for SqliteStore {
     }
 
     async fn delete_message(&self, id: &MessageId) -> StoreResult<Option<Message>> {
-        let id = id.0.clone();
+        let id = id.to_string();
         self.write(move |tx| {
             let msg = tx
                 .query_row(
@@ -1000,7 +1023,7 @@ impl MessageStore for SqliteStore {
                 .optional()
                 .map_err(backend)?;
             if let Some(file) = msg.as_ref().and_then(|m| m.attachment.as_ref()) {
-                delete_blob_conn(tx, &file.0)?;
+                delete_blob_conn(tx, file.as_str())?;
             }
             Ok(msg)
         })
@@ -1013,16 +1036,16 @@ impl BlobStore for SqliteStore {
     async fn put_blob(&self, meta: BlobMeta, bytes: Bytes) -> StoreResult<()> {
         self.write(move |tx| {
             if let Some(room) = &meta.room_id {
-                require_room(tx, &room.0)?;
+                require_room(tx, room.as_str())?;
             }
             tx.execute(
                 &format!("INSERT INTO blobs ({BLOB_COLS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6)"),
                 params![
-                    meta.id.0,
+                    meta.id.as_str(),
                     meta.kind.as_str(),
                     meta.content_type,
                     bytes.len() as i64,
-                    meta.room_id.as_ref().map(|r| r.0.as_str()),
+                    meta.room_id.as_ref().map(|r| r.as_str()),
                     to_millis(meta.created_at)
                 ],
             )
@@ -1031,7 +1054,7 @@ impl BlobStore for SqliteStore {
                 .prepare("INSERT INTO blob_chunks (blob_id, n, data) VALUES (?1, ?2, ?3)")
                 .map_err(backend)?;
             for (n, chunk) in bytes.chunks(BLOB_CHUNK_SIZE).enumerate() {
-                stmt.execute(params![meta.id.0, n as i64, chunk])
+                stmt.execute(params![meta.id.as_str(), n as i64, chunk])
                     .map_err(backend)?;
             }
             Ok(())
@@ -1040,7 +1063,7 @@ impl BlobStore for SqliteStore {
     }
 
     async fn get_blob_meta(&self, id: &FileId) -> StoreResult<Option<BlobMeta>> {
-        let id = id.0.clone();
+        let id = id.to_string();
         self.run(move |conn| {
             conn.query_row(
                 &format!("SELECT {BLOB_COLS} FROM blobs WHERE id = ?1"),
@@ -1057,7 +1080,7 @@ impl BlobStore for SqliteStore {
         let meta = self.get_blob_meta(id).await?.ok_or(StoreError::NotFound)?;
         let plan = super::ChunkPlan::new(range, meta.len, BLOB_CHUNK_SIZE as u64)?;
         let store = self.clone();
-        let id = id.0.clone();
+        let id = id.to_string();
         // One chunk per step, each its own short trip to the blocking pool, so a slow
         // client never holds the connection and memory stays at one chunk.
         let stream = futures::stream::try_unfold(plan, move |mut plan| {
@@ -1092,7 +1115,7 @@ impl BlobStore for SqliteStore {
     }
 
     async fn delete_blob(&self, id: &FileId) -> StoreResult<bool> {
-        let id = id.0.clone();
+        let id = id.to_string();
         self.run(move |conn| delete_blob_conn(conn, &id)).await
     }
 }

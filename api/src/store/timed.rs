@@ -180,7 +180,9 @@ mod tests {
         let now = OffsetDateTime::now_utc();
         let user = store.find_or_create_user("+15550001111", now).await?;
         assert_eq!(store.get_user(&user.id).await?, Some(user.clone()));
-        let missing = store.touch_room(&RoomId("nope".into()), now).await;
+        let missing = store
+            .touch_room(&RoomId::parse("nope").expect("valid id"), now)
+            .await;
         assert!(
             matches!(missing, Err(crate::store::StoreError::NotFound)),
             "{missing:?}"

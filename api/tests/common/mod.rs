@@ -323,5 +323,5 @@ pub fn cookie_header(pairs: &[(&str, &str)]) -> HeaderValue {
 }
 
 pub fn user_id(s: &Session) -> UserId {
-    UserId(s.user_id.clone())
+    UserId::parse(s.user_id.clone()).expect("valid id")
 }
