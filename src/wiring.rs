@@ -272,3 +272,19 @@ impl LiveRooms for SignalingLiveRooms {
             .collect()
     }
 }
+
+/// The media relay between nodes as signaling drives it. The SFU's relay is not
+/// wired yet: this one relays nothing (no address is published, so no node subscribes
+/// to another), and participants on different nodes share everything but audio.
+pub struct DisabledRelay;
+
+impl signaling::cluster::MediaRelay for DisabledRelay {
+    fn relay_local_addr(&self, _room: signaling::RoomKey) -> Option<std::net::SocketAddr> {
+        None
+    }
+
+    fn relay_add_subscriber(&self, _room: signaling::RoomKey, _node_addr: std::net::SocketAddr) {}
+
+    fn relay_remove_subscriber(&self, _room: signaling::RoomKey, _node_addr: std::net::SocketAddr) {
+    }
+}

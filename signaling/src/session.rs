@@ -15,6 +15,7 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use crate::cluster::Command;
 use crate::config::SignalingConfig;
 use crate::error::SignalingError;
 use crate::ports::{AuthUser, CallEvent, DeleteOutcome, MediaOffer, RoomAccess};
@@ -36,7 +37,7 @@ const MAX_JOIN_RECHECKS: u32 = 3;
 
 /// Why a client message was refused; becomes an `error` message.
 #[derive(Debug)]
-struct Refusal {
+pub(crate) struct Refusal {
     code: ErrorCode,
     message: String,
     fatal: bool,
@@ -66,7 +67,7 @@ impl Refusal {
     }
 }
 
-type Handled = Result<(), Refusal>;
+pub(crate) type Handled = Result<(), Refusal>;
 
 pub(crate) async fn run(
     inner: Arc<Inner>,
@@ -405,6 +406,12 @@ impl Session {
         // Places of this user freed to stay within the per-user cap (finished below,
         // outside the state lock).
         let mut evicted = Vec::new();
+        // Cluster mode: the room as the other nodes have it, and a place of this user
+        // held (or left behind) by another node that the resume token names.
+        let adoptable = self
+            .inner
+            .load_room_from_cluster(&room_id, resume_token.as_deref(), &self.user.user_id)
+            .await;
         loop {
             let closures_seen = self.inner.state.lock().closures;
             let access = self.check_join(&room_id).await?;
@@ -461,6 +468,61 @@ impl Session {
                 }
                 return Ok(());
             }
+            if let Some(found) = &adoptable
+                && st.rooms.contains_key(&room_id)
+            {
+                // Resumed on this node: the place comes over with its id and role;
+                // its old node lets go when it sees the move.
+                let pid = found.info.participant_id;
+                let token = new_resume_token();
+                let mut info = found.info.clone();
+                info.in_call = false;
+                if let Some(old) = st.parts.remove(&pid) {
+                    st.resume.remove(&old.resume_token);
+                }
+                if let Some(room) = st.rooms.get_mut(&room_id) {
+                    room.owner_user_id = access.owner_user_id.clone();
+                    room.members.insert(pid);
+                }
+                st.parts.insert(
+                    pid,
+                    Part {
+                        info: info.clone(),
+                        user: self.user.clone(),
+                        room_id: room_id.clone(),
+                        conn: Some(self.conn.clone()),
+                        resume_token: token.clone(),
+                        call: CallPhase::Idle,
+                        media_connected: false,
+                        had_media: true,
+                        detach_gen: 0,
+                        remote: None,
+                    },
+                );
+                st.resume.insert(token.clone(), pid);
+                self.pid = Some(pid);
+                self.send(&ServerMessage::Joined {
+                    room_id: room_id.clone(),
+                    you: info.clone(),
+                    resume_token: token,
+                    resumed: true,
+                    ice_servers: cfg.ice_servers.clone(),
+                    slot_count: cfg.slot_count,
+                });
+                self.send(&ServerMessage::OnlineUsers {
+                    participants: st.participants_of(&room_id),
+                });
+                if info.role == Role::Moderator && st.removed.contains_key(&room_id) {
+                    self.send(&st.removed_message(&room_id));
+                }
+                st.broadcast(
+                    &room_id,
+                    &ServerMessage::ParticipantUpdated { participant: info },
+                    Some(pid),
+                );
+                tracing::info!(pid = pid.0, "place resumed from another node");
+                return Ok(());
+            }
 
             if st.is_removed(&room_id, &self.user.user_id) {
                 return Err(Refusal::fatal(
@@ -504,17 +566,9 @@ impl Session {
             if !st.rooms.contains_key(&room_id) {
                 let key = self.inner.next_room_key();
                 st.room_by_key.insert(key, room_id.clone());
-                st.rooms.insert(
-                    room_id.clone(),
-                    Room {
-                        key,
-                        owner_user_id: access.owner_user_id.clone(),
-                        members: Default::default(),
-                        slots: vec![None; cfg.slot_count],
-                        spare: None,
-                        speakers: Vec::new(),
-                    },
-                );
+                let mut room = Room::new(key, access.owner_user_id.clone(), cfg.slot_count);
+                room.loaded = true;
+                st.rooms.insert(room_id.clone(), room);
             }
             if let Some(room) = st.rooms.get_mut(&room_id) {
                 room.owner_user_id = access.owner_user_id.clone();
@@ -532,6 +586,7 @@ impl Session {
                     media_connected: false,
                     had_media: false,
                     detach_gen: 0,
+                    remote: None,
                 },
             );
             st.resume.insert(token.clone(), pid);
@@ -845,10 +900,45 @@ impl Session {
 
     async fn set_role(&mut self, target: ParticipantId, role: Role) -> Handled {
         let by_owner = self.check_set_role(target, role)?;
-        let owner_id = self.owner_of_current_room();
-        let self_change = self.pid == Some(target);
+        if self
+            .inner
+            .command_remote(target, Command::SetRole { role, by_owner })
+        {
+            return Ok(());
+        }
+        apply_set_role(
+            &self.inner,
+            target,
+            role,
+            by_owner,
+            self.pid == Some(target),
+        )
+        .await
+    }
+}
+
+/// Changes `target`'s role (rights already checked: `by_owner` says whether the room
+/// owner asks, `self_change` whether the target asks for itself) and renegotiates its
+/// audio when it gains or loses the right to publish.
+pub(crate) async fn apply_set_role(
+    inner: &Arc<Inner>,
+    target: ParticipantId,
+    role: Role,
+    by_owner: bool,
+    self_change: bool,
+) -> Handled {
+    {
+        let (owner_id, room_id) = {
+            let st = inner.state.lock();
+            let room_id = st.parts.get(&target).map(|p| p.room_id.clone());
+            let owner_id = room_id
+                .as_ref()
+                .and_then(|r| st.rooms.get(r))
+                .map(|r| r.owner_user_id.clone());
+            (owner_id, room_id)
+        };
         let mut changed = false;
-        let call = self.update_and_broadcast_if(target, |p| {
+        let call = update_and_broadcast_if(inner, target, |p| {
             let owners = owner_id.as_deref() == Some(p.user.user_id.as_str());
             if p.info.role == Role::Moderator && (owners || !(by_owner || self_change)) {
                 return Err(Refusal::new(
@@ -869,61 +959,57 @@ impl Session {
             Ok(true)
         })?;
         if role == Role::Moderator
-            && let Ok((_, room_id)) = self.current()
+            && let Some(room_id) = &room_id
         {
-            self.inner.state.lock().send_removed_to_moderators(&room_id);
+            inner.state.lock().send_removed_to_moderators(room_id);
         }
         if !changed || call != CallPhase::InCall {
             return Ok(());
         }
-        let media = &self.inner.ports.media;
+        let media = &inner.ports.media;
         match media.set_can_publish(target, role.can_publish()).await {
             Ok(offer) => {
-                self.inner
-                    .state
-                    .lock()
-                    .send_to(target, &offer_message(offer));
+                inner.state.lock().send_to(target, &offer_message(offer));
                 Ok(())
             }
             Err(e) => Err(Refusal::internal("renegotiation", &e)),
         }
     }
+}
 
-    fn owner_of_current_room(&self) -> Option<String> {
-        let (_, room_id) = self.current().ok()?;
-        let st = self.inner.state.lock();
-        st.rooms.get(&room_id).map(|r| r.owner_user_id.clone())
+/// Applies `change` to participant `pid` and broadcasts the result; `change` says
+/// whether anything changed (nothing is broadcast when it did not).
+fn update_and_broadcast_if(
+    inner: &Inner,
+    pid: ParticipantId,
+    change: impl FnOnce(&mut Part) -> Result<bool, Refusal>,
+) -> Result<CallPhase, Refusal> {
+    let mut st = inner.state.lock();
+    let Some(part) = st.parts.get_mut(&pid) else {
+        return Err(Refusal::new(ErrorCode::NotFound, "no such participant"));
+    };
+    let was_muted = part.info.muted;
+    if !change(part)? {
+        return Ok(part.call);
     }
-
-    /// Like `update_and_broadcast`, but `change` says whether anything changed; nothing
-    /// is broadcast when it did not.
-    fn update_and_broadcast_if(
-        &self,
-        pid: ParticipantId,
-        change: impl FnOnce(&mut Part) -> Result<bool, Refusal>,
-    ) -> Result<CallPhase, Refusal> {
-        let mut st = self.inner.state.lock();
-        let Some(part) = st.parts.get_mut(&pid) else {
-            return Err(Refusal::new(ErrorCode::NotFound, "no such participant"));
-        };
-        let was_muted = part.info.muted;
-        if !change(part)? {
-            return Ok(part.call);
-        }
-        if part.info.muted != was_muted && part.call == CallPhase::InCall {
-            self.inner.ports.media.set_muted(pid, part.info.muted);
-        }
-        let (info, room_id, call) = (part.info.clone(), part.room_id.clone(), part.call);
-        st.broadcast(
-            &room_id,
-            &ServerMessage::ParticipantUpdated { participant: info },
-            None,
-        );
-        Ok(call)
+    if part.info.muted != was_muted && part.call == CallPhase::InCall {
+        inner.ports.media.set_muted(pid, part.info.muted);
     }
+    let (info, room_id, call) = (part.info.clone(), part.room_id.clone(), part.call);
+    st.broadcast(
+        &room_id,
+        &ServerMessage::ParticipantUpdated { participant: info },
+        None,
+    );
+    Ok(call)
+}
 
+impl Session {
     fn mute_participant(&mut self, target: ParticipantId) -> Handled {
         self.moderate(target)?;
+        if self.inner.command_remote(target, Command::Mute) {
+            return Ok(());
+        }
         self.update_and_broadcast(target, |p| {
             p.info.muted = true;
             Ok(())
@@ -980,10 +1066,14 @@ impl Session {
             }
             st.add_removed(&room_id, removed);
             st.send_removed_to_moderators(&room_id);
+            st.publish_removed(&room_id);
             victims
         };
         for pid in victims {
-            self.inner.remove_participant(pid);
+            // Another node's participant is removed by its node.
+            if !self.inner.command_remote(pid, Command::Remove) {
+                self.inner.remove_participant(pid);
+            }
         }
         Ok(())
     }
@@ -1008,6 +1098,7 @@ impl Session {
             ));
         }
         st.send_removed_to_moderators(&room_id);
+        st.publish_removed(&room_id);
         Ok(())
     }
 
@@ -1025,11 +1116,10 @@ impl Session {
                 SignalingError::Refused { code, message } => Refusal::new(code, message),
                 e => Refusal::internal("storing the message", &e),
             })?;
-        self.inner.state.lock().broadcast(
-            &room_id,
-            &ServerMessage::ReceiveMessage { message: stored },
-            None,
-        );
+        self.inner
+            .state
+            .lock()
+            .announce(&room_id, ServerMessage::ReceiveMessage { message: stored });
         Ok(())
     }
 
@@ -1047,11 +1137,10 @@ impl Session {
             .map_err(|e| Refusal::internal("deleting the message", &e))?;
         match outcome {
             DeleteOutcome::Deleted => {
-                self.inner.state.lock().broadcast(
-                    &room_id,
-                    &ServerMessage::MessageDeleted { message_id },
-                    None,
-                );
+                self.inner
+                    .state
+                    .lock()
+                    .announce(&room_id, ServerMessage::MessageDeleted { message_id });
                 Ok(())
             }
             DeleteOutcome::NotFound => Err(Refusal::new(ErrorCode::NotFound, "no such message")),
@@ -1082,7 +1171,8 @@ fn places_to_free(
         .iter()
         .filter_map(|pid| {
             let p = st.parts.get(pid)?;
-            (p.user.user_id == user_id).then_some((*pid, p.conn.is_none()))
+            // The cap is per node: another node's places of this user are its own.
+            (p.is_local() && p.user.user_id == user_id).then_some((*pid, p.conn.is_none()))
         })
         .collect();
     if mine.len() < cap {
