@@ -136,7 +136,23 @@ impl RedisCluster {
             tx.clone(),
             shutdown.clone(),
         ));
-        tokio::spawn(subscribe(client, settings.node_id.clone(), tx, shutdown));
+        let (subscribed_tx, subscribed) = tokio::sync::oneshot::channel();
+        tokio::spawn(subscribe(
+            client,
+            settings.node_id.clone(),
+            tx,
+            subscribed_tx,
+            shutdown,
+        ));
+        // Serve only once other nodes' events arrive, so that nothing published right
+        // after this node starts is missed (bounded: a Redis that is down is waited
+        // for in the background).
+        if tokio::time::timeout(CALL_TIMEOUT, subscribed)
+            .await
+            .is_err()
+        {
+            tracing::warn!("not subscribed to cluster events yet; starting anyway");
+        }
         tracing::info!(node = %settings.node_id, "cluster mode: rooms shared through Redis");
         Ok(cluster)
     }
@@ -258,8 +274,10 @@ async fn subscribe(
     client: redis::Client,
     node: String,
     tx: mpsc::UnboundedSender<ClusterInput>,
+    first: tokio::sync::oneshot::Sender<()>,
     shutdown: CancellationToken,
 ) {
+    let mut first = Some(first);
     let mut backoff = Duration::from_millis(100);
     loop {
         let connected = async {
@@ -274,6 +292,9 @@ async fn subscribe(
         match ps {
             Ok(Ok(mut ps)) => {
                 backoff = Duration::from_millis(100);
+                if let Some(first) = first.take() {
+                    let _ = first.send(());
+                }
                 if tx.send(ClusterInput::Subscribed).is_err() {
                     return;
                 }
