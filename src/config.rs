@@ -289,6 +289,25 @@ pub struct Config {
     #[arg(long, env = "HTTP_IDLE_TIMEOUT_SECS", default_value_t = 60)]
     pub http_idle_timeout_secs: u64,
 
+    /// Redis connection string (`redis://host:6379`): run as one node of a cluster whose
+    /// nodes share rooms through this Redis. Unset: a single node, no Redis at all.
+    #[arg(long, env = "REDIS_URL", hide_env_values = true)]
+    pub redis_url: Option<String>,
+
+    /// This node's id in the cluster (unique among live nodes). Default: the host name
+    /// and a random suffix.
+    #[arg(long, env = "NODE_ID")]
+    pub node_id: Option<String>,
+
+    /// How often a cluster node writes its heartbeat to Redis, milliseconds.
+    #[arg(long, env = "CLUSTER_HEARTBEAT_MS", default_value_t = 1000)]
+    pub cluster_heartbeat_ms: u64,
+
+    /// A node whose heartbeat is older than this is dead (its heartbeat key expires),
+    /// milliseconds; its participants may resume elsewhere within the resume grace.
+    #[arg(long, env = "CLUSTER_NODE_TTL_MS", default_value_t = 5000)]
+    pub cluster_node_ttl_ms: u64,
+
     /// Serve `/metrics` on this separate port instead of the HTTP port.
     #[arg(long, env = "METRICS_PORT")]
     pub metrics_port: Option<u16>,
@@ -414,6 +433,47 @@ impl Config {
             settings,
             Duration::from_millis(self.mongo_operation_timeout_ms),
         ))
+    }
+
+    /// Cluster settings, when `REDIS_URL` is set.
+    pub fn cluster_settings(
+        &self,
+    ) -> anyhow::Result<Option<crate::cluster_redis::ClusterSettings>> {
+        let Some(url) = self
+            .redis_url
+            .as_deref()
+            .map(str::trim)
+            .filter(|u| !u.is_empty())
+        else {
+            return Ok(None);
+        };
+        anyhow::ensure!(
+            self.cluster_heartbeat_ms > 0,
+            "CLUSTER_HEARTBEAT_MS must be positive"
+        );
+        anyhow::ensure!(
+            self.cluster_node_ttl_ms > self.cluster_heartbeat_ms,
+            "CLUSTER_NODE_TTL_MS must be above CLUSTER_HEARTBEAT_MS"
+        );
+        let node_id = match self.node_id.as_deref().map(str::trim) {
+            Some(id) if !id.is_empty() => {
+                anyhow::ensure!(
+                    id.len() <= 64
+                        && id
+                            .chars()
+                            .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c)),
+                    "NODE_ID: at most 64 letters, digits, '-', '_' or '.'"
+                );
+                id.to_owned()
+            }
+            _ => crate::cluster_redis::default_node_id(),
+        };
+        Ok(Some(crate::cluster_redis::ClusterSettings {
+            redis_url: url.to_owned(),
+            node_id,
+            heartbeat: Duration::from_millis(self.cluster_heartbeat_ms),
+            node_ttl: Duration::from_millis(self.cluster_node_ttl_ms),
+        }))
     }
 
     /// Parses flags and environment, applying the `DB_URL` alias for `MONGO_URI`.
@@ -654,6 +714,43 @@ mod tests {
         assert_eq!(sfu.relay.bind.to_string(), "10.0.0.5:9000");
         let short = Config::try_parse_from(["chorus", "--relay-secret", "short"]).expect("parses");
         assert!(short.sfu_config().is_err(), "a short secret is refused");
+    }
+
+    #[test]
+    fn cluster_mode_only_with_a_redis_url_and_sane_timings() {
+        let single = Config::try_parse_from(["chorus"]).expect("parses");
+        assert!(single.cluster_settings().expect("valid").is_none());
+        let c = Config::try_parse_from([
+            "chorus",
+            "--redis-url",
+            "redis://127.0.0.1:6379",
+            "--node-id",
+            "n1",
+        ])
+        .expect("parses");
+        let s = c.cluster_settings().expect("valid").expect("cluster");
+        assert_eq!(s.node_id, "n1");
+        assert!(s.heartbeat < s.node_ttl);
+        let generated = Config::try_parse_from(["chorus", "--redis-url", "redis://x"])
+            .expect("parses")
+            .cluster_settings()
+            .expect("valid")
+            .expect("cluster");
+        assert!(!generated.node_id.is_empty());
+        for bad in [
+            vec!["--node-id", "a b"],
+            vec![
+                "--cluster-heartbeat-ms",
+                "5000",
+                "--cluster-node-ttl-ms",
+                "5000",
+            ],
+        ] {
+            let mut args = vec!["chorus", "--redis-url", "redis://x"];
+            args.extend(bad);
+            let c = Config::try_parse_from(args).expect("parses");
+            assert!(c.cluster_settings().is_err());
+        }
     }
 
     #[test]

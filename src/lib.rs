@@ -4,6 +4,7 @@
 //! WebSocket, the web client and `/metrics`. `main.rs` only adds config loading,
 //! logging and signal handling.
 
+pub mod cluster_redis;
 pub mod config;
 pub mod serve;
 pub mod telemetry;
@@ -105,11 +106,25 @@ pub async fn start(cfg: Config) -> anyhow::Result<Server> {
         }),
         media: Arc::new(sfu.clone()),
     };
-    let signaling = Signaling::new(
-        cfg.signaling_config()?,
-        ports,
-        signaling::sfu_events(sfu_events),
-    );
+    let signaling = match cfg.cluster_settings()? {
+        None => Signaling::new(
+            cfg.signaling_config()?,
+            ports,
+            signaling::sfu_events(sfu_events),
+        ),
+        Some(settings) => {
+            let store = cluster_redis::RedisCluster::start(settings, shutdown.clone()).await?;
+            Signaling::with_cluster(
+                cfg.signaling_config()?,
+                ports,
+                signaling::sfu_events(sfu_events),
+                signaling::cluster::Cluster {
+                    store,
+                    relay: Arc::new(wiring::DisabledRelay),
+                },
+            )
+        }
+    };
     telemetry.register_signaling(signaling.clone())?;
     let state = state.with_live_rooms(Arc::new(wiring::SignalingLiveRooms {
         signaling: signaling.clone(),

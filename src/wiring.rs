@@ -411,3 +411,18 @@ mod chat_error_tests {
         ));
     }
 }
+
+/// The media relay between nodes as signaling drives it. The SFU's relay is not
+/// wired yet: this one relays nothing (no address is published, so no node subscribes
+/// to another), and participants on different nodes share everything but audio.
+pub struct DisabledRelay;
+
+impl signaling::cluster::MediaRelay for DisabledRelay {
+    fn relay_local_addr(&self, _room: media::RoomKey) -> Option<std::net::SocketAddr> {
+        None
+    }
+
+    fn relay_add_subscriber(&self, _room: media::RoomKey, _node_addr: std::net::SocketAddr) {}
+
+    fn relay_remove_subscriber(&self, _room: media::RoomKey, _node_addr: std::net::SocketAddr) {}
+}

@@ -9,7 +9,11 @@
 pub mod protocol;
 
 #[cfg(feature = "server")]
+pub mod cluster;
+#[cfg(feature = "server")]
 mod config;
+#[cfg(feature = "server")]
+mod distributed;
 #[cfg(feature = "server")]
 mod error;
 #[cfg(feature = "server")]

@@ -10,10 +10,12 @@ use std::collections::{BTreeSet, HashMap};
 
 use axum::extract::ws::Utf8Bytes;
 use tokio::sync::mpsc;
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use media::RoomKey;
 
+use crate::cluster::{ClusterEvent, ClusterParticipant, Command};
 use crate::ports::AuthUser;
 use crate::protocol::{Participant, ParticipantId, RemovedUser, Role, ServerMessage, SpeakerLevel};
 
@@ -110,6 +112,44 @@ pub(crate) struct Part {
     pub(crate) had_media: bool,
     /// Bumped on every detach/attach so a stale grace timer does nothing.
     pub(crate) detach_gen: u64,
+    /// Set when another node holds this participant (cluster mode): this entry only
+    /// mirrors it, with no socket and no media here.
+    pub(crate) remote: Option<Remote>,
+}
+
+/// A participant held by another node, as mirrored here.
+#[derive(Debug, Clone)]
+pub(crate) struct Remote {
+    pub(crate) node: String,
+    /// Its roster entry was missing when the roster was last read (e.g. after a
+    /// store restart) and no event confirmed it since.
+    pub(crate) unconfirmed: bool,
+    /// Since when its node is dead or the entry unconfirmed; past the resume grace
+    /// the mirror is dropped (nobody resumed it elsewhere).
+    pub(crate) orphan_since: Option<Instant>,
+}
+
+impl Part {
+    pub(crate) fn is_local(&self) -> bool {
+        self.remote.is_none()
+    }
+
+    /// A local place whose socket is gone and which may still be resumed.
+    pub(crate) fn is_detached(&self) -> bool {
+        self.remote.is_none() && self.conn.is_none()
+    }
+
+    pub(crate) fn cluster_view(&self, node: &str) -> ClusterParticipant {
+        ClusterParticipant {
+            room_id: self.room_id.clone(),
+            node: node.to_owned(),
+            info: self.info.clone(),
+            user_id: self.user.user_id.clone(),
+            name: self.user.name.clone(),
+            avatar: self.user.avatar.clone(),
+            resume_token: self.resume_token.clone(),
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -121,6 +161,46 @@ pub(crate) struct Room {
     pub(crate) slots: Vec<Option<ParticipantId>>,
     pub(crate) spare: Option<ParticipantId>,
     pub(crate) speakers: Vec<SpeakerLevel>,
+    /// Cluster mode: the roster was read from the store (a room first seen through an
+    /// event is only partly known until then).
+    pub(crate) loaded: bool,
+    /// Cluster mode: this node holds the room's authority lease.
+    pub(crate) authority: bool,
+    /// Cluster mode, on the authority: each node's latest loudest local speakers.
+    pub(crate) node_speakers: HashMap<String, Vec<SpeakerLevel>>,
+}
+
+impl Room {
+    pub(crate) fn new(key: RoomKey, owner_user_id: String, slot_count: usize) -> Self {
+        Room {
+            key,
+            owner_user_id,
+            members: Default::default(),
+            slots: vec![None; slot_count],
+            spare: None,
+            speakers: Vec::new(),
+            loaded: false,
+            authority: false,
+            node_speakers: HashMap::new(),
+        }
+    }
+}
+
+/// What the cluster publisher task does, in order.
+#[derive(Debug)]
+pub(crate) enum Outbound {
+    /// Written to the store where it says so (rosters, removed lists), then published.
+    Event(Box<ClusterEvent>),
+    /// Drops a local participant's roster entry without telling anyone (the room was
+    /// closed, which every node learns by itself).
+    Forget { room_id: String, pid: ParticipantId },
+}
+
+/// State's link to the cluster publisher (cluster mode only).
+#[derive(Debug)]
+pub(crate) struct ClusterLink {
+    pub(crate) node: String,
+    pub(crate) tx: mpsc::UnboundedSender<Outbound>,
 }
 
 /// All live rooms and participants of this server.
@@ -139,6 +219,8 @@ pub(crate) struct State {
     /// lets them back in); dropped when the room is closed (ended or deleted). In
     /// memory: a server restart forgets it.
     pub(crate) removed: HashMap<String, Vec<RemovedUser>>,
+    /// Cluster mode: where changes of local participants and rooms are published.
+    pub(crate) cluster: Option<ClusterLink>,
 }
 
 /// Cheap live view of a room for the control plane's listings.
@@ -176,7 +258,8 @@ impl State {
             rooms: self.rooms.len() as u64,
             ..SignalingStats::default()
         };
-        for p in self.parts.values() {
+        // This node's participants only: every node reports its own.
+        for p in self.parts.values().filter(|p| p.is_local()) {
             match p.info.role {
                 crate::protocol::Role::Moderator => s.moderators += 1,
                 crate::protocol::Role::Speaker => s.speakers += 1,
@@ -200,6 +283,12 @@ impl State {
         msg: &ServerMessage,
         except: Option<ParticipantId>,
     ) {
+        // A change of one of this node's participants is every node's news.
+        if let ServerMessage::ParticipantJoined { participant }
+        | ServerMessage::ParticipantUpdated { participant } = msg
+        {
+            self.publish_part(participant.participant_id);
+        }
         let Some(room) = self.rooms.get(room_id) else {
             return;
         };
@@ -214,6 +303,42 @@ impl State {
                 conn.push(bytes.clone());
             }
         }
+    }
+
+    /// Cluster mode: queues `event` for the other nodes (no-op on a single node).
+    pub(crate) fn publish(&self, event: ClusterEvent) {
+        if let Some(c) = &self.cluster {
+            let _ = c.tx.send(Outbound::Event(Box::new(event)));
+        }
+    }
+
+    /// Cluster mode: publishes the current state of a local participant.
+    pub(crate) fn publish_part(&self, pid: ParticipantId) {
+        if let Some(c) = &self.cluster
+            && let Some(p) = self.parts.get(&pid)
+            && p.is_local()
+        {
+            let _ = c.tx.send(Outbound::Event(Box::new(ClusterEvent::Upsert {
+                participant: p.cluster_view(&c.node),
+            })));
+        }
+    }
+
+    /// `broadcast`, and in cluster mode the same message on every other node.
+    pub(crate) fn announce(&self, room_id: &str, msg: ServerMessage) {
+        self.broadcast(room_id, &msg, None);
+        self.publish(ClusterEvent::Broadcast {
+            room_id: room_id.to_owned(),
+            message: msg,
+        });
+    }
+
+    /// Cluster mode: publishes the room's removed-users list after a change.
+    pub(crate) fn publish_removed(&self, room_id: &str) {
+        self.publish(ClusterEvent::RemovedUsers {
+            room_id: room_id.to_owned(),
+            users: self.removed.get(room_id).cloned().unwrap_or_default(),
+        });
     }
 
     pub(crate) fn send_to(&self, pid: ParticipantId, msg: &ServerMessage) {
@@ -294,7 +419,13 @@ impl State {
     /// empties. Returns the removed entry.
     pub(crate) fn remove_part(&mut self, pid: ParticipantId) -> Option<Part> {
         let part = self.parts.remove(&pid)?;
-        self.resume.remove(&part.resume_token);
+        if part.is_local() {
+            self.resume.remove(&part.resume_token);
+            self.publish(ClusterEvent::Left {
+                room_id: part.room_id.clone(),
+                participant_id: pid,
+            });
+        }
         let empty = match self.rooms.get_mut(&part.room_id) {
             Some(room) => {
                 room.members.remove(&pid);
@@ -329,6 +460,19 @@ impl State {
             .iter()
             .copied()
             .find(|pid| role_of(pid) == Some(Role::Speaker))?;
+        if let Some(remote) = self.parts.get(&heir).and_then(|p| p.remote.clone()) {
+            // Its node applies the change and tells everyone.
+            self.publish(ClusterEvent::Command {
+                node: remote.node,
+                room_id: room_id.to_owned(),
+                target: heir,
+                command: Command::SetRole {
+                    role: Role::Moderator,
+                    by_owner: true,
+                },
+            });
+            return Some(heir);
+        }
         let part = self.parts.get_mut(&heir)?;
         part.info.role = Role::Moderator;
         let info = part.info.clone();
@@ -377,7 +521,16 @@ impl State {
             let Some(part) = self.parts.remove(&pid) else {
                 continue;
             };
+            if !part.is_local() {
+                continue;
+            }
             self.resume.remove(&part.resume_token);
+            if let Some(c) = &self.cluster {
+                let _ = c.tx.send(Outbound::Forget {
+                    room_id: room_id.to_owned(),
+                    pid,
+                });
+            }
             if let Some(conn) = &part.conn {
                 if let Some(bytes) = &bytes {
                     conn.push(bytes.clone());
@@ -394,7 +547,7 @@ impl State {
         let mut speakers: Vec<String> = Vec::new();
         let mut reconnecting = 0;
         for p in room.members.iter().filter_map(|pid| self.parts.get(pid)) {
-            if p.conn.is_none() {
+            if p.is_detached() {
                 reconnecting += 1;
             }
             if p.info.role.can_publish() && !speakers.contains(&p.info.user_id) {

@@ -17,6 +17,7 @@ use parking_lot::Mutex;
 use serde::Deserialize;
 use tokio_util::sync::CancellationToken;
 
+use crate::cluster::Cluster;
 use crate::config::SignalingConfig;
 use crate::error::SignalingError;
 use crate::ports::{
@@ -60,23 +61,78 @@ pub(crate) struct Inner {
     pub(crate) open_connections: AtomicU64,
     /// Parent of every connection's cancellation token: `shutdown()` closes all.
     pub(crate) shutdown: CancellationToken,
+    /// Cluster mode (`REDIS_URL`): the shared store and the media relay. `None` on a
+    /// single node, where nothing of `crate::distributed` runs.
+    pub(crate) cluster: Option<Cluster>,
+    /// Cluster mode: per room, the relay address published and the nodes this one
+    /// forwards audio to (only the heartbeat task touches it).
+    pub(crate) relays: Mutex<std::collections::HashMap<String, crate::distributed::RelayState>>,
+    /// Cluster mode: a write to the store failed; the next heartbeat writes everything
+    /// this node owns again.
+    pub(crate) resync_needed: std::sync::atomic::AtomicBool,
 }
 
 impl Signaling {
     /// Builds the service and starts the task that consumes `media_events`.
     /// Must be called inside a Tokio runtime.
     pub fn new(cfg: SignalingConfig, ports: SignalingPorts, media_events: MediaEvents) -> Self {
+        Self::build(cfg, ports, media_events, None)
+    }
+
+    /// `new` for one node of a cluster: rooms span the nodes that share `cluster`'s
+    /// store (docs/ARCHITECTURE.md, *Running several nodes*).
+    pub fn with_cluster(
+        cfg: SignalingConfig,
+        ports: SignalingPorts,
+        media_events: MediaEvents,
+        cluster: Cluster,
+    ) -> Self {
+        Self::build(cfg, ports, media_events, Some(cluster))
+    }
+
+    fn build(
+        cfg: SignalingConfig,
+        ports: SignalingPorts,
+        media_events: MediaEvents,
+        cluster: Option<Cluster>,
+    ) -> Self {
+        let first_pid = cluster
+            .as_ref()
+            .map_or(1, |c| c.store.pid_base().saturating_add(1));
+        let mut state = State::default();
+        let outbound = cluster.as_ref().map(|c| {
+            let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+            state.cluster = Some(crate::rooms::ClusterLink {
+                node: c.store.node_id().to_owned(),
+                tx,
+            });
+            rx
+        });
         let inner = Arc::new(Inner {
             cfg,
             ports,
-            state: Mutex::new(State::default()),
-            next_pid: AtomicU64::new(1),
+            state: Mutex::new(state),
+            next_pid: AtomicU64::new(first_pid),
             next_room: AtomicU64::new(1),
             next_conn: AtomicU64::new(1),
             open_connections: AtomicU64::new(0),
             shutdown: CancellationToken::new(),
+            cluster,
+            relays: Mutex::new(Default::default()),
+            resync_needed: std::sync::atomic::AtomicBool::new(false),
         });
         tokio::spawn(media_pump(Arc::downgrade(&inner), media_events));
+        if let (Some(c), Some(rx)) = (&inner.cluster, outbound) {
+            tokio::spawn(crate::distributed::publisher(
+                Arc::downgrade(&inner),
+                c.store.clone(),
+                rx,
+            ));
+            tokio::spawn(crate::distributed::input_pump(
+                Arc::downgrade(&inner),
+                c.store.inputs(),
+            ));
+        }
         Signaling { inner }
     }
 
@@ -104,21 +160,19 @@ impl Signaling {
     /// in the room as `receive_message`, serialised once. Never waits: a slow client's
     /// full queue disconnects it, as for any broadcast. A room nobody is in is a no-op.
     pub fn broadcast_message(&self, room_id: &str, message: ChatMessage) {
-        self.inner.state.lock().broadcast(
-            room_id,
-            &ServerMessage::ReceiveMessage { message },
-            None,
-        );
+        self.inner
+            .state
+            .lock()
+            .announce(room_id, ServerMessage::ReceiveMessage { message });
     }
 
     /// Tells everyone in the room that a message was deleted elsewhere (e.g. over HTTP).
     pub fn broadcast_message_deleted(&self, room_id: &str, message_id: &str) {
-        self.inner.state.lock().broadcast(
+        self.inner.state.lock().announce(
             room_id,
-            &ServerMessage::MessageDeleted {
+            ServerMessage::MessageDeleted {
                 message_id: message_id.to_owned(),
             },
-            None,
         );
     }
 
@@ -128,7 +182,26 @@ impl Signaling {
     /// so no call-left notices are written for it. Never waits. Returns how many
     /// participants were removed (0 when nobody was in the room).
     pub fn close_room(&self, room_id: &str, reason: &str) -> usize {
-        let removed = self.inner.state.lock().close_room(
+        self.inner
+            .state
+            .lock()
+            .publish(crate::cluster::ClusterEvent::CloseRoom {
+                room_id: room_id.to_owned(),
+                reason: reason.to_owned(),
+            });
+        self.inner.close_room_here(room_id, reason)
+    }
+
+    /// Node id in cluster mode.
+    pub fn node_id(&self) -> Option<&str> {
+        self.inner.cluster.as_ref().map(|c| c.store.node_id())
+    }
+}
+
+impl Inner {
+    /// `Signaling::close_room` on this node only.
+    pub(crate) fn close_room_here(&self, room_id: &str, reason: &str) -> usize {
+        let removed = self.state.lock().close_room(
             room_id,
             &ServerMessage::Removed {
                 reason: reason.to_owned(),
@@ -139,12 +212,14 @@ impl Signaling {
         // Outside the state lock: `leave` only queues a command for the media thread.
         for part in &removed {
             if part.call != CallPhase::Idle {
-                self.inner.ports.media.leave(part.info.participant_id);
+                self.ports.media.leave(part.info.participant_id);
             }
         }
         removed.len()
     }
+}
 
+impl Signaling {
     /// Live counts for metrics. Walks the participants under the state lock: call it
     /// at scrape time, not per packet.
     pub fn stats(&self) -> SignalingStats {
@@ -290,11 +365,10 @@ impl Inner {
     /// `call_notification`. A store failure is logged and nothing is broadcast.
     pub(crate) async fn call_notice(&self, room_id: &str, user: &AuthUser, event: CallEvent) {
         match self.ports.chat.store_call_event(room_id, user, event).await {
-            Ok(message) => self.state.lock().broadcast(
-                room_id,
-                &ServerMessage::CallNotification { message },
-                None,
-            ),
+            Ok(message) => self
+                .state
+                .lock()
+                .announce(room_id, ServerMessage::CallNotification { message }),
             Err(e) => tracing::warn!(error = %e, "failed to store a call notice"),
         }
     }
@@ -406,6 +480,12 @@ impl Inner {
                         level,
                     })
                     .collect();
+                if let Some(c) = &self.cluster {
+                    // The room's authority merges every node's speakers.
+                    let node = c.store.node_id().to_owned();
+                    crate::distributed::node_speakers(&mut st, &room_id, &node, speakers);
+                    return;
+                }
                 if let Some(r) = st.rooms.get_mut(&room_id) {
                     r.speakers = speakers.clone();
                 }

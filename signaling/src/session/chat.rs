@@ -22,11 +22,10 @@ impl Session {
                 SignalingError::Refused { code, message } => Refusal::new(code, message),
                 e => Refusal::internal("storing the message", &e),
             })?;
-        self.inner.state.lock().broadcast(
-            &room_id,
-            &ServerMessage::ReceiveMessage { message: stored },
-            None,
-        );
+        self.inner
+            .state
+            .lock()
+            .announce(&room_id, ServerMessage::ReceiveMessage { message: stored });
         Ok(())
     }
 
@@ -44,11 +43,10 @@ impl Session {
             .map_err(|e| Refusal::internal("deleting the message", &e))?;
         match outcome {
             DeleteOutcome::Deleted => {
-                self.inner.state.lock().broadcast(
-                    &room_id,
-                    &ServerMessage::MessageDeleted { message_id },
-                    None,
-                );
+                self.inner
+                    .state
+                    .lock()
+                    .announce(&room_id, ServerMessage::MessageDeleted { message_id });
                 Ok(())
             }
             DeleteOutcome::NotFound => Err(Refusal::new(ErrorCode::NotFound, "no such message")),

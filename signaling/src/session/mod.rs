@@ -33,6 +33,8 @@ use crate::server::Inner;
 mod call;
 mod chat;
 mod moderation;
+
+pub(crate) use moderation::apply_set_role;
 mod room;
 
 /// Close code for a connection ended by the server for a policy reason (refused
@@ -46,7 +48,7 @@ const MAX_JOIN_RECHECKS: u32 = 3;
 
 /// Why a client message was refused; becomes an `error` message.
 #[derive(Debug)]
-struct Refusal {
+pub(crate) struct Refusal {
     code: ErrorCode,
     message: String,
     fatal: bool,
@@ -76,7 +78,7 @@ impl Refusal {
     }
 }
 
-type Handled = Result<(), Refusal>;
+pub(crate) type Handled = Result<(), Refusal>;
 
 pub(crate) async fn run(
     inner: Arc<Inner>,

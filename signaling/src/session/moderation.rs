@@ -1,8 +1,12 @@
 //! Participant state changes: self mute and hand, and what moderators may do (roles,
 //! mute, removal, letting a removed user back in).
 
+use std::sync::Arc;
+
+use crate::cluster::Command;
 use crate::protocol::{ErrorCode, ParticipantId, RemovedUser, Role, ServerMessage};
 use crate::rooms::{CallPhase, Part};
+use crate::server::Inner;
 
 use super::call::offer_message;
 use super::{CLOSE_POLICY, Handled, Refusal, Session};
@@ -107,10 +111,45 @@ impl Session {
 
     pub(super) async fn set_role(&mut self, target: ParticipantId, role: Role) -> Handled {
         let by_owner = self.check_set_role(target, role)?;
-        let owner_id = self.owner_of_current_room();
-        let self_change = self.pid == Some(target);
+        if self
+            .inner
+            .command_remote(target, Command::SetRole { role, by_owner })
+        {
+            return Ok(());
+        }
+        apply_set_role(
+            &self.inner,
+            target,
+            role,
+            by_owner,
+            self.pid == Some(target),
+        )
+        .await
+    }
+}
+
+/// Changes `target`'s role (rights already checked: `by_owner` says whether the room
+/// owner asks, `self_change` whether the target asks for itself) and renegotiates its
+/// audio when it gains or loses the right to publish.
+pub(crate) async fn apply_set_role(
+    inner: &Arc<Inner>,
+    target: ParticipantId,
+    role: Role,
+    by_owner: bool,
+    self_change: bool,
+) -> Handled {
+    {
+        let (owner_id, room_id) = {
+            let st = inner.state.lock();
+            let room_id = st.parts.get(&target).map(|p| p.room_id.clone());
+            let owner_id = room_id
+                .as_ref()
+                .and_then(|r| st.rooms.get(r))
+                .map(|r| r.owner_user_id.clone());
+            (owner_id, room_id)
+        };
         let mut changed = false;
-        let call = self.update_and_broadcast_if(target, |p| {
+        let call = update_and_broadcast_if(inner, target, |p| {
             let owners = owner_id.as_deref() == Some(p.user.user_id.as_str());
             if p.info.role == Role::Moderator && (owners || !(by_owner || self_change)) {
                 return Err(Refusal::new(
@@ -131,61 +170,57 @@ impl Session {
             Ok(true)
         })?;
         if role == Role::Moderator
-            && let Ok((_, room_id)) = self.current()
+            && let Some(room_id) = &room_id
         {
-            self.inner.state.lock().send_removed_to_moderators(&room_id);
+            inner.state.lock().send_removed_to_moderators(room_id);
         }
         if !changed || call != CallPhase::InCall {
             return Ok(());
         }
-        let media = &self.inner.ports.media;
+        let media = &inner.ports.media;
         match media.set_can_publish(target, role.can_publish()).await {
             Ok(offer) => {
-                self.inner
-                    .state
-                    .lock()
-                    .send_to(target, &offer_message(offer));
+                inner.state.lock().send_to(target, &offer_message(offer));
                 Ok(())
             }
             Err(e) => Err(Refusal::internal("renegotiation", &e)),
         }
     }
+}
 
-    fn owner_of_current_room(&self) -> Option<String> {
-        let (_, room_id) = self.current().ok()?;
-        let st = self.inner.state.lock();
-        st.rooms.get(&room_id).map(|r| r.owner_user_id.clone())
+/// Applies `change` to participant `pid` and broadcasts the result; `change` says
+/// whether anything changed (nothing is broadcast when it did not).
+fn update_and_broadcast_if(
+    inner: &Inner,
+    pid: ParticipantId,
+    change: impl FnOnce(&mut Part) -> Result<bool, Refusal>,
+) -> Result<CallPhase, Refusal> {
+    let mut st = inner.state.lock();
+    let Some(part) = st.parts.get_mut(&pid) else {
+        return Err(Refusal::new(ErrorCode::NotFound, "no such participant"));
+    };
+    let was_muted = part.info.muted;
+    if !change(part)? {
+        return Ok(part.call);
     }
-
-    /// Like `update_and_broadcast`, but `change` says whether anything changed; nothing
-    /// is broadcast when it did not.
-    fn update_and_broadcast_if(
-        &self,
-        pid: ParticipantId,
-        change: impl FnOnce(&mut Part) -> Result<bool, Refusal>,
-    ) -> Result<CallPhase, Refusal> {
-        let mut st = self.inner.state.lock();
-        let Some(part) = st.parts.get_mut(&pid) else {
-            return Err(Refusal::new(ErrorCode::NotFound, "no such participant"));
-        };
-        let was_muted = part.info.muted;
-        if !change(part)? {
-            return Ok(part.call);
-        }
-        if part.info.muted != was_muted && part.call == CallPhase::InCall {
-            self.inner.ports.media.set_muted(pid, part.info.muted);
-        }
-        let (info, room_id, call) = (part.info.clone(), part.room_id.clone(), part.call);
-        st.broadcast(
-            &room_id,
-            &ServerMessage::ParticipantUpdated { participant: info },
-            None,
-        );
-        Ok(call)
+    if part.info.muted != was_muted && part.call == CallPhase::InCall {
+        inner.ports.media.set_muted(pid, part.info.muted);
     }
+    let (info, room_id, call) = (part.info.clone(), part.room_id.clone(), part.call);
+    st.broadcast(
+        &room_id,
+        &ServerMessage::ParticipantUpdated { participant: info },
+        None,
+    );
+    Ok(call)
+}
 
+impl Session {
     pub(super) fn mute_participant(&mut self, target: ParticipantId) -> Handled {
         self.moderate(target)?;
+        if self.inner.command_remote(target, Command::Mute) {
+            return Ok(());
+        }
         self.update_and_broadcast(target, |p| {
             p.info.muted = true;
             Ok(())
@@ -242,10 +277,14 @@ impl Session {
             }
             st.add_removed(&room_id, removed);
             st.send_removed_to_moderators(&room_id);
+            st.publish_removed(&room_id);
             victims
         };
         for pid in victims {
-            self.inner.remove_participant(pid);
+            // Another node's participant is removed by its node.
+            if !self.inner.command_remote(pid, Command::Remove) {
+                self.inner.remove_participant(pid);
+            }
         }
         Ok(())
     }
@@ -270,6 +309,7 @@ impl Session {
             ));
         }
         st.send_removed_to_moderators(&room_id);
+        st.publish_removed(&room_id);
         Ok(())
     }
 }

@@ -55,6 +55,12 @@ impl Session {
         // Places of this user freed to stay within the per-user cap (finished below,
         // outside the state lock).
         let mut evicted = Vec::new();
+        // Cluster mode: the room as the other nodes have it, and a place of this user
+        // held (or left behind) by another node that the resume token names.
+        let adoptable = self
+            .inner
+            .load_room_from_cluster(&room_id, resume_token.as_deref(), &self.user.user_id)
+            .await;
         loop {
             let closures_seen = self.inner.state.lock().closures;
             let access = self.check_join(&room_id).await?;
@@ -111,6 +117,61 @@ impl Session {
                 }
                 return Ok(());
             }
+            if let Some(found) = &adoptable
+                && st.rooms.contains_key(&room_id)
+            {
+                // Resumed on this node: the place comes over with its id and role;
+                // its old node lets go when it sees the move.
+                let pid = found.info.participant_id;
+                let token = new_resume_token();
+                let mut info = found.info.clone();
+                info.in_call = false;
+                if let Some(old) = st.parts.remove(&pid) {
+                    st.resume.remove(&old.resume_token);
+                }
+                if let Some(room) = st.rooms.get_mut(&room_id) {
+                    room.owner_user_id = access.owner_user_id.clone();
+                    room.members.insert(pid);
+                }
+                st.parts.insert(
+                    pid,
+                    Part {
+                        info: info.clone(),
+                        user: self.user.clone(),
+                        room_id: room_id.clone(),
+                        conn: Some(self.conn.clone()),
+                        resume_token: token.clone(),
+                        call: CallPhase::Idle,
+                        media_connected: false,
+                        had_media: true,
+                        detach_gen: 0,
+                        remote: None,
+                    },
+                );
+                st.resume.insert(token.clone(), pid);
+                self.pid = Some(pid);
+                self.send(&ServerMessage::Joined {
+                    room_id: room_id.clone(),
+                    you: info.clone(),
+                    resume_token: token,
+                    resumed: true,
+                    ice_servers: cfg.ice_servers.clone(),
+                    slot_count: cfg.slot_count,
+                });
+                self.send(&ServerMessage::OnlineUsers {
+                    participants: st.participants_of(&room_id),
+                });
+                if info.role == Role::Moderator && st.removed.contains_key(&room_id) {
+                    self.send(&st.removed_message(&room_id));
+                }
+                st.broadcast(
+                    &room_id,
+                    &ServerMessage::ParticipantUpdated { participant: info },
+                    Some(pid),
+                );
+                tracing::info!(pid = pid.0, "place resumed from another node");
+                return Ok(());
+            }
 
             if st.is_removed(&room_id, &self.user.user_id) {
                 return Err(Refusal::fatal(
@@ -154,17 +215,9 @@ impl Session {
             if !st.rooms.contains_key(&room_id) {
                 let key = self.inner.next_room_key();
                 st.room_by_key.insert(key, room_id.clone());
-                st.rooms.insert(
-                    room_id.clone(),
-                    Room {
-                        key,
-                        owner_user_id: access.owner_user_id.clone(),
-                        members: Default::default(),
-                        slots: vec![None; cfg.slot_count],
-                        spare: None,
-                        speakers: Vec::new(),
-                    },
-                );
+                let mut room = Room::new(key, access.owner_user_id.clone(), cfg.slot_count);
+                room.loaded = true;
+                st.rooms.insert(room_id.clone(), room);
             }
             if let Some(room) = st.rooms.get_mut(&room_id) {
                 room.owner_user_id = access.owner_user_id.clone();
@@ -182,6 +235,7 @@ impl Session {
                     media_connected: false,
                     had_media: false,
                     detach_gen: 0,
+                    remote: None,
                 },
             );
             st.resume.insert(token.clone(), pid);
@@ -251,7 +305,8 @@ fn places_to_free(
         .iter()
         .filter_map(|pid| {
             let p = st.parts.get(pid)?;
-            (p.user.user_id == user_id).then_some((*pid, p.conn.is_none()))
+            // The cap is per node: another node's places of this user are its own.
+            (p.is_local() && p.user.user_id == user_id).then_some((*pid, p.conn.is_none()))
         })
         .collect();
     if mine.len() < cap {
