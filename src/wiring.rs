@@ -42,10 +42,17 @@ pub struct ApiAuthenticator {
 
 #[async_trait]
 impl Authenticator for ApiAuthenticator {
-    async fn authenticate(&self, token: &str) -> Result<AuthUser, SignalingError> {
+    async fn authenticate(
+        &self,
+        headers: &axum::http::HeaderMap,
+        query: Option<&str>,
+    ) -> Result<AuthUser, SignalingError> {
+        // The control plane's one rule: bearer, then cookie, then the query parameter.
+        let token =
+            api::extract_access_token(headers, query).ok_or(SignalingError::Unauthorized)?;
         let claims = self
             .verifier
-            .verify_access(token)
+            .verify_access(&token)
             .map_err(|_| SignalingError::Unauthorized)?;
         let user = self
             .store

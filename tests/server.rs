@@ -428,3 +428,50 @@ async fn a_private_room_refuses_an_uninvited_user_but_admits_its_owner() -> anyh
 
 /// Keeps `Duration` in use when some tests are compiled out.
 const _: Duration = STEP;
+
+/// The socket takes its token by the control plane's one rule (`api::extract_access_token`):
+/// bearer, then the `accessToken` cookie, then `?token=`; the first present one decides,
+/// even when it is invalid and a later one is not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_socket_takes_the_token_in_the_http_apis_order() -> anyhow::Result<()> {
+    let s = TestServer::start(&[]).await?;
+    let room = s.create_room("order-owner", "open").await?;
+    let good = s.token("order-user");
+    let cookie = |token: &str| Auth::Cookie {
+        name: "accessToken".into(),
+        token: token.to_owned(),
+    };
+    let with_query = |token: &str| format!("{}?token={token}", s.ws);
+    let cases = [
+        // The cookie beats the query parameter (signaling once read the query first).
+        (with_query("not-a-jwt"), cookie(&good), true),
+        (with_query(&good), cookie("not-a-jwt"), false),
+        // The bearer beats both.
+        (with_query(&good), Auth::Bearer("not-a-jwt".into()), false),
+        (with_query("not-a-jwt"), Auth::Bearer(good.clone()), true),
+        // An empty cookie is no cookie: the query decides.
+        (with_query(&good), cookie(""), true),
+    ];
+    for (url, auth, admitted) in cases {
+        let SignalClient {
+            sender,
+            mut receiver,
+        } = SignalClient::connect(&url, &auth, STEP).await?;
+        let _ = sender
+            .send(&ClientMessage::JoinRoom {
+                room_id: room.clone(),
+                resume_token: None,
+            })
+            .await;
+        match receiver.recv(STEP).await? {
+            ServerMessage::Joined { .. } => assert!(admitted, "{url} {auth:?} was admitted"),
+            ServerMessage::Error { code, .. } => {
+                assert!(!admitted, "{url} {auth:?} refused: {code:?}");
+                assert_eq!(code, ErrorCode::Unauthorized, "{url} {auth:?}");
+            }
+            other => panic!("{url} {auth:?}: unexpected {other:?}"),
+        }
+    }
+    s.stop().await;
+    Ok(())
+}

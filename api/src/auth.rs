@@ -14,10 +14,12 @@
 use std::sync::Arc;
 
 use axum::extract::FromRequestParts;
+use axum::http::HeaderMap;
 use axum::http::header::{AUTHORIZATION, COOKIE};
 use axum::http::request::Parts;
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use cookie::{Cookie, SameSite};
 use hmac::{Hmac, Mac};
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use rand::RngCore;
@@ -227,60 +229,22 @@ pub fn random_token() -> String {
     URL_SAFE_NO_PAD.encode(b)
 }
 
-/// Where a request's access token may come from.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum TokenSources {
-    /// `Authorization: Bearer` and the `accessToken` cookie (HTTP API).
-    HeaderAndCookie,
-    /// Also a `token` query parameter (WebSocket upgrades from browsers cannot set headers).
-    HeaderCookieAndQuery,
+/// Finds the access token of a request, the one rule for HTTP and the WebSocket:
+/// `Authorization: Bearer` first, then the `accessToken` cookie, then the `token`
+/// parameter of `query` (WebSocket upgrades from browsers cannot set headers; the HTTP
+/// API passes no query, so tokens never travel in its URLs). A source that is present
+/// but empty or unreadable is skipped. The token is not verified here.
+pub fn extract_access_token(headers: &HeaderMap, query: Option<&str>) -> Option<String> {
+    bearer_token(headers)
+        .or_else(|| cookie_value(headers, ACCESS_COOKIE))
+        .or_else(|| {
+            form_urlencoded::parse(query?.as_bytes())
+                .find(|(k, v)| k == "token" && !v.is_empty())
+                .map(|(_, v)| v.into_owned())
+        })
 }
 
-/// Finds the access token of a request: `Authorization: Bearer` first, then the
-/// `accessToken` cookie, then (if allowed) the `token` query parameter.
-pub fn extract_access_token(parts: &Parts, sources: TokenSources) -> Option<String> {
-    if let Some(t) = bearer_token(&parts.headers) {
-        return Some(t);
-    }
-    if let Some(t) = cookie_value(&parts.headers, ACCESS_COOKIE) {
-        return Some(t);
-    }
-    if sources == TokenSources::HeaderCookieAndQuery {
-        let q = parts.uri.query()?;
-        for pair in q.split('&') {
-            if let Some(v) = pair.strip_prefix("token=")
-                && !v.is_empty()
-            {
-                return Some(percent_decode(v));
-            }
-        }
-    }
-    None
-}
-
-fn percent_decode(s: &str) -> String {
-    fn hex(c: u8) -> Option<u8> {
-        (c as char).to_digit(16).map(|d| d as u8)
-    }
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        if b[i] == b'%'
-            && i + 2 < b.len()
-            && let (Some(h), Some(l)) = (hex(b[i + 1]), hex(b[i + 2]))
-        {
-            out.push(h << 4 | l);
-            i += 3;
-            continue;
-        }
-        out.push(b[i]);
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
-}
-
-pub fn bearer_token(headers: &axum::http::HeaderMap) -> Option<String> {
+pub fn bearer_token(headers: &HeaderMap) -> Option<String> {
     let v = headers.get(AUTHORIZATION)?.to_str().ok()?;
     let (scheme, rest) = v.split_once(' ')?;
     if !scheme.eq_ignore_ascii_case("bearer") {
@@ -290,42 +254,159 @@ pub fn bearer_token(headers: &axum::http::HeaderMap) -> Option<String> {
     (!t.is_empty()).then(|| t.to_owned())
 }
 
-/// The value of a cookie from the `Cookie` header(s).
-pub fn cookie_value(headers: &axum::http::HeaderMap, name: &str) -> Option<String> {
-    for h in headers.get_all(COOKIE) {
-        let Ok(s) = h.to_str() else { continue };
-        for pair in s.split(';') {
-            if let Some((k, v)) = pair.trim().split_once('=')
-                && k == name
-                && !v.is_empty()
-            {
-                return Some(v.trim_matches('"').to_owned());
-            }
-        }
-    }
-    None
+/// The first non-empty value of cookie `name` in the `Cookie` header(s); pairs that do
+/// not parse are skipped.
+pub fn cookie_value(headers: &HeaderMap, name: &str) -> Option<String> {
+    headers
+        .get_all(COOKIE)
+        .iter()
+        .filter_map(|h| h.to_str().ok())
+        .flat_map(Cookie::split_parse)
+        .filter_map(Result::ok)
+        .find(|c| c.name() == name && !c.value_trimmed().is_empty())
+        .map(|c| c.value_trimmed().to_owned())
 }
 
-/// A `Set-Cookie` value. Tokens are base64url/JWT, so no escaping is needed.
+/// A `Set-Cookie` value: HttpOnly, SameSite=Lax, and Secure when asked.
 pub fn set_cookie(name: &str, value: &str, path: &str, max_age_secs: i64, secure: bool) -> String {
-    let secure = if secure { "; Secure" } else { "" };
-    format!("{name}={value}; Path={path}; Max-Age={max_age_secs}; HttpOnly; SameSite=Lax{secure}")
+    Cookie::build((name, value))
+        .path(path)
+        .max_age(cookie::time::Duration::seconds(max_age_secs))
+        .http_only(true)
+        .same_site(SameSite::Lax)
+        .secure(secure)
+        .build()
+        .to_string()
 }
 
 /// A `Set-Cookie` value that deletes the cookie.
 pub fn clear_cookie(name: &str, path: &str, secure: bool) -> String {
-    let secure = if secure { "; Secure" } else { "" };
-    format!(
-        "{name}=; Path={path}; Max-Age=0; Expires=Thu, 01 Jan 1970 00:00:00 GMT; HttpOnly; SameSite=Lax{secure}"
-    )
+    Cookie::build((name, ""))
+        .path(path)
+        .max_age(cookie::time::Duration::ZERO)
+        .expires(cookie::time::OffsetDateTime::UNIX_EPOCH)
+        .http_only(true)
+        .same_site(SameSite::Lax)
+        .secure(secure)
+        .build()
+        .to_string()
 }
 
 impl FromRequestParts<AppState> for AuthUser {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
-        let token =
-            extract_access_token(parts, TokenSources::HeaderAndCookie).ok_or(AuthError::Missing)?;
+        let token = extract_access_token(&parts.headers, None).ok_or(AuthError::Missing)?;
         Ok(state.tokens.verifier().verify_access(&token)?)
+    }
+}
+
+#[cfg(test)]
+mod extract_tests {
+    use super::*;
+    use axum::http::HeaderValue;
+
+    fn headers(pairs: &[(&'static str, &str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.append(*k, HeaderValue::from_str(v).expect("ascii"));
+        }
+        h
+    }
+
+    #[test]
+    fn bearer_beats_cookie_beats_query() {
+        let all = headers(&[
+            ("authorization", "Bearer from-bearer"),
+            ("cookie", "accessToken=from-cookie"),
+        ]);
+        let q = Some("room=x&token=from-query");
+        assert_eq!(
+            extract_access_token(&all, q).as_deref(),
+            Some("from-bearer")
+        );
+        let cookie = headers(&[("cookie", "accessToken=from-cookie")]);
+        assert_eq!(
+            extract_access_token(&cookie, q).as_deref(),
+            Some("from-cookie")
+        );
+        assert_eq!(
+            extract_access_token(&HeaderMap::new(), q).as_deref(),
+            Some("from-query")
+        );
+        assert_eq!(extract_access_token(&HeaderMap::new(), None), None);
+        assert_eq!(
+            extract_access_token(&cookie, None).as_deref(),
+            Some("from-cookie")
+        );
+    }
+
+    #[test]
+    fn empty_or_unreadable_sources_are_skipped() {
+        let h = headers(&[
+            ("authorization", "Basic dXNlcjpwYXNz"),
+            ("cookie", "accessToken="),
+        ]);
+        assert_eq!(
+            extract_access_token(&h, Some("token=&token=q%2Eq")).as_deref(),
+            Some("q.q"),
+            "percent-decoded, first non-empty"
+        );
+        assert_eq!(
+            extract_access_token(&headers(&[("authorization", "Bearer  ")]), None),
+            None
+        );
+    }
+
+    #[test]
+    fn malformed_cookie_headers_do_not_hide_or_invent_the_token() {
+        for (header, want) in [
+            ("garbage; accessToken=tok", Some("tok")),
+            ("=; ;;accessToken=\"tok\"; other=1", Some("tok")),
+            ("accesstoken=wrong-case", None),
+            ("xaccessToken=tok", None),
+            ("accessToken", None),
+            ("; = ;", None),
+            ("other=1; accessToken=a=b", Some("a=b")),
+        ] {
+            assert_eq!(
+                cookie_value(&headers(&[("cookie", header)]), ACCESS_COOKIE).as_deref(),
+                want,
+                "{header:?}"
+            );
+        }
+        // Two Cookie headers: the pair may be in either.
+        let two = headers(&[("cookie", "a=1"), ("cookie", "accessToken=second")]);
+        assert_eq!(cookie_value(&two, ACCESS_COOKIE).as_deref(), Some("second"));
+        // A non-UTF-8 header is skipped, not fatal.
+        let mut bad = HeaderMap::new();
+        bad.append(
+            COOKIE,
+            HeaderValue::from_bytes(b"\xff=\xfe").expect("opaque"),
+        );
+        bad.append(COOKIE, HeaderValue::from_static("accessToken=ok"));
+        assert_eq!(cookie_value(&bad, ACCESS_COOKIE).as_deref(), Some("ok"));
+    }
+
+    #[test]
+    fn set_cookie_carries_the_attributes() {
+        let c = set_cookie("accessToken", "t", "/", 900, true);
+        assert!(c.starts_with("accessToken=t;"), "{c}");
+        for attr in [
+            "HttpOnly",
+            "SameSite=Lax",
+            "Secure",
+            "Path=/",
+            "Max-Age=900",
+        ] {
+            assert!(c.contains(attr), "{c} lacks {attr}");
+        }
+        let gone = clear_cookie("refreshToken", "/api", false);
+        assert!(gone.starts_with("refreshToken=;"), "{gone}");
+        assert!(
+            gone.contains("Max-Age=0") && gone.contains("1970"),
+            "{gone}"
+        );
+        assert!(!gone.contains("Secure"), "{gone}");
     }
 }

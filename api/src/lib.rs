@@ -37,7 +37,7 @@ use utoipa_axum::routes;
 
 pub use access::{AccessError, can_join};
 pub use auth::{
-    AuthError, AuthUser, JwtSecrets, TokenSources, TokenVerifier, extract_access_token,
+    ACCESS_COOKIE, AuthError, AuthUser, JwtSecrets, TokenVerifier, extract_access_token,
 };
 pub use config::ApiConfig;
 pub use error::ApiError;

@@ -41,6 +41,6 @@ pub use ports::{
 #[cfg(feature = "server")]
 pub use rooms::{RoomSnapshot, SignalingStats};
 #[cfg(feature = "server")]
-pub use server::{ACCESS_COOKIE, Signaling, SignalingPorts};
+pub use server::{Signaling, SignalingPorts};
 #[cfg(feature = "server")]
 pub use sfu::sfu_events;

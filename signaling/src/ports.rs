@@ -7,6 +7,7 @@
 //! does depend on, it shares media's own types (`RoomKey`, `Offer`, `SfuEvent`).
 
 use async_trait::async_trait;
+use axum::http;
 use futures::stream::BoxStream;
 use media::{Offer, RoomKey, SfuEvent};
 
@@ -21,12 +22,19 @@ pub struct AuthUser {
     pub avatar: Option<String>,
 }
 
-/// Turns an access token (cookie, bearer or query parameter) into a user.
+/// Turns the credentials of a WebSocket upgrade into a user. Which of them carries the
+/// token (a bearer header, a cookie, a `token` query parameter) and in which order is
+/// the implementation's rule, so the socket and the HTTP API cannot disagree.
 #[async_trait]
 pub trait Authenticator: Send + Sync + 'static {
+    /// `headers` and the raw `query` string of the upgrade request.
     /// `Err(SignalingError::Unauthorized)` for a missing, malformed, expired or revoked
     /// token; `Err(SignalingError::Backend(..))` if the check itself failed.
-    async fn authenticate(&self, token: &str) -> Result<AuthUser, SignalingError>;
+    async fn authenticate(
+        &self,
+        headers: &http::HeaderMap,
+        query: Option<&str>,
+    ) -> Result<AuthUser, SignalingError>;
 }
 
 /// The control plane's verdict on a join.

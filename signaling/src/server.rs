@@ -6,20 +6,18 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
 
 use axum::Router;
+use axum::extract::State as AxumState;
 use axum::extract::ws::WebSocketUpgrade;
-use axum::extract::{Query, State as AxumState};
-use axum::http::HeaderMap;
+use axum::http::{HeaderMap, Uri};
 use axum::response::Response;
 use axum::routing::get;
 use futures::StreamExt;
 use media::{RoomKey, SfuEvent};
 use parking_lot::Mutex;
-use serde::Deserialize;
 use tokio_util::sync::CancellationToken;
 
 use crate::cluster::Cluster;
 use crate::config::SignalingConfig;
-use crate::error::SignalingError;
 use crate::ports::{
     AuthUser, Authenticator, CallEvent, ChatStore, MediaControl, MediaEvents, RoomDirectory,
 };
@@ -30,9 +28,6 @@ use crate::session;
 /// Close code for a room that ended: the connection did its job and is not to be
 /// resumed (the client learns why from the `removed` message before it).
 const CLOSE_NORMAL: u16 = 1000;
-
-/// Name of the access-token cookie set by the control plane.
-pub const ACCESS_COOKIE: &str = "accessToken";
 
 /// The trait objects signaling is built from (the binary's adapters, or test fakes).
 #[derive(Clone)]
@@ -238,42 +233,6 @@ impl Signaling {
     }
 }
 
-#[derive(Debug, Default, Deserialize)]
-struct TokenQuery {
-    token: Option<String>,
-}
-
-/// Picks the token: `Authorization: Bearer`, then the `token` query parameter, then
-/// the `accessToken` cookie (explicit beats the ambient cookie). Never logged.
-fn token_from(headers: &HeaderMap, query: Option<String>) -> Option<String> {
-    let bearer = headers
-        .get_all(axum::http::header::AUTHORIZATION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .find_map(|v| {
-            let (scheme, rest) = v.trim().split_once(' ')?;
-            scheme
-                .eq_ignore_ascii_case("bearer")
-                .then(|| rest.trim().to_owned())
-        });
-    if let Some(t) = bearer.filter(|t| !t.is_empty()) {
-        return Some(t);
-    }
-    if let Some(t) = query.filter(|t| !t.is_empty()) {
-        return Some(t);
-    }
-    headers
-        .get_all(axum::http::header::COOKIE)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(';'))
-        .find_map(|pair| {
-            let (name, value) = pair.trim().split_once('=')?;
-            (name.trim() == ACCESS_COOKIE).then(|| value.trim().trim_matches('"').to_owned())
-        })
-        .filter(|t| !t.is_empty())
-}
-
 /// Initial read buffer of each WebSocket connection.
 const WS_READ_BUFFER: usize = 4 * 1024;
 
@@ -283,14 +242,13 @@ const WS_READ_BUFFER: usize = 4 * 1024;
 async fn ws_upgrade(
     AxumState(inner): AxumState<Arc<Inner>>,
     headers: HeaderMap,
-    query: Result<Query<TokenQuery>, axum::extract::rejection::QueryRejection>,
+    uri: Uri,
     ws: WebSocketUpgrade,
 ) -> Response {
-    let query_token = query.ok().and_then(|Query(q)| q.token);
-    let auth = match token_from(&headers, query_token) {
-        None => Err(SignalingError::Unauthorized),
-        Some(token) => inner.ports.auth.authenticate(&token).await,
-    };
+    // Where the token may come from, and in which order, is the Authenticator's rule
+    // (the control plane's, the same as for its HTTP API): signaling hands over what
+    // the upgrade request presented.
+    let auth = inner.ports.auth.authenticate(&headers, uri.query()).await;
     // Frames between the configured limit and 4x it are read and answered with
     // `too_large`; anything bigger is cut off by the WebSocket layer itself.
     let hard_limit = inner.cfg.max_frame_bytes.saturating_mul(4).max(4096);
@@ -522,35 +480,5 @@ async fn media_pump(inner: Weak<Inner>, mut events: MediaEvents) {
             break;
         };
         inner.on_media_event(event);
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use axum::http::HeaderValue;
-
-    fn headers(pairs: &[(&'static str, &'static str)]) -> HeaderMap {
-        let mut h = HeaderMap::new();
-        for (k, v) in pairs {
-            h.append(*k, HeaderValue::from_static(v));
-        }
-        h
-    }
-
-    #[test]
-    fn token_comes_from_bearer_then_query_then_cookie() {
-        let h = headers(&[
-            ("authorization", "Bearer b1"),
-            ("cookie", "x=1; accessToken=c1"),
-        ]);
-        assert_eq!(token_from(&h, Some("q1".into())).as_deref(), Some("b1"));
-        let h = headers(&[("cookie", "x=1; accessToken=c1")]);
-        assert_eq!(token_from(&h, Some("q1".into())).as_deref(), Some("q1"));
-        assert_eq!(token_from(&h, None).as_deref(), Some("c1"));
-        let h = headers(&[("cookie", "accessTokenX=no; other=1")]);
-        assert_eq!(token_from(&h, None), None);
-        let h = headers(&[("authorization", "Basic abc")]);
-        assert_eq!(token_from(&h, None), None);
     }
 }

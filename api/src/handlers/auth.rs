@@ -11,8 +11,8 @@ use subtle::ConstantTimeEq;
 use utoipa::ToSchema;
 
 use crate::auth::{
-    ACCESS_COOKIE, AuthError, REFRESH_COOKIE, REFRESH_COOKIE_PATH, TokenSources, clear_cookie,
-    cookie_value, extract_access_token, random_token, set_cookie,
+    ACCESS_COOKIE, AuthError, REFRESH_COOKIE, REFRESH_COOKIE_PATH, clear_cookie, cookie_value,
+    extract_access_token, random_token, set_cookie,
 };
 use crate::dto::{AuthResponse, UserJson};
 use crate::error::{ApiError, ApiJson, ApiResult, ErrorBody};
@@ -394,8 +394,7 @@ pub async fn logout(
         family = Some(stored.family);
     }
     if family.is_none() {
-        let access = extract_access_token(&parts, TokenSources::HeaderAndCookie)
-            .ok_or(AuthError::Missing)?;
+        let access = extract_access_token(&parts.headers, None).ok_or(AuthError::Missing)?;
         let user = state.tokens.verifier().verify_access(&access)?;
         family = user.family;
     }

@@ -28,12 +28,37 @@ use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 /// How long any single expectation may take on a busy 2-core machine.
 pub const DEADLINE: Duration = Duration::from_secs(10);
 
-/// Tokens are `tok-<user>`; the user's name is the capitalised id.
+/// Tokens are `tok-<user>`; the user's name is the capitalised id. The token is read
+/// from the bearer header, else the `accessToken` cookie, else the `token` query
+/// parameter (the control plane's order; the real rule is `api::extract_access_token`,
+/// tested through the binary's adapter).
 pub struct FakeAuth;
+
+fn fake_token(headers: &axum::http::HeaderMap, query: Option<&str>) -> Option<String> {
+    let header = |name| headers.get(name).and_then(|v| v.to_str().ok());
+    if let Some(t) = header("authorization").and_then(|v| v.strip_prefix("Bearer ")) {
+        return Some(t.to_owned());
+    }
+    if let Some(t) = header("cookie").and_then(|v| {
+        v.split(';')
+            .find_map(|p| p.trim().strip_prefix("accessToken="))
+    }) {
+        return Some(t.to_owned());
+    }
+    query?
+        .split('&')
+        .find_map(|p| p.strip_prefix("token="))
+        .map(str::to_owned)
+}
 
 #[async_trait]
 impl Authenticator for FakeAuth {
-    async fn authenticate(&self, token: &str) -> Result<AuthUser, SignalingError> {
+    async fn authenticate(
+        &self,
+        headers: &axum::http::HeaderMap,
+        query: Option<&str>,
+    ) -> Result<AuthUser, SignalingError> {
+        let token = fake_token(headers, query).ok_or(SignalingError::Unauthorized)?;
         let user = token
             .strip_prefix("tok-")
             .filter(|u| !u.is_empty() && u.chars().all(|c| c.is_ascii_alphanumeric()))
