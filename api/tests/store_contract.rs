@@ -1079,6 +1079,191 @@ mod mongo_specific {
         Ok(())
     }
 
+    async fn raw_doc(db: &mongodb::Database, coll: &str, id: impl Into<Bson>) -> Result<Document> {
+        db.collection::<Document>(coll)
+            .find_one(doc! { "_id": id.into() })
+            .await?
+            .with_context(|| format!("no document in {coll}"))
+    }
+
+    /// Field names in order, then the whole document (types included).
+    fn assert_shape(actual: &Document, expected: &Document) {
+        let keys = |d: &Document| d.keys().cloned().collect::<Vec<_>>();
+        assert_eq!(keys(actual), keys(expected), "field order");
+        assert_eq!(actual, expected);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn documents_are_written_in_the_established_shape() -> Result<()> {
+        use api::store::{OtpStore, SessionStore};
+        use mongodb::bson::{Binary, DateTime, spec::BinarySubtype};
+        let name = format!("chorus_shape_{}", new_id());
+        let store = connect(&name, support::LONG_ROOM_EXPIRY).await?;
+        let db = raw_db(&name).await?;
+        let t = now_ms();
+        let at = DateTime::from_millis((t.unix_timestamp_nanos() / 1_000_000) as i64);
+        let bin = |b: &[u8]| Binary {
+            subtype: BinarySubtype::Generic,
+            bytes: b.to_vec(),
+        };
+
+        let owner = UserId::generate();
+        let guest = UserId::generate();
+        let mut r = room("shape", RoomType::Private, &owner, t);
+        r.invited = vec![guest.clone()];
+        r.invite_code = Some("code-1".into());
+        store.create_room(r).await?;
+        assert_shape(
+            &raw_doc(&db, "rooms", "shape").await?,
+            &doc! {
+                "_id": "shape", "topic": "topic of shape", "roomType": "private",
+                "ownerId": owner.as_str(), "invited": [guest.as_str()],
+                "inviteCode": "code-1", "createdAt": at, "lastActivity": at,
+            },
+        );
+        let open = room("shape-open", RoomType::Open, &owner, t);
+        store.create_room(open).await?;
+        assert_shape(
+            &raw_doc(&db, "rooms", "shape-open").await?,
+            &doc! {
+                "_id": "shape-open", "topic": "topic of shape-open", "roomType": "open",
+                "ownerId": owner.as_str(), "invited": [], "inviteCode": Bson::Null,
+                "createdAt": at, "lastActivity": at,
+            },
+        );
+
+        let rid = RoomId::parse("shape").expect("valid id");
+        let mut m = message(&rid, t, "hi");
+        m.kind = MessageType::CallNotification;
+        let mid = m.id.clone();
+        store.insert_message(m.clone()).await?;
+        assert_shape(
+            &raw_doc(&db, "messages", mid.as_str()).await?,
+            &doc! {
+                "_id": mid.as_str(), "roomId": "shape", "authorId": m.author_id.as_str(),
+                "authorName": "Ada", "type": "call_notification", "text": "hi",
+                "attachment": Bson::Null, "createdAt": at,
+            },
+        );
+
+        store
+            .put_otp(OtpChallenge {
+                handle_hash: vec![1, 2, 3],
+                phone: "+15550000088".into(),
+                code_hash: vec![4, 5],
+                expires_at: t,
+                attempts_left: 3,
+            })
+            .await?;
+        assert_shape(
+            &raw_doc(&db, "otps", bin(&[1, 2, 3])).await?,
+            &doc! {
+                "_id": bin(&[1, 2, 3]), "phone": "+15550000088", "codeHash": bin(&[4, 5]),
+                "expiresAt": at, "attemptsLeft": 3_i64,
+            },
+        );
+
+        let family = FamilyId::generate();
+        store
+            .put_refresh_token(RefreshToken {
+                token_hash: vec![9; 4],
+                family: family.clone(),
+                user_id: owner.clone(),
+                expires_at: t,
+                used: false,
+            })
+            .await?;
+        assert_shape(
+            &raw_doc(&db, "refresh_tokens", bin(&[9; 4])).await?,
+            &doc! {
+                "_id": bin(&[9; 4]), "family": family.as_str(), "userId": owner.as_str(),
+                "expiresAt": at, "used": false,
+            },
+        );
+
+        let file = blob_meta(BlobKind::Voice, Some(&rid), t, 10);
+        let fid = file.id.clone();
+        store.put_blob(file, pattern(10)).await?;
+        let oid = mongodb::bson::oid::ObjectId::parse_str(fid.as_str())?;
+        let voice = raw_doc(&db, "voices.files", oid).await?;
+        assert_shape(
+            voice.get_document("metadata")?,
+            &doc! {
+                "roomId": "shape", "contentType": "audio/webm", "kind": "voice",
+                "createdAt": at,
+            },
+        );
+        Ok(())
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn documents_from_older_writers_still_read_and_malformed_ones_are_errors() -> Result<()> {
+        use api::store::OtpStore;
+        use mongodb::bson::{Binary, DateTime, spec::BinarySubtype};
+        let name = format!("chorus_legacy_{}", new_id());
+        let store = connect(&name, support::LONG_ROOM_EXPIRY).await?;
+        let db = raw_db(&name).await?;
+        let t = now_ms();
+        let at = DateTime::from_millis((t.unix_timestamp_nanos() / 1_000_000) as i64);
+        let owner = UserId::generate();
+
+        // No `invited`, no `inviteCode`: an empty list and no code.
+        db.collection::<Document>("rooms")
+            .insert_one(doc! {
+                "_id": "bare", "topic": "t", "roomType": "social", "ownerId": owner.as_str(),
+                "createdAt": at, "lastActivity": at,
+            })
+            .await?;
+        let bare = store
+            .get_room(&RoomId::parse("bare").expect("valid id"))
+            .await?
+            .context("bare room")?;
+        assert!(bare.invited.is_empty());
+        assert_eq!(bare.invite_code, None);
+        assert_eq!(bare.created_at, t);
+
+        // `activated: null` and no name: not activated.
+        let uid = UserId::generate();
+        db.collection::<Document>("users")
+            .insert_one(doc! {
+                "_id": uid.as_str(), "phone": "+15550000099", "activated": Bson::Null,
+                "createdAt": at,
+            })
+            .await?;
+        let user = store.get_user(&uid).await?.context("user")?;
+        assert!(!user.activated);
+        assert_eq!(user.name, None);
+
+        // Counters written as int32 or as an integral double.
+        for (i, attempts) in [Bson::Int32(2), Bson::Double(2.0)].into_iter().enumerate() {
+            let key = Binary {
+                subtype: BinarySubtype::Generic,
+                bytes: vec![7, i as u8],
+            };
+            db.collection::<Document>("otps")
+                .insert_one(doc! {
+                    "_id": key.clone(), "phone": "+1555", "codeHash": key,
+                    "expiresAt": at, "attemptsLeft": attempts,
+                })
+                .await?;
+            let otp = store.get_otp(&[7, i as u8]).await?.context("otp")?;
+            assert_eq!(otp.attempts_left, 2);
+        }
+
+        // A malformed id or an unknown room type is a backend error, never a panic.
+        for (id, owner_id, kind) in [("badowner", "no way", "open"), ("badtype", "u1", "vip")] {
+            db.collection::<Document>("rooms")
+                .insert_one(doc! {
+                    "_id": id, "topic": "t", "roomType": kind, "ownerId": owner_id,
+                    "createdAt": at, "lastActivity": at,
+                })
+                .await?;
+            let res = store.get_room(&RoomId::parse(id).expect("valid id")).await;
+            assert!(matches!(res, Err(StoreError::Backend(_))), "{id}: {res:?}");
+        }
+        Ok(())
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn connect_uri_uses_the_database_named_in_the_uri() -> Result<()> {
         let name = format!("chorus_uri_{}", new_id());

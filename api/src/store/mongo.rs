@@ -1,7 +1,6 @@
 //! The MongoDB store (used when `MONGO_URI` is set), on the official `mongodb` driver.
 //!
-//! Owns the collection layout, the indexes, and the mapping between documents and the
-//! domain types:
+//! Owns the collection layout and the indexes; the documents are serde types (`docs`):
 //! - `users` `{_id, phone, name, avatar, activated, createdAt}`, unique on `phone`;
 //! - `otps` `{_id: handleHash, phone, codeHash, expiresAt, attemptsLeft}` and
 //!   `refresh_tokens` `{_id: tokenHash, family, userId, expiresAt, used}`, each with a
@@ -24,12 +23,13 @@
 //! and its messages and files) are ordered so that an interruption only ever leaves
 //! orphans, which `expire_rooms` sweeps, never a room whose content is half gone.
 //!
-//! This file holds the connection, the indexes and the document mapping; the store
+//! This file holds the connection and the indexes, `docs` the document types; the store
 //! traits are implemented in submodules by domain: `auth` (users, login codes, refresh
 //! tokens), `rooms`, `messages` and `blobs`.
 
 mod auth;
 mod blobs;
+mod docs;
 mod messages;
 mod rooms;
 
@@ -40,7 +40,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use bytes::Bytes;
 use futures::{AsyncWriteExt, TryStreamExt};
-use mongodb::bson::{Binary, Bson, DateTime, Document, doc, oid::ObjectId, spec::BinarySubtype};
+use mongodb::bson::{Bson, Document, doc, oid::ObjectId};
 use mongodb::error::{ErrorKind, WriteFailure};
 use mongodb::gridfs::{FilesCollectionDocument, GridFsBucket};
 use mongodb::options::{
@@ -50,6 +50,10 @@ use mongodb::{Client, Collection, Database, IndexModel};
 use time::OffsetDateTime;
 use tokio::sync::OnceCell;
 
+use self::docs::{
+    BlobMetadata, ChunkDoc, MessageDoc, OtpDoc, RoomDoc, TokenDoc, UserDoc, bin,
+    bson_millis::to_bson,
+};
 use super::{
     BlobKind, BlobMeta, BlobStore, ByteStream, ChunkPlan, FamilyId, FileId, Health, Message,
     MessageCursor, MessageId, MessageStore, MessageType, OtpChallenge, OtpStore, RefreshToken,
@@ -134,11 +138,11 @@ pub struct MongoStore {
     ready: Arc<OnceCell<()>>,
     room_expiry: Duration,
     db: Database,
-    users: Collection<Document>,
-    otps: Collection<Document>,
-    tokens: Collection<Document>,
-    rooms: Collection<Document>,
-    messages: Collection<Document>,
+    users: Collection<UserDoc>,
+    otps: Collection<OtpDoc>,
+    tokens: Collection<TokenDoc>,
+    rooms: Collection<RoomDoc>,
+    messages: Collection<MessageDoc>,
     voices: GridFsBucket,
     images: GridFsBucket,
     avatars: GridFsBucket,
@@ -252,7 +256,10 @@ impl MongoStore {
             ))
             .await
             .map_err(backend)?;
-        for coll in [&self.otps, &self.tokens] {
+        for coll in [
+            self.otps.clone_with_type::<Document>(),
+            self.tokens.clone_with_type::<Document>(),
+        ] {
             coll.create_index(index(
                 doc! { "expiresAt": 1 },
                 Some(named("expires_ttl").expire_after(EXPIRED_GRACE).build()),
@@ -344,7 +351,7 @@ impl MongoStore {
         }
     }
 
-    fn chunks(&self, kind: BlobKind) -> Collection<Document> {
+    fn chunks(&self, kind: BlobKind) -> Collection<ChunkDoc> {
         self.db.collection(&format!("{}.chunks", bucket_name(kind)))
     }
 
@@ -372,6 +379,7 @@ impl MongoStore {
     async fn room_exists(&self, id: &str) -> StoreResult<bool> {
         Ok(self
             .rooms
+            .clone_with_type::<Document>()
             .find_one(doc! { "_id": id })
             .projection(doc! { "_id": 1 })
             .await
@@ -414,9 +422,9 @@ impl MongoStore {
     }
 
     /// Room ids referenced by `field` of `coll` whose room document no longer exists.
-    async fn orphaned_rooms(
+    async fn orphaned_rooms<T: Send + Sync>(
         &self,
-        coll: &Collection<Document>,
+        coll: &Collection<T>,
         field: &str,
     ) -> StoreResult<Vec<String>> {
         let referenced: Vec<String> = coll
@@ -510,170 +518,8 @@ fn map_write(e: mongodb::error::Error) -> StoreError {
     }
 }
 
-fn bson_time(t: OffsetDateTime) -> DateTime {
-    DateTime::from_millis(to_millis(t))
-}
-
-fn bin(bytes: &[u8]) -> Binary {
-    Binary {
-        subtype: BinarySubtype::Generic,
-        bytes: bytes.to_vec(),
-    }
-}
-
 fn corrupt(what: &str) -> StoreError {
     StoreError::Backend(format!("mongodb: malformed document: {what}"))
-}
-
-/// Typed reads from a document; a missing or mistyped required field is corruption.
-struct Fields<'a>(&'a Document);
-
-impl Fields<'_> {
-    fn str(&self, key: &str) -> StoreResult<String> {
-        self.0
-            .get_str(key)
-            .map(str::to_owned)
-            .map_err(|_| corrupt(key))
-    }
-
-    /// A typed id; a malformed one is corruption like any mistyped field.
-    fn id<T: std::str::FromStr>(&self, key: &str) -> StoreResult<T> {
-        self.0
-            .get_str(key)
-            .ok()
-            .and_then(|s| s.parse().ok())
-            .ok_or_else(|| corrupt(key))
-    }
-
-    fn opt_id<T: std::str::FromStr>(&self, key: &str) -> StoreResult<Option<T>> {
-        self.opt_str(key)?
-            .map(|s| s.parse().map_err(|_| corrupt(key)))
-            .transpose()
-    }
-
-    fn opt_str(&self, key: &str) -> StoreResult<Option<String>> {
-        match self.0.get(key) {
-            None | Some(Bson::Null) => Ok(None),
-            Some(Bson::String(s)) => Ok(Some(s.clone())),
-            Some(_) => Err(corrupt(key)),
-        }
-    }
-
-    fn bytes(&self, key: &str) -> StoreResult<Vec<u8>> {
-        self.0
-            .get_binary_generic(key)
-            .cloned()
-            .map_err(|_| corrupt(key))
-    }
-
-    fn time(&self, key: &str) -> StoreResult<OffsetDateTime> {
-        let t = self.0.get_datetime(key).map_err(|_| corrupt(key))?;
-        from_millis(t.timestamp_millis()).ok_or_else(|| corrupt(key))
-    }
-
-    fn bool(&self, key: &str) -> StoreResult<bool> {
-        match self.0.get(key) {
-            None | Some(Bson::Null) => Ok(false),
-            Some(Bson::Boolean(b)) => Ok(*b),
-            Some(_) => Err(corrupt(key)),
-        }
-    }
-
-    fn int(&self, key: &str) -> StoreResult<i64> {
-        match self.0.get(key) {
-            Some(Bson::Int32(n)) => Ok(i64::from(*n)),
-            Some(Bson::Int64(n)) => Ok(*n),
-            Some(Bson::Double(n)) if n.fract() == 0.0 => Ok(*n as i64),
-            _ => Err(corrupt(key)),
-        }
-    }
-}
-
-fn user_from(d: &Document) -> StoreResult<User> {
-    let f = Fields(d);
-    Ok(User {
-        id: f.id("_id")?,
-        phone: f.str("phone")?,
-        name: f.opt_str("name")?,
-        avatar: f.opt_id("avatar")?,
-        activated: f.bool("activated")?,
-        created_at: f.time("createdAt")?,
-    })
-}
-
-fn otp_from(d: &Document) -> StoreResult<OtpChallenge> {
-    let f = Fields(d);
-    Ok(OtpChallenge {
-        handle_hash: f.bytes("_id")?,
-        phone: f.str("phone")?,
-        code_hash: f.bytes("codeHash")?,
-        expires_at: f.time("expiresAt")?,
-        attempts_left: u32::try_from(f.int("attemptsLeft")?.max(0)).unwrap_or(0),
-    })
-}
-
-fn token_from(d: &Document) -> StoreResult<RefreshToken> {
-    let f = Fields(d);
-    Ok(RefreshToken {
-        token_hash: f.bytes("_id")?,
-        family: f.id("family")?,
-        user_id: f.id("userId")?,
-        expires_at: f.time("expiresAt")?,
-        used: f.bool("used")?,
-    })
-}
-
-fn room_from(d: &Document) -> StoreResult<Room> {
-    let f = Fields(d);
-    let invited = match d.get("invited") {
-        None | Some(Bson::Null) => Vec::new(),
-        Some(Bson::Array(a)) => a
-            .iter()
-            .map(|b| match b {
-                Bson::String(s) => UserId::parse(s.as_str()).map_err(|_| corrupt("invited")),
-                _ => Err(corrupt("invited")),
-            })
-            .collect::<StoreResult<_>>()?,
-        Some(_) => return Err(corrupt("invited")),
-    };
-    Ok(Room {
-        id: f.id("_id")?,
-        topic: f.str("topic")?,
-        room_type: RoomType::parse(&f.str("roomType")?).ok_or_else(|| corrupt("roomType"))?,
-        owner_id: f.id("ownerId")?,
-        invited,
-        invite_code: f.opt_str("inviteCode")?,
-        created_at: f.time("createdAt")?,
-        last_activity: f.time("lastActivity")?,
-    })
-}
-
-fn room_doc(r: &Room) -> Document {
-    let invited: Vec<&str> = r.invited.iter().map(UserId::as_str).collect();
-    doc! {
-        "_id": r.id.as_str(),
-        "topic": &r.topic,
-        "roomType": r.room_type.as_str(),
-        "ownerId": r.owner_id.as_str(),
-        "invited": invited,
-        "inviteCode": r.invite_code.as_deref(),
-        "createdAt": bson_time(r.created_at),
-        "lastActivity": bson_time(r.last_activity),
-    }
-}
-
-fn message_from(d: &Document) -> StoreResult<Message> {
-    let f = Fields(d);
-    Ok(Message {
-        id: f.id("_id")?,
-        room_id: f.id("roomId")?,
-        author_id: f.id("authorId")?,
-        author_name: f.str("authorName")?,
-        kind: MessageType::parse(&f.str("type")?).ok_or_else(|| corrupt("type"))?,
-        text: f.str("text")?,
-        attachment: f.opt_id("attachment")?,
-        created_at: f.time("createdAt")?,
-    })
 }
 
 fn blob_from(kind: BlobKind, f: &FilesCollectionDocument) -> StoreResult<BlobMeta> {
@@ -682,11 +528,13 @@ fn blob_from(kind: BlobKind, f: &FilesCollectionDocument) -> StoreResult<BlobMet
         Bson::String(s) => FileId::parse(s.as_str()).map_err(|_| corrupt("files._id"))?,
         _ => return Err(corrupt("files._id")),
     };
-    let empty = Document::new();
-    let meta = Fields(f.metadata.as_ref().unwrap_or(&empty));
+    let meta: BlobMetadata = match &f.metadata {
+        Some(m) => mongodb::bson::from_document(m.clone())
+            .map_err(|e| corrupt(&format!("files.metadata: {e}")))?,
+        None => BlobMetadata::default(),
+    };
     let created_at = meta
-        .time("createdAt")
-        .ok()
+        .created_at
         .or_else(|| from_millis(f.upload_date.timestamp_millis()))
         .ok_or_else(|| corrupt("files.uploadDate"))?;
     Ok(BlobMeta {
@@ -694,20 +542,22 @@ fn blob_from(kind: BlobKind, f: &FilesCollectionDocument) -> StoreResult<BlobMet
         kind,
         // Files written by other tools may lack it; never guess a type to serve.
         content_type: meta
-            .opt_str("contentType")?
+            .content_type
             .unwrap_or_else(|| "application/octet-stream".to_owned()),
         len: f.length,
-        room_id: meta.opt_id("roomId")?,
+        room_id: meta.room_id,
         created_at,
     })
 }
 
-async fn collect_docs<T>(
-    cursor: mongodb::Cursor<Document>,
-    convert: fn(&Document) -> StoreResult<T>,
-) -> StoreResult<Vec<T>> {
-    let docs: Vec<Document> = cursor.try_collect().await.map_err(backend)?;
-    docs.iter().map(convert).collect()
+/// Every document a cursor yields, converted to its domain type.
+async fn collect_docs<D, T>(cursor: mongodb::Cursor<D>) -> StoreResult<Vec<T>>
+where
+    D: serde::de::DeserializeOwned + Send + Sync + Unpin,
+    T: From<D>,
+{
+    let docs: Vec<D> = cursor.try_collect().await.map_err(backend)?;
+    Ok(docs.into_iter().map(T::from).collect())
 }
 
 #[async_trait]

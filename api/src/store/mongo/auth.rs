@@ -17,14 +17,14 @@ impl UserStore for MongoStore {
                     doc! { "$setOnInsert": {
                         "_id": new_id(),
                         "activated": false,
-                        "createdAt": bson_time(now),
+                        "createdAt": to_bson(now),
                     } },
                 )
                 .upsert(true)
                 .return_document(ReturnDocument::After)
                 .await;
             match res {
-                Ok(Some(d)) => return user_from(&d),
+                Ok(Some(d)) => return Ok(d.into()),
                 Ok(None) => {}
                 Err(e) if error_code(&e) == Some(DUPLICATE_KEY) => {}
                 Err(e) => return Err(backend(e)),
@@ -35,7 +35,7 @@ impl UserStore for MongoStore {
                 .await
                 .map_err(backend)?
             {
-                return user_from(&d);
+                return Ok(d.into());
             }
         }
         Err(StoreError::Backend(
@@ -48,10 +48,8 @@ impl UserStore for MongoStore {
         self.users
             .find_one(doc! { "_id": id.as_str() })
             .await
-            .map_err(backend)?
-            .as_ref()
-            .map(user_from)
-            .transpose()
+            .map_err(backend)
+            .map(|d| d.map(User::from))
     }
 
     async fn get_users(&self, ids: &[UserId]) -> StoreResult<Vec<User>> {
@@ -65,7 +63,7 @@ impl UserStore for MongoStore {
             .find(doc! { "_id": { "$in": ids } })
             .await
             .map_err(backend)?;
-        collect_docs(cursor, user_from).await
+        collect_docs(cursor).await
     }
 
     async fn activate_user(
@@ -87,7 +85,7 @@ impl UserStore for MongoStore {
             .await
             .map_err(backend)?
             .ok_or(StoreError::NotFound)?;
-        let before = user_from(&before)?;
+        let before = User::from(before);
         if let (Some(old), Some(new)) = (&before.avatar, &avatar)
             && old != new
         {
@@ -107,13 +105,7 @@ impl OtpStore for MongoStore {
     async fn put_otp(&self, c: OtpChallenge) -> StoreResult<()> {
         self.ensure_ready().await?;
         self.otps
-            .insert_one(doc! {
-                "_id": bin(&c.handle_hash),
-                "phone": &c.phone,
-                "codeHash": bin(&c.code_hash),
-                "expiresAt": bson_time(c.expires_at),
-                "attemptsLeft": i64::from(c.attempts_left),
-            })
+            .insert_one(OtpDoc::from(&c))
             .await
             .map_err(map_write)?;
         Ok(())
@@ -125,8 +117,7 @@ impl OtpStore for MongoStore {
             .find_one(doc! { "_id": bin(handle_hash) })
             .await
             .map_err(backend)?
-            .as_ref()
-            .map(otp_from)
+            .map(OtpChallenge::try_from)
             .transpose()
     }
 
@@ -142,7 +133,7 @@ impl OtpStore for MongoStore {
             .await
             .map_err(backend)?;
         match after {
-            Some(d) => Ok(Some(otp_from(&d)?.attempts_left)),
+            Some(d) => Ok(Some(OtpChallenge::try_from(d)?.attempts_left)),
             None => Ok(None),
         }
     }
@@ -161,7 +152,7 @@ impl OtpStore for MongoStore {
         self.ensure_ready().await?;
         let res = self
             .otps
-            .delete_many(doc! { "expiresAt": { "$lte": bson_time(now) } })
+            .delete_many(doc! { "expiresAt": { "$lte": to_bson(now) } })
             .await
             .map_err(backend)?;
         Ok(res.deleted_count)
@@ -173,13 +164,7 @@ impl SessionStore for MongoStore {
     async fn put_refresh_token(&self, t: RefreshToken) -> StoreResult<()> {
         self.ensure_ready().await?;
         self.tokens
-            .insert_one(doc! {
-                "_id": bin(&t.token_hash),
-                "family": t.family.as_str(),
-                "userId": t.user_id.as_str(),
-                "expiresAt": bson_time(t.expires_at),
-                "used": t.used,
-            })
+            .insert_one(TokenDoc::from(&t))
             .await
             .map_err(map_write)?;
         Ok(())
@@ -191,8 +176,7 @@ impl SessionStore for MongoStore {
             .find_one(doc! { "_id": bin(token_hash) })
             .await
             .map_err(backend)?
-            .as_ref()
-            .map(token_from)
+            .map(RefreshToken::try_from)
             .transpose()
     }
 
@@ -225,7 +209,7 @@ impl SessionStore for MongoStore {
         self.ensure_ready().await?;
         let res = self
             .tokens
-            .delete_many(doc! { "expiresAt": { "$lte": bson_time(now) } })
+            .delete_many(doc! { "expiresAt": { "$lte": to_bson(now) } })
             .await
             .map_err(backend)?;
         Ok(res.deleted_count)

@@ -22,12 +22,13 @@ impl BlobStore for MongoStore {
         if self.find_file(&meta.id).await?.is_some() {
             return Err(StoreError::Conflict);
         }
-        let metadata = doc! {
-            "roomId": meta.room_id.as_ref().map(RoomId::as_str),
-            "contentType": &meta.content_type,
-            "kind": meta.kind.as_str(),
-            "createdAt": bson_time(meta.created_at),
-        };
+        let metadata = mongodb::bson::to_document(&BlobMetadata {
+            room_id: meta.room_id.clone(),
+            content_type: Some(meta.content_type.clone()),
+            kind: Some(meta.kind),
+            created_at: Some(meta.created_at),
+        })
+        .map_err(|e| StoreError::Backend(format!("mongodb: file metadata: {e}")))?;
         let mut upload = self
             .bucket(meta.kind)
             .open_upload_stream(meta.id.as_str())
@@ -96,11 +97,10 @@ impl BlobStore for MongoStore {
                     .await
                     .map_err(backend)?
                     .ok_or_else(|| StoreError::Backend(format!("gridfs chunk {n} missing")))?;
-                let f = Fields(&chunk);
-                if u64::try_from(f.int("n")?).ok() != Some(n) {
+                if u64::try_from(chunk.n).ok() != Some(n) {
                     return Err(StoreError::Backend(format!("gridfs chunk {n} missing")));
                 }
-                let data = f.bytes("data")?;
+                let data = chunk.into_bytes()?;
                 let part = data
                     .get(slice.start as usize..slice.end as usize)
                     .ok_or_else(|| StoreError::Backend(format!("gridfs chunk {n} is too short")))?;

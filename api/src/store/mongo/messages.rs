@@ -11,7 +11,7 @@ impl MessageStore for MongoStore {
             .rooms
             .update_one(
                 doc! { "_id": m.room_id.as_str() },
-                doc! { "$max": { "lastActivity": bson_time(m.created_at) } },
+                doc! { "$max": { "lastActivity": to_bson(m.created_at) } },
             )
             .await
             .map_err(backend)?;
@@ -19,16 +19,7 @@ impl MessageStore for MongoStore {
             return Err(StoreError::NotFound);
         }
         self.messages
-            .insert_one(doc! {
-                "_id": m.id.as_str(),
-                "roomId": m.room_id.as_str(),
-                "authorId": m.author_id.as_str(),
-                "authorName": &m.author_name,
-                "type": m.kind.as_str(),
-                "text": &m.text,
-                "attachment": m.attachment.as_ref().map(FileId::as_str),
-                "createdAt": bson_time(m.created_at),
-            })
+            .insert_one(MessageDoc::from(m))
             .await
             .map_err(map_write)?;
         Ok(())
@@ -39,10 +30,8 @@ impl MessageStore for MongoStore {
         self.messages
             .find_one(doc! { "_id": id.as_str() })
             .await
-            .map_err(backend)?
-            .as_ref()
-            .map(message_from)
-            .transpose()
+            .map_err(backend)
+            .map(|d| d.map(Message::from))
     }
 
     async fn list_messages(
@@ -55,7 +44,7 @@ impl MessageStore for MongoStore {
         let filter = match before {
             None => doc! { "roomId": room.as_str() },
             Some(c) => {
-                let at = bson_time(c.created_at);
+                let at = to_bson(c.created_at);
                 doc! {
                     "roomId": room.as_str(),
                     "$or": [
@@ -72,7 +61,7 @@ impl MessageStore for MongoStore {
             .limit(i64::from(limit))
             .await
             .map_err(backend)?;
-        collect_docs(cursor, message_from).await
+        collect_docs(cursor).await
     }
 
     async fn delete_message(&self, id: &MessageId) -> StoreResult<Option<Message>> {
@@ -85,7 +74,7 @@ impl MessageStore for MongoStore {
         else {
             return Ok(None);
         };
-        let msg = message_from(&d)?;
+        let msg = Message::from(d);
         if let Some(file) = &msg.attachment {
             self.delete_blob(file).await?;
         }

@@ -9,7 +9,7 @@ impl RoomStore for MongoStore {
         room.invited.sort();
         room.invited.dedup();
         self.rooms
-            .insert_one(room_doc(&room))
+            .insert_one(RoomDoc::from(room))
             .await
             .map_err(map_write)?;
         Ok(())
@@ -20,10 +20,8 @@ impl RoomStore for MongoStore {
         self.rooms
             .find_one(doc! { "_id": id.as_str() })
             .await
-            .map_err(backend)?
-            .as_ref()
-            .map(room_from)
-            .transpose()
+            .map_err(backend)
+            .map(|d| d.map(Room::from))
     }
 
     async fn list_open_rooms(
@@ -36,7 +34,7 @@ impl RoomStore for MongoStore {
         let filter = match after {
             None => doc! { "roomType": open },
             Some(after) => {
-                let at = bson_time(after.created_at);
+                let at = to_bson(after.created_at);
                 doc! {
                     "roomType": open,
                     "$or": [
@@ -53,7 +51,7 @@ impl RoomStore for MongoStore {
             .limit(i64::from(limit))
             .await
             .map_err(backend)?;
-        collect_docs(cursor, room_from).await
+        collect_docs(cursor).await
     }
 
     async fn update_room_topic(&self, id: &RoomId, topic: &str) -> StoreResult<Option<Room>> {
@@ -65,10 +63,8 @@ impl RoomStore for MongoStore {
             )
             .return_document(ReturnDocument::After)
             .await
-            .map_err(backend)?
-            .as_ref()
-            .map(room_from)
-            .transpose()
+            .map_err(backend)
+            .map(|d| d.map(Room::from))
     }
 
     async fn add_room_invite(&self, id: &RoomId, user: &UserId) -> StoreResult<()> {
@@ -110,7 +106,7 @@ impl RoomStore for MongoStore {
             .rooms
             .update_one(
                 doc! { "_id": id.as_str() },
-                doc! { "$max": { "lastActivity": bson_time(now) } },
+                doc! { "$max": { "lastActivity": to_bson(now) } },
             )
             .await
             .map_err(backend)?;
@@ -136,7 +132,7 @@ impl RoomStore for MongoStore {
         self.ensure_ready().await?;
         let res = self
             .rooms
-            .delete_many(doc! { "lastActivity": { "$lt": bson_time(cutoff) } })
+            .delete_many(doc! { "lastActivity": { "$lt": to_bson(cutoff) } })
             .await
             .map_err(backend)?;
         // Whatever those rooms (or the TTL index, or an interrupted delete) left behind.
