@@ -120,7 +120,7 @@ pub async fn start(cfg: Config) -> anyhow::Result<Server> {
                 signaling::sfu_events(sfu_events),
                 signaling::cluster::Cluster {
                     store,
-                    relay: Arc::new(wiring::DisabledRelay),
+                    relay: Arc::new(wiring::SfuRelay(sfu.clone())),
                 },
             )
         }

@@ -419,17 +419,25 @@ mod chat_error_tests {
     }
 }
 
-/// The media relay between nodes as signaling drives it. The SFU's relay is not
-/// wired yet: this one relays nothing (no address is published, so no node subscribes
-/// to another), and participants on different nodes share everything but audio.
-pub struct DisabledRelay;
+/// The media relay between nodes as signaling drives it: the SFU's relay (on when
+/// `RELAY_SECRET` is set; without it no address is published, so no node subscribes to
+/// another and participants on different nodes share everything but audio).
+pub struct SfuRelay(pub media::Sfu);
 
-impl signaling::cluster::MediaRelay for DisabledRelay {
-    fn relay_local_addr(&self, _room: media::RoomKey) -> Option<std::net::SocketAddr> {
-        None
+impl signaling::cluster::MediaRelay for SfuRelay {
+    fn relay_local_addr(&self, room: media::RoomKey) -> Option<std::net::SocketAddr> {
+        self.0.relay_local_addr(room)
     }
 
-    fn relay_add_subscriber(&self, _room: media::RoomKey, _node_addr: std::net::SocketAddr) {}
+    fn relay_add_subscriber(&self, room: media::RoomKey, node_addr: std::net::SocketAddr) {
+        if let Err(e) = self.0.relay_add_subscriber(room, node_addr) {
+            tracing::warn!(error = %e, %node_addr, "relaying a room to a node failed");
+        }
+    }
 
-    fn relay_remove_subscriber(&self, _room: media::RoomKey, _node_addr: std::net::SocketAddr) {}
+    fn relay_remove_subscriber(&self, room: media::RoomKey, node_addr: std::net::SocketAddr) {
+        if let Err(e) = self.0.relay_remove_subscriber(room, node_addr) {
+            tracing::warn!(error = %e, %node_addr, "ending a room's relay to a node failed");
+        }
+    }
 }

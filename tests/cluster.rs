@@ -14,14 +14,18 @@ use anyhow::{Context, bail};
 use api::auth::{JwtSecrets, TokenService};
 use api::clock::SystemClock;
 use api::store::{SqliteStore, UserId, UserStore};
+use loadtest::audio::Tone;
+use loadtest::peer::PeerConfig;
 use loadtest::protocol::{ClientMessage, Participant, ParticipantId, Role, ServerMessage};
-use loadtest::session::{DEFAULT_WS_PATH, ws_url};
+use loadtest::session::{DEFAULT_WS_PATH, Session, SessionConfig, ws_url};
 use loadtest::signal::{Auth, SignalClient};
 use support::{ACCESS_SECRET, ChildServer, REFRESH_SECRET, STEP, TempDir, http};
 
 /// Resume grace of the nodes: long enough for a client to come back through another
 /// node on a busy machine, short enough for a test.
 const GRACE_SECS: u64 = 8;
+/// The node-to-node media relay's shared secret (test value).
+const RELAY_SECRET: &str = "cluster-test-relay-secret-0123456789";
 
 fn free_port() -> anyhow::Result<u16> {
     Ok(std::net::TcpListener::bind("127.0.0.1:0")?
@@ -151,6 +155,10 @@ impl Cluster {
                 "--unconnected-grace-secs",
                 &grace,
                 "--insecure-cookies",
+                "--relay-secret",
+                RELAY_SECRET,
+                "--relay-port",
+                "0",
                 "--jwt-access-token-secret",
                 ACCESS_SECRET,
                 "--jwt-refresh-token-secret",
@@ -200,6 +208,26 @@ impl Cluster {
 
     async fn join(&self, node: usize, user: &str, room: &str) -> anyhow::Result<Peer> {
         Peer::join(self.addr(node), &self.token(user), room, None).await
+    }
+
+    /// A WebRTC participant (the load harness's client) on `node`: a speaker when
+    /// `tone` is given (it publishes once promoted and unmuted), else a listener that
+    /// counts what it hears per speaker.
+    async fn media_peer(
+        &self,
+        node: usize,
+        user: &str,
+        room: &str,
+        tone: Option<f64>,
+    ) -> anyhow::Result<Session> {
+        let base = format!("http://{}", self.addr(node));
+        let mut cfg = SessionConfig::new(ws_url(&base, DEFAULT_WS_PATH), self.token(user), room);
+        cfg.step_timeout = STEP;
+        cfg.peer = PeerConfig::default();
+        if let Some(f) = tone {
+            cfg.publish = Some(Box::new(Tone::new(f, 0.5)));
+        }
+        Session::connect(cfg).await.context("media participant")
     }
 
     /// SIGKILL: no goodbye to Redis or to the sockets.
@@ -603,6 +631,56 @@ async fn nodes_recover_from_a_redis_restart_without_restarting() -> anyhow::Resu
             })
             .await?;
         assert_eq!(m, "after the restart");
+    }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn speakers_on_two_nodes_are_heard_by_listeners_on_every_node() -> anyhow::Result<()> {
+    let c = Cluster::start(3).await?;
+    let owner = c.user("+14155550401", "Olivia").await?;
+    let room = c.room(&owner).await?;
+    let o = c.join(0, &owner, &room).await?;
+    let mut speakers = Vec::new();
+    for (node, (phone, f)) in [("+14155550402", 440.0), ("+14155550403", 660.0)]
+        .into_iter()
+        .enumerate()
+    {
+        let user = c.user(phone, &format!("Speaker {node}")).await?;
+        let sp = c.media_peer(node, &user, &room, Some(f)).await?;
+        let pid = sp.participant_id().context("speaker id")?;
+        o.send(ClientMessage::SetRole {
+            participant_id: pid,
+            role: Role::Speaker,
+        })
+        .await?;
+        support::eventually(STEP, "the promotion to reach the speaker", || {
+            sp.me()
+                .is_some_and(|me| me.role == Role::Speaker)
+                .then_some(())
+        })
+        .await?;
+        sp.unmute().await?;
+        speakers.push((pid, sp));
+    }
+    let mut listeners = Vec::new();
+    for node in 0..3 {
+        let user = c
+            .user(&format!("+1415555041{node}"), &format!("Listener {node}"))
+            .await?;
+        listeners.push((node, c.media_peer(node, &user, &room, None).await?));
+    }
+    // Every listener, on every node, hears both speakers: the one on its own node
+    // directly, the other one relayed from the speaker's node.
+    for (node, l) in &listeners {
+        for (pid, _) in &speakers {
+            let from = *pid;
+            support::eventually(STEP, "audio from every speaker", || {
+                (l.peer()?.packets_from(from) >= 50).then_some(())
+            })
+            .await
+            .with_context(|| format!("listener on node {node} hearing {from:?}"))?;
+        }
     }
     Ok(())
 }

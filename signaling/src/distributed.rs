@@ -138,7 +138,7 @@ fn room_speakers(st: &mut State, room_id: &str, speakers: Vec<SpeakerLevel>) {
 fn upsert_mirror(inner: &Inner, st: &mut State, p: ClusterParticipant) {
     let pid = p.info.participant_id;
     if !st.rooms.contains_key(&p.room_id) {
-        let key = inner.next_room_key();
+        let key = inner.room_key_for(&p.room_id, &st.room_by_key);
         st.room_by_key.insert(key, p.room_id.clone());
         st.rooms.insert(
             p.room_id.clone(),

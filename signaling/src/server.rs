@@ -2,6 +2,7 @@
 //! the WebSocket upgrade (token extraction), the media event pump, and the room-level
 //! operations shared by sessions, grace timers and media events.
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
 
@@ -16,7 +17,7 @@ use media::{RoomKey, SfuEvent};
 use parking_lot::Mutex;
 use tokio_util::sync::CancellationToken;
 
-use crate::cluster::Cluster;
+use crate::cluster::{Cluster, cluster_room_key};
 use crate::config::SignalingConfig;
 use crate::ports::{
     AuthUser, Authenticator, CallEvent, ChatStore, MediaControl, MediaEvents, RoomDirectory,
@@ -265,7 +266,25 @@ impl Inner {
         ParticipantId(self.next_pid.fetch_add(1, Ordering::Relaxed))
     }
 
-    pub(crate) fn next_room_key(&self) -> RoomKey {
+    /// The SFU's key for a room new on this node. On one node, the next number. In a
+    /// cluster, every node must give a room the same key, because the media relay names
+    /// rooms by key between nodes: the first 8 bytes of the SHA-256 of the room id (room
+    /// ids are server-generated, so nobody can choose a collision); should one collide
+    /// with a room already here anyway, the room gets a local number and no relay.
+    pub(crate) fn room_key_for(&self, room_id: &str, taken: &HashMap<RoomKey, String>) -> RoomKey {
+        if self.cluster.is_some() {
+            let key = cluster_room_key(room_id);
+            match taken.get(&key) {
+                Some(other) if other != room_id => {
+                    tracing::error!(
+                        room_id,
+                        other,
+                        "room key collision; this room is not relayed"
+                    );
+                }
+                _ => return key,
+            }
+        }
         RoomKey(self.next_room.fetch_add(1, Ordering::Relaxed))
     }
 

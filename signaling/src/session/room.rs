@@ -213,7 +213,7 @@ impl Session {
             };
             let token = new_resume_token();
             if !st.rooms.contains_key(&room_id) {
-                let key = self.inner.next_room_key();
+                let key = self.inner.room_key_for(&room_id, &st.room_by_key);
                 st.room_by_key.insert(key, room_id.clone());
                 let mut room = Room::new(key, access.owner_user_id.clone(), cfg.slot_count);
                 room.loaded = true;
