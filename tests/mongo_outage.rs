@@ -226,7 +226,13 @@ async fn no_acknowledged_message_is_lost_when_mongodb_is_killed_mid_stream() -> 
     for p in posters {
         acked.extend(p.await?);
     }
-    anyhow::ensure!(acked.len() >= BEFORE_KILL, "only {} acked", acked.len());
+    // The probe counts stored messages; each poster may have had one stored
+    // whose answer the kill cut off (stored, not acknowledged: not a loss).
+    anyhow::ensure!(
+        acked.len() >= BEFORE_KILL - POSTERS,
+        "only {} acked",
+        acked.len()
+    );
 
     let _db = start_db(port, storage).await?;
     wait_ready(&s).await?;
