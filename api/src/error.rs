@@ -262,9 +262,36 @@ impl From<QueryRejection> for ApiError {
 }
 
 /// `Json` whose rejections are [`ApiError`]s (JSON bodies, not axum's plain text).
-#[derive(Debug, Clone, Copy, Default, axum::extract::FromRequest)]
-#[from_request(via(axum::Json), rejection(ApiError))]
+/// Every request body of the API is an object: serde would also fill a struct from an
+/// array (`["+1415..."]`), which the OpenAPI document does not allow, so anything but
+/// an object is refused with 400 `invalid_json`.
+#[derive(Debug, Clone, Copy, Default)]
 pub struct ApiJson<T>(pub T);
+
+impl<T, S> axum::extract::FromRequest<S> for ApiJson<T>
+where
+    T: serde::de::DeserializeOwned,
+    S: Send + Sync,
+{
+    type Rejection = ApiError;
+
+    async fn from_request(req: axum::extract::Request, state: &S) -> Result<Self, ApiError> {
+        let Json(value) = Json::<serde_json::Value>::from_request(req, state).await?;
+        json_object(value).map(ApiJson)
+    }
+}
+
+/// Reads `T` from a JSON value that must be an object.
+pub fn json_object<T: serde::de::DeserializeOwned>(value: serde_json::Value) -> ApiResult<T> {
+    if !value.is_object() {
+        return Err(ApiError::bad_request(
+            "invalid_json",
+            "Invalid JSON body: expected an object",
+        ));
+    }
+    serde_json::from_value(value)
+        .map_err(|e| ApiError::bad_request("invalid_json", format!("Invalid JSON body: {e}")))
+}
 
 impl<T: Serialize> IntoResponse for ApiJson<T> {
     fn into_response(self) -> Response {

@@ -15,7 +15,7 @@ use crate::auth::{
     extract_access_token, random_token, set_cookie,
 };
 use crate::dto::{AuthResponse, UserJson};
-use crate::error::{ApiError, ApiJson, ApiResult, ErrorBody};
+use crate::error::{ApiError, ApiJson, ApiResult, ErrorBody, json_object};
 use crate::otp::{self, PhoneError};
 use crate::ratelimit::{self, ClientIp};
 use crate::state::AppState;
@@ -273,10 +273,13 @@ fn parse_refresh_body(body: &Bytes) -> ApiResult<RefreshRequest> {
     if body.iter().all(|b| b.is_ascii_whitespace()) {
         return Ok(RefreshRequest::default());
     }
-    // `null` is the same as no body (the document allows either).
-    serde_json::from_slice::<Option<RefreshRequest>>(body)
-        .map(Option::unwrap_or_default)
-        .map_err(|e| ApiError::bad_request("invalid_json", format!("Invalid JSON body: {e}")))
+    let value: serde_json::Value = serde_json::from_slice(body)
+        .map_err(|e| ApiError::bad_request("invalid_json", format!("Invalid JSON body: {e}")))?;
+    // `null` is the same as no body (the document allows either); otherwise an object.
+    if value.is_null() {
+        return Ok(RefreshRequest::default());
+    }
+    json_object(value)
 }
 
 /// Rotates the refresh token (cookie, or `refreshToken` in a POST body) and issues a new
