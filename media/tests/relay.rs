@@ -309,12 +309,17 @@ async fn a_remote_source_that_falls_silent_is_removed_after_the_timeout() -> Res
             .iter()
             .all(Option::is_none)
     );
-    ensure!(
-        b_events.all().iter().rev().find_map(|e| match e {
-            SfuEvent::SlotsChanged { slots, .. } => Some(slots.iter().all(Option::is_none)),
-            _ => None,
-        }) == Some(true),
-        "the last slot map on B is empty"
-    );
+    // Events reach the collector task asynchronously: wait for the emptied map.
+    wait_until(
+        Duration::from_secs(5),
+        "the last slot map on B is empty",
+        || {
+            b_events.all().iter().rev().find_map(|e| match e {
+                SfuEvent::SlotsChanged { slots, .. } => Some(slots.iter().all(Option::is_none)),
+                _ => None,
+            }) == Some(true)
+        },
+    )
+    .await?;
     Ok(())
 }
