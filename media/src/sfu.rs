@@ -212,10 +212,11 @@ impl Sfu {
         pid: ParticipantId,
         can_publish: bool,
     ) -> Result<Offer, MediaError> {
+        let shard = self.shard_of_room(room);
         if self.inner.events.backlog() >= self.inner.event_backlog {
+            self.count_busy(shard);
             return Err(MediaError::Busy("the event backlog is full"));
         }
-        let shard = self.shard_of_room(room);
         let ticket = self
             .inner
             .owners
@@ -391,8 +392,20 @@ impl Sfu {
         make: impl FnOnce(Reply<T>) -> Command,
     ) -> Result<T, MediaError> {
         let (tx, rx) = oneshot::channel();
-        self.inner.shards[shard].commands.request(make(tx))?;
+        if let Err(e) = self.inner.shards[shard].commands.request(make(tx)) {
+            if matches!(e, MediaError::Busy(_)) {
+                self.count_busy(shard);
+            }
+            return Err(e);
+        }
         rx.await.map_err(|_| MediaError::Stopped)?
+    }
+
+    fn count_busy(&self, shard: usize) {
+        self.inner.shards[shard]
+            .counters
+            .busy_refusals
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     }
 }
 
@@ -705,6 +718,7 @@ mod tests {
             sfu.inner.owners.get(ParticipantId(3)).is_none(),
             "a refused join leaves no claim behind"
         );
+        assert_eq!(sfu.stats().busy_refusals, 1, "the refusal is counted");
         let refused = sfu.slot_map(room).await;
         assert!(matches!(refused, Err(MediaError::Busy(_))), "{refused:?}");
         sfu.set_muted(ParticipantId(1), true);

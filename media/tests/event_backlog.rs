@@ -53,6 +53,11 @@ async fn a_stalled_event_consumer_gets_coalesced_slots_every_disconnect_and_busy
             "a join with the backlog full is refused as busy: {refused:?}"
         );
     }
+    ensure!(
+        sfu.stats().busy_refusals == 2,
+        "busy refusals are counted: {:?}",
+        sfu.stats()
+    );
 
     let events: Vec<SfuEvent> = std::iter::from_fn(|| rx.try_recv()).collect();
     let slots_of = |room| {
