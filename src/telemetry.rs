@@ -620,10 +620,7 @@ mod tests {
                 series(&text, "chorus_media_early_checks_held_total"),
                 Some(0.0)
             );
-            assert_eq!(
-                series(&text, "chorus_media_busy_refusals_total"),
-                Some(0.0)
-            );
+            assert_eq!(series(&text, "chorus_media_busy_refusals_total"), Some(0.0));
             assert!(!text.contains("rtc_read"), "{text}");
         }
     }

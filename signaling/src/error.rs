@@ -27,4 +27,8 @@ pub enum SignalingError {
     /// The media side refused or failed.
     #[error("media: {0}")]
     Media(String),
+    /// The media side is momentarily overloaded (its queues are full); the same request
+    /// may succeed a moment later. Sent to the client as `busy`.
+    #[error("busy: {0}")]
+    Busy(String),
 }

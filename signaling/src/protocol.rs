@@ -280,6 +280,8 @@ pub enum ErrorCode {
     TooLarge,
     /// The request needs a state you are not in (e.g. `answer` before `join_call`).
     InvalidState,
+    /// The server is momentarily overloaded; retry the same request in a moment.
+    Busy,
     Internal,
 }
 

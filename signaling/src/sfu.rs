@@ -23,7 +23,10 @@ impl From<ParticipantId> for media::ParticipantId {
 }
 
 fn err(e: media::MediaError) -> SignalingError {
-    SignalingError::Media(e.to_string())
+    match e {
+        media::MediaError::Busy(why) => SignalingError::Busy(why.to_owned()),
+        e => SignalingError::Media(e.to_string()),
+    }
 }
 
 #[async_trait]

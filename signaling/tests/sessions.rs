@@ -956,6 +956,24 @@ async fn media_refusing_a_listeners_audio_is_reported_to_that_listener() -> R {
 }
 
 #[tokio::test]
+async fn a_busy_sfu_answers_join_call_with_busy_and_the_retry_succeeds() -> R {
+    let h = start(test_config()).await?;
+    let (mut bob, _) = h.join("bob", "open").await?;
+    h.media
+        .busy
+        .store(true, std::sync::atomic::Ordering::Relaxed);
+    bob.send(&ClientMessage::JoinCall).await?;
+    let (message, fatal) = bob.expect_error(ErrorCode::Busy).await?;
+    assert!(!fatal, "busy is not fatal");
+    assert!(message.contains("try again"), "{message}");
+    h.media
+        .busy
+        .store(false, std::sync::atomic::Ordering::Relaxed);
+    bob.join_call().await?;
+    Ok(())
+}
+
+#[tokio::test]
 async fn requests_before_joining_a_room_get_invalid_state() -> R {
     let h = start(test_config()).await?;
     let mut c = h.connect("bob").await?;

@@ -408,8 +408,8 @@ export class RoomView {
       this.requestCall();
       return;
     }
-    if (this.awaitingOffer && (m.code === 'internal' || m.code === 'invalid_state')) {
-      // Most likely the answer to our join_call: retry quietly.
+    if (this.awaitingOffer && ['busy', 'internal', 'invalid_state'].includes(m.code)) {
+      // Most likely the answer to our join_call: retry quietly, a little later each time.
       this.retryCall(m.code);
       return;
     }

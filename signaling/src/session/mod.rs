@@ -71,9 +71,16 @@ impl Refusal {
         }
     }
 
-    /// Backend and media failures: logged here, only a generic text goes out.
+    /// Backend and media failures: logged here, only a generic text goes out. An
+    /// overloaded SFU is `busy`, so clients can tell "retry in a moment" from a failure.
     fn internal(what: &str, err: &SignalingError) -> Self {
         tracing::warn!(error = %err, "{what} failed");
+        if let SignalingError::Busy(_) = err {
+            return Refusal::new(
+                ErrorCode::Busy,
+                format!("{what}: the server is busy; try again in a moment"),
+            );
+        }
         Refusal::new(ErrorCode::Internal, format!("{what} failed; try again"))
     }
 }

@@ -248,6 +248,8 @@ pub enum MediaCall {
 #[derive(Default)]
 pub struct FakeMedia {
     pub calls: Mutex<Vec<MediaCall>>,
+    /// While set, joins are refused as the real SFU refuses them when its queues are full.
+    pub busy: std::sync::atomic::AtomicBool,
     offers: AtomicU64,
     pub known: Mutex<HashSet<ParticipantId>>,
 }
@@ -282,6 +284,9 @@ impl MediaControl for FakeMedia {
         pid: ParticipantId,
         can_publish: bool,
     ) -> Result<Offer, SignalingError> {
+        if self.busy.load(Ordering::Relaxed) {
+            return Err(SignalingError::Busy("the event backlog is full".into()));
+        }
         self.calls.lock().push(MediaCall::Join {
             room,
             pid,
