@@ -172,6 +172,10 @@ impl Cluster {
         self.nodes[i].as_ref().expect("node running").addr
     }
 
+    fn pid(&self, i: usize) -> u32 {
+        self.nodes[i].as_ref().expect("node running").pid()
+    }
+
     fn token(&self, user: &str) -> String {
         self.tokens
             .issue_access(
@@ -740,5 +744,112 @@ async fn a_killed_node_does_not_interrupt_the_audio_between_the_others() -> anyh
             slot.stats.max_gap
         );
     }
+    Ok(())
+}
+
+/// The load harness over two nodes, as `chorus-loadtest --url A,B --server-pid P,Q` runs
+/// it: the room is created through node 0, both speakers join node 0 and the listeners
+/// alternate between the nodes, so node 1's listeners hear only what the relay brings.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_load_harness_spreads_listeners_over_two_nodes_and_node_1_hears_through_the_relay()
+-> anyhow::Result<()> {
+    use loadtest::harness::{NoProgress, Scenario, Target, TokenSource, run_scenario};
+    let c = Cluster::start(2).await?;
+    let urls: Vec<String> = (0..2).map(|i| format!("http://{}", c.addr(i))).collect();
+    let urls: Vec<&str> = urls.iter().map(String::as_str).collect();
+    let target = Target::cluster(
+        &urls,
+        false,
+        TokenSource::Mint {
+            secret: ACCESS_SECRET.as_bytes().to_vec(),
+            ttl: Duration::from_secs(600),
+        },
+    )
+    .await?
+    .with_server_pids(&[c.pid(0), c.pid(1)])?;
+    let sc = Scenario {
+        name: "cluster".into(),
+        speakers: 2,
+        listeners: 8,
+        duration: Duration::from_secs(4),
+        settle: Duration::from_secs(1),
+        ..Scenario::smoke()
+    };
+    let report = tokio::time::timeout(
+        Duration::from_secs(90),
+        run_scenario(&target, &sc, &NoProgress),
+    )
+    .await
+    .context("the run did not finish in 90 s")??;
+    println!("{}", loadtest::harness::render_table(&report));
+    let step = report.steps.first().context("no step measured")?;
+    assert_eq!(step.joins.failures, 0, "{:?}", step.joins.errors);
+    assert_eq!(
+        step.joins.count, 8,
+        "every listener heard audio: {:?}",
+        step.joins
+    );
+    assert_eq!(step.listeners_live, 8);
+    let delivered = step.delivered.unwrap_or(0.0);
+    assert!(delivered >= 0.99, "delivered {:.3}%", delivered * 100.0);
+
+    let [n0, n1] = &step.nodes[..] else {
+        bail!("{} node reports", step.nodes.len());
+    };
+    assert_eq!((n0.speakers, n0.listeners_live), (2, 4));
+    assert_eq!((n1.speakers, n1.listeners_live), (0, 4));
+    // Node 1 has no speaker: its listeners' audio all came through the relay, and it
+    // reached them as completely as node 0's listeners got theirs.
+    let d1 = n1.delivered.unwrap_or(0.0);
+    assert!(d1 >= 0.99, "node 1 delivered {:.3}%", d1 * 100.0);
+    // 4 listeners x 2 speakers x 50 packets/s x 4 s is 1,600; allow for the edges.
+    assert!(
+        n1.expected >= 1_000,
+        "only {} expected on node 1",
+        n1.expected
+    );
+    // Both speakers hold slots, so every packet they sent crossed once (not once per
+    // listener) from node 0 to node 1.
+    let sent: u64 = step.speaker_packets_sent.iter().sum();
+    let relayed_in = n1.server.relay_received.unwrap_or(0.0);
+    let relayed_out = n0.server.relay_sent.unwrap_or(0.0);
+    assert!(
+        relayed_in >= 0.95 * sent as f64 && relayed_in <= 1.05 * sent as f64 + 20.0,
+        "node 1 accepted {relayed_in} relay datagrams for {sent} packets sent"
+    );
+    assert!(
+        relayed_out >= relayed_in,
+        "node 0 sent {relayed_out}, node 1 accepted {relayed_in}"
+    );
+    assert_eq!(
+        n0.server.relay_received,
+        Some(0.0),
+        "nothing to relay to node 0"
+    );
+    assert_eq!(
+        n1.server.relay_sent,
+        Some(0.0),
+        "nothing to relay from node 1"
+    );
+    let fwd1 = n1.server.packets_forwarded.unwrap_or(0.0);
+    assert!(
+        fwd1 >= 0.9 * n1.received as f64,
+        "node 1 forwarded {fwd1}, its listeners got {}",
+        n1.received
+    );
+    // The summed figures add the two processes, read from /proc.
+    assert_eq!(step.server.cpu_source, "proc");
+    let (c0, c1) = (
+        n0.server.cpu_seconds.unwrap_or(0.0),
+        n1.server.cpu_seconds.unwrap_or(0.0),
+    );
+    let total = step.server.cpu_seconds.unwrap_or(0.0);
+    assert!(c0 > 0.0 && c1 > 0.0, "cpu {c0} + {c1}");
+    assert!((total - (c0 + c1)).abs() < 1e-6, "{total} != {c0} + {c1}");
+    let rss = step.server.rss_bytes.unwrap_or(0.0);
+    assert!(
+        (rss - n0.server.rss_bytes.unwrap_or(0.0) - n1.server.rss_bytes.unwrap_or(0.0)).abs() < 1.0,
+        "summed rss {rss}"
+    );
     Ok(())
 }

@@ -103,10 +103,9 @@ async fn smoke_scenario_delivers_at_least_99_percent_through_the_real_server() {
     .await
     .unwrap_or_else(|e| panic!("{e}"));
     // Same machine: the server's CPU is read from /proc with 10 ms resolution.
-    let target = Target {
-        server_pid: Some(server.child.id()),
-        ..target
-    };
+    let target = target
+        .with_server_pids(&[server.child.id()])
+        .unwrap_or_else(|e| panic!("{e}"));
     let sc = Scenario::smoke();
     let report = tokio::time::timeout(
         Duration::from_secs(180),
@@ -297,8 +296,8 @@ async fn rtc_listener_follows_a_slot_switch_by_the_slot_map_and_survives_an_ice_
     .await?;
     let owner_token = target.tokens.token().await?;
     let created = loadtest::harness::http::request(
-        target.addr,
-        &target.base.host,
+        target.first().addr,
+        &target.first().base.host,
         "POST",
         "/api/rooms",
         Some(&owner_token),
@@ -319,13 +318,13 @@ async fn rtc_listener_follows_a_slot_switch_by_the_slot_map_and_survives_an_ice_
         registry: Some(registry.clone()),
         ..PeerConfig::default()
     };
-    let mut cfg =
-        SessionConfig::new(&target.ws_url, owner_token, &room).speaking(Tone::new(440.0, 0.5));
+    let mut cfg = SessionConfig::new(&target.first().ws_url, owner_token, &room)
+        .speaking(Tone::new(440.0, 0.5));
     cfg.peer = speaker_peer.clone();
     let a = Session::connect(cfg).await?;
     let a_id = a.participant_id().ok_or_else(|| anyhow::anyhow!("no id"))?;
 
-    let mut cfg = SessionConfig::new(&target.ws_url, target.tokens.token().await?, &room);
+    let mut cfg = SessionConfig::new(&target.first().ws_url, target.tokens.token().await?, &room);
     cfg.peer = speaker_peer;
     let b = Session::connect(cfg).await?;
     let b_id = b.participant_id().ok_or_else(|| anyhow::anyhow!("no id"))?;
@@ -341,7 +340,7 @@ async fn rtc_listener_follows_a_slot_switch_by_the_slot_map_and_survives_an_ice_
     .await?;
     b.unmute().await?;
 
-    let mut cfg = SessionConfig::new(&target.ws_url, target.tokens.token().await?, &room);
+    let mut cfg = SessionConfig::new(&target.first().ws_url, target.tokens.token().await?, &room);
     cfg.engine = Engine::Rtc;
     cfg.peer = PeerConfig {
         registry: None,

@@ -22,15 +22,32 @@ use std::time::Duration;
 ramp (1 room, 1 speaker, +50 listeners per 10 s step until delivery < 99% or p99 > 100 ms), \
 rooms (10 rooms x 2 speakers x 20 listeners, 30 s), big (1 room, 10 speakers, 100 listeners, 30 s). \
 Scenario flags override the preset's values.\n\n\
+Clusters: --url http://127.0.0.1:5601,http://127.0.0.1:5602 (or --url repeated) loads one \
+set of rooms over several nodes sharing a Redis and a store: rooms are created through the \
+first node, listeners go round-robin over all nodes, speakers to the first node unless \
+--spread-speakers; give --server-pid once per URL, in the same order.\n\n\
 Tokens: --jwt-secret (or --jwt-secret-file DATA_DIR/jwt_access_token.secret) mints access \
 tokens like the server does; --login --otp-from-log FILE logs in by phone, reading each code \
 from the server's development log (raise the server's OTP_* rate limits for more than a few \
 participants)."
 )]
 struct Cli {
-    /// Server base URL (plain HTTP).
-    #[arg(long, env = "CHORUS_URL", default_value = "http://127.0.0.1:5500")]
-    url: String,
+    /// Server base URL (plain HTTP). Several (repeated, or comma-separated) for the nodes
+    /// of a cluster: rooms are created through the first, listeners are spread over all
+    /// of them round-robin, speakers join the first (see --spread-speakers), and the
+    /// server figures are summed over the nodes and reported per node.
+    #[arg(
+        long = "url",
+        value_name = "URL",
+        env = "CHORUS_URL",
+        value_delimiter = ',',
+        default_value = "http://127.0.0.1:5500"
+    )]
+    urls: Vec<String>,
+    /// With several --url: speakers too are spread round-robin over the nodes (speaker
+    /// s of a room on node s mod n) instead of all joining the first.
+    #[arg(long)]
+    spread_speakers: bool,
     /// Allow a target that is not a loopback address.
     #[arg(long)]
     allow_remote: bool,
@@ -105,8 +122,10 @@ struct Cli {
     /// The server's process id, when it runs on this machine: its CPU and RSS are then
     /// read from /proc/<pid> (10 ms resolution) rather than from /metrics
     /// (`chorus_process_cpu_seconds_total`, microseconds; whole seconds on old servers).
-    #[arg(long, value_name = "PID")]
-    server_pid: Option<u32>,
+    /// With several --url, one pid per URL in the same order (repeated or
+    /// comma-separated).
+    #[arg(long = "server-pid", value_name = "PID", value_delimiter = ',')]
+    server_pids: Vec<u32>,
     /// Path of the server's Prometheus page.
     #[arg(long, default_value = "/metrics")]
     metrics_path: String,
@@ -267,10 +286,13 @@ async fn run(cli: Cli) -> anyhow::Result<bool> {
         );
     }
     let scenarios = cli.scenarios()?;
-    let target = Target::new(&cli.url, cli.allow_remote, cli.token_source()?).await?;
+    let urls: Vec<&str> = cli.urls.iter().map(String::as_str).collect();
+    let target = Target::cluster(&urls, cli.allow_remote, cli.token_source()?)
+        .await?
+        .with_server_pids(&cli.server_pids)?;
     let target = Target {
         metrics_path: cli.metrics_path.clone(),
-        server_pid: cli.server_pid,
+        spread_speakers: cli.spread_speakers,
         ..target
     };
     let json_to_stdout = cli.json.as_deref() == Some("-");
@@ -327,7 +349,7 @@ async fn run(cli: Cli) -> anyhow::Result<bool> {
         reports.push(report);
     }
     let full = RunReport {
-        url: cli.url.clone(),
+        url: cli.urls.join(","),
         scenarios: reports,
         min_delivery: cli.min_delivery,
         passed,
@@ -341,4 +363,40 @@ async fn run(cli: Cli) -> anyhow::Result<bool> {
         }
     }
     Ok(passed)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn one_url_stays_the_default_and_several_are_read_repeated_or_comma_separated() {
+        let one = Cli::try_parse_from(["chorus-loadtest", "--url", "http://127.0.0.1:5603"])
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(one.urls, ["http://127.0.0.1:5603"]);
+        assert!(one.server_pids.is_empty() && !one.spread_speakers);
+        let three = Cli::try_parse_from([
+            "chorus-loadtest",
+            "--url",
+            "http://127.0.0.1:1,http://127.0.0.1:2",
+            "--url",
+            "http://127.0.0.1:3",
+            "--server-pid",
+            "10,11",
+            "--server-pid",
+            "12",
+            "--spread-speakers",
+        ])
+        .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(
+            three.urls,
+            [
+                "http://127.0.0.1:1",
+                "http://127.0.0.1:2",
+                "http://127.0.0.1:3"
+            ]
+        );
+        assert_eq!(three.server_pids, [10, 11, 12]);
+        assert!(three.spread_speakers);
+    }
 }

@@ -522,6 +522,11 @@ impl ChildServer {
         Ok(server)
     }
 
+    /// The server's process id (the shell started it with `exec`).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// Logs in `phone` with the code the development SMS sender logged; returns the
     /// access token.
     pub async fn login(&self, phone: &str) -> anyhow::Result<String> {

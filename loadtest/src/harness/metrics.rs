@@ -44,6 +44,8 @@ pub fn sum(samples: &[Sample], name: &str, labels: &[(&str, &str)]) -> Option<f6
 
 /// `cpu_source` of a server that only reports whole CPU seconds.
 pub const COARSE_CPU: &str = "metrics-whole-seconds";
+/// `cpu_source` of a sum over nodes whose CPU came from different sources.
+pub const MIXED_CPU: &str = "mixed";
 
 /// The server figures the report needs.
 #[derive(Clone, Copy, Debug, Default, Serialize, PartialEq)]
@@ -54,8 +56,19 @@ pub struct ServerSnapshot {
     pub packets_received: Option<f64>,
     pub packets_dropped: Option<f64>,
     pub participants: Option<f64>,
+    /// Node-to-node relay datagrams sent to other nodes
+    /// (`chorus_media_relay_datagrams_total{direction="sent"}`); absent on a server
+    /// without the relay metrics.
+    pub relay_sent: Option<f64>,
+    /// Relay datagrams accepted from other nodes (`direction="accepted"`).
+    pub relay_received: Option<f64>,
+    /// Relay datagrams lost on the way: refused by the receiver
+    /// (`chorus_media_relay_dropped_total`) or by the kernel on sending
+    /// (`direction="send_dropped"`).
+    pub relay_dropped: Option<f64>,
     /// Where `cpu_seconds` and `rss_bytes` came from: "metrics" (microseconds),
-    /// [`COARSE_CPU`] (a server with only whole-second CPU) or "proc" (`--server-pid`).
+    /// [`COARSE_CPU`] (a server with only whole-second CPU) or "proc" (`--server-pid`);
+    /// [`MIXED_CPU`] for a sum over nodes that did not all report the same way.
     pub cpu_source: &'static str,
 }
 
@@ -81,12 +94,63 @@ impl ServerSnapshot {
             ),
             packets_dropped: sum(&s, "chorus_media_packets_dropped_total", &[]),
             participants: sum(&s, "chorus_media_participants", &[]),
+            relay_sent: sum(
+                &s,
+                "chorus_media_relay_datagrams_total",
+                &[("direction", "sent")],
+            ),
+            relay_received: sum(
+                &s,
+                "chorus_media_relay_datagrams_total",
+                &[("direction", "accepted")],
+            ),
+            relay_dropped: match (
+                sum(&s, "chorus_media_relay_dropped_total", &[]),
+                sum(
+                    &s,
+                    "chorus_media_relay_datagrams_total",
+                    &[("direction", "send_dropped")],
+                ),
+            ) {
+                (None, None) => None,
+                (a, b) => Some(a.unwrap_or(0.0) + b.unwrap_or(0.0)),
+            },
             cpu_source: if fine_cpu.is_some() || coarse_cpu.is_none() {
                 "metrics"
             } else {
                 COARSE_CPU
             },
         }
+    }
+}
+
+impl ServerSnapshot {
+    /// The figures of several nodes added up (CPU, memory, packets, participants): what
+    /// the cluster as a whole spent. `None` when a node could not be read, since a sum
+    /// missing a node would pass for the whole; a figure is `None` when a node lacks it.
+    pub fn total(nodes: &[Option<ServerSnapshot>]) -> Option<ServerSnapshot> {
+        let nodes: Vec<&ServerSnapshot> =
+            nodes.iter().map(Option::as_ref).collect::<Option<_>>()?;
+        let first = nodes.first()?;
+        let add = |f: fn(&ServerSnapshot) -> Option<f64>| -> Option<f64> {
+            nodes.iter().map(|n| f(n)).sum::<Option<f64>>()
+        };
+        Some(ServerSnapshot {
+            cpu_seconds: add(|n| n.cpu_seconds),
+            rss_bytes: add(|n| n.rss_bytes),
+            packets_forwarded: add(|n| n.packets_forwarded),
+            packets_received: add(|n| n.packets_received),
+            packets_dropped: add(|n| n.packets_dropped),
+            participants: add(|n| n.participants),
+            relay_sent: add(|n| n.relay_sent),
+            relay_received: add(|n| n.relay_received),
+            relay_dropped: add(|n| n.relay_dropped),
+            cpu_source: if nodes.iter().all(|n| n.cpu_source == first.cpu_source) {
+                first.cpu_source
+            } else {
+                MIXED_CPU
+            },
+        })
     }
 }
 
@@ -194,6 +258,44 @@ broken{line
             (fine.cpu_seconds, fine.cpu_source),
             (Some(12.734561), "metrics")
         );
+    }
+
+    #[test]
+    fn relay_figures_are_read_and_nodes_add_up() {
+        let page = |cpu: f64, sent: u32, accepted: u32| {
+            format!(
+                "chorus_process_cpu_seconds_total {cpu}\n\
+                 process_resident_memory_bytes 1000\n\
+                 chorus_media_packets_total{{direction=\"forwarded\"}} 100\n\
+                 chorus_media_relay_datagrams_total{{direction=\"received\"}} {accepted}\n\
+                 chorus_media_relay_datagrams_total{{direction=\"accepted\"}} {accepted}\n\
+                 chorus_media_relay_datagrams_total{{direction=\"sent\"}} {sent}\n\
+                 chorus_media_relay_datagrams_total{{direction=\"send_dropped\"}} 1\n\
+                 chorus_media_relay_dropped_total{{reason=\"bad_tag\"}} 2\n\
+                 chorus_media_relay_dropped_total{{reason=\"replay\"}} 3\n"
+            )
+        };
+        let a = ServerSnapshot::from_text(&page(1.5, 300, 0));
+        assert_eq!(
+            (a.relay_sent, a.relay_received, a.relay_dropped),
+            (Some(300.0), Some(0.0), Some(6.0))
+        );
+        let b = ServerSnapshot::from_text(&page(0.5, 0, 290));
+        let t = ServerSnapshot::total(&[Some(a), Some(b)]).unwrap_or_default();
+        assert_eq!(t.cpu_seconds, Some(2.0));
+        assert_eq!(t.rss_bytes, Some(2000.0));
+        assert_eq!(t.packets_forwarded, Some(200.0));
+        assert_eq!((t.relay_sent, t.relay_received), (Some(300.0), Some(290.0)));
+        assert_eq!(t.cpu_source, "metrics");
+        // A node that could not be read makes the total unknown, not smaller.
+        assert_eq!(ServerSnapshot::total(&[Some(a), None]), None);
+        assert_eq!(ServerSnapshot::total(&[]), None);
+        // A server without relay metrics: no relay figures, and none in a total.
+        let old = ServerSnapshot::from_text(PAGE);
+        assert_eq!((old.relay_sent, old.relay_dropped), (None, None));
+        let mixed = ServerSnapshot::total(&[Some(a), Some(old)]).unwrap_or_default();
+        assert_eq!(mixed.relay_sent, None);
+        assert_eq!(mixed.cpu_source, MIXED_CPU);
     }
 
     #[test]

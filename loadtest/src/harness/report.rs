@@ -78,6 +78,12 @@ pub struct ServerFigures {
     pub rss_bytes: Option<f64>,
     /// (RSS now - RSS before the first join) / participants.
     pub rss_per_participant_bytes: Option<f64>,
+    /// Node-to-node relay datagrams sent, accepted from other nodes, and lost (refused
+    /// or dropped by the kernel) over the window; `None` from a server without the
+    /// relay metrics, 0 from a node that relays nothing.
+    pub relay_sent: Option<f64>,
+    pub relay_received: Option<f64>,
+    pub relay_dropped: Option<f64>,
 }
 
 impl ServerFigures {
@@ -113,8 +119,28 @@ impl ServerFigures {
             cpu_us_per_forwarded_packet: per_packet,
             rss_bytes: a.rss_bytes,
             rss_per_participant_bytes: rss_per,
+            relay_sent: d(b.relay_sent, a.relay_sent),
+            relay_received: d(b.relay_received, a.relay_received),
+            relay_dropped: d(b.relay_dropped, a.relay_dropped),
         }
     }
+}
+
+/// One node of a cluster over the window: who was on it, what its listeners got, and
+/// its own server figures (the step's `server` is their sum).
+#[derive(Clone, Debug, Serialize)]
+pub struct NodeReport {
+    pub url: String,
+    /// Speakers (all rooms) whose sessions joined through this node.
+    pub speakers: usize,
+    /// Listener sessions on this node connected at the end of the window.
+    pub listeners_live: usize,
+    /// Delivery to this node's listeners (received / expected, as for the step).
+    pub expected: u64,
+    pub received: u64,
+    pub delivered: Option<f64>,
+    /// This node alone; `rss_per_participant_bytes` divides by its own participants.
+    pub server: ServerFigures,
 }
 
 /// One measured window.
@@ -139,7 +165,12 @@ pub struct StepReport {
     /// RFC 3550 jitter of each received stream at the end of the window.
     pub jitter_ms: Summary,
     pub joins: JoinStats,
+    /// The server's figures; with several nodes, summed over them (CPU and RSS added,
+    /// so CPU per forwarded packet is the cluster's, relay included).
     pub server: ServerFigures,
+    /// Per node, when the target has more than one.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub nodes: Vec<NodeReport>,
     pub harness_cpu_seconds: Option<f64>,
     /// Of one core.
     pub harness_cpu_percent: Option<f64>,
@@ -156,6 +187,7 @@ pub struct StepReport {
 /// Everything one invocation ran.
 #[derive(Debug, Serialize)]
 pub struct RunReport {
+    /// The target's URL; the nodes' URLs joined by commas for a cluster.
     pub url: String,
     pub scenarios: Vec<ScenarioReport>,
     /// `--min-delivery`, if given, and whether every scenario met it.
@@ -282,6 +314,38 @@ pub fn render_table(r: &ScenarioReport) -> String {
                 out,
                 "{} listeners: the kernel dropped {n} UDP datagrams for full receive buffers",
                 s.listeners_per_room * sc.rooms
+            );
+        }
+    }
+    for s in r.steps.iter().filter(|s| !s.nodes.is_empty()) {
+        let per_sec = |v: Option<f64>| opt(v.map(|x| x / s.window_secs), 0);
+        let _ = writeln!(
+            out,
+            "{} listeners over {} nodes (server columns above are their sum): relay {} \
+             datagrams sent, {} accepted, {} lost",
+            s.listeners_per_room * sc.rooms,
+            s.nodes.len(),
+            opt(s.server.relay_sent, 0),
+            opt(s.server.relay_received, 0),
+            opt(s.server.relay_dropped, 0),
+        );
+        for (i, n) in s.nodes.iter().enumerate() {
+            let f = &n.server;
+            let _ = writeln!(
+                out,
+                "  node {i} {}: {} speakers + {} listeners, delivered {}, cpu {}, \
+                 fwd {} pkt/s, {} us/pkt, relay out {} in {} pkt/s, rss {}, mem/part {}",
+                n.url,
+                n.speakers,
+                n.listeners_live,
+                pct(n.delivered, 2),
+                f.cpu_percent.map_or("-".to_owned(), |c| format!("{c:.0}%")),
+                opt(f.forwarded_per_sec, 0),
+                opt(f.cpu_us_per_forwarded_packet, 2),
+                per_sec(f.relay_sent),
+                per_sec(f.relay_received),
+                mib(f.rss_bytes),
+                kib(f.rss_per_participant_bytes),
             );
         }
     }

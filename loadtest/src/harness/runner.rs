@@ -42,44 +42,26 @@ use pacer::Pacer;
 pub const SAMPLE_EVERY: Duration = Duration::from_millis(100);
 /// Longest wait for a promoted speaker's renegotiation.
 const PROMOTION_WAIT: Duration = Duration::from_secs(15);
+/// Most nodes a target may have.
+pub const MAX_NODES: usize = 64;
 
-/// The server under test.
-pub struct Target {
+/// One server of the target: the only one, or one node of a cluster.
+#[derive(Clone, Debug)]
+pub struct Node {
+    /// As given (`http://host:port`), for the report.
+    pub url: String,
     pub base: BaseUrl,
     pub addr: SocketAddr,
     pub ws_url: String,
-    pub metrics_path: String,
-    pub tokens: Arc<Tokens>,
-    /// Bound on each network step of a join.
-    pub step_timeout: Duration,
-    /// The server's process id when it runs on this machine: its CPU and memory are
-    /// then read from `/proc/<pid>` (10 ms resolution) instead of `/metrics` (which
-    /// has microseconds, but only from servers with `chorus_process_cpu_seconds_total`).
+    /// The node's process id when it runs on this machine: its CPU and memory are then
+    /// read from `/proc/<pid>` (10 ms resolution) instead of `/metrics` (which has
+    /// microseconds, but only from servers with `chorus_process_cpu_seconds_total`).
     pub server_pid: Option<u32>,
 }
 
-impl Target {
-    /// Resolves `url` (refusing non-loopback targets unless `allow_remote`).
-    pub async fn new(
-        url: &str,
-        allow_remote: bool,
-        tokens: super::auth::TokenSource,
-    ) -> Result<Self, HarnessError> {
-        let base = BaseUrl::parse(url)?;
-        let addr = base.resolve(allow_remote).await?;
-        Ok(Self {
-            ws_url: ws_url(url, DEFAULT_WS_PATH),
-            tokens: Arc::new(Tokens::new(tokens, &base, addr)),
-            base,
-            addr,
-            metrics_path: "/metrics".to_owned(),
-            step_timeout: Duration::from_secs(15),
-            server_pid: None,
-        })
-    }
-
-    async fn scrape(&self) -> Option<ServerSnapshot> {
-        match metrics::scrape(self.addr, &self.base.host, &self.metrics_path).await {
+impl Node {
+    async fn scrape(&self, metrics_path: &str) -> Option<ServerSnapshot> {
+        match metrics::scrape(self.addr, &self.base.host, metrics_path).await {
             Ok(mut s) => {
                 if let Some(pid) = self.server_pid {
                     let pid = pid.to_string();
@@ -95,17 +77,131 @@ impl Target {
                 Some(s)
             }
             Err(e) => {
-                tracing::warn!(error = %e, "cannot read the server's /metrics");
+                tracing::warn!(node = %self.url, error = %e, "cannot read the server's /metrics");
                 None
             }
         }
     }
+}
+
+/// The server under test: one node, or several nodes of a cluster sharing rooms
+/// (through Redis, with the node-to-node media relay, and one store).
+pub struct Target {
+    /// At least one. Rooms are created through the first (so the store the nodes share
+    /// must make them known to every node), and phone logins go through it; listeners
+    /// are spread over all nodes round-robin.
+    pub nodes: Vec<Node>,
+    pub metrics_path: String,
+    pub tokens: Arc<Tokens>,
+    /// Bound on each network step of a join.
+    pub step_timeout: Duration,
+    /// Speakers too are spread round-robin (speaker `s` of a room on node `s mod n`);
+    /// by default they all join the first node, so every other node hears them only
+    /// through the relay.
+    pub spread_speakers: bool,
+}
+
+impl Target {
+    /// One server at `url` (refusing non-loopback targets unless `allow_remote`).
+    pub async fn new(
+        url: &str,
+        allow_remote: bool,
+        tokens: super::auth::TokenSource,
+    ) -> Result<Self, HarnessError> {
+        Self::cluster(&[url], allow_remote, tokens).await
+    }
+
+    /// The nodes of a cluster at `urls`, in order (the first creates the rooms).
+    pub async fn cluster(
+        urls: &[&str],
+        allow_remote: bool,
+        tokens: super::auth::TokenSource,
+    ) -> Result<Self, HarnessError> {
+        if urls.is_empty() {
+            return Err(HarnessError::Config("no server URL".into()));
+        }
+        if urls.len() > MAX_NODES {
+            return Err(HarnessError::Config(format!(
+                "at most {MAX_NODES} server URLs, got {}",
+                urls.len()
+            )));
+        }
+        let mut nodes: Vec<Node> = Vec::with_capacity(urls.len());
+        for url in urls {
+            let url = url.trim();
+            let base = BaseUrl::parse(url)?;
+            let addr = base.resolve(allow_remote).await?;
+            // The same server twice would count its figures twice.
+            if let Some(other) = nodes.iter().find(|n| n.addr == addr) {
+                return Err(HarnessError::Config(format!(
+                    "{url} and {} are the same server ({addr})",
+                    other.url
+                )));
+            }
+            nodes.push(Node {
+                url: url.to_owned(),
+                ws_url: ws_url(url, DEFAULT_WS_PATH),
+                base,
+                addr,
+                server_pid: None,
+            });
+        }
+        let first = &nodes[0];
+        Ok(Self {
+            tokens: Arc::new(Tokens::new(tokens, &first.base, first.addr)),
+            nodes,
+            metrics_path: "/metrics".to_owned(),
+            step_timeout: Duration::from_secs(15),
+            spread_speakers: false,
+        })
+    }
+
+    /// Sets the nodes' process ids, in the order of the nodes (CPU and RSS from
+    /// `/proc`): none, or one per node.
+    pub fn with_server_pids(mut self, pids: &[u32]) -> Result<Self, HarnessError> {
+        if !pids.is_empty() && pids.len() != self.nodes.len() {
+            return Err(HarnessError::Config(format!(
+                "{} server pids for {} server URLs: give one per URL, in the same order",
+                pids.len(),
+                self.nodes.len()
+            )));
+        }
+        for (n, pid) in self.nodes.iter_mut().zip(pids) {
+            n.server_pid = Some(*pid);
+        }
+        Ok(self)
+    }
+
+    /// The node rooms are created through.
+    pub fn first(&self) -> &Node {
+        &self.nodes[0]
+    }
+
+    /// The node of the `i`-th listener of a room.
+    fn listener_node(&self, i: usize) -> usize {
+        i % self.nodes.len()
+    }
+
+    /// The node of speaker `s` of a room (0 is the owner).
+    fn speaker_node(&self, s: usize) -> usize {
+        if self.spread_speakers {
+            s % self.nodes.len()
+        } else {
+            0
+        }
+    }
+
+    /// Every node's figures, in order (`None` where `/metrics` could not be read).
+    async fn scrape(&self) -> Vec<Option<ServerSnapshot>> {
+        futures::future::join_all(self.nodes.iter().map(|n| n.scrape(&self.metrics_path))).await
+    }
 
     /// `POST /api/rooms` as the owner; returns the room id.
     async fn create_room(&self, token: &str, topic: &str) -> Result<String, HarnessError> {
+        let first = self.first();
         let r = http::request(
-            self.addr,
-            &self.base.host,
+            first.addr,
+            &first.base.host,
             "POST",
             "/api/rooms",
             Some(token),
@@ -163,6 +259,8 @@ struct SpeakerRun {
     session: Session,
     pid: ParticipantId,
     active: Arc<AtomicBool>,
+    /// The node it joined through.
+    node: usize,
 }
 
 struct Run<'a> {
@@ -218,9 +316,16 @@ pub async fn run_scenario(
 }
 
 impl Run<'_> {
-    /// How a speaker (`listener` false) or a listener joins room `room`.
-    fn session_config(&self, token: String, room: usize, listener: bool) -> SessionConfig {
-        let mut cfg = SessionConfig::new(&self.target.ws_url, token, &self.room_ids[room]);
+    /// How a speaker (`listener` false) or a listener joins room `room` through `node`.
+    fn session_config(
+        &self,
+        token: String,
+        room: usize,
+        node: usize,
+        listener: bool,
+    ) -> SessionConfig {
+        let mut cfg =
+            SessionConfig::new(&self.target.nodes[node].ws_url, token, &self.room_ids[room]);
         cfg.auth = Auth::Bearer(match &cfg.auth {
             Auth::Bearer(t) => t.clone(),
             _ => String::new(),
@@ -240,7 +345,7 @@ impl Run<'_> {
 
     async fn go(
         &mut self,
-        baseline: Option<ServerSnapshot>,
+        baseline: Vec<Option<ServerSnapshot>>,
     ) -> Result<ScenarioReport, HarnessError> {
         let sc = self.sc;
         self.setup_rooms_and_speakers().await?;
@@ -260,7 +365,7 @@ impl Run<'_> {
                 self.progress.phase("settling", 0);
                 tokio::time::sleep(sc.settle).await;
             }
-            let step = self.measure(per_room, baseline).await;
+            let step = self.measure(per_room, &baseline).await;
             let ok = sc.ramp.is_none_or(|r| {
                 step.delivered.is_some_and(|d| d >= r.min_delivery)
                     && step
@@ -318,7 +423,8 @@ impl Run<'_> {
                     (r * 1000 + s) as u64 + 1,
                     sc.pause_ratio,
                 );
-                let cfg = self.session_config(token, r, false).speaking(Turned {
+                let node = self.target.speaker_node(s);
+                let cfg = self.session_config(token, r, node, false).speaking(Turned {
                     voice,
                     active: active.clone(),
                     quiet: self.quiet.clone(),
@@ -346,6 +452,7 @@ impl Run<'_> {
                     session,
                     pid,
                     active,
+                    node,
                 });
                 done += 1;
                 self.progress.set(done, "");
@@ -430,9 +537,10 @@ impl Run<'_> {
         let mut new_positions = Vec::new();
         for r in 0..sc.rooms {
             let have = self.listeners.iter().filter(|l| l.room == r).count();
-            for _ in have..per_room {
+            for i in have..per_room {
                 let pos = Arc::new(ListenerPos {
                     room: r,
+                    node: self.target.listener_node(i),
                     session: Mutex::new(None),
                     generation: AtomicU64::new(0),
                 });
@@ -450,7 +558,7 @@ impl Run<'_> {
                 pacer: self.pacer.clone(),
                 joins: self.joins.clone(),
             };
-            let session_cfg = self.session_config(String::new(), pos.room, true);
+            let session_cfg = self.session_config(String::new(), pos.room, pos.node, true);
             let tokens_fut = self.target.tokens.token();
             self.pacer.wait().await;
             let token = tokens_fut.await;
@@ -491,5 +599,84 @@ impl Run<'_> {
         })
         .await;
         set.abort_all();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::harness::TokenSource;
+
+    fn mint() -> TokenSource {
+        TokenSource::Mint {
+            secret: b"unit-test-secret".to_vec(),
+            ttl: Duration::from_secs(60),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_cluster_target_places_listeners_round_robin_and_speakers_on_the_first_node() {
+        let t = Target::cluster(
+            &[
+                "http://127.0.0.1:5601",
+                "http://127.0.0.1:5602",
+                " http://127.0.0.1:5603",
+            ],
+            false,
+            mint(),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(t.nodes.len(), 3);
+        assert_eq!(t.first().addr.port(), 5601);
+        assert_eq!(t.nodes[2].ws_url, "ws://127.0.0.1:5603/ws");
+        let placed: Vec<usize> = (0..7).map(|i| t.listener_node(i)).collect();
+        assert_eq!(placed, [0, 1, 2, 0, 1, 2, 0]);
+        assert!((0..5).all(|s| t.speaker_node(s) == 0));
+        let t = Target {
+            spread_speakers: true,
+            ..t
+        };
+        assert_eq!(
+            (0..4).map(|s| t.speaker_node(s)).collect::<Vec<_>>(),
+            [0, 1, 2, 0]
+        );
+        let t = t
+            .with_server_pids(&[7, 8, 9])
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(t.nodes[1].server_pid, Some(8));
+        assert!(t.with_server_pids(&[7]).is_err(), "one pid for three nodes");
+    }
+
+    #[tokio::test]
+    async fn a_cluster_target_refuses_no_url_the_same_server_twice_and_remote_nodes() {
+        assert!(Target::cluster(&[], false, mint()).await.is_err());
+        let twice = Target::cluster(
+            &["http://127.0.0.1:5601", "http://127.0.0.1:5601/"],
+            false,
+            mint(),
+        )
+        .await;
+        assert!(
+            twice
+                .as_ref()
+                .err()
+                .is_some_and(|e| e.to_string().contains("same server")),
+            "{:?}",
+            twice.err()
+        );
+        assert!(
+            Target::cluster(
+                &["http://127.0.0.1:5601", "http://10.1.2.3:5602"],
+                false,
+                mint()
+            )
+            .await
+            .is_err()
+        );
+        let one = Target::new("http://127.0.0.1:5601", false, mint())
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!((one.nodes.len(), one.listener_node(5)), (1, 0));
     }
 }

@@ -22,6 +22,8 @@ const MAX_ERRORS_KEPT: usize = 10;
 /// One listener position; the session in it changes when it churns.
 pub(super) struct ListenerPos {
     pub(super) room: usize,
+    /// The target's node it joins through (a rejoin after churn too).
+    pub(super) node: usize,
     pub(super) session: Mutex<Option<Arc<Session>>>,
     /// Bumped on every leave and join, so the sampler skips intervals that span one.
     pub(super) generation: AtomicU64,

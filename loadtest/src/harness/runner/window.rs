@@ -5,7 +5,9 @@
 use super::listeners::{Harvest, JoinCtx, ListenerPos};
 use super::{Run, SAMPLE_EVERY};
 use crate::harness::metrics::{self, ServerSnapshot};
-use crate::harness::report::{JoinPhases, JoinStats, ServerFigures, StepReport, summarize_ms};
+use crate::harness::report::{
+    JoinPhases, JoinStats, NodeReport, ServerFigures, StepReport, summarize_ms,
+};
 use crate::protocol::ParticipantId;
 use crate::session::SessionConfig;
 use crate::stats::StreamStats;
@@ -28,7 +30,7 @@ impl Run<'_> {
     pub(super) async fn measure(
         &mut self,
         per_room: usize,
-        baseline: Option<ServerSnapshot>,
+        baseline: &[Option<ServerSnapshot>],
     ) -> StepReport {
         let sc = self.sc;
         let marks = self.marks();
@@ -49,7 +51,7 @@ impl Run<'_> {
         // The delivery sampler.
         self.progress
             .phase("measuring", sc.duration.as_secs().max(1));
-        let mut state = SamplerState::default();
+        let mut state = SamplerState::new(self.target.nodes.len());
         // The first and last samples are taken with every speaker silent and nothing
         // in flight, so packets crossing the window's edges cannot skew delivery.
         self.quiesce().await;
@@ -119,15 +121,25 @@ impl Run<'_> {
         for h in self.harvests.lock()[harvest_from..].iter() {
             account(h.pos, h.generation, &h.sources);
         }
-        let mut live = 0usize;
+        let nodes = self.target.nodes.len();
+        let mut live_on = vec![0usize; nodes];
         for (i, l) in self.listeners.iter().enumerate() {
             let s = l.session.lock().clone();
             if let Some(s) = s
                 && let Some(p) = s.media()
             {
-                live += 1;
+                if let Some(n) = live_on.get_mut(l.node) {
+                    *n += 1;
+                }
                 let g = l.generation.load(Ordering::Relaxed);
                 account(i, g, &p.snapshot().sources);
+            }
+        }
+        let live: usize = live_on.iter().sum();
+        let mut speakers_on = vec![0usize; nodes];
+        for s in self.speakers.iter().flatten() {
+            if let Some(n) = speakers_on.get_mut(s.node) {
+                *n += 1;
             }
         }
         let speakers = sc.rooms * sc.speakers;
@@ -148,11 +160,35 @@ impl Run<'_> {
                 errors: j.errors.clone(),
             }
         };
+        let node_reports: Vec<NodeReport> = if nodes > 1 {
+            (0..nodes)
+                .map(|k| {
+                    let (expected, received) = state.by_node[k];
+                    NodeReport {
+                        url: self.target.nodes[k].url.clone(),
+                        speakers: speakers_on[k],
+                        listeners_live: live_on[k],
+                        expected,
+                        received,
+                        delivered: (expected > 0).then(|| received as f64 / expected as f64),
+                        server: ServerFigures::from_snapshots(
+                            baseline.get(k).copied().flatten(),
+                            server_before.get(k).copied().flatten(),
+                            server_after.get(k).copied().flatten(),
+                            window,
+                            speakers_on[k] + live_on[k],
+                        ),
+                    }
+                })
+                .collect()
+        } else {
+            Vec::new()
+        };
         let (server, harness_cpu) = (
             ServerFigures::from_snapshots(
-                baseline,
-                server_before,
-                server_after,
+                ServerSnapshot::total(baseline),
+                ServerSnapshot::total(&server_before),
+                ServerSnapshot::total(&server_after),
                 window,
                 participants,
             ),
@@ -175,6 +211,7 @@ impl Run<'_> {
             jitter_ms: summarize_ms(&jitters),
             joins,
             server,
+            nodes: node_reports,
             harness_cpu_seconds: harness_cpu,
             harness_cpu_percent: harness_cpu.map(|c| c / window * 100.0),
             harness_packets_received: rx_packets,
@@ -259,6 +296,7 @@ impl Run<'_> {
                     .collect();
                 Some(ListenerSample {
                     generation: l.generation.load(Ordering::Relaxed),
+                    node: l.node,
                     recv,
                 })
             });
@@ -280,8 +318,13 @@ impl Run<'_> {
                     let (Some(s1), Some(s0)) = (sent.get(pid), prev_sent.get(pid)) else {
                         continue;
                     };
-                    state.expected += s1.saturating_sub(*s0);
-                    state.received += rx.saturating_sub(prx);
+                    let (e, r) = (s1.saturating_sub(*s0), rx.saturating_sub(prx));
+                    state.expected += e;
+                    state.received += r;
+                    if let Some(n) = state.by_node.get_mut(cur.node) {
+                        n.0 += e;
+                        n.1 += r;
+                    }
                 }
             }
         }
@@ -303,7 +346,7 @@ impl Run<'_> {
         let configs: Vec<SessionConfig> = order
             .iter()
             .take(n)
-            .map(|p| self.session_config(String::new(), p.room, true))
+            .map(|p| self.session_config(String::new(), p.room, p.node, true))
             .collect();
         let index: HashMap<usize, usize> = self
             .listeners
@@ -349,15 +392,26 @@ impl Run<'_> {
     }
 }
 
-#[derive(Default)]
 struct SamplerState {
     prev: Vec<Option<ListenerSample>>,
     prev_sent: Option<HashMap<ParticipantId, u64>>,
     expected: u64,
     received: u64,
+    /// (expected, received) of the listeners of each node.
+    by_node: Vec<(u64, u64)>,
 }
 
 impl SamplerState {
+    fn new(nodes: usize) -> Self {
+        Self {
+            prev: Vec::new(),
+            prev_sent: None,
+            expected: 0,
+            received: 0,
+            by_node: vec![(0, 0); nodes],
+        }
+    }
+
     fn delivered(&self) -> Option<f64> {
         (self.expected > 0).then(|| self.received as f64 / self.expected as f64)
     }
@@ -365,5 +419,6 @@ impl SamplerState {
 
 struct ListenerSample {
     generation: u64,
+    node: usize,
     recv: Vec<(ParticipantId, u64)>,
 }
