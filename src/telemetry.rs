@@ -145,7 +145,7 @@ impl SfuCollector {
     fn new(sfu: media::Sfu) -> prometheus::Result<Self> {
         use proto::MetricType::{COUNTER, GAUGE};
         #[rustfmt::skip]
-        let table: [(&str, &str, proto::MetricType, Option<&'static str>, SfuSeries); 20] = [
+        let table: [(&str, &str, proto::MetricType, Option<&'static str>, SfuSeries); 21] = [
             ("chorus_media_participants", "Peer connections on the SFU", GAUGE, None,
                 |s| vec![("", s.participants)]),
             ("chorus_media_connected", "Peer connections with ICE and DTLS done", GAUGE, None,
@@ -196,6 +196,9 @@ impl SfuCollector {
             ("chorus_media_relay_remote_timeouts_total",
                 "Remote sources removed because nothing arrived from them for the remote timeout",
                 COUNTER, None, |s| vec![("", s.remote_sources_timed_out)]),
+            ("chorus_media_relay_remote_ends_total",
+                "Remote sources removed because their node stopped relaying them (they left its slots)",
+                COUNTER, None, |s| vec![("", s.remote_sources_ended)]),
             ("chorus_media_busy_refusals_total",
                 "SFU requests (joins, renegotiations) refused as busy: event backlog or command queue full",
                 COUNTER, None, |s| vec![("", s.busy_refusals)]),

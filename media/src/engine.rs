@@ -580,7 +580,7 @@ impl Engine {
         self.relay_timeout(now);
         if now >= self.router.poll_timeout() {
             self.router.tick(now);
-            self.forward_router_events();
+            self.forward_router_events(now);
             self.counters
                 .subscriptions
                 .store(self.router.subscription_count() as u64, Relaxed);

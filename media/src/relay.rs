@@ -19,7 +19,10 @@
 //! 20  sent_at: sender's wall clock, µs since the epoch    8
 //! 28  room: the room's RoomKey                            8
 //! 36  source: the publisher's ParticipantId               8
-//! 44  flags: bit 0 level present, bit 1 RFC 6464 V flag   1
+//! 44  flags: bit 0 level present, bit 1 RFC 6464 V flag,  1
+//!     bit 2 end: the sender stopped relaying this source
+//!     (it left the sender's slots); the RTP packet is an
+//!     empty placeholder
 //! 45  level: -dBov (0..=127)                              1
 //! 46  the RTP packet, unencrypted (RFC 3550 fixed header, no extensions, the payload)
 //! -32 HMAC-SHA256 over everything before it, keyed with the shared secret
@@ -141,6 +144,10 @@ pub struct RelayHeader {
     pub source: ParticipantId,
     /// The packet's audio level, which the receiving router's speaker selection uses.
     pub level: Option<AudioLevel>,
+    /// The sender stopped relaying `source`: the receiver drops it as a remote source at
+    /// once (rather than after its remote timeout), so no node keeps a slot for a speaker
+    /// whose packets no longer come. The datagram's RTP packet is an empty placeholder.
+    pub end: bool,
 }
 
 /// The fields of the RTP fixed header the relay carries.
@@ -163,12 +170,13 @@ pub fn encode(key: &RelayKey, h: &RelayHeader, rtp: &RtpFields, payload: &[u8], 
     out.extend_from_slice(&h.sent_at_us.to_be_bytes());
     out.extend_from_slice(&h.room.0.to_be_bytes());
     out.extend_from_slice(&h.source.0.to_be_bytes());
+    let end = if h.end { 4 } else { 0 };
     match h.level {
         Some(l) => {
-            out.push(1 | if l.voice { 2 } else { 0 });
+            out.push(end | 1 | if l.voice { 2 } else { 0 });
             out.push(l.dbov & 0x7F);
         }
-        None => out.extend_from_slice(&[0, 0]),
+        None => out.extend_from_slice(&[end, 0]),
     }
     out.push(0x80);
     out.push(u8::from(rtp.marker) << 7 | (rtp.payload_type & 0x7F));
@@ -213,6 +221,7 @@ pub fn decode<'a>(
         room: RoomKey(u64_at(28)?),
         source: ParticipantId(u64_at(36)?),
         level,
+        end: flags & 4 != 0,
     };
     Ok((header, &signed[HEADER_LEN..]))
 }
@@ -404,9 +413,6 @@ impl RelaySender {
         now_us: u64,
         mut emit: impl FnMut(&[u8], std::net::SocketAddr),
     ) -> u64 {
-        let Some(nodes) = self.subscribers.get(&room) else {
-            return 0;
-        };
         let header = RelayHeader {
             sender: self.sender,
             seq: self.next_seq,
@@ -414,10 +420,52 @@ impl RelaySender {
             room,
             source,
             level,
+            end: false,
+        };
+        self.emit(&header, rtp, payload, &mut emit)
+    }
+
+    /// Tells the nodes subscribed to `room` that `source` is no longer relayed (it left
+    /// this node's slots, or the node). Returns how many datagrams were emitted.
+    pub fn send_end(
+        &mut self,
+        room: RoomKey,
+        source: ParticipantId,
+        now_us: u64,
+        mut emit: impl FnMut(&[u8], std::net::SocketAddr),
+    ) -> u64 {
+        let header = RelayHeader {
+            sender: self.sender,
+            seq: self.next_seq,
+            sent_at_us: now_us,
+            room,
+            source,
+            level: None,
+            end: true,
+        };
+        let placeholder = RtpFields {
+            marker: false,
+            payload_type: 0,
+            seq: 0,
+            ts: 0,
+            ssrc: 0,
+        };
+        self.emit(&header, &placeholder, &[], &mut emit)
+    }
+
+    fn emit(
+        &mut self,
+        header: &RelayHeader,
+        rtp: &RtpFields,
+        payload: &[u8],
+        emit: &mut impl FnMut(&[u8], std::net::SocketAddr),
+    ) -> u64 {
+        let Some(nodes) = self.subscribers.get(&header.room) else {
+            return 0;
         };
         self.next_seq += 1;
         self.scratch.clear();
-        encode(&self.key, &header, rtp, payload, &mut self.scratch);
+        encode(&self.key, header, rtp, payload, &mut self.scratch);
         for node in nodes {
             emit(&self.scratch, *node);
         }
@@ -445,6 +493,7 @@ mod tests {
                 dbov: 30,
                 voice: true,
             }),
+            end: false,
         }
     }
 
@@ -482,6 +531,35 @@ mod tests {
         assert_eq!(&packet.payload[..], b"opus!");
         let silent = RelayHeader { level: None, ..h };
         assert_eq!(decode(&k, &datagram(&k, &silent, b"")).unwrap().0, silent);
+        for level in [None, h.level] {
+            let end = RelayHeader {
+                end: true,
+                level,
+                ..h
+            };
+            assert_eq!(decode(&k, &datagram(&k, &end, b"")).unwrap().0, end);
+        }
+    }
+
+    #[test]
+    fn an_end_datagram_names_the_source_and_goes_to_every_node() {
+        let k = key("0123456789abcdef-secret");
+        let mut s = RelaySender::new(k.clone(), 9);
+        let a: std::net::SocketAddr = "127.0.0.1:1".parse().unwrap();
+        let b: std::net::SocketAddr = "127.0.0.1:2".parse().unwrap();
+        assert_eq!(s.send_end(RoomKey(7), ParticipantId(42), 5, |_, _| {}), 0);
+        s.add(RoomKey(7), a);
+        s.add(RoomKey(7), b);
+        let mut out = Vec::new();
+        let n = s.send_end(RoomKey(7), ParticipantId(42), 5, |d, to| {
+            out.push((decode(&k, d).unwrap().0, to));
+        });
+        assert_eq!(n, 2);
+        assert_eq!(out.len(), 2);
+        for (h, _) in &out {
+            assert!(h.end && h.level.is_none());
+            assert_eq!((h.room, h.source), (RoomKey(7), ParticipantId(42)));
+        }
     }
 
     #[test]

@@ -131,6 +131,9 @@ counters! {
     relay_dropped_id_collision,
     /// Remote sources removed because nothing arrived from them for the remote timeout.
     remote_sources_timed_out,
+    /// Remote sources removed because their node stopped relaying them (they left its
+    /// slots) and said so.
+    remote_sources_ended,
     /// Requests refused with `MediaError::Busy`: the event backlog (signaling not keeping
     /// up) or this media thread's command queue was full.
     busy_refusals,

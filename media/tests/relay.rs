@@ -260,6 +260,67 @@ async fn only_the_rooms_slot_holders_are_relayed() -> Result<()> {
     Ok(())
 }
 
+/// A source that leaves its node's slots (muted here) is ended on the other nodes at
+/// once, not after the remote timeout, so no node keeps a slot for a speaker whose
+/// packets stopped coming; unmuted, it is relayed and heard again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_source_that_leaves_the_slots_is_ended_on_the_other_node_at_once() -> Result<()> {
+    let (a, _a_rx) = Sfu::start(node(SECRET, 1))?;
+    let (b, _b_rx) = Sfu::start(node(SECRET, 1))?;
+    let mut speaker = join(&a, ROOM, ParticipantId(1), true, true, "speaker").await?;
+    let mut listener = join(&b, ROOM, ParticipantId(2), false, false, "listener").await?;
+    speaker.wait_connected(CONNECT).await?;
+    listener.wait_connected(CONNECT).await?;
+    a.relay_add_subscriber(ROOM, b.relay_local_addr(ROOM).context("relay on")?)?;
+    speaker.start_tone(440.0, 20).await?;
+    wait_until(Duration::from_secs(20), "the remote source on B", || {
+        b.stats().remote_sources == 1 && listener.received_total() > 10
+    })
+    .await?;
+    ensure!(
+        b.slot_map(ROOM)
+            .await?
+            .context("room")?
+            .0
+            .contains(&Some(ParticipantId(1)))
+    );
+
+    // Muted on A: it leaves A's slots while it keeps sending, so only the end tells B.
+    a.set_muted(ParticipantId(1), true);
+    let muted_at = Instant::now();
+    wait_until(
+        Duration::from_secs(10),
+        "the remote source ended on B",
+        || b.stats().remote_sources == 0,
+    )
+    .await?;
+    let took = muted_at.elapsed();
+    let st = b.stats();
+    ensure!(
+        st.remote_sources_ended == 1 && st.remote_sources_timed_out == 0,
+        "ended by the end datagram, not the timeout ({took:?}): {st:?}"
+    );
+    ensure!(
+        b.slot_map(ROOM)
+            .await?
+            .context("room")?
+            .0
+            .iter()
+            .all(Option::is_none),
+        "B's slot is freed"
+    );
+
+    // Unmuted: relayed again and heard on B.
+    let before = listener.received_total();
+    a.set_muted(ParticipantId(1), false);
+    wait_until(Duration::from_secs(20), "heard again on B", || {
+        b.stats().remote_sources == 1 && listener.received_total() > before + 10
+    })
+    .await?;
+    speaker.stop_tone().await;
+    Ok(())
+}
+
 /// A remote source that stops arriving is removed from the room on B after the remote
 /// timeout (not before), and its slot is freed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -42,7 +42,7 @@ impl Engine {
                 let current = self.with_peer(pid, |p| Ok(p.ticket == ticket));
                 if current.unwrap_or(false) {
                     let _ = self.router.set_muted(pid, muted, now);
-                    self.forward_router_events();
+                    self.forward_router_events(now);
                 }
             }
             Command::SlotMap { room, reply } => {
@@ -132,7 +132,7 @@ impl Engine {
             self.publishers += 1;
         }
         self.peers[idx as usize] = Some(Box::new(peer));
-        self.forward_router_events();
+        self.forward_router_events(now);
         self.after_io(idx, now);
         self.update_gauges();
         Ok(offer)
@@ -150,7 +150,7 @@ impl Engine {
             p.make_offer(now)
         })?;
         let _ = self.router.set_can_publish(pid, can_publish, now);
-        self.forward_router_events();
+        self.forward_router_events(now);
         if was && !can_publish {
             self.publishers -= 1;
         } else if !was && can_publish {
@@ -220,7 +220,7 @@ impl Engine {
             self.connected -= 1;
         }
         self.router.remove_participant(peer.pid, now);
-        self.forward_router_events();
+        self.forward_router_events(now);
         if let Some(reason) = reason {
             self.counters.disconnects.fetch_add(1, Relaxed);
             self.events.send(SfuEvent::Disconnected {

@@ -78,7 +78,7 @@ impl Engine {
                     }
                 };
                 counter.fetch_add(1, Relaxed);
-                self.forward_router_events();
+                self.forward_router_events(now);
                 return;
             }
         };
@@ -165,13 +165,16 @@ impl Engine {
         // possible, when the driver sends the batch; counted then (`on_transmitted`).
         self.unsent_forwarded += accepted;
         self.unsent_forwarded_bytes += accepted * payload_len;
-        self.forward_router_events();
+        self.forward_router_events(now);
     }
 
     /// Passes the router's queued events on; a refusal only once per participant (it is
     /// usually reported already at the socket, before decryption).
-    pub(super) fn forward_router_events(&mut self) {
+    pub(super) fn forward_router_events(&mut self, now: Instant) {
         while let Some(event) = self.router.poll_event() {
+            if let SfuEvent::SlotsChanged { room, slots, .. } = &event {
+                self.relay_slots_changed(*room, slots, now);
+            }
             if let SfuEvent::MediaRefused { pid } = event {
                 let Some(&idx) = self.by_pid.get(&pid) else {
                     continue;

@@ -19,7 +19,7 @@ use crate::batch::{Flushed, SendBatch};
 use crate::ids::IdHashBuilder;
 use crate::level::AudioLevel;
 use crate::relay::{RelayDrop, RelayKey, RelayReceiver, RelaySender, RtpFields};
-use crate::router::RouterError;
+use crate::router::{Router, RouterError};
 use crate::{ParticipantId, RelayConfig, RoomKey};
 
 /// Every value of a one-byte audio-level extension payload, so a relayed packet's level
@@ -45,6 +45,9 @@ pub(super) struct RelayState {
     remote_timeout: Duration,
     /// Remote sources present in the router, and when their last packet arrived.
     remotes: HashMap<ParticipantId, Instant, IdHashBuilder>,
+    /// Per room with subscribing nodes: its local slot holders (the sources relayed) as
+    /// of the last slot change, so one that leaves the slots is ended on the other nodes.
+    relayed: HashMap<RoomKey, Vec<ParticipantId>>,
     /// When silent remote sources and idle replay windows are next looked for.
     next_sweep: Instant,
     /// The wall clock at `anchor` (µs since the epoch): send times and freshness are wall
@@ -69,6 +72,7 @@ impl RelayState {
             unsent: 0,
             remote_timeout: cfg.remote_timeout,
             remotes: HashMap::default(),
+            relayed: HashMap::new(),
             next_sweep: now + sweep_interval(cfg.remote_timeout),
             anchor: now,
             anchor_unix_us,
@@ -94,6 +98,16 @@ impl RelayState {
 /// `remote_timeout` and a quarter of it later.
 fn sweep_interval(remote_timeout: Duration) -> Duration {
     (remote_timeout / 4).max(Duration::from_millis(50))
+}
+
+/// The local participants among a room's slot holders: what the relay sends.
+fn local_holders(router: &Router<u32>, slots: &[Option<ParticipantId>]) -> Vec<ParticipantId> {
+    slots
+        .iter()
+        .flatten()
+        .copied()
+        .filter(|pid| matches!(router.source_kind(*pid), Some((_, false))))
+        .collect()
 }
 
 impl Engine {
@@ -127,8 +141,19 @@ impl Engine {
             if !relay.sender.add(room, node) {
                 tracing::warn!(%room, %node, "relay subscription refused: too many nodes");
             }
+            // What is relayed from now on, so the first slot change can end it.
+            let router = &self.router;
+            relay.relayed.entry(room).or_insert_with(|| {
+                router
+                    .slot_map(room)
+                    .map(|(slots, _)| local_holders(router, slots))
+                    .unwrap_or_default()
+            });
         } else {
             relay.sender.remove(room, node);
+            if relay.sender.nodes(room).is_empty() {
+                relay.relayed.remove(&room);
+            }
         }
         self.counters
             .relay_subscriptions
@@ -175,6 +200,37 @@ impl Engine {
         );
     }
 
+    /// A room's slots changed: local sources that no longer hold a slot stop being relayed,
+    /// and the subscribed nodes are told so at once (an `end` datagram), so none of them
+    /// keeps such a source in a slot of its own while its packets no longer come.
+    pub(super) fn relay_slots_changed(
+        &mut self,
+        room: RoomKey,
+        slots: &[Option<ParticipantId>],
+        now: Instant,
+    ) {
+        let Some(relay) = self.relay.as_mut() else {
+            return;
+        };
+        if relay.sender.nodes(room).is_empty() {
+            return;
+        }
+        let holders = local_holders(&self.router, slots);
+        let before = relay.relayed.insert(room, holders.clone());
+        let now_us = relay.unix_us(now);
+        let RelayState {
+            sender,
+            batch,
+            unsent,
+            ..
+        } = relay;
+        for gone in before.unwrap_or_default() {
+            if !holders.contains(&gone) {
+                *unsent += sender.send_end(room, gone, now_us, |d, to| batch.push(d, to));
+            }
+        }
+    }
+
     /// One datagram received on the relay socket from another node.
     pub(crate) fn handle_relay_datagram(&mut self, now: Instant, _from: SocketAddr, data: &[u8]) {
         self.counters.relay_datagrams_received.fetch_add(1, Relaxed);
@@ -204,6 +260,20 @@ impl Engine {
         }
         let now_us = relay.unix_us(now);
         let (h, rtp_bytes) = relay.receiver.accept(data, now, now_us)?;
+        if h.end {
+            // Only a remote source of that room is ended; anything else is ignored.
+            if self.router.source_kind(h.source) == Some((h.room, true))
+                && relay.remotes.remove(&h.source).is_some()
+            {
+                self.router.remove_participant(h.source, now);
+                self.counters.remote_sources_ended.fetch_add(1, Relaxed);
+                self.counters
+                    .remote_sources
+                    .store(relay.remotes.len() as u64, Relaxed);
+                self.forward_router_events(now);
+            }
+            return Ok(());
+        }
         let packet =
             rtp::Packet::unmarshal(&mut &rtp_bytes[..]).map_err(|_| RelayDrop::Malformed)?;
         match self.router.source_kind(h.source) {
@@ -255,7 +325,7 @@ impl Engine {
         self.counters
             .remote_sources
             .store(relay.remotes.len() as u64, Relaxed);
-        self.forward_router_events();
+        self.forward_router_events(now);
     }
 
     /// Forgets `pid` as a remote source (it joined here).
@@ -271,7 +341,7 @@ impl Engine {
             .store(relay.remotes.len() as u64, Relaxed);
         if matches!(self.router.source_kind(pid), Some((_, true))) {
             self.router.remove_participant(pid, now);
-            self.forward_router_events();
+            self.forward_router_events(now);
         }
     }
 }
