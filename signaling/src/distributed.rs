@@ -30,6 +30,18 @@ pub(crate) async fn publisher(
     mut rx: UnboundedReceiver<Outbound>,
 ) {
     while let Some(op) = rx.recv().await {
+        // A local participant joined, entered the call or changed role: the room's relay
+        // (this node's address, its subscriptions) is brought up to date first, so the
+        // other nodes find this node's relay address when the change reaches them and
+        // audio flows at once instead of from the next heartbeat.
+        if let Outbound::Event(event) = &op
+            && let ClusterEvent::Upsert { participant } = &**event
+            && let Some(inner) = inner.upgrade()
+        {
+            inner
+                .reconcile_relay_rooms(std::slice::from_ref(&participant.room_id), false)
+                .await;
+        }
         let done = match &op {
             Outbound::Forget { room_id, pid } => store.delete_participant(room_id, *pid).await,
             Outbound::Event(event) => {
@@ -69,7 +81,23 @@ pub(crate) async fn input_pump(inner: Weak<Inner>, mut inputs: BoxStream<'static
             break;
         };
         match input {
-            ClusterInput::Event(event) => inner.on_cluster_event(*event),
+            ClusterInput::Event(event) => {
+                // Another node's participant changed: if it is a node this one should
+                // relay the room's speakers to, do so now (once the change is applied).
+                let changed = match &*event {
+                    ClusterEvent::Upsert { participant } => Some(participant.room_id.clone()),
+                    _ => None,
+                };
+                inner.on_cluster_event(*event);
+                if let Some(room_id) = changed {
+                    let inner = inner.clone();
+                    tokio::spawn(async move {
+                        inner
+                            .reconcile_relay_rooms(std::slice::from_ref(&room_id), false)
+                            .await;
+                    });
+                }
+            }
             ClusterInput::Heartbeat { fresh } => {
                 if inner.resync_needed.swap(false, Ordering::Relaxed) || fresh {
                     inner.resync();
@@ -559,15 +587,18 @@ impl Inner {
                 }
             }
         }
-        self.reconcile_relay(&rooms).await;
+        self.reconcile_relay_rooms(&rooms, true).await;
     }
 
     /// A node with speakers in a room sends their audio to every other node with
-    /// participants in it; each node publishes its relay address per room.
-    async fn reconcile_relay(&self, rooms: &[String]) {
+    /// participants in it; each node publishes its relay address per room. Runs every
+    /// heartbeat for every room (`all`: the relays of rooms not in `rooms` are dropped),
+    /// and at once for a room whose participants changed.
+    async fn reconcile_relay_rooms(&self, rooms: &[String], all: bool) {
         let Some(c) = &self.cluster else {
             return;
         };
+        let _one_at_a_time = self.relay_reconcile.lock().await;
         for room_id in rooms {
             let (key, has_local, publishes, remote_nodes) = {
                 let st = self.state.lock();
@@ -615,7 +646,9 @@ impl Inner {
             };
             self.set_relay_subscribers(room_id, key, wanted);
         }
-        self.forget_relays_of_gone_rooms(rooms);
+        if all {
+            self.forget_relays_of_gone_rooms(rooms);
+        }
     }
 
     fn relay_published(

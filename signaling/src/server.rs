@@ -61,8 +61,11 @@ pub(crate) struct Inner {
     /// single node, where nothing of `crate::distributed` runs.
     pub(crate) cluster: Option<Cluster>,
     /// Cluster mode: per room, the relay address published and the nodes this one
-    /// forwards audio to (only the heartbeat task touches it).
+    /// forwards audio to (changed by relay reconciliations, one at a time).
     pub(crate) relays: Mutex<std::collections::HashMap<String, crate::distributed::RelayState>>,
+    /// Serialises relay reconciliations (heartbeat and event driven), so an older read of
+    /// the store never undoes a newer one.
+    pub(crate) relay_reconcile: tokio::sync::Mutex<()>,
     /// Cluster mode: a write to the store failed; the next heartbeat writes everything
     /// this node owns again.
     pub(crate) resync_needed: std::sync::atomic::AtomicBool,
@@ -115,6 +118,7 @@ impl Signaling {
             shutdown: CancellationToken::new(),
             cluster,
             relays: Mutex::new(Default::default()),
+            relay_reconcile: tokio::sync::Mutex::new(()),
             resync_needed: std::sync::atomic::AtomicBool::new(false),
         });
         tokio::spawn(media_pump(Arc::downgrade(&inner), media_events));
