@@ -286,6 +286,13 @@ impl FrameCodec {
             self.out_buffer.drain(0..len);
         }
 
+        // Everything is written: keep no more storage than the configured write buffer
+        // size. Otherwise an idle connection holds the capacity of the largest message
+        // (or burst of messages) it ever sent, for as long as it stays open.
+        if self.out_buffer.capacity() > self.out_buffer_write_len {
+            self.out_buffer.shrink_to(self.out_buffer_write_len);
+        }
+
         Ok(())
     }
 }
@@ -295,7 +302,10 @@ mod tests {
 
     use crate::error::{CapacityError, Error};
 
-    use super::{Frame, FrameSocket};
+    use super::{
+        coding::{Data, OpCode},
+        Frame, FrameSocket,
+    };
 
     use std::io::Cursor;
 
@@ -342,6 +352,23 @@ mod tests {
 
         let (buf, _) = sock.into_inner();
         assert_eq!(buf, vec![0x89, 0x02, 0x04, 0x05, 0x8a, 0x01, 0x01]);
+    }
+
+    #[test]
+    fn written_out_buffer_keeps_at_most_the_write_buffer_size() {
+        let mut sock = FrameSocket::new(Vec::new());
+        sock.codec.set_out_buffer_write_len(1024);
+        let big = Frame::message(vec![7; 64 * 1024], OpCode::Data(Data::Binary), true);
+        sock.send(big).unwrap();
+        assert_eq!(sock.get_ref().len(), 64 * 1024 + 10);
+        assert!(sock.codec.out_buffer.is_empty());
+        assert!(sock.codec.out_buffer.capacity() <= 1024);
+
+        // Frames under the write buffer size stay buffered until flushed, as before.
+        sock.write(Frame::ping(vec![1, 2])).unwrap();
+        assert_eq!(sock.codec.out_buffer.len(), 4);
+        sock.flush().unwrap();
+        assert!(sock.codec.out_buffer.is_empty());
     }
 
     #[test]
