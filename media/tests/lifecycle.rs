@@ -338,3 +338,62 @@ async fn ice_restart_gives_new_credentials_and_media_keeps_flowing() -> Result<(
     speaker.close().await?;
     Ok(())
 }
+
+/// The engine has `rtc` give back idle buffers (and the text of an offer already applied)
+/// once per report interval; negotiations after that start from a new offer and still
+/// work: an ICE restart of one listener, the promotion of another.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn renegotiation_works_after_idle_buffers_were_released() -> Result<()> {
+    let (sfu, rx) = Sfu::start(test_config())?;
+    let _events = Events::spawn(rx);
+    let room = RoomKey(7);
+    let mut speaker = join(&sfu, room, ParticipantId(1), true, true, "speaker").await?;
+    let promoted_id = ParticipantId(2);
+    let mut promoted = join(&sfu, room, promoted_id, false, true, "promoted").await?;
+    let restarted_id = ParticipantId(3);
+    let mut restarted = join(&sfu, room, restarted_id, false, false, "restarted").await?;
+    speaker.wait_connected(CONNECT).await?;
+    promoted.wait_connected(CONNECT).await?;
+    restarted.wait_connected(CONNECT).await?;
+    speaker.start_tone(440.0, 20).await?;
+    // Refused until the promotion below, like any listener's media.
+    promoted.start_tone(660.0, 10).await?;
+    // Only the two listeners' slots are active, so sender reports count their
+    // housekeeping rounds (one report each per round, and each round releases the
+    // connection's idle buffers): four means both have been through at least one.
+    wait_until(
+        Duration::from_secs(15),
+        "two housekeeping rounds of the listeners",
+        || sfu.stats().sender_reports >= 4,
+    )
+    .await?;
+
+    let restart = sfu.restart_ice(restarted_id).await?;
+    let answer = restarted.answer(&restart.sdp, false).await?;
+    sfu.accept_answer(restarted_id, answer).await?;
+    let before = restarted.received_total();
+    wait_until(Duration::from_secs(10), "audio after the restart", || {
+        restarted.received_total() >= before + 25
+    })
+    .await?;
+
+    let offer = sfu.set_can_publish(promoted_id, true).await?;
+    let answer = promoted.answer(&offer.sdp, true).await?;
+    sfu.accept_answer(promoted_id, answer).await?;
+    wait_until(
+        Duration::from_secs(10),
+        "the promoted listener is heard",
+        || {
+            restarted.with_streams(|s| {
+                s.values().any(|r| {
+                    r.packets >= 25 && dominant_tone(&r.pcm, &[440.0, 660.0]) == Some(660.0)
+                })
+            })
+        },
+    )
+    .await?;
+    speaker.close().await?;
+    promoted.close().await?;
+    restarted.close().await?;
+    Ok(())
+}

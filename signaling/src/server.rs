@@ -240,6 +240,11 @@ impl Signaling {
 
 /// Initial read buffer of each WebSocket connection.
 const WS_READ_BUFFER: usize = 4 * 1024;
+/// Write buffer each WebSocket connection keeps between messages: none. The writer task
+/// flushes every message anyway, and tungstenite (patched, PATCHES.md) gives back what a
+/// message needed once it is written, so an idle connection holds no copy of the largest
+/// message it was sent (a join's snapshot of a room of thousands is ~100 KiB).
+const WS_WRITE_BUFFER: usize = 0;
 
 /// Authenticates before upgrading, but always upgrades: a browser cannot read an HTTP
 /// 401 on a WebSocket, so a refused client gets `error{unauthorized, fatal}` and a
@@ -258,10 +263,12 @@ async fn ws_upgrade(
     // `too_large`; anything bigger is cut off by the WebSocket layer itself.
     let hard_limit = inner.cfg.max_frame_bytes.saturating_mul(4).max(4096);
     // Signaling frames are small and rare: a 4 KiB read buffer per connection instead of
-    // tungstenite's 128 KiB default (it grows for the occasional bigger frame).
+    // tungstenite's 128 KiB default (it grows for the occasional bigger frame), and no
+    // write buffer kept (tungstenite's default batches up to 128 KiB before writing).
     ws.max_message_size(hard_limit)
         .max_frame_size(hard_limit)
         .read_buffer_size(WS_READ_BUFFER)
+        .write_buffer_size(WS_WRITE_BUFFER)
         .on_upgrade(move |socket| session::run(inner, socket, auth))
 }
 

@@ -52,6 +52,10 @@ pub const MIXED_CPU: &str = "mixed";
 pub struct ServerSnapshot {
     pub cpu_seconds: Option<f64>,
     pub rss_bytes: Option<f64>,
+    /// Anonymous resident memory (heap, stacks): `RssAnon` with `--server-pid`, else
+    /// unknown. Unlike `rss_bytes` it leaves out the binary's code pages, which the
+    /// first joins touch once and which are not memory per participant.
+    pub anon_rss_bytes: Option<f64>,
     pub packets_forwarded: Option<f64>,
     pub packets_received: Option<f64>,
     pub packets_dropped: Option<f64>,
@@ -82,6 +86,7 @@ impl ServerSnapshot {
         Self {
             cpu_seconds: fine_cpu.or(coarse_cpu),
             rss_bytes: sum(&s, "process_resident_memory_bytes", &[]),
+            anon_rss_bytes: None,
             packets_forwarded: sum(
                 &s,
                 "chorus_media_packets_total",
@@ -138,6 +143,7 @@ impl ServerSnapshot {
         Some(ServerSnapshot {
             cpu_seconds: add(|n| n.cpu_seconds),
             rss_bytes: add(|n| n.rss_bytes),
+            anon_rss_bytes: add(|n| n.anon_rss_bytes),
             packets_forwarded: add(|n| n.packets_forwarded),
             packets_received: add(|n| n.packets_received),
             packets_dropped: add(|n| n.packets_dropped),
@@ -193,8 +199,19 @@ pub fn own_rss_bytes() -> Option<f64> {
 
 /// Resident memory of process `pid` ("self" or a number), bytes.
 pub fn proc_rss_bytes(pid: &str) -> Option<f64> {
+    proc_status_bytes(pid, "VmRSS:")
+}
+
+/// Anonymous resident memory of process `pid` (heap, stacks; no file-backed pages such
+/// as the binary's code), bytes.
+pub fn proc_anon_rss_bytes(pid: &str) -> Option<f64> {
+    proc_status_bytes(pid, "RssAnon:")
+}
+
+/// A "kB" field of `/proc/<pid>/status`, in bytes.
+fn proc_status_bytes(pid: &str, field: &str) -> Option<f64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+    let line = status.lines().find(|l| l.starts_with(field))?;
     let kb: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
     Some(kb * 1024.0)
 }
@@ -314,6 +331,8 @@ broken{line
         std::hint::black_box(x);
         assert!(after - before >= 0.05, "{before} -> {after}");
         assert!(own_rss_bytes().is_some_and(|r| r > 1e6));
+        let anon = proc_anon_rss_bytes("self");
+        assert!(anon.is_some_and(|a| a > 0.0 && Some(a) <= own_rss_bytes()));
         let me = std::process::id().to_string();
         assert!(proc_cpu_seconds(&me).is_some_and(|c| c >= after - 0.01));
         assert!(proc_cpu_seconds("999999999").is_none());

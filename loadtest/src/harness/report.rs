@@ -84,6 +84,9 @@ pub struct ServerFigures {
     pub relay_sent: Option<f64>,
     pub relay_received: Option<f64>,
     pub relay_dropped: Option<f64>,
+    /// The same for anonymous memory (`--server-pid` only): what the participants
+    /// cost without the code pages their first use touches.
+    pub anon_rss_per_participant_bytes: Option<f64>,
 }
 
 impl ServerFigures {
@@ -104,10 +107,12 @@ impl ServerFigures {
             (Some(c), Some(f)) if f > 0.0 => Some(c / f * 1e6),
             _ => None,
         };
-        let rss_per = match (baseline.and_then(|s| s.rss_bytes), a.rss_bytes) {
+        let per_participant = |b0: Option<f64>, r: Option<f64>| match (b0, r) {
             (Some(b0), Some(r)) if participants > 0 => Some((r - b0) / participants as f64),
             _ => None,
         };
+        let rss_per = per_participant(baseline.and_then(|s| s.rss_bytes), a.rss_bytes);
+        let anon_per = per_participant(baseline.and_then(|s| s.anon_rss_bytes), a.anon_rss_bytes);
         Self {
             cpu_source: a.cpu_source,
             cpu_seconds: cpu,
@@ -122,6 +127,7 @@ impl ServerFigures {
             relay_sent: d(b.relay_sent, a.relay_sent),
             relay_received: d(b.relay_received, a.relay_received),
             relay_dropped: d(b.relay_dropped, a.relay_dropped),
+            anon_rss_per_participant_bytes: anon_per,
         }
     }
 }
@@ -282,7 +288,10 @@ pub fn render_table(r: &ScenarioReport) -> String {
             opt(s.server.forwarded_per_sec, 0),
             opt(s.server.cpu_us_per_forwarded_packet, 2),
             mib(s.server.rss_bytes),
-            kib(s.server.rss_per_participant_bytes),
+            kib(s
+                .server
+                .anon_rss_per_participant_bytes
+                .or(s.server.rss_per_participant_bytes)),
             s.harness_cpu_percent
                 .map_or("-".to_owned(), |c| format!("{c:.0}%")),
             opt(s.harness_cpu_us_per_received_packet, 2),
@@ -345,7 +354,9 @@ pub fn render_table(r: &ScenarioReport) -> String {
                 per_sec(f.relay_sent),
                 per_sec(f.relay_received),
                 mib(f.rss_bytes),
-                kib(f.rss_per_participant_bytes),
+                kib(f
+                    .anon_rss_per_participant_bytes
+                    .or(f.rss_per_participant_bytes)),
             );
         }
     }
@@ -368,7 +379,9 @@ pub fn render_table(r: &ScenarioReport) -> String {
         out,
         "(delivered = received / sent while in the listener's slots; loss = sequence gaps; \
          srv cpu and own cpu in % of one core; us/rxpkt = harness CPU per packet its \
-         listeners received; mem/part = server RSS growth / participants)"
+         listeners received; mem/part = server RSS growth / participants, anonymous \
+         memory only when the server's pid is known: the binary's code pages are not per \
+         participant)"
     );
     out
 }
@@ -394,6 +407,7 @@ mod tests {
     fn server_figures_are_deltas_per_forwarded_packet_and_per_participant() {
         let base = ServerSnapshot {
             rss_bytes: Some(10e6),
+            anon_rss_bytes: Some(2e6),
             ..Default::default()
         };
         let before = ServerSnapshot {
@@ -406,6 +420,7 @@ mod tests {
             cpu_seconds: Some(1.5),
             packets_forwarded: Some(251_000.0),
             rss_bytes: Some(30e6),
+            anon_rss_bytes: Some(17e6),
             ..Default::default()
         };
         let f = ServerFigures::from_snapshots(Some(base), Some(before), Some(after), 10.0, 100);
@@ -413,6 +428,7 @@ mod tests {
         assert_eq!(f.forwarded_per_sec, Some(25_000.0));
         assert_eq!(f.cpu_percent, Some(5.0));
         assert_eq!(f.rss_per_participant_bytes, Some(200_000.0));
+        assert_eq!(f.anon_rss_per_participant_bytes, Some(150_000.0));
         let none = ServerFigures::from_snapshots(None, None, Some(after), 10.0, 1);
         assert!(none.cpu_us_per_forwarded_packet.is_none());
     }

@@ -71,6 +71,7 @@ impl Node {
                     ) {
                         s.cpu_seconds = Some(cpu);
                         s.rss_bytes = Some(rss);
+                        s.anon_rss_bytes = metrics::proc_anon_rss_bytes(&pid);
                         s.cpu_source = "proc";
                     }
                 }

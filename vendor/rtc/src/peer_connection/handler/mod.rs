@@ -240,6 +240,12 @@ impl RTCPeerConnection {
     /// mostly idle connections can call this now and then (not after every packet: a
     /// queue that is in use would only grow again) to give that memory back. Queues that
     /// hold messages are left as they are.
+    ///
+    /// Once a negotiation is complete (signaling state stable), the text of the last
+    /// created offer or answer is also dropped if it is the current local description:
+    /// it was kept only to check a `set_local_description` of it, which has happened (the
+    /// description itself stays available). An offer or answer created but not applied
+    /// yet is kept.
     pub fn release_idle_buffers(&mut self) {
         fn release<T>(queue: &mut VecDeque<T>) {
             if queue.is_empty() && queue.capacity() > 0 {
@@ -268,6 +274,19 @@ impl RTCPeerConnection {
         release(&mut context.data_read_outs);
         release(&mut context.write_outs);
         release(&mut context.event_outs);
+
+        if self.signaling_state == RTCSignalingState::Stable {
+            let applied = self
+                .current_local_description
+                .as_ref()
+                .map(|d| d.sdp.as_str());
+            if applied == Some(self.last_offer.as_str()) {
+                self.last_offer = String::new();
+            }
+            if applied == Some(self.last_answer.as_str()) {
+                self.last_answer = String::new();
+            }
+        }
     }
 
     /*
