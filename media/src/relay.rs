@@ -6,7 +6,9 @@
 //! speaker selection with the level they carry and are fanned out to its local listeners
 //! on the usual slots. Only local slot holders are relayed (never a remote source, so
 //! nothing comes back), so a relay stream carries at most the room's slot count of
-//! streams.
+//! streams. A source that leaves the sender's slots is ended with one datagram whose
+//! `end` flag is set, and the receivers drop it at once rather than after the remote
+//! timeout.
 //!
 //! This module owns the wire format and the receiving checks, sans-I/O: the caller passes
 //! `now` and the wall-clock time. Wire format, one UDP datagram per RTP packet, integers
