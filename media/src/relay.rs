@@ -415,15 +415,7 @@ impl RelaySender {
         now_us: u64,
         mut emit: impl FnMut(&[u8], std::net::SocketAddr),
     ) -> u64 {
-        let header = RelayHeader {
-            sender: self.sender,
-            seq: self.next_seq,
-            sent_at_us: now_us,
-            room,
-            source,
-            level,
-            end: false,
-        };
+        let header = self.header(room, source, level, false, now_us);
         self.emit(&header, rtp, payload, &mut emit)
     }
 
@@ -436,15 +428,7 @@ impl RelaySender {
         now_us: u64,
         mut emit: impl FnMut(&[u8], std::net::SocketAddr),
     ) -> u64 {
-        let header = RelayHeader {
-            sender: self.sender,
-            seq: self.next_seq,
-            sent_at_us: now_us,
-            room,
-            source,
-            level: None,
-            end: true,
-        };
+        let header = self.header(room, source, None, true, now_us);
         let placeholder = RtpFields {
             marker: false,
             payload_type: 0,
@@ -453,6 +437,26 @@ impl RelaySender {
             ssrc: 0,
         };
         self.emit(&header, &placeholder, &[], &mut emit)
+    }
+
+    /// The header of the next datagram (`emit` consumes its sequence number).
+    fn header(
+        &self,
+        room: RoomKey,
+        source: ParticipantId,
+        level: Option<AudioLevel>,
+        end: bool,
+        now_us: u64,
+    ) -> RelayHeader {
+        RelayHeader {
+            sender: self.sender,
+            seq: self.next_seq,
+            sent_at_us: now_us,
+            room,
+            source,
+            level,
+            end,
+        }
     }
 
     fn emit(

@@ -49,6 +49,42 @@ fn busiest(c: &Client, tones: &[f64]) -> (Vec<u16>, Option<f64>) {
 
 /// Receives relay datagrams at a plain UDP socket (a "node" the test reads), for `within`
 /// or until `enough` have arrived.
+/// Two nodes: a speaker (participant 1) on A, heard over the relay by a listener
+/// (participant 2) on B, whose events are collected.
+struct Relayed {
+    a: Sfu,
+    /// A's events, kept unread for the test's life as in the other tests.
+    _a_rx: media::EventReceiver,
+    b: Sfu,
+    b_events: Events,
+    speaker: Client,
+    listener: Client,
+}
+
+async fn relayed_speaker() -> Result<Relayed> {
+    let (a, a_rx) = Sfu::start(node(SECRET, 1))?;
+    let (b, b_rx) = Sfu::start(node(SECRET, 1))?;
+    let b_events = Events::spawn(b_rx);
+    let mut speaker = join(&a, ROOM, ParticipantId(1), true, true, "speaker").await?;
+    let mut listener = join(&b, ROOM, ParticipantId(2), false, false, "listener").await?;
+    speaker.wait_connected(CONNECT).await?;
+    listener.wait_connected(CONNECT).await?;
+    a.relay_add_subscriber(ROOM, b.relay_local_addr(ROOM).context("relay on")?)?;
+    speaker.start_tone(440.0, 20).await?;
+    wait_until(Duration::from_secs(20), "the remote source on B", || {
+        b.stats().remote_sources == 1 && listener.received_total() > 10
+    })
+    .await?;
+    Ok(Relayed {
+        a,
+        _a_rx: a_rx,
+        b,
+        b_events,
+        speaker,
+        listener,
+    })
+}
+
 async fn capture(tap: &UdpSocket, enough: usize, within: Duration) -> Vec<Vec<u8>> {
     let mut out = Vec::new();
     let deadline = tokio::time::Instant::now() + within;
@@ -265,18 +301,15 @@ async fn only_the_rooms_slot_holders_are_relayed() -> Result<()> {
 /// packets stopped coming; unmuted, it is relayed and heard again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_source_that_leaves_the_slots_is_ended_on_the_other_node_at_once() -> Result<()> {
-    let (a, _a_rx) = Sfu::start(node(SECRET, 1))?;
-    let (b, _b_rx) = Sfu::start(node(SECRET, 1))?;
-    let mut speaker = join(&a, ROOM, ParticipantId(1), true, true, "speaker").await?;
-    let mut listener = join(&b, ROOM, ParticipantId(2), false, false, "listener").await?;
-    speaker.wait_connected(CONNECT).await?;
-    listener.wait_connected(CONNECT).await?;
-    a.relay_add_subscriber(ROOM, b.relay_local_addr(ROOM).context("relay on")?)?;
-    speaker.start_tone(440.0, 20).await?;
-    wait_until(Duration::from_secs(20), "the remote source on B", || {
-        b.stats().remote_sources == 1 && listener.received_total() > 10
-    })
-    .await?;
+    // Every part bound: a node or client dropped here would stop with it.
+    let Relayed {
+        a,
+        _a_rx,
+        b,
+        b_events: _b_events,
+        mut speaker,
+        listener,
+    } = relayed_speaker().await?;
     ensure!(
         b.slot_map(ROOM)
             .await?
@@ -325,19 +358,14 @@ async fn a_source_that_leaves_the_slots_is_ended_on_the_other_node_at_once() -> 
 /// timeout (not before), and its slot is freed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_remote_source_that_falls_silent_is_removed_after_the_timeout() -> Result<()> {
-    let (a, _a_rx) = Sfu::start(node(SECRET, 1))?;
-    let (b, b_rx) = Sfu::start(node(SECRET, 1))?;
-    let b_events = Events::spawn(b_rx);
-    let mut speaker = join(&a, ROOM, ParticipantId(1), true, true, "speaker").await?;
-    let mut listener = join(&b, ROOM, ParticipantId(2), false, false, "listener").await?;
-    speaker.wait_connected(CONNECT).await?;
-    listener.wait_connected(CONNECT).await?;
-    a.relay_add_subscriber(ROOM, b.relay_local_addr(ROOM).context("relay on")?)?;
-    speaker.start_tone(440.0, 20).await?;
-    wait_until(Duration::from_secs(20), "the remote source on B", || {
-        b.stats().remote_sources == 1 && listener.received_total() > 10
-    })
-    .await?;
+    let Relayed {
+        a: _a,
+        _a_rx,
+        b,
+        b_events,
+        mut speaker,
+        listener: _listener,
+    } = relayed_speaker().await?;
     speaker.stop_tone().await;
     // The last relayed packet may still be in flight: wait until the count stands still.
     let mut stopped = Instant::now();
