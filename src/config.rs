@@ -194,6 +194,16 @@ pub struct Config {
     #[arg(long, env = "MEDIA_THREADS", default_value_t = 0)]
     pub media_threads: usize,
 
+    /// Requests (joins, renegotiations, ICE restarts) that may wait for one media thread;
+    /// beyond it they are refused as busy at once (leaves and mutes are never refused).
+    #[arg(long, env = "MEDIA_COMMAND_QUEUE", default_value_t = 1024)]
+    pub media_command_queue: usize,
+
+    /// SFU events (speaker and slot changes, disconnects) that may wait for signaling;
+    /// while this many wait, new joins are refused as busy.
+    #[arg(long, env = "MEDIA_EVENT_BACKLOG", default_value_t = 16384)]
+    pub media_event_backlog: usize,
+
     /// Address the media socket binds to: an interface's IP restricts media to it
     /// (127.0.0.1 for loopback-only tests); 0.0.0.0 listens on all of them.
     #[arg(long, env = "MEDIA_HOST", default_value = "0.0.0.0")]
@@ -332,7 +342,17 @@ impl Config {
             self.peer_timeout_secs > 0,
             "PEER_TIMEOUT_SECS must be positive"
         );
+        anyhow::ensure!(
+            (1..=1_000_000).contains(&self.media_command_queue),
+            "MEDIA_COMMAND_QUEUE must be between 1 and 1000000"
+        );
+        anyhow::ensure!(
+            (1..=10_000_000).contains(&self.media_event_backlog),
+            "MEDIA_EVENT_BACKLOG must be between 1 and 10000000"
+        );
         Ok(media::SfuConfig {
+            command_capacity: self.media_command_queue,
+            event_backlog: self.media_event_backlog,
             bind: std::net::SocketAddr::new(self.media_host, self.media_port),
             announce_ips: self.announce_ips.clone(),
             slots: self.audio_slots,
@@ -714,6 +734,29 @@ mod tests {
         assert_eq!(sfu.relay.bind.to_string(), "10.0.0.5:9000");
         let short = Config::try_parse_from(["chorus", "--relay-secret", "short"]).expect("parses");
         assert!(short.sfu_config().is_err(), "a short secret is refused");
+    }
+
+    #[test]
+    fn the_sfu_queue_bounds_come_from_flags_and_must_be_positive() {
+        let default = Config::try_parse_from(["chorus"]).expect("parses");
+        let sfu = default.sfu_config().expect("valid");
+        let media_default = media::SfuConfig::default();
+        assert_eq!(sfu.command_capacity, media_default.command_capacity);
+        assert_eq!(sfu.event_backlog, media_default.event_backlog);
+        let set = Config::try_parse_from([
+            "chorus",
+            "--media-command-queue",
+            "64",
+            "--media-event-backlog",
+            "512",
+        ])
+        .expect("parses");
+        let sfu = set.sfu_config().expect("valid");
+        assert_eq!((sfu.command_capacity, sfu.event_backlog), (64, 512));
+        for flag in ["--media-command-queue", "--media-event-backlog"] {
+            let zero = Config::try_parse_from(["chorus", flag, "0"]).expect("parses");
+            assert!(zero.sfu_config().is_err(), "{flag} 0 is refused");
+        }
     }
 
     #[test]
