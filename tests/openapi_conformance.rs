@@ -11,6 +11,10 @@
 //!
 //! Needs schemathesis in the test venv: `scripts/setup-test-deps`. Missing, the test
 //! fails (it does not skip).
+//!
+//! The generation is seeded ([`DEFAULT_SEED`]) so the suite is repeatable; to explore,
+//! run with `CHORUS_FUZZ_SEED=<n>` or `CHORUS_FUZZ_SEED=random` (random seeds found the
+//! array-body and form-feed-body acceptances that are now fixed and tested in `api`).
 
 mod support;
 
@@ -21,6 +25,8 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use support::{ChildServer, TempDir};
 
+/// Seed of schemathesis' generation unless `CHORUS_FUZZ_SEED` says otherwise.
+const DEFAULT_SEED: u64 = 20_261_205;
 /// Time budget of the fuzzing phase (schemathesis' `--max-time`).
 const FUZZ_SECS: u64 = 60;
 /// Hard bound on the whole schemathesis run.
@@ -74,9 +80,18 @@ async fn the_server_conforms_to_its_openapi_document() -> anyhow::Result<()> {
     .await?;
     anyhow::ensure!(named.status == 200, "activate: {}", named.body);
 
+    let seed = match std::env::var("CHORUS_FUZZ_SEED").ok().as_deref() {
+        None | Some("") => Some(DEFAULT_SEED.to_string()),
+        Some("random") => None,
+        Some(n) => Some(n.parse::<u64>().context("CHORUS_FUZZ_SEED")?.to_string()),
+    };
     let work = TempDir::new()?;
-    let mut child = Command::new(&bin)
-        .arg("run")
+    let mut cmd = Command::new(&bin);
+    cmd.arg("run");
+    if let Some(seed) = &seed {
+        cmd.args(["--seed", seed]);
+    }
+    let mut child = cmd
         .arg(format!("http://{}/api/openapi.json", server.addr))
         .args(["--checks", "all"])
         .args(["--exclude-checks", "positive_data_acceptance"])

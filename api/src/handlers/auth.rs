@@ -270,7 +270,12 @@ fn clear_cookies(state: &AppState) -> AppendHeaders<[(axum::http::HeaderName, St
 }
 
 fn parse_refresh_body(body: &Bytes) -> ApiResult<RefreshRequest> {
-    if body.iter().all(|b| b.is_ascii_whitespace()) {
+    // No body, or only JSON's whitespace (RFC 8259: space, tab, LF, CR; not form feed,
+    // which `is_ascii_whitespace` would let through).
+    if body
+        .iter()
+        .all(|b| matches!(b, b' ' | b'\t' | b'\n' | b'\r'))
+    {
         return Ok(RefreshRequest::default());
     }
     let value: serde_json::Value = serde_json::from_slice(body)
