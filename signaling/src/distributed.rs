@@ -34,9 +34,13 @@ pub(crate) async fn publisher(
         // (this node's address, its subscriptions) is brought up to date first, so the
         // other nodes find this node's relay address when the change reaches them and
         // audio flows at once instead of from the next heartbeat.
+        // Other changes (hands, mutes, names) cannot change the relay: the heartbeat's
+        // reconciliation is enough for them, and for a speaker leaving the call.
         if let Outbound::Event(event) = &op
             && let ClusterEvent::Upsert { participant } = &**event
             && let Some(inner) = inner.upgrade()
+            && (!inner.relay_address_published(&participant.room_id)
+                || (participant.info.role.can_publish() && participant.info.in_call))
         {
             inner
                 .reconcile_relay_rooms(std::slice::from_ref(&participant.room_id), false)
@@ -82,10 +86,15 @@ pub(crate) async fn input_pump(inner: Weak<Inner>, mut inputs: BoxStream<'static
         };
         match input {
             ClusterInput::Event(event) => {
-                // Another node's participant changed: if it is a node this one should
-                // relay the room's speakers to, do so now (once the change is applied).
+                // A participant of a node new to the room: if this node should relay the
+                // room's speakers there, do so now (once the change is applied). Other
+                // changes of known nodes' participants cannot change the relay.
                 let changed = match &*event {
-                    ClusterEvent::Upsert { participant } => Some(participant.room_id.clone()),
+                    ClusterEvent::Upsert { participant }
+                        if !inner.room_has_node(&participant.room_id, &participant.node) =>
+                    {
+                        Some(participant.room_id.clone())
+                    }
                     _ => None,
                 };
                 inner.on_cluster_event(*event);
@@ -649,6 +658,27 @@ impl Inner {
         if all {
             self.forget_relays_of_gone_rooms(rooms);
         }
+    }
+
+    /// Whether this node has published a relay address for the room.
+    fn relay_address_published(&self, room_id: &str) -> bool {
+        self.relays
+            .lock()
+            .get(room_id)
+            .is_some_and(|r| matches!(r.published, Some(Some(_))))
+    }
+
+    /// Whether a participant of `node` is a member of the room here already.
+    fn room_has_node(&self, room_id: &str, node: &str) -> bool {
+        let st = self.state.lock();
+        st.rooms.get(room_id).is_some_and(|room| {
+            room.members.iter().any(|pid| {
+                st.parts
+                    .get(pid)
+                    .and_then(|p| p.remote.as_ref())
+                    .is_some_and(|r| r.node == node)
+            })
+        })
     }
 
     fn relay_published(
