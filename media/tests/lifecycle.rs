@@ -339,6 +339,16 @@ async fn ice_restart_gives_new_credentials_and_media_keeps_flowing() -> Result<(
     Ok(())
 }
 
+/// The `a=mid` values of an SDP's m-sections, in order, and its BUNDLE group line.
+fn sections(sdp: &str) -> (Vec<&str>, Option<&str>) {
+    let mids = sdp
+        .lines()
+        .filter_map(|l| l.strip_prefix("a=mid:"))
+        .collect();
+    let bundle = sdp.lines().find(|l| l.starts_with("a=group:BUNDLE"));
+    (mids, bundle)
+}
+
 /// The engine has `rtc` give back idle buffers (and the text of an offer already applied)
 /// once per report interval; negotiations after that start from a new offer and still
 /// work: an ICE restart of one listener, the promotion of another.
@@ -351,7 +361,10 @@ async fn renegotiation_works_after_idle_buffers_were_released() -> Result<()> {
     let promoted_id = ParticipantId(2);
     let mut promoted = join(&sfu, room, promoted_id, false, true, "promoted").await?;
     let restarted_id = ParticipantId(3);
-    let mut restarted = join(&sfu, room, restarted_id, false, false, "restarted").await?;
+    let mut restarted = Client::new("restarted").await?;
+    let first_offer = sfu.join(room, restarted_id, false).await?;
+    let answer = restarted.answer(&first_offer.sdp, false).await?;
+    sfu.accept_answer(restarted_id, answer).await?;
     speaker.wait_connected(CONNECT).await?;
     promoted.wait_connected(CONNECT).await?;
     restarted.wait_connected(CONNECT).await?;
@@ -369,6 +382,15 @@ async fn renegotiation_works_after_idle_buffers_were_released() -> Result<()> {
     .await?;
 
     let restart = sfu.restart_ice(restarted_id).await?;
+    // A new offer keeps the negotiated m-sections, in order, and their BUNDLE group
+    // (JSEP 5.2.2): rtc builds it from the parsed current descriptions, which the
+    // release dropped and had to parse again.
+    assert_eq!(
+        sections(&restart.sdp),
+        sections(&first_offer.sdp),
+        "the ICE restart offer changed the negotiated m-sections:\n{}",
+        restart.sdp
+    );
     let answer = restarted.answer(&restart.sdp, false).await?;
     sfu.accept_answer(restarted_id, answer).await?;
     let before = restarted.received_total();
@@ -378,6 +400,12 @@ async fn renegotiation_works_after_idle_buffers_were_released() -> Result<()> {
     .await?;
 
     let offer = sfu.set_can_publish(promoted_id, true).await?;
+    assert_eq!(
+        sections(&offer.sdp),
+        sections(&first_offer.sdp),
+        "the promotion offer changed the negotiated m-sections:\n{}",
+        offer.sdp
+    );
     let answer = promoted.answer(&offer.sdp, true).await?;
     sfu.accept_answer(promoted_id, answer).await?;
     wait_until(

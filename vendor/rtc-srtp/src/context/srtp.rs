@@ -109,7 +109,17 @@ impl Context {
         if plaintext.len() < header.marshal_size() {
             return Err(Error::ErrTooShortRtp);
         }
-        let state = self.get_srtp_ssrc_state(header.ssrc);
+        // One lookup of the SSRC's state for the whole call (the cipher is a separate
+        // field): this runs once per copy of a fanned-out packet.
+        let new_srtp_replay_detector = &self.new_srtp_replay_detector;
+        let state = self
+            .srtp_ssrc_states
+            .entry(header.ssrc)
+            .or_insert_with(|| SrtpSsrcState {
+                ssrc: header.ssrc,
+                replay_detector: Some(new_srtp_replay_detector()),
+                ..Default::default()
+            });
         let (roc, diff, ovf) = state.next_rollover_count(header.sequence_number);
         if ovf {
             return Err(Error::ErrExceededMaxPackets);
@@ -119,8 +129,7 @@ impl Context {
             out.truncate(start);
             return Err(e);
         }
-        self.get_srtp_ssrc_state(header.ssrc)
-            .update_rollover_count(header.sequence_number, diff);
+        state.update_rollover_count(header.sequence_number, diff);
         Ok(())
     }
 

@@ -1002,8 +1002,30 @@ impl RTCPeerConnection {
         self.trigger_negotiation_needed();
     }
 
+    /// Parses again the descriptions whose parsed form `release_idle_buffers` dropped.
+    ///
+    /// Every path that reads a description's parsed form (creating an offer or answer,
+    /// applying a description, the negotiation-needed check) calls this first. A stored
+    /// description was parsed when it was applied, so parsing its text again succeeds.
+    pub(crate) fn restore_parsed_descriptions(&mut self) {
+        for desc in [
+            &mut self.current_local_description,
+            &mut self.pending_local_description,
+            &mut self.current_remote_description,
+            &mut self.pending_remote_description,
+        ]
+        .into_iter()
+        .flatten()
+        {
+            if desc.parsed.is_none() {
+                desc.parsed = desc.unmarshal().ok();
+            }
+        }
+    }
+
     /// Helper to trigger a negotiation needed.
     pub(super) fn trigger_negotiation_needed(&mut self) {
+        self.restore_parsed_descriptions();
         if !self.do_negotiation_needed() {
             return;
         }

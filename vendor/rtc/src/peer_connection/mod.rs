@@ -786,6 +786,7 @@ impl RTCPeerConnection {
         &mut self,
         mut options: Option<RTCOfferOptions>,
     ) -> Result<RTCSessionDescription> {
+        self.restore_parsed_descriptions();
         if self.peer_connection_state == RTCPeerConnectionState::Closed {
             return Err(Error::ErrConnectionClosed);
         }
@@ -967,6 +968,7 @@ impl RTCPeerConnection {
         &mut self,
         _options: Option<RTCAnswerOptions>,
     ) -> Result<RTCSessionDescription> {
+        self.restore_parsed_descriptions();
         if self.remote_description().is_none() {
             return Err(Error::ErrNoRemoteDescription);
         }
@@ -1133,6 +1135,7 @@ impl RTCPeerConnection {
         now: Instant,
         mut local_description: RTCSessionDescription,
     ) -> Result<()> {
+        self.restore_parsed_descriptions();
         if self.peer_connection_state == RTCPeerConnectionState::Closed {
             return Err(Error::ErrConnectionClosed);
         }
@@ -1334,6 +1337,7 @@ impl RTCPeerConnection {
         now: Instant,
         mut remote_description: RTCSessionDescription,
     ) -> Result<()> {
+        self.restore_parsed_descriptions();
         if self.peer_connection_state == RTCPeerConnectionState::Closed {
             return Err(Error::ErrConnectionClosed);
         }

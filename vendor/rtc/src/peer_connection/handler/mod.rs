@@ -245,7 +245,10 @@ impl RTCPeerConnection {
     /// created offer or answer is also dropped if it is the current local description:
     /// it was kept only to check a `set_local_description` of it, which has happened (the
     /// description itself stays available). An offer or answer created but not applied
-    /// yet is kept.
+    /// yet is kept. The parsed form of the current local and remote descriptions is
+    /// dropped too (their text is kept): only a new negotiation reads it, and creating an
+    /// offer or answer, applying a description or checking whether negotiation is needed
+    /// parses the text again first.
     pub fn release_idle_buffers(&mut self) {
         fn release<T>(queue: &mut VecDeque<T>) {
             if queue.is_empty() && queue.capacity() > 0 {
@@ -285,6 +288,17 @@ impl RTCPeerConnection {
             }
             if applied == Some(self.last_answer.as_str()) {
                 self.last_answer = String::new();
+            }
+            // The parsed form of the applied descriptions is only read when negotiating
+            // again; those paths parse the text again first (`restore_parsed_descriptions`).
+            for desc in [
+                &mut self.current_local_description,
+                &mut self.current_remote_description,
+            ]
+            .into_iter()
+            .flatten()
+            {
+                desc.parsed = None;
             }
         }
     }
