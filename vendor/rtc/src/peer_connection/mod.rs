@@ -2115,7 +2115,7 @@ impl RTCPeerConnection {
 
                 sender.set_codec_preferences(transceiver.get_codec_preferences().to_vec());
 
-                transceiver.sender_mut().replace(sender);
+                transceiver.sender_mut().replace(Box::new(sender));
 
                 transceiver.set_direction(RTCRtpTransceiverDirection::from_send_recv(
                     true,

@@ -29,8 +29,11 @@ use unicase::UniCase;
 pub(crate) struct RTCRtpTransceiverInternal {
     mid: Option<String>,
     kind: RtpCodecKind,
-    sender: Option<RTCRtpSenderInternal>,
-    receiver: Option<RTCRtpReceiverInternal>,
+    // Boxed: each is ~1.5 KB, and a transceiver often has only one of them (a send-only
+    // transceiver has no receiver, one without a track no sender); inline, the absent
+    // one cost its full size all the same.
+    sender: Option<Box<RTCRtpSenderInternal>>,
+    receiver: Option<Box<RTCRtpReceiverInternal>>,
     direction: RTCRtpTransceiverDirection,
     current_direction: RTCRtpTransceiverDirection,
     preferred_codecs: Vec<RTCRtpCodecParameters>,
@@ -68,17 +71,17 @@ impl RTCRtpTransceiverInternal {
             mid: None,
             kind,
             sender: if let Some(track) = track {
-                Some(RTCRtpSenderInternal::new(
+                Some(Box::new(RTCRtpSenderInternal::new(
                     kind,
                     track,
                     init.streams,
                     init.send_encodings,
-                ))
+                )))
             } else {
                 None
             },
             receiver: if init.direction.has_recv() {
-                Some(RTCRtpReceiverInternal::new(kind, vec![]))
+                Some(Box::new(RTCRtpReceiverInternal::new(kind, vec![])))
             } else {
                 None
             },
@@ -112,20 +115,20 @@ impl RTCRtpTransceiverInternal {
     }
 
     /// sender returns the RTPTransceiver's RTPSender if it has one
-    pub(crate) fn sender(&self) -> &Option<RTCRtpSenderInternal> {
+    pub(crate) fn sender(&self) -> &Option<Box<RTCRtpSenderInternal>> {
         &self.sender
     }
     /// sender returns the RTPTransceiver's RTPSender if it has one
-    pub(crate) fn sender_mut(&mut self) -> &mut Option<RTCRtpSenderInternal> {
+    pub(crate) fn sender_mut(&mut self) -> &mut Option<Box<RTCRtpSenderInternal>> {
         &mut self.sender
     }
 
     /// receiver returns the RTPTransceiver's RTPReceiver if it has one
-    pub(crate) fn receiver(&self) -> &Option<RTCRtpReceiverInternal> {
+    pub(crate) fn receiver(&self) -> &Option<Box<RTCRtpReceiverInternal>> {
         &self.receiver
     }
 
-    pub(crate) fn receiver_mut(&mut self) -> &mut Option<RTCRtpReceiverInternal> {
+    pub(crate) fn receiver_mut(&mut self) -> &mut Option<Box<RTCRtpReceiverInternal>> {
         &mut self.receiver
     }
 
