@@ -284,7 +284,7 @@ impl RTCPeerConnection {
         let media_descriptions = self
             .remote_description()
             .as_ref()
-            .and_then(|r| r.parsed.as_ref())
+            .and_then(|r| r.parsed.as_deref())
             .map(|parsed| parsed.media_descriptions.clone());
 
         if let Some(media_descriptions) = media_descriptions {
@@ -370,7 +370,7 @@ impl RTCPeerConnection {
         } else {
             self.remote_description()
                 .as_ref()
-                .and_then(|d| d.parsed.as_ref())
+                .and_then(|d| d.parsed.as_deref())
                 .and_then(|d| d.attribute(ATTR_KEY_GROUP))
                 .map(ToOwned::to_owned)
                 .or(Some(String::new()))
@@ -441,7 +441,7 @@ impl RTCPeerConnection {
             Some(RTCSessionDescription {
                 sdp_type: sd.sdp_type,
                 sdp: parsed.marshal(),
-                parsed: Some(parsed),
+                parsed: Some(Box::new(parsed)),
             })
         } else {
             None
@@ -747,7 +747,7 @@ impl RTCPeerConnection {
         .into_iter()
         .flatten()
         {
-            if let Some(parsed) = desc.parsed.as_ref() {
+            if let Some(parsed) = desc.parsed.as_deref() {
                 for media in &parsed.media_descriptions {
                     if let Some(mid) = get_mid_value(media)
                         && !mid.is_empty()
@@ -1018,7 +1018,7 @@ impl RTCPeerConnection {
         .flatten()
         {
             if desc.parsed.is_none() {
-                desc.parsed = desc.unmarshal().ok();
+                desc.parsed = desc.unmarshal().ok().map(Box::new);
             }
         }
     }

@@ -856,7 +856,7 @@ impl RTCPeerConnection {
         let offer = RTCSessionDescription {
             sdp_type: RTCSdpType::Offer,
             sdp,
-            parsed: Some(d),
+            parsed: Some(Box::new(d)),
         };
 
         self.last_offer.clone_from(&offer.sdp);
@@ -1001,7 +1001,7 @@ impl RTCPeerConnection {
             connection_role = DEFAULT_DTLS_ROLE_ANSWER.to_connection_role();
 
             if let Some(remote_description) = self.remote_description()
-                && let Some(parsed) = remote_description.parsed.as_ref()
+                && let Some(parsed) = remote_description.parsed.as_deref()
                 && is_lite_set(parsed)
                 && !self.setting_engine.candidates.ice_lite
             {
@@ -1022,7 +1022,7 @@ impl RTCPeerConnection {
         let answer = RTCSessionDescription {
             sdp_type: RTCSdpType::Answer,
             sdp,
-            parsed: Some(d),
+            parsed: Some(Box::new(d)),
         };
 
         self.last_answer.clone_from(&answer.sdp);
@@ -1164,7 +1164,7 @@ impl RTCPeerConnection {
 
         // Parse SDP (skip for rollback as content is ignored per spec)
         if local_description.sdp_type != RTCSdpType::Rollback {
-            local_description.parsed = Some(local_description.unmarshal()?);
+            local_description.parsed = Some(Box::new(local_description.unmarshal()?));
         }
         self.set_description(&local_description, StateChangeOp::SetLocal)?;
 
@@ -1208,7 +1208,7 @@ impl RTCPeerConnection {
             }
 
             if let Some(remote_description) = self.remote_description().cloned()
-                && let Some(parsed_remote_description) = remote_description.parsed.as_ref()
+                && let Some(parsed_remote_description) = remote_description.parsed.as_deref()
             {
                 // only start sctp transport if application media has been negotiated
                 if let (Some(local_application_media), Some(remote_application_media)) = (
@@ -1346,7 +1346,7 @@ impl RTCPeerConnection {
 
         // Parse SDP (skip for rollback as content is ignored per spec)
         if remote_description.sdp_type != RTCSdpType::Rollback {
-            remote_description.parsed = Some(remote_description.unmarshal()?);
+            remote_description.parsed = Some(Box::new(remote_description.unmarshal()?));
         }
         self.set_description(&remote_description, StateChangeOp::SetRemote)?;
 
@@ -1387,7 +1387,7 @@ impl RTCPeerConnection {
             let media_descriptions = self
                 .remote_description()
                 .as_ref()
-                .and_then(|r| r.parsed.as_ref())
+                .and_then(|r| r.parsed.as_deref())
                 .map(|parsed| parsed.media_descriptions.clone());
 
             if let Some(media_descriptions) = media_descriptions {
@@ -1583,7 +1583,7 @@ impl RTCPeerConnection {
                     RTCIceRole::Controlled
                 };
 
-                let remote_dtls_role = RTCDtlsRole::from(parsed_remote_description);
+                let remote_dtls_role = RTCDtlsRole::from(&**parsed_remote_description);
                 log::trace!(
                     "start_transports: local_ice_role={local_ice_role}, remote_dtls_role={remote_dtls_role}"
                 );
@@ -1610,7 +1610,7 @@ impl RTCPeerConnection {
                 && let Some(parsed_local_description) = self
                     .current_local_description
                     .as_ref()
-                    .and_then(|desc| desc.parsed.as_ref())
+                    .and_then(|desc| desc.parsed.as_deref())
             {
                 // only start sctp transport if application media has been negotiated
                 if let (Some(local_application_media), Some(remote_application_media)) = (

@@ -1393,7 +1393,7 @@ pub(crate) fn get_application_media(desc: &SessionDescription) -> Option<&MediaD
 pub(crate) fn have_data_channel(
     desc: &session_description::RTCSessionDescription,
 ) -> Option<&MediaDescription> {
-    get_application_media(desc.parsed.as_ref()?)
+    get_application_media(desc.parsed.as_deref()?)
 }
 
 pub(crate) fn codecs_from_media_description(

@@ -172,8 +172,11 @@ pub struct RTCSessionDescription {
     ///
     /// This field is never initialized by callers and is used internally for
     /// performance optimization. It is not included in JSON serialization.
+    ///
+    /// Boxed, so that a description whose parsed form is not kept (see
+    /// `RTCPeerConnection::release_idle_buffers`) costs no more than its text.
     #[serde(skip)]
-    pub(crate) parsed: Option<SessionDescription>,
+    pub(crate) parsed: Option<Box<SessionDescription>>,
 }
 
 impl Display for RTCSessionDescription {
@@ -239,7 +242,7 @@ impl RTCSessionDescription {
         };
 
         let parsed = desc.unmarshal()?;
-        desc.parsed = Some(parsed);
+        desc.parsed = Some(Box::new(parsed));
 
         Ok(desc)
     }
@@ -294,7 +297,7 @@ impl RTCSessionDescription {
         };
 
         let parsed = desc.unmarshal()?;
-        desc.parsed = Some(parsed);
+        desc.parsed = Some(Box::new(parsed));
 
         Ok(desc)
     }
@@ -355,7 +358,7 @@ impl RTCSessionDescription {
         };
 
         let parsed = desc.unmarshal()?;
-        desc.parsed = Some(parsed);
+        desc.parsed = Some(Box::new(parsed));
 
         Ok(desc)
     }
@@ -441,7 +444,7 @@ impl RTCSessionDescription {
 
         if !desc.sdp.is_empty() {
             let parsed = desc.unmarshal()?;
-            desc.parsed = Some(parsed);
+            desc.parsed = Some(Box::new(parsed));
         }
 
         Ok(desc)
