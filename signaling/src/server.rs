@@ -238,7 +238,8 @@ impl Signaling {
     }
 }
 
-/// Initial read buffer of each WebSocket connection.
+/// Read buffer of each WebSocket connection while it reads; between messages a connection
+/// keeps none (tungstenite, patched: PATCHES.md).
 const WS_READ_BUFFER: usize = 4 * 1024;
 /// Write buffer each WebSocket connection keeps between messages: none. The writer task
 /// flushes every message anyway, and tungstenite (patched, PATCHES.md) gives back what a

@@ -188,6 +188,9 @@ impl FrameCodec {
                     // Reserve full message length only once, even for multiple
                     // loops or if WouldBlock errors cause multiple fn calls.
                     self.in_buffer.reserve(len);
+                } else if self.in_buffer.capacity() == 0 {
+                    // Released while idle (below): read in chunks of the configured size.
+                    self.in_buffer.reserve(self.in_buf_max_read);
                 } else {
                     self.in_buffer.reserve(FrameHeader::MAX_SIZE);
                 }
@@ -201,7 +204,15 @@ impl FrameCodec {
             }
 
             // Not enough data in buffer.
-            if self.read_in(stream)? == 0 {
+            let read = self.read_in(stream);
+            let would_block = matches!(&read, Err(e) if e.kind() == IoErrorKind::WouldBlock);
+            if would_block && self.header.is_none() && self.in_buffer.is_empty() {
+                // Nothing is pending: give the read buffer back until the next frame
+                // arrives. A connection can stay idle for hours, and a server holding
+                // thousands of them held a read buffer each.
+                self.in_buffer = BytesMut::new();
+            }
+            if read? == 0 {
                 trace!("no frame received");
                 return Ok(None);
             }
@@ -352,6 +363,49 @@ mod tests {
 
         let (buf, _) = sock.into_inner();
         assert_eq!(buf, vec![0x89, 0x02, 0x04, 0x05, 0x8a, 0x01, 0x01]);
+    }
+
+    /// Yields its chunks one read at a time, then `WouldBlock`, like a non-blocking socket.
+    struct Chunks(std::collections::VecDeque<Vec<u8>>);
+
+    impl std::io::Read for Chunks {
+        fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+            let Some(mut chunk) = self.0.pop_front() else {
+                return Err(std::io::ErrorKind::WouldBlock.into());
+            };
+            let n = chunk.len().min(buf.len());
+            buf[..n].copy_from_slice(&chunk[..n]);
+            if n < chunk.len() {
+                self.0.push_front(chunk.split_off(n));
+            }
+            Ok(n)
+        }
+    }
+
+    #[test]
+    fn an_idle_reader_keeps_no_read_buffer() {
+        let ping = vec![0x89, 0x02, 0x01, 0x02];
+        let mut sock = FrameSocket::new(Chunks(vec![ping.clone()].into()));
+        sock.codec = super::FrameCodec::new(4096);
+        assert_eq!(sock.read(None).unwrap().unwrap().into_payload(), &[1, 2][..]);
+        let idle = sock.read(None).unwrap_err();
+        assert!(matches!(idle, Error::Io(e) if e.kind() == std::io::ErrorKind::WouldBlock));
+        assert_eq!(sock.codec.in_buffer.capacity(), 0);
+
+        // The next frames are read as before, a frame split over two reads included.
+        sock.stream.0.push_back(vec![0x89, 0x01]);
+        sock.stream.0.push_back(vec![0x07, 0x8a, 0x01, 0x08]);
+        assert_eq!(sock.read(None).unwrap().unwrap().into_payload(), &[7][..]);
+        // Reading resumed in chunks of the configured size, not of a frame header's.
+        assert!(sock.codec.in_buffer.capacity() > 4000);
+        assert_eq!(sock.read(None).unwrap().unwrap().into_payload(), &[8][..]);
+
+        // Not released while a frame is half read: its header stays pending.
+        sock.stream.0.push_back(vec![0x89, 0x02, 0x05]);
+        assert!(sock.read(None).is_err());
+        assert!(sock.codec.in_buffer.capacity() > 0);
+        sock.stream.0.push_back(vec![0x06]);
+        assert_eq!(sock.read(None).unwrap().unwrap().into_payload(), &[5, 6][..]);
     }
 
     #[test]
