@@ -76,7 +76,12 @@ impl Endpoint {
     /// Get the next packet to transmit
     #[must_use]
     pub fn poll_transmit(&mut self) -> Option<TransportMessage<BytesMut>> {
-        self.transmits.pop_front()
+        let transmit = self.transmits.pop_front();
+        if transmit.is_none() && self.transmits.capacity() > 0 {
+            // Drained: give back what a handshake flight grew the queue to.
+            self.transmits = VecDeque::new();
+        }
+        transmit
     }
 
     /// Get keys of Connections
@@ -606,6 +611,30 @@ mod tests {
     /// Runs a full handshake to completion and returns both endpoints, drained of any pending
     /// transmit so a later assertion sees only newly generated output.
     #[cfg(feature = "crypto-ring")]
+    /// Once the handshake is over and everything was sent, neither side keeps the storage
+    /// its flights grew the queues to; application data still flows both ways after that.
+    #[cfg(feature = "crypto-ring")]
+    #[test]
+    fn an_established_association_keeps_no_idle_queue_storage() -> Result<()> {
+        let (mut client, mut server) = completed_client_and_server()?;
+        for (endpoint, remote) in [(&mut client, server_addr()), (&mut server, client_addr())] {
+            assert!(endpoint.poll_transmit().is_none());
+            assert_eq!(endpoint.transmits.capacity(), 0);
+            let conn = endpoint.connections.get_mut(&remote).expect("association");
+            assert!(conn.outgoing_raw_packet().is_none());
+            assert_eq!(conn.outgoing_packets.capacity(), 0);
+        }
+
+        client.write(Instant::now(), server_addr(), b"to the server")?;
+        let events = transfer(&mut client, &mut server, client_addr())?;
+        assert!(matches!(&events[..], [EndpointEvent::ApplicationData(d)] if &d[..] == b"to the server"));
+        server.write(Instant::now(), client_addr(), b"to the client")?;
+        let events = transfer(&mut server, &mut client, server_addr())?;
+        assert!(matches!(&events[..], [EndpointEvent::ApplicationData(d)] if &d[..] == b"to the client"));
+        assert_eq!(client.transmits.capacity(), 0);
+        Ok(())
+    }
+
     fn completed_client_and_server() -> Result<(Endpoint, Endpoint)> {
         let provider: Arc<dyn RTCCryptoProvider> = Arc::new(crypto::providers::RingProvider::new());
         let suites = [CipherSuiteId::Tls_Ecdhe_Ecdsa_With_Aes_128_Gcm_Sha256];

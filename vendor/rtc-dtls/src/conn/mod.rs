@@ -197,7 +197,28 @@ impl DTLSConn {
                 err
             );
         }
-        self.outgoing_compacted_raw_packets.pop_front()
+        let packet = self.outgoing_compacted_raw_packets.pop_front();
+        if packet.is_none() && self.is_handshake_completed() {
+            self.release_idle_queues();
+        }
+        packet
+    }
+
+    /// Gives back the storage of queues that are empty. The handshake's flights grow them to
+    /// hold a dozen records; an established association (which keys SRTP, say, and carries
+    /// little itself) seldom needs that again, and an endpoint holding thousands of
+    /// associations held that much per association for their whole life.
+    fn release_idle_queues(&mut self) {
+        fn release<T>(queue: &mut VecDeque<T>) {
+            if queue.is_empty() && queue.capacity() > 0 {
+                *queue = VecDeque::new();
+            }
+        }
+        release(&mut self.outgoing_packets);
+        release(&mut self.outgoing_queued_packets);
+        release(&mut self.outgoing_compacted_raw_packets);
+        release(&mut self.incoming_encrypted_packets);
+        release(&mut self.incoming_decrypted_packets);
     }
 
     // Write writes p to the DTLS connection
