@@ -6,7 +6,7 @@ mod common;
 use std::time::{Duration, Instant};
 
 use anyhow::{Result, ensure};
-use common::{Client, Events, dominant_tone, join, test_config, wait_until};
+use common::{Client, Events, dominant_tone, join, sdp_mids, test_config, wait_until};
 use media::{DisconnectReason, ParticipantId, RoomKey, Sfu, SfuConfig, SfuEvent};
 
 const CONNECT: Duration = Duration::from_secs(15);
@@ -341,10 +341,7 @@ async fn ice_restart_gives_new_credentials_and_media_keeps_flowing() -> Result<(
 
 /// The `a=mid` values of an SDP's m-sections, in order, and its BUNDLE group line.
 fn sections(sdp: &str) -> (Vec<&str>, Option<&str>) {
-    let mids = sdp
-        .lines()
-        .filter_map(|l| l.strip_prefix("a=mid:"))
-        .collect();
+    let mids = sdp_mids(sdp);
     let bundle = sdp.lines().find(|l| l.starts_with("a=group:BUNDLE"));
     (mids, bundle)
 }

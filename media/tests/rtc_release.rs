@@ -6,9 +6,12 @@
 //! release. Without the re-parse, the check found no m-section in the released
 //! descriptions and asked for a negotiation every time.
 
+mod common;
+
 use std::time::Instant;
 
 use anyhow::Result;
+use common::sdp_mids as mids;
 use rtc::peer_connection::event::RTCPeerConnectionEvent;
 use rtc::peer_connection::{RTCPeerConnection, RTCPeerConnectionBuilder};
 use rtc::sansio::Protocol;
@@ -21,13 +24,6 @@ fn negotiation_needed_events(pc: &mut RTCPeerConnection) -> usize {
         }
     }
     n
-}
-
-/// The `a=mid` values of an SDP's m-sections, in order.
-fn mids(sdp: &str) -> Vec<&str> {
-    sdp.lines()
-        .filter_map(|l| l.strip_prefix("a=mid:"))
-        .collect()
 }
 
 #[test]

@@ -518,3 +518,10 @@ pub async fn wait_until(
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
+
+/// The `a=mid` values of an SDP's m-sections, in order.
+pub fn sdp_mids(sdp: &str) -> Vec<&str> {
+    sdp.lines()
+        .filter_map(|l| l.strip_prefix("a=mid:"))
+        .collect()
+}

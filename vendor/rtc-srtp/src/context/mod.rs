@@ -172,18 +172,29 @@ impl Context {
     }
 
     fn get_srtp_ssrc_state(&mut self, ssrc: u32) -> &mut SrtpSsrcState {
+        Self::srtp_ssrc_state(
+            &mut self.srtp_ssrc_states,
+            &self.new_srtp_replay_detector,
+            ssrc,
+        )
+    }
+
+    /// `get_srtp_ssrc_state` over the two fields it needs, so that a caller can hold the
+    /// state while it uses the cipher.
+    fn srtp_ssrc_state<'a>(
+        states: &'a mut HashMap<u32, SrtpSsrcState>,
+        new_srtp_replay_detector: &ContextOption,
+        ssrc: u32,
+    ) -> &'a mut SrtpSsrcState {
         // `or_insert_with` so the replay detector (a boxed sliding-window
         // detector backed by a heap-allocated bit buffer) is only constructed on
         // the first packet for a given SSRC. `or_insert` would build — and then
         // immediately drop — a fresh detector on every decrypted packet.
-        let new_srtp_replay_detector = &self.new_srtp_replay_detector;
-        self.srtp_ssrc_states
-            .entry(ssrc)
-            .or_insert_with(|| SrtpSsrcState {
-                ssrc,
-                replay_detector: Some(new_srtp_replay_detector()),
-                ..Default::default()
-            })
+        states.entry(ssrc).or_insert_with(|| SrtpSsrcState {
+            ssrc,
+            replay_detector: Some(new_srtp_replay_detector()),
+            ..Default::default()
+        })
     }
 
     fn get_srtcp_ssrc_state(&mut self, ssrc: u32) -> &mut SrtcpSsrcState {

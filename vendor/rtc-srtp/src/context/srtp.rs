@@ -111,15 +111,11 @@ impl Context {
         }
         // One lookup of the SSRC's state for the whole call (the cipher is a separate
         // field): this runs once per copy of a fanned-out packet.
-        let new_srtp_replay_detector = &self.new_srtp_replay_detector;
-        let state = self
-            .srtp_ssrc_states
-            .entry(header.ssrc)
-            .or_insert_with(|| SrtpSsrcState {
-                ssrc: header.ssrc,
-                replay_detector: Some(new_srtp_replay_detector()),
-                ..Default::default()
-            });
+        let state = Self::srtp_ssrc_state(
+            &mut self.srtp_ssrc_states,
+            &self.new_srtp_replay_detector,
+            header.ssrc,
+        );
         let (roc, diff, ovf) = state.next_rollover_count(header.sequence_number);
         if ovf {
             return Err(Error::ErrExceededMaxPackets);

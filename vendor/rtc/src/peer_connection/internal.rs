@@ -1005,14 +1005,13 @@ impl RTCPeerConnection {
     /// Parses again the descriptions whose parsed form `release_idle_buffers` dropped.
     ///
     /// Every path that reads a description's parsed form (creating an offer or answer,
-    /// applying a description, the negotiation-needed check) calls this first. A stored
-    /// description was parsed when it was applied, so parsing its text again succeeds.
+    /// applying a description, the negotiation-needed check) calls this first. Only the
+    /// current descriptions are released (pending ones keep theirs); each was parsed when
+    /// it was applied, so parsing its text again succeeds.
     pub(crate) fn restore_parsed_descriptions(&mut self) {
         for desc in [
             &mut self.current_local_description,
-            &mut self.pending_local_description,
             &mut self.current_remote_description,
-            &mut self.pending_remote_description,
         ]
         .into_iter()
         .flatten()

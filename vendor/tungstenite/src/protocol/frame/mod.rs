@@ -385,7 +385,7 @@ mod tests {
     #[test]
     fn an_idle_reader_keeps_no_read_buffer() {
         let ping = vec![0x89, 0x02, 0x01, 0x02];
-        let mut sock = FrameSocket::new(Chunks(vec![ping.clone()].into()));
+        let mut sock = FrameSocket::new(Chunks(vec![ping].into()));
         sock.codec = super::FrameCodec::new(4096);
         assert_eq!(sock.read(None).unwrap().unwrap().into_payload(), &[1, 2][..]);
         let idle = sock.read(None).unwrap_err();
